@@ -1,0 +1,687 @@
+//! `WalStore`: the WAL's state machine over redb, with no runtime in sight.
+//!
+//! Every operation is applied inside one write transaction per group ([`WalStore::apply`]);
+//! the actor decides the grouping. Invariants:
+//! - A record's per-sink state is: Enqueued (a `pending` row, not leased), InFlight (a
+//!   `pending` row whose seq is in `inflight` with a deadline in the future), Acked (no row:
+//!   the sink is done with it) or Dead (a `dead` row with the reason).
+//! - `refs[seq].0` counts the `pending` plus `dead` rows naming `seq`; at zero the record is
+//!   deleted. So a record lives exactly as long as some sink may still need it or show it.
+//! - `attempts` is incremented durably-on-next-commit when a record is *leased*, not when it
+//!   is settled, so a record that crashes its publisher cannot be redelivered forever.
+//! - InFlight exists only in memory: reopening the store returns every lease to Enqueued,
+//!   attempts preserved.
+//! - Counters in `meta` change in the same transaction as the rows they count.
+//! - After `apply` fails the store is gone (it is consumed): redb answers `PreviousIo` after an
+//!   I/O error, so the only safe continuation is to reopen the file.
+
+use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, SinkStats, WalStats};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+/// seq -> (rows that still name the record, receive_ts_ms).
+const REFS: TableDefinition<u64, (u32, u64)> = TableDefinition::new("refs");
+/// (sink, seq) -> attempts so far.
+const PENDING: TableDefinition<(&str, u64), u32> = TableDefinition::new("pending");
+/// (sink, seq) -> CBOR `DeadEntry`.
+const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
+/// idempotency key -> (seq, receive_ts_ms, correlation_id).
+const IDEM: TableDefinition<&str, (u64, u64, &str)> = TableDefinition::new("idem");
+/// (receive_ts_ms, idempotency key): the order in which keys leave the window.
+const IDEM_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("idem_expiry");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long.
+const SWEEP_LIMIT: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("cannot open WAL {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("WAL database is already open (another gateway process, or a previous instance still closing)")]
+    AlreadyOpen,
+    #[error("WAL storage error: {0}")]
+    Storage(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for WalError {
+            fn from(e: $t) -> Self { WalError::Storage(e.to_string()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Limits and retention, in WAL units (milliseconds, bytes).
+#[derive(Debug, Clone)]
+pub struct WalLimits {
+    pub max_bytes: u64,
+    pub max_records: u64,
+    pub max_age_ms: u64,
+    pub idempotency_window_ms: u64,
+    pub dead_retention_ms: u64,
+    pub max_attempts: u32,
+    pub lease_ms: u64,
+}
+
+impl WalLimits {
+    pub fn from_config(wal: &edge_gateway_config::WalConfig, d: &edge_gateway_config::DeliveryConfig) -> Self {
+        WalLimits {
+            max_bytes: wal.max_bytes,
+            max_records: wal.max_records,
+            max_age_ms: wal.max_age_secs.saturating_mul(1000),
+            idempotency_window_ms: wal.idempotency_window_secs.saturating_mul(1000),
+            dead_retention_ms: wal.dead_retention_secs.saturating_mul(1000),
+            max_attempts: d.max_attempts,
+            lease_ms: d.lease_timeout_ms,
+        }
+    }
+}
+
+/// One operation of a commit group.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Append(Vec<Record>),
+    Lease { sink: String, max: usize },
+    Settle { sink: String, outcomes: Vec<(u64, Outcome)> },
+    Maintain,
+}
+
+impl Op {
+    /// Appends must be durable before they are answered; maintenance makes earlier
+    /// non-durable settles durable at a bounded interval.
+    fn needs_durability(&self) -> bool {
+        matches!(self, Op::Append(_) | Op::Maintain)
+    }
+}
+
+/// The answer to one operation, in the same position as its `Op`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpResult {
+    Appended(Result<Vec<AppendOutcome>, Full>),
+    Leased(Vec<Leased>),
+    Settled { acked: usize, dead: usize, retried: usize },
+    Maintained(MaintainReport),
+}
+
+/// The WAL is over a limit: the append was refused whole, nothing stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("WAL full: {records} records / {bytes} bytes live (limits {max_records} / {max_bytes})")]
+pub struct Full {
+    pub records: u64,
+    pub bytes: u64,
+    pub max_records: u64,
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintainReport {
+    pub expired: u64,
+    pub dead_purged: u64,
+    pub idempotency_purged: u64,
+}
+
+/// Counters kept in `meta`; mirrored in memory between commits.
+#[derive(Debug, Clone, Default)]
+struct Meta {
+    next_seq: u64,
+    live_bytes: u64,
+    records: u64,
+    idem_keys: u64,
+    /// Per sink: (pending, dead, acked_total).
+    sinks: BTreeMap<String, (u64, u64, u64)>,
+}
+
+impl Meta {
+    fn load(txn: &WriteTransaction) -> Result<Meta, WalError> {
+        let t = txn.open_table(META)?;
+        let mut m = Meta {
+            next_seq: 1,
+            ..Default::default()
+        };
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (k, v) = (k.value().to_string(), v.value());
+            match k.as_str() {
+                "next_seq" => m.next_seq = v,
+                "live_bytes" => m.live_bytes = v,
+                "records" => m.records = v,
+                "idem_keys" => m.idem_keys = v,
+                other => {
+                    if let Some((kind, sink)) = other.split_once('/') {
+                        let e = m.sinks.entry(sink.to_string()).or_default();
+                        match kind {
+                            "pending" => e.0 = v,
+                            "dead" => e.1 = v,
+                            "acked" => e.2 = v,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    fn save(&self, txn: &WriteTransaction) -> Result<(), WalError> {
+        let mut t = txn.open_table(META)?;
+        t.insert("next_seq", self.next_seq)?;
+        t.insert("live_bytes", self.live_bytes)?;
+        t.insert("records", self.records)?;
+        t.insert("idem_keys", self.idem_keys)?;
+        for (sink, (p, d, a)) in &self.sinks {
+            t.insert(format!("pending/{sink}").as_str(), *p)?;
+            t.insert(format!("dead/{sink}").as_str(), *d)?;
+            t.insert(format!("acked/{sink}").as_str(), *a)?;
+        }
+        Ok(())
+    }
+
+    fn sink(&mut self, sink: &str) -> &mut (u64, u64, u64) {
+        self.sinks.entry(sink.to_string()).or_default()
+    }
+}
+
+/// The WAL file and the in-memory lease table.
+pub struct WalStore {
+    db: Database,
+    path: PathBuf,
+    sinks: Vec<String>,
+    limits: WalLimits,
+    meta: Meta,
+    /// sink -> seq -> lease deadline (ms). Memory only, by design (see module doc).
+    inflight: HashMap<String, BTreeMap<u64, u64>>,
+    /// Records below this seq were already examined for age expiry since open.
+    expiry_cursor: u64,
+}
+
+impl std::fmt::Debug for WalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl WalStore {
+    /// Opens (creating if needed) the WAL at `path`. Blocking: call from a blocking thread.
+    pub fn open(path: &Path, sinks: Vec<String>, limits: WalLimits) -> Result<WalStore, WalError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| WalError::Storage(e.to_string()))?;
+        }
+        let db = Database::create(path).map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => WalError::AlreadyOpen,
+            source => WalError::Open {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        let txn = db.begin_write()?;
+        // Create every table so readers never meet a missing one.
+        txn.open_table(RECORDS)?;
+        txn.open_table(REFS)?;
+        txn.open_table(PENDING)?;
+        txn.open_table(DEAD)?;
+        txn.open_table(IDEM)?;
+        txn.open_table(IDEM_EXPIRY)?;
+        let meta = Meta::load(&txn)?;
+        meta.save(&txn)?;
+        txn.commit()?;
+        Ok(WalStore {
+            db,
+            path: path.to_path_buf(),
+            sinks,
+            limits,
+            meta,
+            inflight: HashMap::new(),
+            expiry_cursor: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies `ops` in one transaction, durable (fsync) if any op needs it, and answers each.
+    /// Consumes the store: on error it is dropped and must be reopened.
+    pub fn apply(mut self, ops: Vec<Op>, now_ms: u64) -> Result<(WalStore, Vec<OpResult>), WalError> {
+        let durable = ops.iter().any(Op::needs_durability);
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        let mut meta = self.meta.clone();
+        let mut results = Vec::with_capacity(ops.len());
+        {
+            let mut tx = Tx::open(&txn)?;
+            for op in ops {
+                let r = match op {
+                    Op::Append(records) => OpResult::Appended(self.append(&mut tx, &mut meta, records, now_ms)?),
+                    Op::Lease { sink, max } => OpResult::Leased(self.lease(&mut tx, &mut meta, &sink, max, now_ms)?),
+                    Op::Settle { sink, outcomes } => self.settle(&mut tx, &mut meta, &sink, outcomes, now_ms)?,
+                    Op::Maintain => OpResult::Maintained(self.maintain(&mut tx, &mut meta, now_ms)?),
+                };
+                results.push(r);
+            }
+        }
+        meta.save(&txn)?;
+        txn.commit()?;
+        self.meta = meta;
+        Ok((self, results))
+    }
+
+    fn append(&mut self, tx: &mut Tx<'_>, meta: &mut Meta, records: Vec<Record>, now: u64) -> Result<Result<Vec<AppendOutcome>, Full>, WalError> {
+        // Pass 1: classify without writing, so a refused append leaves nothing behind.
+        enum Plan {
+            New(Vec<u8>),
+            Dup(u64, String),
+            DupInBatch(usize),
+        }
+        let mut plans = Vec::with_capacity(records.len());
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let (mut new_count, mut new_bytes) = (0u64, 0u64);
+        for (i, r) in records.iter().enumerate() {
+            if let Some(&first) = seen.get(r.idempotency_key.as_str()) {
+                plans.push(Plan::DupInBatch(first));
+                continue;
+            }
+            if let Some(v) = tx.idem.get(r.idempotency_key.as_str())? {
+                let (seq, ts, corr) = v.value();
+                if ts.saturating_add(self.limits.idempotency_window_ms) > now {
+                    plans.push(Plan::Dup(seq, corr.to_string()));
+                    continue;
+                }
+            }
+            seen.insert(&r.idempotency_key, i);
+            let bytes = r.encode();
+            new_count += 1;
+            new_bytes += bytes.len() as u64;
+            plans.push(Plan::New(bytes));
+        }
+        if new_count > 0
+            && (meta.records + new_count > self.limits.max_records
+                || meta.live_bytes + new_bytes > self.limits.max_bytes)
+        {
+            return Ok(Err(Full {
+                records: meta.records,
+                bytes: meta.live_bytes,
+                max_records: self.limits.max_records,
+                max_bytes: self.limits.max_bytes,
+            }));
+        }
+        // Pass 2: write.
+        let mut out: Vec<AppendOutcome> = Vec::with_capacity(records.len());
+        for (r, plan) in records.iter().zip(plans) {
+            let outcome = match plan {
+                Plan::Dup(seq, correlation_id) => AppendOutcome::Duplicate { seq, correlation_id },
+                Plan::DupInBatch(first) => match &out[first] {
+                    AppendOutcome::Stored { seq, correlation_id } | AppendOutcome::Duplicate { seq, correlation_id } => {
+                        AppendOutcome::Duplicate {
+                            seq: *seq,
+                            correlation_id: correlation_id.clone(),
+                        }
+                    }
+                },
+                Plan::New(bytes) => {
+                    let seq = meta.next_seq;
+                    meta.next_seq += 1;
+                    tx.records.insert(seq, bytes.as_slice())?;
+                    tx.refs.insert(seq, (self.sinks.len() as u32, r.receive_ts_ms))?;
+                    for sink in &self.sinks {
+                        tx.pending.insert((sink.as_str(), seq), 0u32)?;
+                        meta.sink(sink).0 += 1;
+                    }
+                    let key = r.idempotency_key.as_str();
+                    if let Some(old) = tx.idem.insert(key, (seq, r.receive_ts_ms, r.correlation_id.as_str()))? {
+                        // An expired key being reused: drop its old expiry row.
+                        let (_, old_ts, _) = old.value();
+                        drop(old);
+                        tx.idem_expiry.remove((old_ts, key))?;
+                    } else {
+                        meta.idem_keys += 1;
+                    }
+                    tx.idem_expiry.insert((r.receive_ts_ms, key), ())?;
+                    meta.records += 1;
+                    meta.live_bytes += bytes.len() as u64;
+                    if self.sinks.is_empty() {
+                        // Nothing will ever need it; keep the idempotency key only.
+                        self.unref(tx, meta, seq)?;
+                    }
+                    AppendOutcome::Stored {
+                        seq,
+                        correlation_id: r.correlation_id.clone(),
+                    }
+                }
+            };
+            out.push(outcome);
+        }
+        Ok(Ok(out))
+    }
+
+    fn lease(&mut self, tx: &mut Tx<'_>, meta: &mut Meta, sink: &str, max: usize, now: u64) -> Result<Vec<Leased>, WalError> {
+        let leased_now = {
+            let inflight = self.inflight.entry(sink.to_string()).or_default();
+            inflight.retain(|_, deadline| *deadline > now);
+            let mut picked = Vec::new();
+            for row in tx.pending.range((sink, 0)..=(sink, u64::MAX))? {
+                let (k, v) = row?;
+                let seq = k.value().1;
+                if inflight.contains_key(&seq) {
+                    continue;
+                }
+                picked.push((seq, v.value()));
+                if picked.len() >= max {
+                    break;
+                }
+            }
+            picked
+        };
+        let mut out = Vec::with_capacity(leased_now.len());
+        for (seq, attempts) in leased_now {
+            if attempts >= self.limits.max_attempts {
+                // Leased that often without a settle: its publisher keeps dying on it.
+                let reason = format!("max attempts ({attempts}) reached without a settled delivery");
+                self.kill(tx, meta, sink, seq, attempts, reason, now)?;
+                continue;
+            }
+            let body = tx.records.get(seq)?.map(|b| Record::decode(b.value()));
+            let record = match body {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    self.kill(tx, meta, sink, seq, attempts, format!("corrupt record: {e}"), now)?;
+                    continue;
+                }
+                None => {
+                    self.kill(tx, meta, sink, seq, attempts, "record body missing".into(), now)?;
+                    continue;
+                }
+            };
+            tx.pending.insert((sink, seq), attempts + 1)?;
+            self.inflight
+                .entry(sink.to_string())
+                .or_default()
+                .insert(seq, now.saturating_add(self.limits.lease_ms));
+            out.push(Leased {
+                seq,
+                attempts: attempts + 1,
+                record,
+            });
+        }
+        Ok(out)
+    }
+
+    fn settle(&mut self, tx: &mut Tx<'_>, meta: &mut Meta, sink: &str, outcomes: Vec<(u64, Outcome)>, now: u64) -> Result<OpResult, WalError> {
+        let (mut acked, mut dead, mut retried) = (0, 0, 0);
+        for (seq, outcome) in outcomes {
+            if let Some(m) = self.inflight.get_mut(sink) {
+                m.remove(&seq);
+            }
+            let Some(attempts) = tx.pending.get((sink, seq))?.map(|v| v.value()) else {
+                continue; // already settled by an earlier lease of the same record
+            };
+            match outcome {
+                Outcome::Acked => {
+                    tx.pending.remove((sink, seq))?;
+                    let s = meta.sink(sink);
+                    s.0 -= 1;
+                    s.2 += 1;
+                    self.unref(tx, meta, seq)?;
+                    acked += 1;
+                }
+                Outcome::Retry(reason) if attempts >= self.limits.max_attempts => {
+                    let reason = format!("max attempts ({attempts}) reached; last error: {reason}");
+                    self.kill(tx, meta, sink, seq, attempts, reason, now)?;
+                    dead += 1;
+                }
+                Outcome::Retry(_) => retried += 1,
+                Outcome::Dead(reason) => {
+                    self.kill(tx, meta, sink, seq, attempts, reason, now)?;
+                    dead += 1;
+                }
+            }
+        }
+        Ok(OpResult::Settled { acked, dead, retried })
+    }
+
+    /// Pending -> Dead for one sink. The dead row keeps the record referenced.
+    #[allow(clippy::too_many_arguments)]
+    fn kill(&mut self, tx: &mut Tx<'_>, meta: &mut Meta, sink: &str, seq: u64, attempts: u32, reason: String, now: u64) -> Result<(), WalError> {
+        tx.pending.remove((sink, seq))?;
+        if let Some(m) = self.inflight.get_mut(sink) {
+            m.remove(&seq);
+        }
+        let entry = DeadEntry {
+            reason,
+            attempts,
+            dead_at_ms: now,
+        };
+        let mut buf = Vec::new();
+        ciborium::into_writer(&entry, &mut buf).expect("encoding to a Vec cannot fail");
+        tx.dead.insert((sink, seq), buf.as_slice())?;
+        let s = meta.sink(sink);
+        s.0 -= 1;
+        s.1 += 1;
+        Ok(())
+    }
+
+    /// One row fewer names `seq`; the last one out deletes the record.
+    fn unref(&mut self, tx: &mut Tx<'_>, meta: &mut Meta, seq: u64) -> Result<(), WalError> {
+        let Some((n, ts)) = tx.refs.get(seq)?.map(|v| v.value()) else {
+            return Ok(());
+        };
+        if n > 1 {
+            tx.refs.insert(seq, (n - 1, ts))?;
+            return Ok(());
+        }
+        tx.refs.remove(seq)?;
+        if let Some(body) = tx.records.remove(seq)? {
+            meta.live_bytes = meta.live_bytes.saturating_sub(body.value().len() as u64);
+        }
+        meta.records = meta.records.saturating_sub(1);
+        Ok(())
+    }
+
+    fn maintain(&mut self, tx: &mut Tx<'_>, meta: &mut Meta, now: u64) -> Result<MaintainReport, WalError> {
+        let mut report = MaintainReport::default();
+        // Idempotency keys that left the window.
+        let cutoff = now.saturating_sub(self.limits.idempotency_window_ms);
+        let old: Vec<(u64, String)> = tx
+            .idem_expiry
+            .range(..(cutoff, ""))?
+            .take(SWEEP_LIMIT)
+            .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+            .collect::<Result<_, _>>()?;
+        for (ts, key) in old {
+            tx.idem_expiry.remove((ts, key.as_str()))?;
+            tx.idem.remove(key.as_str())?;
+            meta.idem_keys = meta.idem_keys.saturating_sub(1);
+            report.idempotency_purged += 1;
+        }
+        // Undelivered records past max age: Dead with reason `expired`, per sink still pending.
+        let age_cutoff = now.saturating_sub(self.limits.max_age_ms);
+        let candidates: Vec<(u64, u64)> = tx
+            .refs
+            .range(self.expiry_cursor..)?
+            .take(SWEEP_LIMIT)
+            .map(|r| r.map(|(k, v)| (k.value(), v.value().1)))
+            .collect::<Result<_, _>>()?;
+        for (seq, ts) in candidates {
+            if ts >= age_cutoff {
+                break;
+            }
+            for sink in self.sinks.clone() {
+                let attempts = tx.pending.get((sink.as_str(), seq))?.map(|v| v.value());
+                if let Some(attempts) = attempts {
+                    self.kill(tx, meta, &sink, seq, attempts, "expired".into(), now)?;
+                    report.expired += 1;
+                }
+            }
+            self.expiry_cursor = seq + 1;
+        }
+        // Dead letters past their retention.
+        let dead_cutoff = now.saturating_sub(self.limits.dead_retention_ms);
+        for sink in meta.sinks.keys().cloned().collect::<Vec<_>>() {
+            let rows: Vec<(u64, u64)> = tx
+                .dead
+                .range((sink.as_str(), 0)..=(sink.as_str(), u64::MAX))?
+                .take(SWEEP_LIMIT)
+                .map(|r| {
+                    r.map(|(k, v)| {
+                        let at = ciborium::from_reader::<DeadEntry, _>(v.value())
+                            .map(|d| d.dead_at_ms)
+                            .unwrap_or(0);
+                        (k.value().1, at)
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            for (seq, at) in rows {
+                if at >= dead_cutoff {
+                    break;
+                }
+                tx.dead.remove((sink.as_str(), seq))?;
+                let s = meta.sink(&sink);
+                s.1 = s.1.saturating_sub(1);
+                self.unref(tx, meta, seq)?;
+                report.dead_purged += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Counts by state and sink (from the in-memory mirror; no I/O but a stat of the file).
+    pub fn stats(&self) -> WalStats {
+        stats_from(&self.meta, &self.inflight, &self.path)
+    }
+
+    /// Dead-lettered entries of a sink, oldest first (for inspection).
+    pub fn dead_letters(&self, sink: &str, limit: usize) -> Result<Vec<(u64, DeadEntry, Option<Record>)>, WalError> {
+        let txn = self.db.begin_read()?;
+        let dead = txn.open_table(DEAD)?;
+        let records = txn.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for row in dead.range((sink, 0)..=(sink, u64::MAX))?.take(limit) {
+            let (k, v) = row?;
+            let seq = k.value().1;
+            let entry: DeadEntry = ciborium::from_reader(v.value()).map_err(|e| WalError::Storage(e.to_string()))?;
+            let rec = records.get(seq)?.and_then(|b| Record::decode(b.value()).ok());
+            out.push((seq, entry, rec));
+        }
+        Ok(out)
+    }
+
+    /// Stats of a WAL file that no process holds open (`edge-gateway wal stats`).
+    pub fn offline_stats(path: &Path) -> Result<WalStats, WalError> {
+        let db = Database::open(path).map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => WalError::AlreadyOpen,
+            source => WalError::Open {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        let txn = db.begin_write()?;
+        let meta = Meta::load(&txn)?;
+        txn.abort()?;
+        Ok(stats_from(&meta, &HashMap::new(), path))
+    }
+
+    /// Every row's key, for model-based tests: pending (with attempts), dead, records, keys.
+    #[doc(hidden)]
+    pub fn dump(&self) -> Result<Dump, WalError> {
+        let txn = self.db.begin_read()?;
+        let mut d = Dump::default();
+        for row in txn.open_table(PENDING)?.iter()? {
+            let (k, v) = row?;
+            d.pending.insert((k.value().0.to_string(), k.value().1), v.value());
+        }
+        for row in txn.open_table(DEAD)?.iter()? {
+            let (k, _) = row?;
+            d.dead.insert((k.value().0.to_string(), k.value().1));
+        }
+        for row in txn.open_table(RECORDS)?.iter()? {
+            d.records.insert(row?.0.value());
+        }
+        for row in txn.open_table(IDEM)?.iter()? {
+            d.idem.insert(row?.0.value().to_string());
+        }
+        Ok(d)
+    }
+
+    /// Row counts straight from the tables, for tests that check the counters.
+    pub fn count_rows(&self) -> Result<(u64, u64, u64), WalError> {
+        let txn = self.db.begin_read()?;
+        Ok((
+            txn.open_table(RECORDS)?.len()?,
+            txn.open_table(PENDING)?.len()?,
+            txn.open_table(DEAD)?.len()?,
+        ))
+    }
+}
+
+/// All rows of a store, by key (see [`WalStore::dump`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dump {
+    pub pending: BTreeMap<(String, u64), u32>,
+    pub dead: std::collections::BTreeSet<(String, u64)>,
+    pub records: std::collections::BTreeSet<u64>,
+    pub idem: std::collections::BTreeSet<String>,
+}
+
+fn stats_from(meta: &Meta, inflight: &HashMap<String, BTreeMap<u64, u64>>, path: &Path) -> WalStats {
+    WalStats {
+        records: meta.records,
+        live_bytes: meta.live_bytes,
+        file_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        idempotency_keys: meta.idem_keys,
+        sinks: meta
+            .sinks
+            .iter()
+            .map(|(sink, (p, d, a))| SinkStats {
+                sink: sink.clone(),
+                pending: *p,
+                in_flight: inflight.get(sink).map(|m| m.len() as u64).unwrap_or(0),
+                dead: *d,
+                acked_total: *a,
+            })
+            .collect(),
+    }
+}
+
+/// The tables of one write transaction, opened once per group.
+struct Tx<'t> {
+    records: redb::Table<'t, u64, &'static [u8]>,
+    refs: redb::Table<'t, u64, (u32, u64)>,
+    pending: redb::Table<'t, (&'static str, u64), u32>,
+    dead: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    idem: redb::Table<'t, &'static str, (u64, u64, &'static str)>,
+    idem_expiry: redb::Table<'t, (u64, &'static str), ()>,
+}
+
+impl<'t> Tx<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Tx<'t>, WalError> {
+        Ok(Tx {
+            records: txn.open_table(RECORDS)?,
+            refs: txn.open_table(REFS)?,
+            pending: txn.open_table(PENDING)?,
+            dead: txn.open_table(DEAD)?,
+            idem: txn.open_table(IDEM)?,
+            idem_expiry: txn.open_table(IDEM_EXPIRY)?,
+        })
+    }
+}

@@ -1,0 +1,379 @@
+//! WalStore against an in-memory model, plus focused unit tests.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+const SINKS: [&str; 2] = ["a", "b"];
+
+fn limits() -> WalLimits {
+    WalLimits {
+        max_bytes: 1 << 30,
+        max_records: 1_000_000,
+        max_age_ms: 1 << 40,
+        idempotency_window_ms: 1 << 40,
+        dead_retention_ms: 1 << 40,
+        max_attempts: 3,
+        lease_ms: 100,
+    }
+}
+
+fn rec(key: &str, ts: u64) -> Record {
+    Record {
+        device_id: "dev-1".into(),
+        idempotency_key: key.into(),
+        correlation_id: format!("corr-{key}"),
+        gateway_id: "gw".into(),
+        receive_ts_ms: ts,
+        source: Source::Http,
+        schema: 1,
+        msg_id: None,
+        device_seq: None,
+        device_ts: None,
+        data: serde_json::Map::new(),
+    }
+}
+
+fn open(dir: &std::path::Path, l: WalLimits) -> WalStore {
+    WalStore::open(&dir.join("wal.redb"), SINKS.iter().map(|s| s.to_string()).collect(), l).unwrap()
+}
+
+fn one(store: WalStore, op: Op, now: u64) -> (WalStore, OpResult) {
+    let (s, mut r) = store.apply(vec![op], now).unwrap();
+    (s, r.pop().unwrap())
+}
+
+#[test]
+fn group_commit_answers_each_op_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), limits());
+    let ops = vec![
+        Op::Append(vec![rec("k1", 10)]),
+        Op::Append(vec![rec("k2", 10), rec("k3", 10)]),
+        Op::Append(vec![rec("k1", 10)]),
+    ];
+    let (s, r) = s.apply(ops, 10).unwrap();
+    assert_eq!(r.len(), 3);
+    let seqs: Vec<_> = r
+        .iter()
+        .flat_map(|r| match r {
+            OpResult::Appended(Ok(v)) => v.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![
+            AppendOutcome::Stored { seq: 1, correlation_id: "corr-k1".into() },
+            AppendOutcome::Stored { seq: 2, correlation_id: "corr-k2".into() },
+            AppendOutcome::Stored { seq: 3, correlation_id: "corr-k3".into() },
+            AppendOutcome::Duplicate { seq: 1, correlation_id: "corr-k1".into() },
+        ]
+    );
+    let st = s.stats();
+    assert_eq!(st.records, 3);
+    assert_eq!(st.sinks.iter().map(|x| x.pending).collect::<Vec<_>>(), vec![3, 3]);
+}
+
+#[test]
+fn duplicates_inside_one_request_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), limits());
+    let (s, r) = one(s, Op::Append(vec![rec("x", 1), rec("x", 1)]), 1);
+    assert_eq!(
+        r,
+        OpResult::Appended(Ok(vec![
+            AppendOutcome::Stored { seq: 1, correlation_id: "corr-x".into() },
+            AppendOutcome::Duplicate { seq: 1, correlation_id: "corr-x".into() },
+        ]))
+    );
+    assert_eq!(s.stats().records, 1);
+}
+
+#[test]
+fn idempotency_key_forgotten_after_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = limits();
+    l.idempotency_window_ms = 1_000;
+    let s = open(dir.path(), l);
+    let (s, _) = one(s, Op::Append(vec![rec("k", 0)]), 0);
+    let (s, r) = one(s, Op::Append(vec![rec("k", 500)]), 500);
+    assert!(matches!(r, OpResult::Appended(Ok(ref v)) if matches!(v[0], AppendOutcome::Duplicate { .. })));
+    let (s, r) = one(s, Op::Maintain, 2_000);
+    assert_eq!(r, OpResult::Maintained(MaintainReport { idempotency_purged: 1, ..Default::default() }));
+    let (s, r) = one(s, Op::Append(vec![rec("k", 2_000)]), 2_000);
+    assert!(matches!(r, OpResult::Appended(Ok(ref v)) if matches!(v[0], AppendOutcome::Stored { seq: 2, .. })));
+    assert_eq!(s.stats().idempotency_keys, 1);
+}
+
+#[test]
+fn full_wal_refuses_the_whole_append_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = limits();
+    l.max_records = 2;
+    let s = open(dir.path(), l);
+    let (s, _) = one(s, Op::Append(vec![rec("a", 0)]), 0);
+    let (s, r) = one(s, Op::Append(vec![rec("b", 0), rec("c", 0)]), 0);
+    assert!(matches!(r, OpResult::Appended(Err(Full { records: 1, .. }))), "{r:?}");
+    assert_eq!(s.count_rows().unwrap().0, 1);
+    // Draining makes room again.
+    let (s, _) = one(s, Op::Lease { sink: "a".into(), max: 10 }, 0);
+    let (s, _) = one(s, Op::Lease { sink: "b".into(), max: 10 }, 0);
+    let (s, _) = one(s, Op::Settle { sink: "a".into(), outcomes: vec![(1, Outcome::Acked)] }, 0);
+    let (s, _) = one(s, Op::Settle { sink: "b".into(), outcomes: vec![(1, Outcome::Acked)] }, 0);
+    assert_eq!(s.stats().records, 0);
+    let (_, r) = one(s, Op::Append(vec![rec("b", 0), rec("c", 0)]), 0);
+    assert!(matches!(r, OpResult::Appended(Ok(_))));
+}
+
+#[test]
+fn sinks_progress_independently_and_record_deleted_when_all_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), limits());
+    let (s, _) = one(s, Op::Append(vec![rec("a", 0), rec("b", 0)]), 0);
+    let (s, r) = one(s, Op::Lease { sink: "a".into(), max: 10 }, 0);
+    let OpResult::Leased(l) = r else { panic!() };
+    assert_eq!(l.iter().map(|x| (x.seq, x.attempts)).collect::<Vec<_>>(), vec![(1, 1), (2, 1)]);
+    let (s, _) = one(s, Op::Settle { sink: "a".into(), outcomes: vec![(1, Outcome::Acked), (2, Outcome::Acked)] }, 0);
+    assert_eq!(s.stats().records, 2, "sink b still needs both");
+    let (s, _) = one(s, Op::Lease { sink: "b".into(), max: 1 }, 0);
+    let (s, _) = one(s, Op::Settle { sink: "b".into(), outcomes: vec![(1, Outcome::Dead("400 bad".into()))] }, 0);
+    let (s, _) = one(s, Op::Lease { sink: "b".into(), max: 1 }, 0);
+    let (s, _) = one(s, Op::Settle { sink: "b".into(), outcomes: vec![(2, Outcome::Acked)] }, 0);
+    assert_eq!(s.count_rows().unwrap(), (1, 0, 1), "record 1 kept for its dead letter");
+    let dl = s.dead_letters("b", 10).unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].1.reason, "400 bad");
+    assert_eq!(dl[0].2.as_ref().unwrap().idempotency_key, "a");
+}
+
+#[test]
+fn retries_end_dead_after_max_attempts_with_last_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), limits());
+    let (mut s, _) = one(s, Op::Append(vec![rec("a", 0)]), 0);
+    for _ in 0..3 {
+        let (s2, _) = one(s, Op::Lease { sink: "a".into(), max: 1 }, 0);
+        let (s2, _) = one(s2, Op::Settle { sink: "a".into(), outcomes: vec![(1, Outcome::Retry("503".into()))] }, 0);
+        s = s2;
+    }
+    let dl = s.dead_letters("a", 10).unwrap();
+    assert_eq!(dl.len(), 1);
+    assert!(dl[0].1.reason.contains("max attempts (3)") && dl[0].1.reason.contains("503"), "{:?}", dl[0].1);
+}
+
+#[test]
+fn unsettled_leases_count_as_attempts_so_poison_records_end_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), limits());
+    let (s2, _) = one(s, Op::Append(vec![rec("a", 0)]), 0);
+    s = s2;
+    // The publisher "crashes" each time: lease, reopen (no settle).
+    for _ in 0..3 {
+        let (s2, r) = one(s, Op::Lease { sink: "a".into(), max: 1 }, 0);
+        assert!(matches!(r, OpResult::Leased(ref v) if v.len() == 1));
+        let (s2, _) = one(s2, Op::Maintain, 0); // make the attempt durable
+        drop(s2);
+        s = open(dir.path(), limits());
+    }
+    let (s, r) = one(s, Op::Lease { sink: "a".into(), max: 1 }, 0);
+    assert_eq!(r, OpResult::Leased(vec![]));
+    assert_eq!(s.stats().sinks[0].dead, 1);
+}
+
+#[test]
+fn expired_records_become_dead_and_stay_inspectable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = limits();
+    l.max_age_ms = 1_000;
+    let s = open(dir.path(), l);
+    let (s, _) = one(s, Op::Append(vec![rec("old", 0)]), 0);
+    let (s, _) = one(s, Op::Append(vec![rec("new", 1_500)]), 1_500);
+    let (s, r) = one(s, Op::Maintain, 1_600);
+    assert_eq!(r, OpResult::Maintained(MaintainReport { expired: 2, ..Default::default() }));
+    assert_eq!(s.dead_letters("a", 10).unwrap()[0].1.reason, "expired");
+    assert_eq!(s.stats().sinks[0].pending, 1);
+}
+
+#[test]
+fn lease_expiry_makes_records_leasable_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), limits());
+    let (s, _) = one(s, Op::Append(vec![rec("a", 0)]), 0);
+    let (s, r) = one(s, Op::Lease { sink: "a".into(), max: 5 }, 0);
+    assert!(matches!(r, OpResult::Leased(ref v) if v.len() == 1));
+    let (s, r) = one(s, Op::Lease { sink: "a".into(), max: 5 }, 50);
+    assert_eq!(r, OpResult::Leased(vec![]), "still in flight");
+    let (_, r) = one(s, Op::Lease { sink: "a".into(), max: 5 }, 100);
+    assert!(matches!(r, OpResult::Leased(ref v) if v.len() == 1 && v[0].attempts == 2));
+}
+
+// ---- model-based property test -------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum MOp {
+    Append(Vec<u8>),
+    Lease(usize, usize),
+    Settle(usize, u8),
+    Advance(u64),
+    Maintain,
+    Crash,
+}
+
+fn mop() -> impl Strategy<Value = MOp> {
+    prop_oneof![
+        4 => proptest::collection::vec(0u8..24, 1..4).prop_map(MOp::Append),
+        3 => (0usize..2, 1usize..5).prop_map(|(s, m)| MOp::Lease(s, m)),
+        3 => (0usize..2, 0u8..3).prop_map(|(s, o)| MOp::Settle(s, o)),
+        1 => (1u64..80).prop_map(MOp::Advance),
+        1 => Just(MOp::Maintain),
+        1 => Just(MOp::Crash),
+    ]
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Model {
+    next_seq: u64,
+    pending: BTreeMap<(String, u64), u32>,
+    dead: BTreeSet<(String, u64)>,
+    records: BTreeSet<u64>,
+    idem: BTreeMap<String, u64>,
+    refs: BTreeMap<u64, u32>,
+}
+
+impl Model {
+    fn unref(&mut self, seq: u64) {
+        let n = self.refs.get_mut(&seq).unwrap();
+        *n -= 1;
+        if *n == 0 {
+            self.refs.remove(&seq);
+            self.records.remove(&seq);
+        }
+    }
+    fn kill(&mut self, sink: &str, seq: u64) {
+        self.pending.remove(&(sink.to_string(), seq));
+        self.dead.insert((sink.to_string(), seq));
+    }
+    fn dump(&self) -> Dump {
+        Dump {
+            pending: self.pending.clone(),
+            dead: self.dead.clone(),
+            records: self.records.clone(),
+            idem: self.idem.keys().cloned().collect(),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn store_matches_model(ops in proptest::collection::vec(mop(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.redb");
+        let mut store = Some(open(dir.path(), limits()));
+        let mut m = Model { next_seq: 1, ..Default::default() };
+        // What the last durable commit held: a crash may go back to it, never further.
+        let mut durable = m.clone();
+        let mut inflight: BTreeMap<(String, u64), u64> = BTreeMap::new();
+        let mut now = 0u64;
+        let mut leased: Vec<(String, u64)> = Vec::new();
+        for op in ops {
+            let s = store.take().unwrap();
+            match op {
+                MOp::Append(keys) => {
+                    let recs: Vec<Record> = keys.iter().map(|k| rec(&format!("k{k}"), now)).collect();
+                    let (s2, r) = one(s, Op::Append(recs), now);
+                    let OpResult::Appended(Ok(out)) = r else { panic!("{r:?}") };
+                    for (k, o) in keys.iter().zip(out) {
+                        let key = format!("k{k}");
+                        match m.idem.get(&key) {
+                            Some(&seq) => { let ok = matches!(o, AppendOutcome::Duplicate { seq: got, .. } if got == seq); prop_assert!(ok, "want duplicate of {}", seq); }
+                            None => {
+                                let seq = m.next_seq;
+                                m.next_seq += 1;
+                                let ok = matches!(o, AppendOutcome::Stored { seq: got, .. } if got == seq); prop_assert!(ok, "want stored as {}", seq);
+                                m.idem.insert(key, seq);
+                                m.records.insert(seq);
+                                m.refs.insert(seq, 2);
+                                for sink in SINKS { m.pending.insert((sink.into(), seq), 0); }
+                            }
+                        }
+                    }
+                    durable = m.clone();
+                    store = Some(s2);
+                }
+                MOp::Lease(si, max) => {
+                    let sink = SINKS[si];
+                    inflight.retain(|_, d| *d > now);
+                    let mut want = Vec::new();
+                    let mut to_dead = Vec::new();
+                    for ((sk, seq), att) in m.pending.range((sink.to_string(), 0)..=(sink.to_string(), u64::MAX)) {
+                        if inflight.contains_key(&(sk.clone(), *seq)) { continue; }
+                        if *att >= 3 { to_dead.push(*seq); } else { want.push((*seq, att + 1)); }
+                        if want.len() + to_dead.len() >= max { break; }
+                    }
+                    let (s2, r) = one(s, Op::Lease { sink: sink.into(), max }, now);
+                    let OpResult::Leased(got) = r else { panic!() };
+                    prop_assert_eq!(got.iter().map(|l| (l.seq, l.attempts)).collect::<Vec<_>>(), want.clone());
+                    for seq in to_dead { m.kill(sink, seq); }
+                    for (seq, att) in want {
+                        m.pending.insert((sink.into(), seq), att);
+                        inflight.insert((sink.into(), seq), now + 100);
+                        leased.push((sink.into(), seq));
+                    }
+                    store = Some(s2);
+                }
+                MOp::Settle(si, o) => {
+                    let sink = SINKS[si];
+                    let Some(pos) = leased.iter().position(|(s, _)| s == sink) else { store = Some(s); continue; };
+                    let (_, seq) = leased.remove(pos);
+                    let outcome = match o { 0 => Outcome::Acked, 1 => Outcome::Retry("t".into()), _ => Outcome::Dead("p".into()) };
+                    inflight.remove(&(sink.to_string(), seq));
+                    if let Some(&att) = m.pending.get(&(sink.to_string(), seq)) {
+                        match outcome {
+                            Outcome::Acked => { m.pending.remove(&(sink.to_string(), seq)); m.unref(seq); }
+                            Outcome::Retry(_) if att >= 3 => m.kill(sink, seq),
+                            Outcome::Retry(_) => {}
+                            Outcome::Dead(_) => m.kill(sink, seq),
+                        }
+                    }
+                    let (s2, _) = one(s, Op::Settle { sink: sink.into(), outcomes: vec![(seq, outcome)] }, now);
+                    store = Some(s2);
+                }
+                MOp::Advance(d) => { now += d; store = Some(s); }
+                MOp::Maintain => {
+                    let (s2, _) = one(s, Op::Maintain, now);
+                    durable = m.clone();
+                    store = Some(s2);
+                }
+                MOp::Crash => {
+                    // Copy the file as a crash would leave it, then continue from the copy.
+                    let crashed = dir.path().join("crashed.redb");
+                    std::fs::copy(&path, &crashed).unwrap();
+                    drop(s);
+                    std::fs::rename(&crashed, &path).unwrap();
+                    let s2 = open(dir.path(), limits());
+                    let got = s2.dump().unwrap();
+                    if got == m.dump() {
+                        // Non-durable settles happened to survive: fine.
+                    } else {
+                        prop_assert_eq!(&got, &durable.dump(), "after a crash the WAL must hold at least the last durable state");
+                        m = durable.clone();
+                    }
+                    durable = m.clone();
+                    inflight.clear();
+                    leased.clear();
+                    store = Some(s2);
+                }
+            }
+            let s = store.as_ref().unwrap();
+            prop_assert_eq!(s.dump().unwrap(), m.dump());
+            let st = s.stats();
+            prop_assert_eq!(st.records, m.records.len() as u64);
+            for ss in &st.sinks {
+                prop_assert_eq!(ss.pending, m.pending.keys().filter(|(k, _)| *k == ss.sink).count() as u64);
+                prop_assert_eq!(ss.dead, m.dead.iter().filter(|(k, _)| *k == ss.sink).count() as u64);
+            }
+        }
+    }
+}

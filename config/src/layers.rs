@@ -1,0 +1,150 @@
+//! Merging the layers into one TOML tree and deserialising it once.
+
+use crate::model::Config;
+use crate::validate::{validate, ConfigError, ConfigProblem};
+use std::path::PathBuf;
+use toml::{Table, Value};
+
+/// Where the layers above the defaults come from.
+#[derive(Debug, Default, Clone)]
+pub struct LoadOptions {
+    pub file: Option<PathBuf>,
+    /// `(dotted.path, value)` pairs from the environment, lowest priority first.
+    pub env: Vec<(String, String)>,
+    /// `dotted.path=value` overrides from the command line, applied last.
+    pub overrides: Vec<String>,
+}
+
+/// Reads `EDGE_GATEWAY__SECTION__KEY` variables into dotted paths (`section.key`).
+pub fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<_> = vars
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("EDGE_GATEWAY__")?;
+            let path = rest
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(".");
+            Some((path, v))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A value as TOML if it parses as one (`8080`, `true`, `[1,2]`, `"x"`), else as a plain string.
+fn parse_scalar(raw: &str) -> Value {
+    match format!("v = {raw}").parse::<Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.into())),
+        Err(_) => Value::String(raw.into()),
+    }
+}
+
+/// Sets `path` (dots separate keys, numbers index arrays) in `root` to `raw`.
+pub fn apply_override(root: &mut Table, path: &str, raw: &str) -> Result<(), ConfigProblem> {
+    let parts: Vec<&str> = path.split('.').collect();
+    let bad = |m: &str| ConfigProblem {
+        path: path.into(),
+        message: m.into(),
+    };
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad("empty key in path"));
+    }
+    let mut tree = Value::Table(std::mem::take(root));
+    let result = set_in(&mut tree, &parts, raw).map_err(bad);
+    if let Value::Table(t) = tree {
+        *root = t;
+    }
+    result
+}
+
+fn set_in(node: &mut Value, parts: &[&str], raw: &str) -> Result<(), &'static str> {
+    let (head, rest) = parts.split_first().ok_or("empty path")?;
+    let wants_array = rest.first().is_some_and(|p| p.parse::<usize>().is_ok());
+    let child: &mut Value = match node {
+        Value::Table(t) => {
+            if rest.is_empty() {
+                t.insert((*head).into(), parse_scalar(raw));
+                return Ok(());
+            }
+            t.entry(head.to_string()).or_insert_with(|| {
+                if wants_array {
+                    Value::Array(vec![])
+                } else {
+                    Value::Table(Table::new())
+                }
+            })
+        }
+        Value::Array(a) => {
+            let idx: usize = head.parse().map_err(|_| "expected an array index")?;
+            if idx > a.len() {
+                return Err("array index skips elements");
+            }
+            if idx == a.len() {
+                a.push(Value::Table(Table::new()));
+            }
+            if rest.is_empty() {
+                a[idx] = parse_scalar(raw);
+                return Ok(());
+            }
+            &mut a[idx]
+        }
+        _ => return Err("path goes through a value that is not a table"),
+    };
+    set_in(child, rest, raw)
+}
+
+/// Loads the configuration through every layer and validates it.
+pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
+    let mut root = Table::new();
+    if let Some(path) = &opts.file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        root = text.parse::<Table>().map_err(|e| ConfigError::Syntax {
+            origin: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    let mut problems = Vec::new();
+    let cli = opts.overrides.iter().map(|o| match o.split_once('=') {
+        Some((k, v)) => (k.trim().to_string(), v.to_string()),
+        None => (o.clone(), String::new()),
+    });
+    for (path, raw) in opts.env.iter().cloned().chain(cli) {
+        if let Err(p) = apply_override(&mut root, &path, &raw) {
+            problems.push(p);
+        }
+    }
+    from_table(root, problems)
+}
+
+fn from_table(root: Table, mut problems: Vec<ConfigProblem>) -> Result<Config, ConfigError> {
+    let mut unknown = Vec::new();
+    let de = Value::Table(root);
+    let parsed: Result<Config, _> = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
+    for p in unknown {
+        problems.push(ConfigProblem {
+            path: p,
+            message: "unknown key".into(),
+        });
+    }
+    match parsed {
+        Ok(cfg) => {
+            problems.extend(validate(&cfg));
+            if problems.is_empty() {
+                Ok(cfg)
+            } else {
+                Err(ConfigError::Invalid(problems))
+            }
+        }
+        Err(e) => {
+            problems.push(ConfigProblem {
+                path: "(type)".into(),
+                message: e.to_string(),
+            });
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}

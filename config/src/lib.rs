@@ -1,0 +1,21 @@
+//! Typed configuration for edge-gateway.
+//!
+//! Layers, lowest to highest: embedded defaults < TOML file < environment
+//! (`EDGE_GATEWAY__SECTION__KEY=value`) < command-line overrides (`section.key=value`).
+//! Every layer is merged into one TOML tree first, then deserialised once, so a value's
+//! type is checked the same way wherever it came from.
+//!
+//! Unknown keys are errors. They are collected with `serde_ignored` (rather than
+//! `deny_unknown_fields`, which stops at the first) so that every unknown key and every
+//! semantic error is reported in one go by [`ConfigError::Invalid`].
+
+mod layers;
+mod model;
+mod validate;
+
+pub use layers::{apply_override, env_overrides, load, LoadOptions};
+pub use model::*;
+pub use validate::{ConfigError, ConfigProblem};
+
+#[cfg(test)]
+mod tests;

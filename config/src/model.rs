@@ -1,0 +1,243 @@
+//! The configuration structs: the public face of every component. Defaults live here only.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    /// Stamped on every record so downstream can tell which gateway took it in.
+    pub gateway_id: String,
+    /// Holds the WAL, generated tokens and the file sink's output.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub auth: AuthConfig,
+    pub wal: WalConfig,
+    pub delivery: DeliveryConfig,
+    pub sinks: Vec<SinkConfig>,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gateway_id: "edge-gateway".into(),
+            data_dir: PathBuf::from("./data"),
+            http: HttpConfig::default(),
+            admin: AdminConfig::default(),
+            auth: AuthConfig::default(),
+            wal: WalConfig::default(),
+            delivery: DeliveryConfig::default(),
+            sinks: vec![SinkConfig::default_file()],
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// HTTP ingest listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Bodies above this are refused with 413 before they are read in full.
+    pub max_body_bytes: u64,
+    /// Most readings accepted in one request (an array body).
+    pub max_batch: usize,
+    /// A client that has not sent its request headers within this is disconnected (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// Whole-request budget, body read and WAL commit included; past it the client gets 503.
+    pub request_timeout_ms: u64,
+    /// Seconds sent in `Retry-After` with a 503.
+    pub retry_after_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: "127.0.0.1:8080".parse().expect("literal address"),
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+            header_read_timeout_ms: 5_000,
+            request_timeout_ms: 10_000,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// Admin API listener: health, metrics, supervision tree, chaos hooks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// File holding the admin bearer token. Unset: `<data_dir>/admin.token`, generated on first start.
+    pub token_file: Option<PathBuf>,
+    /// Enables `POST /admin/actors/{name}/fail`. Off by default: only the chaos harness wants it.
+    pub chaos: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:8081".parse().expect("literal address"),
+            token_file: None,
+            chaos: false,
+        }
+    }
+}
+
+/// Ingest authentication. There are no default credentials: see the README.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// File holding a token accepted for any device. Unset and no `devices`:
+    /// `<data_dir>/ingest.token`, generated on first start.
+    pub ingest_token_file: Option<PathBuf>,
+    /// Per-device token hashes: `device_id = "sha256:<hex>"` (see `edge-gateway token hash`).
+    pub devices: std::collections::BTreeMap<String, String>,
+}
+
+/// Write-ahead log limits and retention.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct WalConfig {
+    /// Live (not yet settled) record bytes above which ingest gets backpressure.
+    pub max_bytes: u64,
+    /// Live records above which ingest gets backpressure.
+    pub max_records: u64,
+    /// Records older than this that are still undelivered become Dead with reason `expired`.
+    pub max_age_secs: u64,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window_secs: u64,
+    /// How long dead-lettered records are kept for inspection.
+    pub dead_retention_secs: u64,
+    /// Most operations folded into one commit.
+    pub max_group: usize,
+    /// Period of retention sweeps.
+    pub maintenance_interval_ms: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            max_bytes: 1 << 30,
+            max_records: 10_000_000,
+            max_age_secs: 7 * 24 * 3600,
+            idempotency_window_secs: 24 * 3600,
+            dead_retention_secs: 7 * 24 * 3600,
+            max_group: 4096,
+            maintenance_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Dispatcher behaviour shared by all sinks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DeliveryConfig {
+    /// Records leased and published per batch.
+    pub batch_size: usize,
+    /// Delivery attempts per record before it is dead-lettered.
+    pub max_attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A lease not settled within this returns to Enqueued (its publisher died or hung).
+    pub lease_timeout_ms: u64,
+    /// Idle poll period; appends also wake the dispatcher at once.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            batch_size: 500,
+            max_attempts: 10,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 30_000,
+            lease_timeout_ms: 60_000,
+            poll_interval_ms: 200,
+        }
+    }
+}
+
+/// The kinds of sink.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    File,
+    Http,
+}
+
+/// One sink. Fields that do not apply to its `type` are refused by validation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SinkConfig {
+    /// Unique; names the publisher actor and the sink's progress in the WAL.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: SinkKind,
+    /// file: output path, relative to `data_dir` unless absolute.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// http: where batches are POSTed.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// http: per-request timeout.
+    #[serde(default = "default_sink_timeout_ms")]
+    pub timeout_ms: u64,
+    /// http: file holding a bearer token sent as `Authorization`.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// http: extra CA certificate (PEM) to trust.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// http: client certificate (PEM) for mTLS, with `client_key_file`.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// http: client private key (PKCS#8 PEM) for mTLS.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+}
+
+fn default_sink_timeout_ms() -> u64 {
+    10_000
+}
+
+impl SinkConfig {
+    /// The embedded default: JSON Lines under the data directory.
+    pub fn default_file() -> Self {
+        SinkConfig {
+            name: "file".into(),
+            kind: SinkKind::File,
+            path: Some(PathBuf::from("sink/records.jsonl")),
+            url: None,
+            timeout_ms: default_sink_timeout_ms(),
+            bearer_token_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `edge_gateway_actors=debug`.
+    pub level: String,
+    /// JSON lines (default) or human-readable text.
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            json: true,
+        }
+    }
+}

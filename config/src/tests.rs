@@ -1,0 +1,95 @@
+use super::*;
+
+fn load_str(toml: &str, overrides: &[&str]) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("egcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join(format!("{:x}.toml", toml.len() * 7919 + overrides.len()));
+    std::fs::write(&f, toml).unwrap();
+    load(&LoadOptions {
+        file: Some(f),
+        env: vec![],
+        overrides: overrides.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+#[test]
+fn defaults_are_valid_and_need_no_file() {
+    let c = load(&LoadOptions::default()).unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.sinks.len(), 1);
+    assert_eq!(c.sinks[0].kind, SinkKind::File);
+}
+
+#[test]
+fn every_unknown_key_and_problem_reported_at_once() {
+    let err = load_str(
+        "bogus = 1\n[http]\nlisten_typo = 2\n[delivery]\nbatch_size = 0\n[[sinks]]\nname = \"a\"\ntype = \"http\"\n",
+        &[],
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("bogus: unknown key"), "{text}");
+    assert!(text.contains("http.listen_typo: unknown key"), "{text}");
+    assert!(text.contains("delivery.batch_size: must be > 0"), "{text}");
+    assert!(text.contains("sinks[0].url: required"), "{text}");
+}
+
+#[test]
+fn layers_apply_in_order_env_then_cli() {
+    let env = env_overrides(
+        vec![
+            ("EDGE_GATEWAY__HTTP__LISTEN".to_string(), "127.0.0.1:9000".to_string()),
+            ("EDGE_GATEWAY__WAL__MAX_RECORDS".to_string(), "5".to_string()),
+            ("OTHER".to_string(), "x".to_string()),
+        ]
+        .into_iter(),
+    );
+    let c = load(&LoadOptions {
+        file: None,
+        env,
+        overrides: vec!["wal.max_records=7".into()],
+    })
+    .unwrap();
+    assert_eq!(c.http.listen.port(), 9000);
+    assert_eq!(c.wal.max_records, 7);
+}
+
+#[test]
+fn sinks_can_be_set_by_index() {
+    let c = load(&LoadOptions {
+        file: None,
+        env: vec![],
+        overrides: vec![
+            "sinks.0.name=api".into(),
+            "sinks.0.type=http".into(),
+            "sinks.0.url=http://127.0.0.1:1/x".into(),
+        ],
+    })
+    .unwrap();
+    assert_eq!(c.sinks.len(), 1);
+    assert_eq!(c.sinks[0].kind, SinkKind::Http);
+}
+
+#[test]
+fn bad_device_hash_is_refused() {
+    let err = load_str("[auth.devices]\nsensor-1 = \"plaintext\"\n", &[]).unwrap_err();
+    assert!(err.to_string().contains("auth.devices.sensor-1"), "{err}");
+}
+
+#[test]
+fn every_shipped_example_parses() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            load(&LoadOptions {
+                file: Some(path.clone()),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected shipped examples in {}", dir.display());
+}
