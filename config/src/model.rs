@@ -53,6 +53,8 @@ pub struct HttpConfig {
     pub request_timeout_ms: u64,
     /// Seconds sent in `Retry-After` with a 503.
     pub retry_after_secs: u64,
+    /// Requests handled at once; more get 503 + Retry-After (bounds memory under overload).
+    pub max_in_flight: usize,
 }
 
 impl Default for HttpConfig {
@@ -65,6 +67,7 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 5_000,
             request_timeout_ms: 10_000,
             retry_after_secs: 1,
+            max_in_flight: 1024,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Write-ahead log.
+pub mod actor;
 pub mod record;
 pub mod store;
+pub use actor::{AppendError, AppendReply, Wal, WalArgs, WalMsg};
 pub use record::*;
 pub use store::{Dump, Full, MaintainReport, Op, OpResult, WalError, WalLimits, WalStore};
 

@@ -1,0 +1,132 @@
+//! Ingest authentication: bearer tokens, stored as SHA-256 hashes, compared in constant time.
+//!
+//! There are no default credentials. Either per-device tokens are configured
+//! (`auth.devices`), or a fleet token file is (`auth.ingest_token_file`), or, on first start
+//! with neither, a random fleet token is generated into `<data_dir>/ingest.token` (0600).
+
+use super::parse::Rejection;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+pub type TokenHash = [u8; 32];
+
+pub fn hash_token(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// `sha256:<hex>` as written in config.
+pub fn parse_hash(s: &str) -> Option<TokenHash> {
+    let h = hex::decode(s.strip_prefix("sha256:")?).ok()?;
+    h.try_into().ok()
+}
+
+/// Equal in time independent of where the inputs differ.
+pub fn ct_eq(a: &TokenHash, b: &TokenHash) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a token file (trimmed), or creates it with a fresh random token, mode 0600.
+/// Returns the token and whether it was created.
+pub fn load_or_create_token(path: &Path) -> std::io::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_string(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(token.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok((token, true))
+}
+
+/// Reads a secret from a file, trimmed; empty is an error.
+pub fn read_secret(path: &Path) -> std::io::Result<String> {
+    let s = std::fs::read_to_string(path)?;
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is empty", path.display())));
+    }
+    Ok(s.to_string())
+}
+
+/// Who may ingest for which device.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    /// Accepted for any device.
+    pub fleet: Option<TokenHash>,
+    pub devices: HashMap<String, TokenHash>,
+}
+
+impl Auth {
+    /// Checks an `Authorization` header for a device: 401 without a usable bearer token,
+    /// 403 with a token that is not valid for this device.
+    pub fn check(&self, device_id: &str, authorization: Option<&str>) -> Result<(), Rejection> {
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Rejection::new(401, "unauthorized", Some("authorization".into()),
+                "a bearer token is required: Authorization: Bearer <token>"))?;
+        let h = hash_token(token);
+        let fleet_ok = self.fleet.as_ref().is_some_and(|f| ct_eq(f, &h));
+        let device_ok = self.devices.get(device_id).is_some_and(|d| ct_eq(d, &h));
+        if fleet_ok || device_ok {
+            Ok(())
+        } else {
+            Err(Rejection::new(403, "forbidden", Some("authorization".into()),
+                format!("token is not valid for device {device_id:?}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_tokens_only_open_their_own_device() {
+        let mut a = Auth::default();
+        a.devices.insert("d1".into(), hash_token("t1"));
+        assert!(a.check("d1", Some("Bearer t1")).is_ok());
+        assert_eq!(a.check("d2", Some("Bearer t1")).unwrap_err().status, 403);
+        assert_eq!(a.check("d1", Some("Bearer nope")).unwrap_err().status, 403);
+        assert_eq!(a.check("d1", None).unwrap_err().status, 401);
+        assert_eq!(a.check("d1", Some("Basic xyz")).unwrap_err().status, 401);
+        a.fleet = Some(hash_token("fleet"));
+        assert!(a.check("anything", Some("Bearer fleet")).is_ok());
+    }
+
+    #[test]
+    fn generated_token_file_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/ingest.token");
+        let (t1, created) = load_or_create_token(&p).unwrap();
+        assert!(created && t1.len() == 64);
+        let (t2, created) = load_or_create_token(&p).unwrap();
+        assert!(!created && t1 == t2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert_eq!(parse_hash(&format!("sha256:{}", hex::encode(hash_token("x")))), Some(hash_token("x")));
+    }
+}

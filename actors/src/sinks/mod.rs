@@ -1,0 +1,135 @@
+//! `Publisher` actor: delivers leased batches to one configured sink.
+//!
+//! Mailbox:
+//! - `Publish` <- Dispatcher (reply: `Delivered`, `Transient(reason)` or `Permanent(reason)`
+//!   for the whole batch)
+//! - `Fail`    <- admin API chaos hook
+//!
+//! One batch at a time per sink: a slow or hanging sink holds only its own publisher (and
+//! its per-request timeout bounds that), never ingest or another sink.
+//!
+//! Failure: the SinksSupervisor restarts the publisher alone. The dispatcher's call fails
+//! at once (reply port dropped), the batch counts as a transient failure, and its records
+//! return to Enqueued in the WAL.
+
+pub mod file;
+pub mod http;
+
+use crate::addr::{Addr, Failable};
+use crate::metrics::Metrics;
+use crate::wal::Leased;
+use edge_gateway_config::{SinkConfig, SinkKind};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How a batch went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishResult {
+    Delivered,
+    /// Worth retrying: connect errors, timeouts, 408/429/5xx.
+    Transient(String),
+    /// Will fail again: other 4xx. The records are dead-lettered with this reason.
+    Permanent(String),
+}
+
+pub enum PublisherMsg {
+    Publish { batch: Vec<Leased>, reply: RpcReplyPort<PublishResult> },
+    Fail(String),
+}
+
+impl Failable for PublisherMsg {
+    fn fail(reason: String) -> Self {
+        PublisherMsg::Fail(reason)
+    }
+}
+
+pub struct Publisher;
+
+pub struct PublisherArgs {
+    pub sink: SinkConfig,
+    pub gateway_id: String,
+    pub data_dir: PathBuf,
+    pub metrics: Arc<Metrics>,
+    pub addr: Addr<PublisherMsg>,
+}
+
+enum SinkImpl {
+    File(file::FileSink),
+    Http(http::HttpSink),
+}
+
+pub struct PublisherState {
+    name: String,
+    sink: SinkImpl,
+    metrics: Arc<Metrics>,
+    addr: Addr<PublisherMsg>,
+}
+
+/// The JSON every sink receives for a record. `idempotency_key` is stable across
+/// redeliveries: downstream de-duplicates on it.
+pub fn record_json(l: &Leased) -> Value {
+    let r = &l.record;
+    let ts = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.receive_ts_ms);
+    json!({
+        "idempotency_key": r.idempotency_key,
+        "device_id": r.device_id,
+        "gateway_id": r.gateway_id,
+        "correlation_id": r.correlation_id,
+        "receive_ts": humantime::format_rfc3339_millis(ts).to_string(),
+        "source": r.source,
+        "schema": r.schema,
+        "msg_id": r.msg_id,
+        "seq": r.device_seq,
+        "ts": r.device_ts,
+        "data": r.data,
+        "wal_seq": l.seq,
+        "attempt": l.attempts,
+    })
+}
+
+impl Actor for Publisher {
+    type Msg = PublisherMsg;
+    type State = PublisherState;
+    type Arguments = PublisherArgs;
+
+    async fn pre_start(&self, _: ActorRef<Self::Msg>, args: PublisherArgs) -> Result<Self::State, ActorProcessingErr> {
+        let sink = match args.sink.kind {
+            SinkKind::File => SinkImpl::File(file::FileSink::open(&args.sink, &args.data_dir).await?),
+            SinkKind::Http => SinkImpl::Http(http::HttpSink::new(&args.sink, &args.gateway_id)?),
+        };
+        Ok(PublisherState {
+            name: args.sink.name,
+            sink,
+            metrics: args.metrics,
+            addr: args.addr,
+        })
+    }
+
+    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.addr.received();
+        match msg {
+            PublisherMsg::Publish { batch, reply } => {
+                let started = tokio::time::Instant::now();
+                let result = match &mut state.sink {
+                    SinkImpl::File(s) => s.publish(&batch).await,
+                    SinkImpl::Http(s) => s.publish(&batch).await,
+                };
+                let label = match &result {
+                    PublishResult::Delivered => "delivered",
+                    PublishResult::Transient(_) => "transient_error",
+                    PublishResult::Permanent(_) => "permanent_error",
+                };
+                state.metrics.publish_results.with_label_values(&[&state.name, label]).inc();
+                state.metrics.publish_seconds.with_label_values(&[&state.name]).observe(started.elapsed().as_secs_f64());
+                if !matches!(result, PublishResult::Delivered) {
+                    tracing::warn!(sink = %state.name, records = batch.len(), result = ?result, "publish failed");
+                }
+                let _ = reply.send(result);
+                Ok(())
+            }
+            PublisherMsg::Fail(reason) => Err(format!("failure injected: {reason}").into()),
+        }
+    }
+}

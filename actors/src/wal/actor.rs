@@ -1,0 +1,341 @@
+//! `Wal` actor: makes ingested records durable before anyone acknowledges them.
+//!
+//! Mailbox:
+//! - `Append`      <- IngestRouter (reply after the commit that holds the records: stored ids,
+//!   duplicates, or `Full` for backpressure)
+//! - `Lease`       <- Dispatcher (reply: up to N Enqueued records of one sink, now InFlight)
+//! - `Settle`      <- Dispatcher (cast: Acked / Retry / Dead per record for one sink)
+//! - `Stats`, `DeadLetters` <- admin API (reply)
+//! - `Maintain`    <- its own timer (retention sweep; also makes earlier settles durable)
+//! - `Committed`   <- its own commit task
+//! - `Fail`        <- admin API chaos hook
+//!
+//! Group commit: operations queue while one commit runs on the blocking pool; when it
+//! returns, everything queued meanwhile goes into the next transaction. One fsync thus
+//! serves every append that arrived during the previous one. The store itself moves into the
+//! blocking task and back, so no redb call ever runs on a tokio worker.
+//!
+//! Failure: a storage error fails the actor (every queued caller gets an error, none an
+//! ack); the StorageSupervisor restarts it and `pre_start` reopens the file, which returns
+//! every InFlight lease to Enqueued.
+
+use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, WalStats};
+use super::store::{Full, Op, OpResult, WalError, WalLimits, WalStore};
+use crate::addr::{Addr, Failable};
+use crate::metrics::{reason_class, Metrics};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+pub struct Wal;
+
+/// Why an append was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AppendError {
+    #[error(transparent)]
+    Full(#[from] Full),
+    #[error("WAL unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type AppendReply = Result<Vec<AppendOutcome>, AppendError>;
+
+pub enum WalMsg {
+    Append { records: Vec<Record>, reply: RpcReplyPort<AppendReply> },
+    Lease { sink: String, max: usize, reply: RpcReplyPort<Vec<Leased>> },
+    Settle { sink: String, outcomes: Vec<(u64, Outcome)> },
+    Stats(RpcReplyPort<WalStats>),
+    DeadLetters { sink: String, limit: usize, reply: RpcReplyPort<Vec<(u64, DeadEntry, Option<Record>)>> },
+    Maintain,
+    Committed(Box<Committed>),
+    Fail(String),
+}
+
+impl Failable for WalMsg {
+    fn fail(reason: String) -> Self {
+        WalMsg::Fail(reason)
+    }
+}
+
+pub struct Committed {
+    result: Result<(WalStore, Vec<OpResult>), WalError>,
+    elapsed: Duration,
+}
+
+pub struct WalArgs {
+    pub path: PathBuf,
+    pub sinks: Vec<String>,
+    pub limits: WalLimits,
+    pub max_group: usize,
+    pub maintenance_interval: Duration,
+    pub metrics: Arc<Metrics>,
+    pub addr: Addr<WalMsg>,
+    /// Highest seq committed so far; the dispatcher watches it to wake on new records.
+    pub commits: watch::Sender<u64>,
+}
+
+/// Who waits for an operation's result.
+pub enum Waiter {
+    Append(RpcReplyPort<AppendReply>),
+    Lease(RpcReplyPort<Vec<Leased>>),
+    Nobody,
+}
+
+/// The actor's state: the commit queue, and the store when no commit holds it.
+pub struct WalState {
+    store: Option<WalStore>,
+    queue: VecDeque<(Op, Waiter)>,
+    in_commit: Vec<Waiter>,
+    last_stats: WalStats,
+    max_group: usize,
+    metrics: Arc<Metrics>,
+    addr: Addr<WalMsg>,
+    commits: watch::Sender<u64>,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl WalState {
+    /// Takes the next group if no commit is running: at most `max_group` operations, but
+    /// never splits an operation.
+    fn take_group(&mut self) -> Option<(WalStore, Vec<Op>)> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        let store = self.store.take()?;
+        let n = self.queue.len().min(self.max_group);
+        let mut ops = Vec::with_capacity(n);
+        for (op, waiter) in self.queue.drain(..n) {
+            ops.push(op);
+            self.in_commit.push(waiter);
+        }
+        Some((store, ops))
+    }
+
+    /// Answers the waiters of the group that just committed.
+    fn finish(&mut self, store: WalStore, results: Vec<OpResult>) {
+        let waiters = std::mem::take(&mut self.in_commit);
+        let mut max_seq = None;
+        let mut appended = 0usize;
+        for (waiter, result) in waiters.into_iter().zip(results) {
+            match (waiter, result) {
+                (Waiter::Append(reply), OpResult::Appended(r)) => {
+                    if let Ok(v) = &r {
+                        for o in v {
+                            if let AppendOutcome::Stored { seq, .. } = o {
+                                max_seq = Some(max_seq.map_or(*seq, |m: u64| m.max(*seq)));
+                                appended += 1;
+                            }
+                        }
+                    }
+                    self.metrics.backpressure_active.set(i64::from(r.is_err()));
+                    let _ = reply.send(r.map_err(AppendError::from));
+                }
+                (Waiter::Lease(reply), OpResult::Leased(v)) => {
+                    let _ = reply.send(v);
+                }
+                (_, OpResult::Settled { .. }) | (_, OpResult::Maintained(_)) | (Waiter::Nobody, _) => {}
+                (Waiter::Append(..), _) | (Waiter::Lease(_), _) => {
+                    unreachable!("results come back in the order of their operations")
+                }
+            }
+        }
+        self.metrics.wal_commit_records.observe(appended as f64);
+        self.last_stats = store.stats();
+        self.metrics.observe_wal(&self.last_stats);
+        self.store = Some(store);
+        if let Some(seq) = max_seq {
+            self.commits.send_replace(seq);
+        }
+    }
+
+    /// Fails every caller still waiting: they get an error, never an ack.
+    fn fail_waiters(&mut self, why: &str) {
+        let waiters = self.in_commit.drain(..).chain(self.queue.drain(..).map(|(_, w)| w));
+        for w in waiters.collect::<Vec<_>>() {
+            if let Waiter::Append(reply) = w {
+                let _ = reply.send(Err(AppendError::Unavailable(why.to_string())));
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Opens the store on the blocking pool, waiting out a predecessor that is still closing.
+async fn open_store(args: &WalArgs) -> Result<WalStore, WalError> {
+    let mut delay = Duration::from_millis(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (path, sinks, limits) = (args.path.clone(), args.sinks.clone(), args.limits.clone());
+        let r = tokio::task::spawn_blocking(move || WalStore::open(&path, sinks, limits))
+            .await
+            .map_err(|e| WalError::Storage(format!("open task: {e}")))?;
+        match r {
+            Err(WalError::AlreadyOpen) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Wal {
+    fn start_commit(myself: &ActorRef<WalMsg>, state: &mut WalState) {
+        let Some((store, ops)) = state.take_group() else { return };
+        state.metrics.wal_commit_ops.observe(ops.len() as f64);
+        let me = myself.clone();
+        let addr = state.addr.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let joined = tokio::task::spawn_blocking(move || store.apply(ops, now_ms())).await;
+            let result = joined.unwrap_or_else(|e| Err(WalError::Storage(format!("commit task: {e}"))));
+            addr.note_sent();
+            let _ = me.cast(WalMsg::Committed(Box::new(Committed {
+                result,
+                elapsed: started.elapsed(),
+            })));
+        });
+    }
+
+    fn enqueue(myself: &ActorRef<WalMsg>, state: &mut WalState, op: Op, waiter: Waiter) {
+        state.queue.push_back((op, waiter));
+        Self::start_commit(myself, state);
+    }
+}
+
+impl Actor for Wal {
+    type Msg = WalMsg;
+    type State = WalState;
+    type Arguments = WalArgs;
+
+    async fn pre_start(&self, myself: ActorRef<WalMsg>, args: WalArgs) -> Result<WalState, ActorProcessingErr> {
+        let store = open_store(&args).await?;
+        args.metrics.wal_opens.inc();
+        let stats = store.stats();
+        args.metrics.observe_wal(&stats);
+        tracing::info!(path = %store.path().display(), records = stats.records, "WAL open");
+        let me = myself.clone();
+        let addr = args.addr.clone();
+        let period = args.maintenance_interval;
+        let timer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                addr.note_sent();
+                if me.cast(WalMsg::Maintain).is_err() {
+                    break;
+                }
+            }
+        });
+        // Wake the dispatcher: recovered records may be waiting.
+        args.commits.send_replace(u64::MAX);
+        Ok(WalState {
+            store: Some(store),
+            queue: VecDeque::new(),
+            in_commit: Vec::new(),
+            last_stats: stats,
+            max_group: args.max_group,
+            metrics: args.metrics,
+            addr: args.addr,
+            commits: args.commits,
+            timer: Some(timer),
+        })
+    }
+
+    async fn post_stop(&self, _: ActorRef<WalMsg>, state: &mut WalState) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.timer.take() {
+            t.abort();
+        }
+        state.fail_waiters("WAL stopped");
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<WalMsg>, msg: WalMsg, state: &mut WalState) -> Result<(), ActorProcessingErr> {
+        state.addr.received();
+        match msg {
+            WalMsg::Committed(c) => {
+                state.metrics.wal_commit_seconds.observe(c.elapsed.as_secs_f64());
+                match c.result {
+                    Ok((store, results)) => {
+                        count_dead_letters(&state.metrics, &results);
+                        state.finish(store, results);
+                        Self::start_commit(&myself, state);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "WAL commit failed; failing so the supervisor reopens the file");
+                        state.fail_waiters("WAL commit failed");
+                        Err(e.into())
+                    }
+                }
+            }
+            WalMsg::Maintain => {
+                Self::enqueue(&myself, state, Op::Maintain, Waiter::Nobody);
+                Ok(())
+            }
+            other => {
+                match other {
+                    WalMsg::Append { records, reply } => {
+                        Self::enqueue(&myself, state, Op::Append(records), Waiter::Append(reply));
+                    }
+                    WalMsg::Lease { sink, max, reply } => {
+                        Self::enqueue(&myself, state, Op::Lease { sink, max }, Waiter::Lease(reply));
+                    }
+                    WalMsg::Settle { sink, outcomes } => {
+                        note_settles(&state.metrics, &sink, &outcomes);
+                        Self::enqueue(&myself, state, Op::Settle { sink, outcomes }, Waiter::Nobody);
+                    }
+                    WalMsg::Stats(reply) => {
+                        let s = state.store.as_ref().map(WalStore::stats).unwrap_or_else(|| state.last_stats.clone());
+                        let _ = reply.send(s);
+                    }
+                    WalMsg::DeadLetters { sink, limit, reply } => {
+                        // A read transaction: cheap, and redb readers do not block the writer.
+                        let rows = match state.store.as_ref() {
+                            Some(s) => s.dead_letters(&sink, limit).unwrap_or_default(),
+                            None => Vec::new(),
+                        };
+                        let _ = reply.send(rows);
+                    }
+                    WalMsg::Fail(reason) => {
+                        return Err(format!("failure injected: {reason}").into());
+                    }
+                    WalMsg::Committed(_) | WalMsg::Maintain => unreachable!("matched above"),
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn note_settles(m: &Metrics, sink: &str, outcomes: &[(u64, Outcome)]) {
+    let retries = outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Retry(_))).count();
+    if retries > 0 {
+        m.retries.with_label_values(&[sink]).inc_by(retries as u64);
+    }
+    for (_, o) in outcomes {
+        if let Outcome::Dead(reason) = o {
+            m.dead_lettered.with_label_values(&[sink, reason_class(reason)]).inc();
+        }
+    }
+}
+
+fn count_dead_letters(m: &Metrics, results: &[OpResult]) {
+    for r in results {
+        if let OpResult::Maintained(rep) = r {
+            if rep.expired > 0 {
+                m.dead_lettered.with_label_values(&["*", "expired"]).inc_by(rep.expired);
+            }
+        }
+    }
+}
