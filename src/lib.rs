@@ -1,1 +1,90 @@
+//! edge-gateway: device telemetry from the edge to the cloud, never losing what it acknowledged.
+//!
+//! # Layout
+//! - `config/` (crate `edge-gateway-config`): typed configuration and its layers.
+//! - `actors/` (crate `edge-gateway-actors`): the WAL, ingest router, HTTP edge, dispatcher,
+//!   sink publishers — each a ractor actor with its logic in a plain state type.
+//! - `supervisors/` (crate `edge-gateway-supervisors`): the supervision tree and restart budgets.
+//! - this crate: [`run`] wires config, credentials, the tree and the [`admin`] API together;
+//!   `main.rs` is only the command line.
+//!
+//! # The promise
+//! A reading is acknowledged (HTTP 202) only after the WAL commit holding it returned from
+//! an fsync'd redb transaction. Everything downstream is at-least-once, keyed by a stable
+//! idempotency key.
+#![forbid(unsafe_code)]
 
+pub mod admin;
+mod credentials;
+
+pub use credentials::{resolve_credentials, Credentials, CredentialsError};
+pub use edge_gateway_config as config;
+
+use edge_gateway_config::Config;
+use edge_gateway_supervisors::{tree, Supervisor};
+use std::future::Future;
+use std::sync::Arc;
+
+/// `sha256` of a token, as `auth.devices` wants it.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    edge_gateway_actors::ingest::auth::hash_token(token)
+}
+
+/// WAL counts from a file no process holds open.
+pub fn wal_stats(path: &std::path::Path) -> Result<edge_gateway_actors::wal::WalStats, edge_gateway_actors::wal::WalError> {
+    edge_gateway_actors::wal::WalStore::offline_stats(path)
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const GIT_COMMIT: &str = env!("EDGE_GATEWAY_GIT_COMMIT");
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error("cannot create data directory {0}: {1}")]
+    DataDir(String, std::io::Error),
+    #[error("supervision tree failed to start: {0}")]
+    Start(String),
+    #[error("admin API: {0}")]
+    Admin(String),
+    #[error("the supervision tree gave up (restart budget exhausted); see the log for the failing actor")]
+    TreeFailed,
+}
+
+/// Runs the gateway until `shutdown` resolves, then stops it in order: ingest first, the WAL
+/// last. Returns an error if the tree gave up on its own.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| RunError::DataDir(config.data_dir.display().to_string(), e))?;
+    let creds = resolve_credentials(&config)?;
+    let metrics = Arc::new(edge_gateway_actors::metrics::Metrics::new());
+    metrics.build_info.with_label_values(&[VERSION, GIT_COMMIT]).set(1);
+    let (root_args, handles) = tree::build(&config, Arc::new(creds.ingest.clone()), metrics.clone());
+    let root_addr = handles.root.clone();
+    let (root, root_join) = ractor::Actor::spawn(None, Supervisor, root_args).await.map_err(|e| RunError::Start(e.to_string()))?;
+    root_addr.bind(root.clone());
+    let admin = admin::start(&config, handles.clone(), creds.admin_hash).await.map_err(RunError::Admin)?;
+    tracing::info!(
+        version = VERSION,
+        commit = GIT_COMMIT,
+        http = %handles.http_bound.lock().ok().and_then(|g| *g).map_or_else(|| "disabled".to_string(), |a| a.to_string()),
+        admin = %admin.addr,
+        data_dir = %config.data_dir.display(),
+        "edge-gateway ready"
+    );
+    tokio::pin!(root_join);
+    let tree_failed = tokio::select! {
+        _ = shutdown => false,
+        _ = &mut root_join => true,
+    };
+    if tree_failed {
+        admin.stop();
+        return Err(RunError::TreeFailed);
+    }
+    tracing::info!("shutting down: ingest first, WAL last");
+    root.stop(Some("shutdown".into()));
+    let _ = root_join.await;
+    admin.stop();
+    tracing::info!("stopped");
+    Ok(())
+}

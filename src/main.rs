@@ -1,1 +1,162 @@
-fn main() {}
+//! The `edge-gateway` command line. All behaviour lives in the library.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use edge_gateway::config::{self, Config, LoadOptions};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "edge-gateway", version, about = "IoT edge gateway: durable telemetry from devices to the cloud")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Run(ConfigArgs),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Inspect the write-ahead log.
+    Wal {
+        #[command(subcommand)]
+        cmd: WalCmd,
+    },
+    /// Token tools.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Print version and git commit.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate the configuration and print the effective result (secrets redacted).
+    Check(ConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum WalCmd {
+    /// Counts by state and sink. Works while the gateway is stopped.
+    Stats(ConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Print the `sha256:` hash of a token, for `auth.devices` in the config.
+    Hash { token: String },
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML config file. Without it the embedded defaults apply.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Overrides `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Overrides `http.listen`.
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Overrides `admin.listen`.
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Any setting: `--set section.key=value` (repeatable; highest priority).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut overrides = Vec::new();
+        if let Some(d) = &self.data_dir {
+            overrides.push(format!("data_dir=\"{}\"", d.display()));
+        }
+        if let Some(a) = &self.http_listen {
+            overrides.push(format!("http.listen=\"{a}\""));
+        }
+        if let Some(a) = &self.admin_listen {
+            overrides.push(format!("admin.listen=\"{a}\""));
+        }
+        overrides.extend(self.set.iter().cloned());
+        let opts = LoadOptions { file: self.config.clone(), env: config::env_overrides(std::env::vars()), overrides };
+        Ok(config::load(&opts)?)
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    if cfg.log.json {
+        b.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        b.init();
+    }
+}
+
+fn redacted(cfg: &Config) -> Config {
+    let mut c = cfg.clone();
+    for v in c.auth.devices.values_mut() {
+        *v = "sha256:<redacted>".into();
+    }
+    c
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Version => {
+            println!("edge-gateway {} ({})", edge_gateway::VERSION, edge_gateway::GIT_COMMIT);
+            Ok(())
+        }
+        Cmd::Token { cmd: TokenCmd::Hash { token } } => {
+            println!("sha256:{}", hex_encode(&edge_gateway_actors_hash(&token)));
+            Ok(())
+        }
+        Cmd::Config { cmd: ConfigCmd::Check(a) } => {
+            let cfg = a.load()?;
+            println!("{}", toml::to_string_pretty(&redacted(&cfg)).context("rendering config")?);
+            eprintln!("config OK");
+            Ok(())
+        }
+        Cmd::Wal { cmd: WalCmd::Stats(a) } => {
+            let cfg = a.load()?;
+            let path = cfg.data_dir.join("wal.redb");
+            let stats = edge_gateway::wal_stats(&path).with_context(|| format!("reading {}", path.display()))?;
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+            Ok(())
+        }
+        Cmd::Run(a) => {
+            let cfg = a.load()?;
+            init_logging(&cfg);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(edge_gateway::run(cfg, shutdown_signal()))?;
+            Ok(())
+        }
+    }
+}
+
+fn edge_gateway_actors_hash(token: &str) -> [u8; 32] {
+    edge_gateway::token_hash(token)
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

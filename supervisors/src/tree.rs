@@ -1,0 +1,145 @@
+//! The gateway's supervision tree, built from the configuration.
+
+use crate::supervisor::{ChildSpec, RestartBudget, Supervisor, SupervisorArgs, SupervisorMsg};
+use edge_gateway_actors::addr::{Addr, Directory, Failable};
+use edge_gateway_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
+use edge_gateway_actors::ingest::auth::Auth;
+use edge_gateway_actors::ingest::http::{HttpIngest, HttpIngestArgs, HttpIngestMsg};
+use edge_gateway_actors::ingest::router::{IngestRouter, IngestRouterArgs, IngestRouterMsg};
+use edge_gateway_actors::metrics::Metrics;
+use edge_gateway_actors::sinks::{Publisher, PublisherArgs, PublisherMsg};
+use edge_gateway_actors::wal::{Wal, WalArgs, WalLimits, WalMsg};
+use edge_gateway_config::Config;
+use ractor::{Actor, ActorCell};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Handles the rest of the gateway (admin API, `run`) needs into the tree.
+#[derive(Clone)]
+pub struct Handles {
+    pub directory: Directory,
+    pub metrics: Arc<Metrics>,
+    pub wal: Addr<WalMsg>,
+    pub root: Addr<SupervisorMsg>,
+    /// The HTTP ingest address actually bound (port 0 resolved).
+    pub http_bound: Arc<Mutex<Option<SocketAddr>>>,
+    pub sinks: Vec<String>,
+}
+
+/// A child spec for actor `A`: each (re)start builds fresh arguments and re-binds `addr`.
+fn child<A, F>(dir: &Directory, addr: Addr<A::Msg>, make: F) -> ChildSpec
+where
+    A: Actor,
+    A::Msg: Failable,
+    F: Fn() -> (A, A::Arguments) + Send + Sync + 'static,
+{
+    dir.register(Arc::new(addr.clone()));
+    let make = Arc::new(make);
+    ChildSpec {
+        entry: Arc::new(addr.clone()),
+        start: Arc::new(move |sup: ActorCell| {
+            let (addr, make) = (addr.clone(), make.clone());
+            Box::pin(async move {
+                let (actor, args) = make();
+                let (r, _join) = Actor::spawn_linked(None, actor, args, sup).await?;
+                addr.bind(r.clone());
+                Ok(r.get_cell())
+            })
+        }),
+    }
+}
+
+fn supervisor(dir: &Directory, metrics: &Arc<Metrics>, addr: Addr<SupervisorMsg>, budget: RestartBudget, children: Vec<ChildSpec>) -> ChildSpec {
+    let m = metrics.clone();
+    let a = addr.clone();
+    child(dir, addr, move || {
+        (Supervisor, SupervisorArgs { children: children.clone(), budget: budget.clone(), addr: a.clone(), metrics: m.clone() })
+    })
+}
+
+/// Builds the tree; spawn the returned root with `Actor::spawn(None, Supervisor, args)`.
+pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (SupervisorArgs, Handles) {
+    let dir = Directory::default();
+    let minute = Duration::from_secs(60);
+    let root = Addr::<SupervisorMsg>::new("root", None);
+    dir.register(Arc::new(root.clone()));
+    let sink_names: Vec<String> = cfg.sinks.iter().map(|s| s.name.clone()).collect();
+    let (commits_tx, commits_rx) = watch::channel(0u64);
+
+    // storage
+    let wal = Addr::<WalMsg>::new("wal", Some("storage"));
+    let wal_spec = {
+        let (wal_addr, m, cfg, sinks, tx) = (wal.clone(), metrics.clone(), cfg.clone(), sink_names.clone(), commits_tx.clone());
+        child(&dir, wal.clone(), move || {
+            (Wal, WalArgs {
+                path: cfg.data_dir.join("wal.redb"),
+                sinks: sinks.clone(),
+                limits: WalLimits::from_config(&cfg.wal, &cfg.delivery),
+                max_group: cfg.wal.max_group,
+                maintenance_interval: Duration::from_millis(cfg.wal.maintenance_interval_ms),
+                metrics: m.clone(),
+                addr: wal_addr.clone(),
+                commits: tx.clone(),
+            })
+        })
+    };
+    let storage = supervisor(&dir, &metrics, Addr::new("storage", Some("root")), RestartBudget::new(5, minute), vec![wal_spec]);
+
+    // delivery
+    let mut publishers = Vec::new();
+    let mut publisher_specs = Vec::new();
+    for s in &cfg.sinks {
+        let addr = Addr::<PublisherMsg>::new(format!("publisher:{}", s.name), Some("sinks"));
+        publishers.push((s.name.clone(), addr.clone()));
+        let (a, m, sink, gw, dd) = (addr.clone(), metrics.clone(), s.clone(), cfg.gateway_id.clone(), cfg.data_dir.clone());
+        publisher_specs.push(child(&dir, addr, move || {
+            (Publisher, PublisherArgs { sink: sink.clone(), gateway_id: gw.clone(), data_dir: dd.clone(), metrics: m.clone(), addr: a.clone() })
+        }));
+    }
+    let sinks = supervisor(&dir, &metrics, Addr::new("sinks", Some("delivery")), RestartBudget::new(20, minute), publisher_specs);
+    let dispatcher = {
+        let addr = Addr::<DispatcherMsg>::new("dispatcher", Some("delivery"));
+        let (a, m, w, d) = (addr.clone(), metrics.clone(), wal.clone(), cfg.delivery.clone());
+        child(&dir, addr, move || {
+            (Dispatcher, DispatcherArgs {
+                sinks: publishers.clone(),
+                wal: w.clone(),
+                commits: commits_rx.clone(),
+                config: d.clone(),
+                metrics: m.clone(),
+                addr: a.clone(),
+            })
+        })
+    };
+    let delivery = supervisor(&dir, &metrics, Addr::new("delivery", Some("root")), RestartBudget::new(10, minute), vec![sinks, dispatcher]);
+
+    // ingest
+    let router = Addr::<IngestRouterMsg>::new("ingest_router", Some("ingest"));
+    let router_spec = {
+        let (a, m, w, gw, mb) = (router.clone(), metrics.clone(), wal.clone(), cfg.gateway_id.clone(), cfg.http.max_batch);
+        child(&dir, router.clone(), move || {
+            (IngestRouter, IngestRouterArgs { gateway_id: gw.clone(), max_batch: mb, wal: w.clone(), addr: a.clone(), metrics: m.clone() })
+        })
+    };
+    let http_bound = Arc::new(Mutex::new(None));
+    let mut ingest_children = vec![router_spec];
+    if cfg.http.enabled {
+        let addr = Addr::<HttpIngestMsg>::new("http_ingest", Some("ingest"));
+        let (a, m, r, hc, b) = (addr.clone(), metrics.clone(), router.clone(), cfg.http.clone(), http_bound.clone());
+        ingest_children.push(child(&dir, addr, move || {
+            (HttpIngest, HttpIngestArgs { config: hc.clone(), auth: auth.clone(), router: r.clone(), metrics: m.clone(), addr: a.clone(), bound: b.clone() })
+        }));
+    }
+    let ingest = supervisor(&dir, &metrics, Addr::new("ingest", Some("root")), RestartBudget::new(10, minute), ingest_children);
+
+    let args = SupervisorArgs {
+        children: vec![storage, delivery, ingest],
+        budget: RestartBudget::new(3, minute),
+        addr: root.clone(),
+        metrics: metrics.clone(),
+    };
+    let handles = Handles { directory: dir, metrics, wal, root, http_bound, sinks: sink_names };
+    (args, handles)
+}
