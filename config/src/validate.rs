@@ -49,7 +49,7 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
     if c.http.max_batch == 0 {
         problem(&mut out, "http.max_batch", "must be > 0");
     }
-    if c.http.enabled && c.http.listen == c.admin.listen {
+    if c.http.enabled && c.http.listen == c.admin.listen && c.http.listen.port() != 0 {
         problem(&mut out, "admin.listen", "must differ from http.listen");
     }
     if c.wal.max_group == 0 {

@@ -1,0 +1,176 @@
+//! Test harness: the real `edge-gateway` binary, a recording HTTP sink, load clients.
+//!
+//! Everything binds loopback port 0. Waiting is event-driven: the gateway's "ready" log
+//! line, the sink's watch channel of received keys; every wait has a deadline.
+#![allow(dead_code)]
+
+pub mod sink;
+
+use serde_json::Value;
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_edge-gateway");
+
+/// A running gateway process.
+pub struct Gateway {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub token: String,
+    pub admin_token: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Writes a config file into `dir` and returns its path. `extra` is appended TOML.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("gateway.toml");
+    let base = format!(
+        "data_dir = {:?}\n{extra}",
+        dir.join("data").display().to_string()
+    );
+    std::fs::write(&p, base).unwrap();
+    p
+}
+
+impl Gateway {
+    /// Starts the binary with `config` and waits for its "edge-gateway ready" line.
+    pub fn start(config: &Path) -> Gateway {
+        let mut child = Command::new(BIN)
+            .args(["run", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn edge-gateway");
+        let (tx, rx) = mpsc::channel::<Value>();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "edge-gateway ready" {
+                        let _ = tx.send(v);
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let log3 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                log3.lock().unwrap().push(format!("stderr: {line}"));
+            }
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("gateway did not become ready; log:\n{}", log.lock().unwrap().join("\n"));
+            }
+        };
+        let data_dir = PathBuf::from(ready["data_dir"].as_str().unwrap());
+        let read = |name: &str| std::fs::read_to_string(data_dir.join(name)).map(|s| s.trim().to_string()).unwrap_or_default();
+        Gateway {
+            http: ready["http"].as_str().unwrap().parse().unwrap(),
+            admin: ready["admin"].as_str().unwrap().parse().unwrap(),
+            token: read("ingest.token"),
+            admin_token: read("admin.token"),
+            data_dir,
+            child,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().unwrap()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Value {
+        client()
+            .get(self.admin_url(path))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        client().get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// Posts one JSON reading; returns the status and body.
+pub async fn post_json(c: &reqwest::Client, gw_url: &str, token: &str, body: &Value) -> (u16, Value) {
+    match c.post(gw_url).bearer_auth(token).json(body).send().await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// Value of a metric line (exact name with labels) in Prometheus text.
+pub fn metric(text: &str, name_with_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_with_labels) && l[name_with_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The idempotency keys found in a JSON Lines file sink output.
+pub fn file_sink_keys(path: &Path) -> HashSet<String> {
+    let Ok(text) = std::fs::read_to_string(path) else { return HashSet::new() };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["idempotency_key"].as_str().map(str::to_string))
+        .collect()
+}

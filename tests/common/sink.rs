@@ -1,0 +1,157 @@
+//! A recording analytics API: the sink the gateway delivers to in tests.
+//!
+//! It keeps every record it accepted, by idempotency key, and can be told to misbehave:
+//! answer a status for the next N batches, or hang.
+
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use warp::Filter;
+
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    Ok,
+    /// Answer this status (without recording) for the next `n` batches, then `Ok`.
+    FailNext(u16, usize),
+    /// Answer this status for every batch.
+    Always(u16),
+    /// Never answer.
+    Hang,
+}
+
+#[derive(Default)]
+struct Inner {
+    keys: HashSet<String>,
+    deliveries: usize,
+    batches: usize,
+    batch_keys: Vec<String>,
+    by_device: HashMap<String, Vec<u64>>,
+    statuses: Vec<u16>,
+}
+
+#[derive(Clone)]
+pub struct RecordingSink {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    count: watch::Receiver<usize>,
+}
+
+impl RecordingSink {
+    pub async fn start() -> RecordingSink {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let behaviour = Arc::new(Mutex::new(Behaviour::Ok));
+        let (tx, rx) = watch::channel(0usize);
+        let tx = Arc::new(tx);
+        let (i2, b2) = (inner.clone(), behaviour.clone());
+        let route = warp::post()
+            .and(warp::header::optional::<String>("idempotency-key"))
+            .and(warp::body::json())
+            .and_then(move |batch_key: Option<String>, body: Value| {
+                let (inner, behaviour, tx) = (i2.clone(), b2.clone(), tx.clone());
+                async move {
+                    inner.lock().unwrap().batches += 1;
+                    let b = behaviour.lock().unwrap().clone();
+                    let fail = match b {
+                        Behaviour::Ok => None,
+                        Behaviour::FailNext(s, n) => {
+                            *behaviour.lock().unwrap() = if n <= 1 { Behaviour::Ok } else { Behaviour::FailNext(s, n - 1) };
+                            Some(s)
+                        }
+                        Behaviour::Always(s) => Some(s),
+                        Behaviour::Hang => {
+                            futures::future::pending::<()>().await;
+                            None
+                        }
+                    };
+                    let mut g = inner.lock().unwrap();
+                    if let Some(s) = fail {
+                        g.statuses.push(s);
+                        let code = warp::http::StatusCode::from_u16(s).unwrap();
+                        return Ok::<_, warp::Rejection>(warp::reply::with_status("failing on purpose", code));
+                    }
+                    g.statuses.push(200);
+                    g.batch_keys.push(batch_key.unwrap_or_default());
+                    for r in body["records"].as_array().cloned().unwrap_or_default() {
+                        g.deliveries += 1;
+                        if let Some(k) = r["idempotency_key"].as_str() {
+                            g.keys.insert(k.to_string());
+                        }
+                        if let (Some(d), Some(s)) = (r["device_id"].as_str(), r["seq"].as_u64()) {
+                            g.by_device.entry(d.to_string()).or_default().push(s);
+                        }
+                    }
+                    let n = g.keys.len();
+                    drop(g);
+                    tx.send_replace(n);
+                    Ok(warp::reply::with_status("ok", warp::http::StatusCode::OK))
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        RecordingSink { addr, inner, behaviour, count: rx }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/telemetry", self.addr)
+    }
+
+    pub fn set(&self, b: Behaviour) {
+        *self.behaviour.lock().unwrap() = b;
+    }
+
+    pub fn keys(&self) -> HashSet<String> {
+        self.inner.lock().unwrap().keys.clone()
+    }
+
+    pub fn deliveries(&self) -> usize {
+        self.inner.lock().unwrap().deliveries
+    }
+
+    pub fn statuses(&self) -> Vec<u16> {
+        self.inner.lock().unwrap().statuses.clone()
+    }
+
+    pub fn by_device(&self) -> HashMap<String, Vec<u64>> {
+        self.inner.lock().unwrap().by_device.clone()
+    }
+
+    /// Waits until every key in `want` has been received; returns the missing ones on timeout.
+    pub async fn wait_for_keys(&self, want: &HashSet<String>, timeout: Duration) -> Result<(), Vec<String>> {
+        let mut rx = self.count.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let missing: Vec<String> = {
+                let g = self.inner.lock().unwrap();
+                want.iter().filter(|k| !g.keys.contains(*k)).cloned().collect()
+            };
+            if missing.is_empty() {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(missing),
+            }
+        }
+    }
+
+    /// Waits until at least `n` batches were received (answered or not).
+    pub async fn wait_batches(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.count.clone();
+        loop {
+            if self.inner.lock().unwrap().batches >= n {
+                return true;
+            }
+            // Failed batches do not move the key count: poll the counter at a short interval.
+            let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Sink faults: 500s then recovery (retried and delivered), 400 (Dead with the reason kept),
+//! and a sink that hangs (timeouts; the other sink is unaffected).
+
+mod common;
+
+use common::sink::{Behaviour, RecordingSink};
+use common::*;
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::Duration;
+
+async fn ingest_n(gw: &Gateway, device: &str, n: usize) -> HashSet<String> {
+    let c = client();
+    let mut keys = HashSet::new();
+    for i in 0..n {
+        let (s, _) = post_json(&c, &gw.url(&format!("/ingest/{device}")), &gw.token, &json!({"seq": i, "v": i})).await;
+        assert_eq!(s, 202);
+        keys.insert(format!("{device}/seq/{i}"));
+    }
+    keys
+}
+
+fn http_sink(name: &str, url: &str, extra: &str) -> String {
+    format!("[[sinks]]\nname = \"{name}\"\ntype = \"http\"\nurl = \"{url}\"\n{extra}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_until_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = RecordingSink::start().await;
+    sink.set(Behaviour::FailNext(500, 3));
+    let cfg = write_config(dir.path(), &format!("[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n{}", http_sink("api", &sink.url(), "")));
+    let gw = Gateway::start(&cfg);
+    let keys = ingest_n(&gw, "d1", 20).await;
+    sink.wait_for_keys(&keys, Duration::from_secs(30)).await.unwrap();
+    let statuses = sink.statuses();
+    assert_eq!(&statuses[..3], &[500, 500, 500], "{statuses:?}");
+    let m = gw.metrics().await;
+    assert!(metric(&m, "edge_gateway_retries_total{sink=\"api\"}").unwrap_or(0.0) >= 1.0, "{m}");
+    assert!(metric(&m, "edge_gateway_publish_batches_total{result=\"transient_error\",sink=\"api\"}").unwrap() >= 3.0);
+    let wal = gw.admin_get("/admin/wal").await;
+    assert_eq!(wal["sinks"][0]["dead"], 0, "{wal}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_dead_letter_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = RecordingSink::start().await;
+    sink.set(Behaviour::Always(400));
+    let cfg = write_config(dir.path(), &http_sink("api", &sink.url(), ""));
+    let gw = Gateway::start(&cfg);
+    let keys = ingest_n(&gw, "d1", 5).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dl = loop {
+        let dl = gw.admin_get("/admin/dead-letters/api").await;
+        if dl["dead_letters"].as_array().unwrap().len() == keys.len() {
+            break dl;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not dead-lettered: {dl}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for d in dl["dead_letters"].as_array().unwrap() {
+        assert_eq!(d["reason"], "HTTP 400");
+        assert_eq!(d["attempts"], 1, "a permanent error is not retried");
+        assert!(keys.contains(d["record"]["idempotency_key"].as_str().unwrap()));
+    }
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "edge_gateway_dead_lettered_total{reason=\"rejected\",sink=\"api\"}"), Some(5.0), "{m}");
+    assert_eq!(metric(&m, "edge_gateway_wal_records{sink=\"api\",state=\"dead\"}"), Some(5.0), "{m}");
+    assert!(sink.keys().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_sink_times_out_and_does_not_hold_back_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = RecordingSink::start().await;
+    let good = RecordingSink::start().await;
+    slow.set(Behaviour::Hang);
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n{}{}",
+            http_sink("slow", &slow.url(), "timeout_ms = 300"),
+            http_sink("good", &good.url(), "")
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let keys = ingest_n(&gw, "d1", 30).await;
+    good.wait_for_keys(&keys, Duration::from_secs(30)).await.unwrap();
+    // The slow sink saw attempts that timed out, and still has everything pending.
+    assert!(slow.wait_batches(2, Duration::from_secs(30)).await, "the slow sink was never retried");
+    let m = gw.metrics().await;
+    assert!(metric(&m, "edge_gateway_publish_batches_total{result=\"transient_error\",sink=\"slow\"}").unwrap_or(0.0) >= 1.0, "{m}");
+    let wal = gw.admin_get("/admin/wal").await;
+    let slow_stats = wal["sinks"].as_array().unwrap().iter().find(|s| s["sink"] == "slow").unwrap().clone();
+    assert_eq!(slow_stats["pending"], 30, "{wal}");
+    // It recovers: everything arrives.
+    slow.set(Behaviour::Ok);
+    slow.wait_for_keys(&keys, Duration::from_secs(30)).await.unwrap();
+}
