@@ -1,13 +1,18 @@
 //! Credentials at start-up. No defaults: tokens come from configured files, or are generated
 //! at random on first start into the data directory (mode 0600) and their paths logged.
 
-use edge_gateway_actors::ingest::auth::{hash_token, load_or_create_token, parse_hash, read_secret, Auth, TokenHash};
+use edge_gateway_actors::ingest::auth::{
+    hash_token, load_or_create_token, parse_hash, read_secret, Auth, TokenHash,
+};
 use edge_gateway_config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
     #[error("token file {path}: {source}")]
-    File { path: String, source: std::io::Error },
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("auth.devices.{0}: not a sha256:<hex> hash")]
     BadHash(String),
 }
@@ -24,7 +29,10 @@ pub fn resolve_credentials(cfg: &Config) -> Result<Credentials, CredentialsError
     };
     let mut ingest = Auth::default();
     for (device, h) in &cfg.auth.devices {
-        ingest.devices.insert(device.clone(), parse_hash(h).ok_or_else(|| CredentialsError::BadHash(device.clone()))?);
+        ingest.devices.insert(
+            device.clone(),
+            parse_hash(h).ok_or_else(|| CredentialsError::BadHash(device.clone()))?,
+        );
     }
     if let Some(p) = &cfg.auth.ingest_token_file {
         ingest.fleet = Some(hash_token(&read_secret(p).map_err(file_err(p))?));
@@ -49,5 +57,8 @@ pub fn resolve_credentials(cfg: &Config) -> Result<Credentials, CredentialsError
             token
         }
     };
-    Ok(Credentials { ingest, admin_hash: hash_token(&admin_token) })
+    Ok(Credentials {
+        ingest,
+        admin_hash: hash_token(&admin_token),
+    })
 }

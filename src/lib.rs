@@ -31,7 +31,9 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 }
 
 /// WAL counts from a file no process holds open.
-pub fn wal_stats(path: &std::path::Path) -> Result<edge_gateway_actors::wal::WalStats, edge_gateway_actors::wal::WalError> {
+pub fn wal_stats(
+    path: &std::path::Path,
+) -> Result<edge_gateway_actors::wal::WalStats, edge_gateway_actors::wal::WalError> {
     edge_gateway_actors::wal::WalStore::offline_stats(path)
 }
 
@@ -55,15 +57,24 @@ pub enum RunError {
 /// Runs the gateway until `shutdown` resolves, then stops it in order: ingest first, the WAL
 /// last. Returns an error if the tree gave up on its own.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| RunError::DataDir(config.data_dir.display().to_string(), e))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| RunError::DataDir(config.data_dir.display().to_string(), e))?;
     let creds = resolve_credentials(&config)?;
     let metrics = Arc::new(edge_gateway_actors::metrics::Metrics::new());
-    metrics.build_info.with_label_values(&[VERSION, GIT_COMMIT]).set(1);
-    let (root_args, handles) = tree::build(&config, Arc::new(creds.ingest.clone()), metrics.clone());
+    metrics
+        .build_info
+        .with_label_values(&[VERSION, GIT_COMMIT])
+        .set(1);
+    let (root_args, handles) =
+        tree::build(&config, Arc::new(creds.ingest.clone()), metrics.clone());
     let root_addr = handles.root.clone();
-    let (root, root_join) = ractor::Actor::spawn(None, Supervisor, root_args).await.map_err(|e| RunError::Start(e.to_string()))?;
+    let (root, root_join) = ractor::Actor::spawn(None, Supervisor, root_args)
+        .await
+        .map_err(|e| RunError::Start(e.to_string()))?;
     root_addr.bind(root.clone());
-    let admin = admin::start(&config, handles.clone(), creds.admin_hash).await.map_err(RunError::Admin)?;
+    let admin = admin::start(&config, handles.clone(), creds.admin_hash)
+        .await
+        .map_err(RunError::Admin)?;
     tracing::info!(
         version = VERSION,
         commit = GIT_COMMIT,

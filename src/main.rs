@@ -6,7 +6,11 @@ use edge_gateway::config::{self, Config, LoadOptions};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "edge-gateway", version, about = "IoT edge gateway: durable telemetry from devices to the cloud")]
+#[command(
+    name = "edge-gateway",
+    version,
+    about = "IoT edge gateway: durable telemetry from devices to the cloud"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -85,14 +89,21 @@ impl ConfigArgs {
             overrides.push(format!("admin.listen=\"{a}\""));
         }
         overrides.extend(self.set.iter().cloned());
-        let opts = LoadOptions { file: self.config.clone(), env: config::env_overrides(std::env::vars()), overrides };
+        let opts = LoadOptions {
+            file: self.config.clone(),
+            env: config::env_overrides(std::env::vars()),
+            overrides,
+        };
         Ok(config::load(&opts)?)
     }
 }
 
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     if cfg.log.json {
         b.json().flatten_event(true).with_current_span(false).init();
     } else {
@@ -112,7 +123,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]
@@ -123,30 +135,46 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Version => {
-            println!("edge-gateway {} ({})", edge_gateway::VERSION, edge_gateway::GIT_COMMIT);
+            println!(
+                "edge-gateway {} ({})",
+                edge_gateway::VERSION,
+                edge_gateway::GIT_COMMIT
+            );
             Ok(())
         }
-        Cmd::Token { cmd: TokenCmd::Hash { token } } => {
+        Cmd::Token {
+            cmd: TokenCmd::Hash { token },
+        } => {
             println!("sha256:{}", hex_encode(&edge_gateway_actors_hash(&token)));
             Ok(())
         }
-        Cmd::Config { cmd: ConfigCmd::Check(a) } => {
+        Cmd::Config {
+            cmd: ConfigCmd::Check(a),
+        } => {
             let cfg = a.load()?;
-            println!("{}", toml::to_string_pretty(&redacted(&cfg)).context("rendering config")?);
+            println!(
+                "{}",
+                toml::to_string_pretty(&redacted(&cfg)).context("rendering config")?
+            );
             eprintln!("config OK");
             Ok(())
         }
-        Cmd::Wal { cmd: WalCmd::Stats(a) } => {
+        Cmd::Wal {
+            cmd: WalCmd::Stats(a),
+        } => {
             let cfg = a.load()?;
             let path = cfg.data_dir.join("wal.redb");
-            let stats = edge_gateway::wal_stats(&path).with_context(|| format!("reading {}", path.display()))?;
+            let stats = edge_gateway::wal_stats(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             println!("{}", serde_json::to_string_pretty(&stats)?);
             Ok(())
         }
         Cmd::Run(a) => {
             let cfg = a.load()?;
             init_logging(&cfg);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(edge_gateway::run(cfg, shutdown_signal()))?;
             Ok(())
         }

@@ -20,10 +20,21 @@ struct Load {
 }
 
 fn start_load(gw: &Gateway, clients: usize) -> Load {
-    let load = Load { stop: Arc::default(), acked: Arc::default(), statuses: Arc::default(), tasks: vec![] };
+    let load = Load {
+        stop: Arc::default(),
+        acked: Arc::default(),
+        statuses: Arc::default(),
+        tasks: vec![],
+    };
     let mut tasks = vec![];
     for c in 0..clients {
-        let (url, token, stop, acked, statuses) = (gw.url(&format!("/ingest/dev-{c}")), gw.token.clone(), load.stop.clone(), load.acked.clone(), load.statuses.clone());
+        let (url, token, stop, acked, statuses) = (
+            gw.url(&format!("/ingest/dev-{c}")),
+            gw.token.clone(),
+            load.stop.clone(),
+            load.acked.clone(),
+            load.statuses.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let client = client();
             let mut n = 0u64;
@@ -67,18 +78,31 @@ fn restarts(tree: &serde_json::Value, name: &str) -> Option<u64> {
     if tree["name"] == name {
         return tree["restarts"].as_u64();
     }
-    tree["children"].as_array()?.iter().find_map(|c| restarts(c, name))
+    tree["children"]
+        .as_array()?
+        .iter()
+        .find_map(|c| restarts(c, name))
 }
 
 async fn wait_restarts(gw: &Gateway, name: &str, at_least: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let tree = gw.admin_get("/admin/tree").await;
-        let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap().status().as_u16() == 200;
+        let ready = client()
+            .get(gw.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+            == 200;
         if restarts(&tree, name).unwrap_or(0) >= at_least && ready {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{name} not restarted: {tree}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} not restarted: {tree}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -99,15 +123,27 @@ async fn failing_the_sink_publisher_never_disturbs_ingest() {
         wait_restarts(&gw, "publisher:analytics", i as u64).await;
     }
     let (acked, statuses) = load.finish().await;
-    assert!(statuses.iter().all(|s| *s == 202), "ingest answered other than 202 while a sink failed: {:?}", statuses.iter().filter(|s| **s != 202).collect::<Vec<_>>());
+    assert!(
+        statuses.iter().all(|s| *s == 202),
+        "ingest answered other than 202 while a sink failed: {:?}",
+        statuses.iter().filter(|s| **s != 202).collect::<Vec<_>>()
+    );
     assert!(!acked.is_empty());
-    sink.wait_for_keys(&acked, Duration::from_secs(60)).await.unwrap_or_else(|m| panic!("lost {}", m.len()));
+    sink.wait_for_keys(&acked, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|m| panic!("lost {}", m.len()));
     let tree = gw.admin_get("/admin/tree").await;
     assert_eq!(restarts(&tree, "publisher:analytics"), Some(3), "{tree}");
     assert_eq!(restarts(&tree, "wal"), Some(0));
     assert_eq!(restarts(&tree, "http_ingest"), Some(0));
     let m = gw.metrics().await;
-    assert_eq!(metric(&m, "edge_gateway_actor_restarts_total{actor=\"publisher:analytics\"}"), Some(3.0));
+    assert_eq!(
+        metric(
+            &m,
+            "edge_gateway_actor_restarts_total{actor=\"publisher:analytics\"}"
+        ),
+        Some(3.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +156,14 @@ async fn failing_each_actor_loses_nothing_acknowledged() {
     );
     let gw = Gateway::start(&cfg);
     let load = start_load(&gw, 3);
-    for actor in ["wal", "ingest_router", "dispatcher", "http_ingest", "publisher:analytics", "sinks"] {
+    for actor in [
+        "wal",
+        "ingest_router",
+        "dispatcher",
+        "http_ingest",
+        "publisher:analytics",
+        "sinks",
+    ] {
         assert!(sink.wait_batches(1, Duration::from_secs(20)).await);
         assert_eq!(fail(&gw, actor).await, 202, "{actor}");
         wait_restarts(&gw, actor, 1).await;
@@ -128,8 +171,23 @@ async fn failing_each_actor_loses_nothing_acknowledged() {
     let (acked, statuses) = load.finish().await;
     // During a WAL or router restart a request may be refused (503) or, for the listener,
     // not connect (0); it is never acknowledged without being stored.
-    assert!(statuses.iter().all(|s| matches!(s, 202 | 503 | 0)), "{:?}", statuses.iter().filter(|s| !matches!(s, 202 | 503 | 0)).collect::<Vec<_>>());
-    sink.wait_for_keys(&acked, Duration::from_secs(60)).await.unwrap_or_else(|m| panic!("lost {} acknowledged readings: {:?}", m.len(), &m[..m.len().min(5)]));
+    assert!(
+        statuses.iter().all(|s| matches!(s, 202 | 503 | 0)),
+        "{:?}",
+        statuses
+            .iter()
+            .filter(|s| !matches!(s, 202 | 503 | 0))
+            .collect::<Vec<_>>()
+    );
+    sink.wait_for_keys(&acked, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|m| {
+            panic!(
+                "lost {} acknowledged readings: {:?}",
+                m.len(),
+                &m[..m.len().min(5)]
+            )
+        });
     let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
@@ -139,8 +197,17 @@ async fn chaos_hooks_are_off_by_default_and_need_the_admin_token() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(&write_config(dir.path(), ""));
     assert_eq!(fail(&gw, "wal").await, 403);
-    let r = client().post(gw.admin_url("/admin/actors/wal/fail")).send().await.unwrap();
+    let r = client()
+        .post(gw.admin_url("/admin/actors/wal/fail"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let r = client().get(gw.admin_url("/admin/tree")).bearer_auth("wrong").send().await.unwrap();
+    let r = client()
+        .get(gw.admin_url("/admin/tree"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 403);
 }

@@ -17,8 +17,14 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_nothing_acknowledged() {
-    let iterations: usize = std::env::var("EDGE_GATEWAY_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let seed: u64 = std::env::var("EDGE_GATEWAY_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
+    let iterations: usize = std::env::var("EDGE_GATEWAY_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let seed: u64 = std::env::var("EDGE_GATEWAY_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
     eprintln!("crash test: {iterations} kills, seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -34,13 +40,18 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for c in 0..4 {
-            let (url, token, acked, stop) = (gw.url(&format!("/ingest/dev-{c}")), gw.token.clone(), acked.clone(), stop.clone());
+            let (url, token, acked, stop) = (
+                gw.url(&format!("/ingest/dev-{c}")),
+                gw.token.clone(),
+                acked.clone(),
+                stop.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let client = client();
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("it{it}-c{c}-{n}");
-                    let body = if n % 4 == 0 {
+                    let body = if n.is_multiple_of(4) {
                         json!([{"msg_id": format!("{key}-a"), "v": n}, {"msg_id": format!("{key}-b"), "v": n}])
                     } else {
                         json!({"msg_id": key, "v": n})
@@ -76,14 +87,25 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
     let gw = Gateway::start(&cfg);
     let acked = acked.lock().unwrap().clone();
     eprintln!("crash test: {} requests, {} readings acknowledged, {} deliveries seen before the final drain", total_requests, acked.len(), sink.deliveries());
-    assert!(acked.len() > iterations, "the load produced too little to mean anything");
+    assert!(
+        acked.len() > iterations,
+        "the load produced too little to mean anything"
+    );
     let result = sink.wait_for_keys(&acked, Duration::from_secs(120)).await;
     if let Err(missing) = &result {
-        panic!("LOST {} acknowledged readings (seed {seed}), e.g. {:?}\n{}", missing.len(), &missing[..missing.len().min(10)], gw.log());
+        panic!(
+            "LOST {} acknowledged readings (seed {seed}), e.g. {:?}\n{}",
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            gw.log()
+        );
     }
     let received = sink.keys();
     let never_produced: Vec<_> = received.iter().filter(|k| !k.starts_with("dev-")).collect();
-    assert!(never_produced.is_empty(), "delivered but never produced: {never_produced:?}");
+    assert!(
+        never_produced.is_empty(),
+        "delivered but never produced: {never_produced:?}"
+    );
     eprintln!(
         "crash test: 0 lost of {} acknowledged; {} deliveries ({} duplicates)",
         acked.len(),

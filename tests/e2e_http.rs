@@ -22,7 +22,11 @@ async fn every_acked_reading_reaches_every_sink_with_its_key() {
     let c = client();
     let mut tasks = Vec::new();
     for client_no in 0..8u64 {
-        let (c, url, token) = (c.clone(), gw.url(&format!("/ingest/dev-{client_no}")), gw.token.clone());
+        let (c, url, token) = (
+            c.clone(),
+            gw.url(&format!("/ingest/dev-{client_no}")),
+            gw.token.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             for i in 0..40u64 {
@@ -52,26 +56,49 @@ async fn every_acked_reading_reaches_every_sink_with_its_key() {
         acked.extend(t.await.unwrap());
     }
     assert_eq!(acked.len(), 8 * (32 + 8 * 3));
-    sink.wait_for_keys(&acked, Duration::from_secs(60)).await.unwrap_or_else(|m| panic!("{} acked readings never reached the HTTP sink, e.g. {:?}", m.len(), &m[..m.len().min(5)]));
+    sink.wait_for_keys(&acked, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|m| {
+            panic!(
+                "{} acked readings never reached the HTTP sink, e.g. {:?}",
+                m.len(),
+                &m[..m.len().min(5)]
+            )
+        });
     // The file sink is fsync'd per batch; wait for its acked count to match via the WAL stats.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let stats = gw.admin_get("/admin/wal").await;
-        let pending: u64 = stats["sinks"].as_array().unwrap().iter().map(|s| s["pending"].as_u64().unwrap()).sum();
+        let pending: u64 = stats["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["pending"].as_u64().unwrap())
+            .sum();
         if pending == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "sinks never drained: {stats}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sinks never drained: {stats}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let in_file = file_sink_keys(&gw.data_dir.join("sink/records.jsonl"));
     let missing: Vec<_> = acked.difference(&in_file).collect();
-    assert!(missing.is_empty(), "missing from the file sink: {:?}", &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "missing from the file sink: {:?}",
+        &missing[..missing.len().min(5)]
+    );
     // Per-device order of first deliveries follows the device's seq.
     for (dev, seqs) in sink.by_device() {
         let mut seen = HashSet::new();
         let firsts: Vec<u64> = seqs.into_iter().filter(|s| seen.insert(*s)).collect();
-        assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{dev}: out of order {firsts:?}");
+        assert!(
+            firsts.windows(2).all(|w| w[0] < w[1]),
+            "{dev}: out of order {firsts:?}"
+        );
     }
     // Fully settled records are deleted.
     let stats = gw.admin_get("/admin/wal").await;
@@ -84,7 +111,13 @@ async fn every_acked_reading_reaches_every_sink_with_its_key() {
 async fn metrics_pass_promtool_and_name_the_essentials() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(&write_config(dir.path(), ""));
-    let (s, _) = post_json(&client(), &gw.url("/ingest/d1"), &gw.token, &json!({"v": 1})).await;
+    let (s, _) = post_json(
+        &client(),
+        &gw.url("/ingest/d1"),
+        &gw.token,
+        &json!({"v": 1}),
+    )
+    .await;
     assert_eq!(s, 202);
     let text = gw.metrics().await;
     for name in [
@@ -110,14 +143,29 @@ async fn metrics_pass_promtool_and_name_the_essentials() {
             use std::io::Write;
             p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
             let out = p.wait_with_output().unwrap();
-            assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Err(e) => {
-            assert!(std::env::var("CI").is_err(), "promtool must be installed in CI (apt-get install prometheus): {e}");
+            assert!(
+                std::env::var("CI").is_err(),
+                "promtool must be installed in CI (apt-get install prometheus): {e}"
+            );
             eprintln!("promtool not installed; skipping the promtool check");
         }
     }
-    let v: serde_json::Value = client().get(gw.admin_url("/version")).send().await.unwrap().json().await.unwrap();
+    let v: serde_json::Value = client()
+        .get(gw.admin_url("/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);

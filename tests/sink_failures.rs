@@ -13,7 +13,13 @@ async fn ingest_n(gw: &Gateway, device: &str, n: usize) -> HashSet<String> {
     let c = client();
     let mut keys = HashSet::new();
     for i in 0..n {
-        let (s, _) = post_json(&c, &gw.url(&format!("/ingest/{device}")), &gw.token, &json!({"seq": i, "v": i})).await;
+        let (s, _) = post_json(
+            &c,
+            &gw.url(&format!("/ingest/{device}")),
+            &gw.token,
+            &json!({"seq": i, "v": i}),
+        )
+        .await;
         assert_eq!(s, 202);
         keys.insert(format!("{device}/seq/{i}"));
     }
@@ -29,15 +35,33 @@ async fn server_errors_are_retried_until_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     sink.set(Behaviour::FailNext(500, 3));
-    let cfg = write_config(dir.path(), &format!("[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n{}", http_sink("api", &sink.url(), "")));
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n{}",
+            http_sink("api", &sink.url(), "")
+        ),
+    );
     let gw = Gateway::start(&cfg);
     let keys = ingest_n(&gw, "d1", 20).await;
-    sink.wait_for_keys(&keys, Duration::from_secs(30)).await.unwrap();
+    sink.wait_for_keys(&keys, Duration::from_secs(30))
+        .await
+        .unwrap();
     let statuses = sink.statuses();
     assert_eq!(&statuses[..3], &[500, 500, 500], "{statuses:?}");
     let m = gw.metrics().await;
-    assert!(metric(&m, "edge_gateway_retries_total{sink=\"api\"}").unwrap_or(0.0) >= 1.0, "{m}");
-    assert!(metric(&m, "edge_gateway_publish_batches_total{result=\"transient_error\",sink=\"api\"}").unwrap() >= 3.0);
+    assert!(
+        metric(&m, "edge_gateway_retries_total{sink=\"api\"}").unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "edge_gateway_publish_batches_total{result=\"transient_error\",sink=\"api\"}"
+        )
+        .unwrap()
+            >= 3.0
+    );
     let wal = gw.admin_get("/admin/wal").await;
     assert_eq!(wal["sinks"][0]["dead"], 0, "{wal}");
 }
@@ -56,7 +80,10 @@ async fn client_errors_dead_letter_with_the_reason() {
         if dl["dead_letters"].as_array().unwrap().len() == keys.len() {
             break dl;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not dead-lettered: {dl}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not dead-lettered: {dl}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     for d in dl["dead_letters"].as_array().unwrap() {
@@ -65,8 +92,19 @@ async fn client_errors_dead_letter_with_the_reason() {
         assert!(keys.contains(d["record"]["idempotency_key"].as_str().unwrap()));
     }
     let m = gw.metrics().await;
-    assert_eq!(metric(&m, "edge_gateway_dead_lettered_total{reason=\"rejected\",sink=\"api\"}"), Some(5.0), "{m}");
-    assert_eq!(metric(&m, "edge_gateway_wal_records{sink=\"api\",state=\"dead\"}"), Some(5.0), "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "edge_gateway_dead_lettered_total{reason=\"rejected\",sink=\"api\"}"
+        ),
+        Some(5.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "edge_gateway_wal_records{sink=\"api\",state=\"dead\"}"),
+        Some(5.0),
+        "{m}"
+    );
     assert!(sink.keys().is_empty());
 }
 
@@ -86,15 +124,36 @@ async fn a_hanging_sink_times_out_and_does_not_hold_back_the_other() {
     );
     let gw = Gateway::start(&cfg);
     let keys = ingest_n(&gw, "d1", 30).await;
-    good.wait_for_keys(&keys, Duration::from_secs(30)).await.unwrap();
+    good.wait_for_keys(&keys, Duration::from_secs(30))
+        .await
+        .unwrap();
     // The slow sink saw attempts that timed out, and still has everything pending.
-    assert!(slow.wait_batches(2, Duration::from_secs(30)).await, "the slow sink was never retried");
+    assert!(
+        slow.wait_batches(2, Duration::from_secs(30)).await,
+        "the slow sink was never retried"
+    );
     let m = gw.metrics().await;
-    assert!(metric(&m, "edge_gateway_publish_batches_total{result=\"transient_error\",sink=\"slow\"}").unwrap_or(0.0) >= 1.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            "edge_gateway_publish_batches_total{result=\"transient_error\",sink=\"slow\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
     let wal = gw.admin_get("/admin/wal").await;
-    let slow_stats = wal["sinks"].as_array().unwrap().iter().find(|s| s["sink"] == "slow").unwrap().clone();
+    let slow_stats = wal["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sink"] == "slow")
+        .unwrap()
+        .clone();
     assert_eq!(slow_stats["pending"], 30, "{wal}");
     // It recovers: everything arrives.
     slow.set(Behaviour::Ok);
-    slow.wait_for_keys(&keys, Duration::from_secs(30)).await.unwrap();
+    slow.wait_for_keys(&keys, Duration::from_secs(30))
+        .await
+        .unwrap();
 }

@@ -90,11 +90,15 @@ impl<M: Message> Addr<M> {
         let _ = self
             .inner
             .depth
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some((d - 1).max(0)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some((d - 1).max(0))
+            });
     }
 
     pub fn cast(&self, msg: M) -> Result<(), SendError> {
-        let r = self.actor().ok_or_else(|| SendError::NotRunning(self.inner.name.clone()))?;
+        let r = self
+            .actor()
+            .ok_or_else(|| SendError::NotRunning(self.inner.name.clone()))?;
         self.note_sent();
         r.cast(msg).map_err(|_| {
             self.received();
@@ -108,7 +112,9 @@ impl<M: Message> Addr<M> {
         build: impl FnOnce(RpcReplyPort<R>) -> M,
         timeout: Option<Duration>,
     ) -> Result<R, SendError> {
-        let r = self.actor().ok_or_else(|| SendError::NotRunning(self.inner.name.clone()))?;
+        let r = self
+            .actor()
+            .ok_or_else(|| SendError::NotRunning(self.inner.name.clone()))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.note_sent();
         if r.cast(build(tx.into())).is_err() {
@@ -221,10 +227,19 @@ mod tests {
         type Msg = EchoMsg;
         type State = Addr<EchoMsg>;
         type Arguments = Addr<EchoMsg>;
-        async fn pre_start(&self, _: ActorRef<EchoMsg>, a: Addr<EchoMsg>) -> Result<Self::State, ActorProcessingErr> {
+        async fn pre_start(
+            &self,
+            _: ActorRef<EchoMsg>,
+            a: Addr<EchoMsg>,
+        ) -> Result<Self::State, ActorProcessingErr> {
             Ok(a)
         }
-        async fn handle(&self, _: ActorRef<EchoMsg>, m: EchoMsg, addr: &mut Addr<EchoMsg>) -> Result<(), ActorProcessingErr> {
+        async fn handle(
+            &self,
+            _: ActorRef<EchoMsg>,
+            m: EchoMsg,
+            addr: &mut Addr<EchoMsg>,
+        ) -> Result<(), ActorProcessingErr> {
             addr.received();
             match m {
                 EchoMsg::Ping(r) => {
@@ -239,13 +254,19 @@ mod tests {
     #[tokio::test]
     async fn depth_counts_sent_but_unhandled_and_unbound_addr_refuses() {
         let addr: Addr<EchoMsg> = Addr::new("echo", None);
-        assert_eq!(addr.call(EchoMsg::Ping, None).await, Err(SendError::NotRunning("echo".into())));
+        assert_eq!(
+            addr.call(EchoMsg::Ping, None).await,
+            Err(SendError::NotRunning("echo".into()))
+        );
         let (r, h) = Actor::spawn(None, Echo, addr.clone()).await.unwrap();
         addr.bind(r.clone());
         assert_eq!(addr.call(EchoMsg::Ping, None).await, Ok(0));
         assert!(addr.inject_failure("boom".into()));
         h.await.unwrap();
         assert_eq!(addr.status(), Some(ActorStatus::Stopped));
-        assert!(matches!(addr.call(EchoMsg::Ping, None).await, Err(SendError::NotRunning(_))));
+        assert!(matches!(
+            addr.call(EchoMsg::Ping, None).await,
+            Err(SendError::NotRunning(_))
+        ));
     }
 }

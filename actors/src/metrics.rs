@@ -4,7 +4,8 @@
 //! come from config, reasons are categories (see [`reason_class`]), never free text.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub struct Metrics {
@@ -38,38 +39,208 @@ pub struct Metrics {
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    r.register(Box::new(c.clone())).expect("metric names are unique");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new_custom(Some("edge_gateway".into()), None).expect("valid prefix");
-        let lat = vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let lat = vec![
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
         let counts = prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid buckets");
         Metrics {
-            ingest_records: reg(&r, IntCounterVec::new(Opts::new("ingest_records_total", "Readings received, by source and result"), &["source", "result"]).unwrap()),
-            ingest_rejections: reg(&r, IntCounterVec::new(Opts::new("ingest_rejections_total", "Ingest requests refused, by source and error code"), &["source", "code"]).unwrap()),
-            duplicates: reg(&r, IntCounterVec::new(Opts::new("duplicates_total", "Readings whose idempotency key was already stored"), &["source"]).unwrap()),
-            wal_records: reg(&r, IntGaugeVec::new(Opts::new("wal_records", "WAL entries by state and sink"), &["state", "sink"]).unwrap()),
-            wal_acked: reg(&r, IntGaugeVec::new(Opts::new("wal_acked_records", "Records acknowledged by each sink since the WAL was created"), &["sink"]).unwrap()),
-            wal_file_bytes: reg(&r, IntGauge::new("wal_file_bytes", "Size of the WAL file").unwrap()),
-            wal_live_bytes: reg(&r, IntGauge::new("wal_live_bytes", "Encoded bytes of records still held").unwrap()),
-            wal_live_records: reg(&r, IntGauge::new("wal_live_records", "Records still held (pending or dead for some sink)").unwrap()),
-            wal_commit_seconds: reg(&r, Histogram::with_opts(HistogramOpts::new("wal_commit_seconds", "Time of one WAL group commit").buckets(lat.clone())).unwrap()),
-            wal_commit_ops: reg(&r, Histogram::with_opts(HistogramOpts::new("wal_commit_ops", "Operations per WAL group commit").buckets(counts.clone())).unwrap()),
-            wal_commit_records: reg(&r, Histogram::with_opts(HistogramOpts::new("wal_commit_records", "Records appended per WAL group commit").buckets(counts)).unwrap()),
-            backpressure_active: reg(&r, IntGauge::new("backpressure_active", "1 while the WAL refuses appends for being over a limit").unwrap()),
-            publish_results: reg(&r, IntCounterVec::new(Opts::new("publish_batches_total", "Sink publish attempts by result"), &["sink", "result"]).unwrap()),
-            publish_seconds: reg(&r, HistogramVec::new(HistogramOpts::new("publish_seconds", "Time of one sink publish").buckets(lat), &["sink"]).unwrap()),
-            retries: reg(&r, IntCounterVec::new(Opts::new("retries_total", "Records scheduled for another attempt"), &["sink"]).unwrap()),
-            dead_lettered: reg(&r, IntCounterVec::new(Opts::new("dead_lettered_total", "Records dead-lettered, by sink and reason class"), &["sink", "reason"]).unwrap()),
-            actor_mailbox_depth: reg(&r, IntGaugeVec::new(Opts::new("actor_mailbox_depth", "Messages sent to an actor and not yet handled"), &["actor"]).unwrap()),
-            actor_mailbox_depth_max: reg(&r, IntGaugeVec::new(Opts::new("actor_mailbox_depth_max", "Highest mailbox depth seen"), &["actor"]).unwrap()),
-            actor_restarts: reg(&r, IntCounterVec::new(Opts::new("actor_restarts_total", "Restarts by the actor's supervisor"), &["actor"]).unwrap()),
-            actor_up: reg(&r, IntGaugeVec::new(Opts::new("actor_up", "1 while the actor is running"), &["actor"]).unwrap()),
-            build_info: reg(&r, IntGaugeVec::new(Opts::new("build_info", "Always 1; labels carry the version"), &["version", "commit"]).unwrap()),
-            wal_opens: reg(&r, IntCounter::new("wal_opens_total", "Times the WAL file was opened (1 + restarts)").unwrap()),
+            ingest_records: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ingest_records_total",
+                        "Readings received, by source and result",
+                    ),
+                    &["source", "result"],
+                )
+                .unwrap(),
+            ),
+            ingest_rejections: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ingest_rejections_total",
+                        "Ingest requests refused, by source and error code",
+                    ),
+                    &["source", "code"],
+                )
+                .unwrap(),
+            ),
+            duplicates: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "duplicates_total",
+                        "Readings whose idempotency key was already stored",
+                    ),
+                    &["source"],
+                )
+                .unwrap(),
+            ),
+            wal_records: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("wal_records", "WAL entries by state and sink"),
+                    &["state", "sink"],
+                )
+                .unwrap(),
+            ),
+            wal_acked: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wal_acked_records",
+                        "Records acknowledged by each sink since the WAL was created",
+                    ),
+                    &["sink"],
+                )
+                .unwrap(),
+            ),
+            wal_file_bytes: reg(
+                &r,
+                IntGauge::new("wal_file_bytes", "Size of the WAL file").unwrap(),
+            ),
+            wal_live_bytes: reg(
+                &r,
+                IntGauge::new("wal_live_bytes", "Encoded bytes of records still held").unwrap(),
+            ),
+            wal_live_records: reg(
+                &r,
+                IntGauge::new(
+                    "wal_live_records",
+                    "Records still held (pending or dead for some sink)",
+                )
+                .unwrap(),
+            ),
+            wal_commit_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("wal_commit_seconds", "Time of one WAL group commit")
+                        .buckets(lat.clone()),
+                )
+                .unwrap(),
+            ),
+            wal_commit_ops: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("wal_commit_ops", "Operations per WAL group commit")
+                        .buckets(counts.clone()),
+                )
+                .unwrap(),
+            ),
+            wal_commit_records: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "wal_commit_records",
+                        "Records appended per WAL group commit",
+                    )
+                    .buckets(counts),
+                )
+                .unwrap(),
+            ),
+            backpressure_active: reg(
+                &r,
+                IntGauge::new(
+                    "backpressure_active",
+                    "1 while the WAL refuses appends for being over a limit",
+                )
+                .unwrap(),
+            ),
+            publish_results: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("publish_batches_total", "Sink publish attempts by result"),
+                    &["sink", "result"],
+                )
+                .unwrap(),
+            ),
+            publish_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("publish_seconds", "Time of one sink publish").buckets(lat),
+                    &["sink"],
+                )
+                .unwrap(),
+            ),
+            retries: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("retries_total", "Records scheduled for another attempt"),
+                    &["sink"],
+                )
+                .unwrap(),
+            ),
+            dead_lettered: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "dead_lettered_total",
+                        "Records dead-lettered, by sink and reason class",
+                    ),
+                    &["sink", "reason"],
+                )
+                .unwrap(),
+            ),
+            actor_mailbox_depth: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "actor_mailbox_depth",
+                        "Messages sent to an actor and not yet handled",
+                    ),
+                    &["actor"],
+                )
+                .unwrap(),
+            ),
+            actor_mailbox_depth_max: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("actor_mailbox_depth_max", "Highest mailbox depth seen"),
+                    &["actor"],
+                )
+                .unwrap(),
+            ),
+            actor_restarts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("actor_restarts_total", "Restarts by the actor's supervisor"),
+                    &["actor"],
+                )
+                .unwrap(),
+            ),
+            actor_up: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("actor_up", "1 while the actor is running"),
+                    &["actor"],
+                )
+                .unwrap(),
+            ),
+            build_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("build_info", "Always 1; labels carry the version"),
+                    &["version", "commit"],
+                )
+                .unwrap(),
+            ),
+            wal_opens: reg(
+                &r,
+                IntCounter::new(
+                    "wal_opens_total",
+                    "Times the WAL file was opened (1 + restarts)",
+                )
+                .unwrap(),
+            ),
             registry: r,
         }
     }
@@ -89,10 +260,18 @@ impl Metrics {
         self.wal_live_bytes.set(s.live_bytes as i64);
         self.wal_live_records.set(s.records as i64);
         for k in &s.sinks {
-            self.wal_records.with_label_values(&["enqueued", &k.sink]).set(k.pending.saturating_sub(k.in_flight) as i64);
-            self.wal_records.with_label_values(&["in_flight", &k.sink]).set(k.in_flight as i64);
-            self.wal_records.with_label_values(&["dead", &k.sink]).set(k.dead as i64);
-            self.wal_acked.with_label_values(&[&k.sink]).set(k.acked_total as i64);
+            self.wal_records
+                .with_label_values(&["enqueued", &k.sink])
+                .set(k.pending.saturating_sub(k.in_flight) as i64);
+            self.wal_records
+                .with_label_values(&["in_flight", &k.sink])
+                .set(k.in_flight as i64);
+            self.wal_records
+                .with_label_values(&["dead", &k.sink])
+                .set(k.dead as i64);
+            self.wal_acked
+                .with_label_values(&[&k.sink])
+                .set(k.acked_total as i64);
         }
     }
 }

@@ -13,9 +13,17 @@ use tokio::sync::watch;
 use warp::Filter;
 
 /// Runs until `shutdown` becomes true. Connections already accepted finish on their own.
-pub async fn serve<F>(listener: TcpListener, filter: F, header_read_timeout: Duration, mut shutdown: watch::Receiver<bool>)
-where
-    F: Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
+pub async fn serve<F>(
+    listener: TcpListener,
+    filter: F,
+    header_read_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    F: Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
 {
     loop {
         let (stream, _peer) = tokio::select! {
@@ -34,7 +42,9 @@ where
         let svc = TowerToHyperService::new(warp::service(filter.clone()));
         tokio::spawn(async move {
             let mut b = Builder::new(TokioExecutor::new());
-            b.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
             if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }

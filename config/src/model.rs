@@ -122,6 +122,8 @@ pub struct WalConfig {
     pub max_group: usize,
     /// Period of retention sweeps.
     pub maintenance_interval_ms: u64,
+    /// redb page cache. Bounds the WAL's memory whatever the backlog (redb's default is 1 GiB).
+    pub cache_bytes: u64,
 }
 
 impl Default for WalConfig {
@@ -134,6 +136,7 @@ impl Default for WalConfig {
             dead_retention_secs: 7 * 24 * 3600,
             max_group: 4096,
             maintenance_interval_ms: 1_000,
+            cache_bytes: 32 * 1024 * 1024,
         }
     }
 }

@@ -38,8 +38,14 @@ fn every_unknown_key_and_problem_reported_at_once() {
 fn layers_apply_in_order_env_then_cli() {
     let env = env_overrides(
         vec![
-            ("EDGE_GATEWAY__HTTP__LISTEN".to_string(), "127.0.0.1:9000".to_string()),
-            ("EDGE_GATEWAY__WAL__MAX_RECORDS".to_string(), "5".to_string()),
+            (
+                "EDGE_GATEWAY__HTTP__LISTEN".to_string(),
+                "127.0.0.1:9000".to_string(),
+            ),
+            (
+                "EDGE_GATEWAY__WAL__MAX_RECORDS".to_string(),
+                "5".to_string(),
+            ),
             ("OTHER".to_string(), "x".to_string()),
         ]
         .into_iter(),

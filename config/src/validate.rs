@@ -62,7 +62,11 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
         problem(&mut out, "delivery.max_attempts", "must be > 0");
     }
     if c.delivery.backoff_initial_ms > c.delivery.backoff_max_ms {
-        problem(&mut out, "delivery.backoff_initial_ms", "must be <= delivery.backoff_max_ms");
+        problem(
+            &mut out,
+            "delivery.backoff_initial_ms",
+            "must be <= delivery.backoff_max_ms",
+        );
     }
     for (device, hash) in &c.auth.devices {
         let ok = hash
@@ -84,12 +88,18 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
         let at = |k: &str| format!("sinks[{i}].{k}");
         let name_ok = !s.name.is_empty()
             && s.name.len() <= 64
-            && s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && s.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !name_ok {
             problem(&mut out, at("name"), "1-64 characters of [A-Za-z0-9_-]");
         }
         if !names.insert(s.name.clone()) {
-            problem(&mut out, at("name"), format!("duplicate sink name {:?}", s.name));
+            problem(
+                &mut out,
+                at("name"),
+                format!("duplicate sink name {:?}", s.name),
+            );
         }
         match s.kind {
             SinkKind::File => {

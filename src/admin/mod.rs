@@ -41,12 +41,21 @@ fn json_status(v: serde_json::Value, s: StatusCode) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(&v), s).into_response()
 }
 
-fn authorized(ctx: &Ctx, header: Option<&str>) -> Result<(), warp::reply::Response> {
-    let token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+/// `None` when the admin token is right, else the response refusing the request.
+fn refused(ctx: &Ctx, header: Option<&str>) -> Option<warp::reply::Response> {
+    let token = header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
     match token {
-        Some(t) if ct_eq(&hash_token(t), &ctx.admin_hash) => Ok(()),
-        Some(_) => Err(json_status(json!({"error": "forbidden", "message": "wrong admin token"}), StatusCode::FORBIDDEN)),
-        None => Err(json_status(json!({"error": "unauthorized", "message": "admin token required: Authorization: Bearer <token>"}), StatusCode::UNAUTHORIZED)),
+        Some(t) if ct_eq(&hash_token(t), &ctx.admin_hash) => None,
+        Some(_) => Some(json_status(
+            json!({"error": "forbidden", "message": "wrong admin token"}),
+            StatusCode::FORBIDDEN,
+        )),
+        None => Some(json_status(
+            json!({"error": "unauthorized", "message": "admin token required: Authorization: Bearer <token>"}),
+            StatusCode::UNAUTHORIZED,
+        )),
     }
 }
 
@@ -57,7 +66,10 @@ fn readiness(h: &Handles) -> (bool, serde_json::Value) {
     for e in h.directory.all() {
         let running = matches!(e.status(), Some(ractor::ActorStatus::Running));
         ready &= running;
-        comps.insert(e.name().to_string(), json!(if running { "running" } else { "down" }));
+        comps.insert(
+            e.name().to_string(),
+            json!(if running { "running" } else { "down" }),
+        );
     }
     (ready, json!({"ready": ready, "components": comps}))
 }
@@ -65,8 +77,12 @@ fn readiness(h: &Handles) -> (bool, serde_json::Value) {
 fn refresh_actor_metrics(h: &Handles) {
     let m = &h.metrics;
     for e in h.directory.all() {
-        m.actor_mailbox_depth.with_label_values(&[e.name()]).set(e.depth());
-        m.actor_mailbox_depth_max.with_label_values(&[e.name()]).set(e.max_depth());
+        m.actor_mailbox_depth
+            .with_label_values(&[e.name()])
+            .set(e.depth());
+        m.actor_mailbox_depth_max
+            .with_label_values(&[e.name()])
+            .set(e.max_depth());
         let up = matches!(e.status(), Some(ractor::ActorStatus::Running));
         m.actor_up.with_label_values(&[e.name()]).set(i64::from(up));
         // Touch the restart counter so every actor is listed, restarted or not.
@@ -74,7 +90,13 @@ fn refresh_actor_metrics(h: &Handles) {
     }
 }
 
-async fn route(ctx: Arc<Ctx>, method: warp::http::Method, path: warp::path::FullPath, authz: Option<String>, query: std::collections::HashMap<String, String>) -> Result<warp::reply::Response, std::convert::Infallible> {
+async fn route(
+    ctx: Arc<Ctx>,
+    method: warp::http::Method,
+    path: warp::path::FullPath,
+    authz: Option<String>,
+    query: std::collections::HashMap<String, String>,
+) -> Result<warp::reply::Response, std::convert::Infallible> {
     let h = &ctx.handles;
     let segs: Vec<&str> = path.as_str().trim_matches('/').split('/').collect();
     let get = method == warp::http::Method::GET;
@@ -82,37 +104,76 @@ async fn route(ctx: Arc<Ctx>, method: warp::http::Method, path: warp::path::Full
         (true, ["healthz"]) => json_status(json!({"status": "ok"}), StatusCode::OK),
         (true, ["readyz"]) => {
             let (ready, body) = readiness(h);
-            json_status(body, if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
+            json_status(
+                body,
+                if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+            )
         }
-        (true, ["version"]) => json_status(json!({"version": crate::VERSION, "commit": crate::GIT_COMMIT}), StatusCode::OK),
+        (true, ["version"]) => json_status(
+            json!({"version": crate::VERSION, "commit": crate::GIT_COMMIT}),
+            StatusCode::OK,
+        ),
         (true, ["metrics"]) => {
             refresh_actor_metrics(h);
-            if let Ok(stats) = h.wal.call(WalMsg::Stats, Some(Duration::from_secs(2))).await {
+            if let Ok(stats) = h
+                .wal
+                .call(WalMsg::Stats, Some(Duration::from_secs(2)))
+                .await
+            {
                 h.metrics.observe_wal(&stats);
             }
-            warp::reply::with_header(h.metrics.render(), "content-type", "text/plain; version=0.0.4").into_response()
+            warp::reply::with_header(
+                h.metrics.render(),
+                "content-type",
+                "text/plain; version=0.0.4",
+            )
+            .into_response()
         }
-        (_, ["admin", ..]) => match authorized(&ctx, authz.as_deref()) {
-            Err(r) => r,
-            Ok(()) => admin_route(&ctx, get, &segs[1..], &query).await,
+        (_, ["admin", ..]) => match refused(&ctx, authz.as_deref()) {
+            Some(r) => r,
+            None => admin_route(&ctx, get, &segs[1..], &query).await,
         },
         _ => json_status(json!({"error": "not_found"}), StatusCode::NOT_FOUND),
     };
     Ok(resp)
 }
 
-async fn admin_route(ctx: &Ctx, get: bool, segs: &[&str], query: &std::collections::HashMap<String, String>) -> warp::reply::Response {
+async fn admin_route(
+    ctx: &Ctx,
+    get: bool,
+    segs: &[&str],
+    query: &std::collections::HashMap<String, String>,
+) -> warp::reply::Response {
     let h = &ctx.handles;
     match (get, segs) {
         (true, ["tree"]) => json_status(tree::render(&h.directory), StatusCode::OK),
-        (true, ["wal"]) => match h.wal.call(WalMsg::Stats, Some(Duration::from_secs(5))).await {
+        (true, ["wal"]) => match h
+            .wal
+            .call(WalMsg::Stats, Some(Duration::from_secs(5)))
+            .await
+        {
             Ok(s) => json_status(serde_json::to_value(s).unwrap_or_default(), StatusCode::OK),
             Err(e) => unavailable(e),
         },
         (true, ["dead-letters", sink]) => {
-            let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100usize).min(10_000);
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100usize)
+                .min(10_000);
             let sink = sink.to_string();
-            match h.wal.call(|reply| WalMsg::DeadLetters { sink, limit, reply }, Some(Duration::from_secs(5))).await {
+            match h
+                .wal
+                .call(
+                    |reply| WalMsg::DeadLetters { sink, limit, reply },
+                    Some(Duration::from_secs(5)),
+                )
+                .await
+            {
                 Ok(rows) => {
                     let items: Vec<_> = rows
                         .into_iter()
@@ -126,16 +187,25 @@ async fn admin_route(ctx: &Ctx, get: bool, segs: &[&str], query: &std::collectio
         }
         (false, ["actors", name, "fail"]) => {
             if !ctx.chaos {
-                return json_status(json!({"error": "forbidden", "message": "chaos hooks are off (admin.chaos = false)"}), StatusCode::FORBIDDEN);
+                return json_status(
+                    json!({"error": "forbidden", "message": "chaos hooks are off (admin.chaos = false)"}),
+                    StatusCode::FORBIDDEN,
+                );
             }
             match h.directory.get(name) {
-                None => json_status(json!({"error": "not_found", "message": format!("no actor named {name:?}")}), StatusCode::NOT_FOUND),
+                None => json_status(
+                    json!({"error": "not_found", "message": format!("no actor named {name:?}")}),
+                    StatusCode::NOT_FOUND,
+                ),
                 Some(e) => {
                     if e.inject_failure("admin API request".into()) {
                         tracing::warn!(actor = %name, "failure injected through the admin API");
                         json_status(json!({"failed": name}), StatusCode::ACCEPTED)
                     } else {
-                        json_status(json!({"error": "not_running", "message": format!("{name} is not running")}), StatusCode::CONFLICT)
+                        json_status(
+                            json!({"error": "not_running", "message": format!("{name} is not running")}),
+                            StatusCode::CONFLICT,
+                        )
                     }
                 }
             }
@@ -145,25 +215,52 @@ async fn admin_route(ctx: &Ctx, get: bool, segs: &[&str], query: &std::collectio
 }
 
 fn unavailable(e: SendError) -> warp::reply::Response {
-    json_status(json!({"error": "unavailable", "message": e.to_string()}), StatusCode::SERVICE_UNAVAILABLE)
+    json_status(
+        json!({"error": "unavailable", "message": e.to_string()}),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
 }
 
 /// Binds the admin listener and serves it until [`AdminServer::stop`].
-pub async fn start(cfg: &Config, handles: Handles, admin_hash: TokenHash) -> Result<AdminServer, String> {
-    let listener = tokio::net::TcpListener::bind(cfg.admin.listen).await.map_err(|e| format!("bind {}: {e}", cfg.admin.listen))?;
+pub async fn start(
+    cfg: &Config,
+    handles: Handles,
+    admin_hash: TokenHash,
+) -> Result<AdminServer, String> {
+    let listener = tokio::net::TcpListener::bind(cfg.admin.listen)
+        .await
+        .map_err(|e| format!("bind {}: {e}", cfg.admin.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(addr = %addr, chaos = cfg.admin.chaos, "admin API listening");
-    let ctx = Arc::new(Ctx { handles, admin_hash, chaos: cfg.admin.chaos });
+    let ctx = Arc::new(Ctx {
+        handles,
+        admin_hash,
+        chaos: cfg.admin.chaos,
+    });
     let filter = warp::any()
         .map(move || ctx.clone())
         .and(warp::method())
         .and(warp::path::full())
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::query::<std::collections::HashMap<String, String>>().or(warp::any().map(Default::default)).unify())
+        .and(
+            warp::query::<std::collections::HashMap<String, String>>()
+                .or(warp::any().map(Default::default))
+                .unify(),
+        )
         .and_then(route)
-        .recover(|_r: warp::Rejection| async { Ok::<_, std::convert::Infallible>(json_status(json!({"error": "bad_request"}), StatusCode::BAD_REQUEST)) })
+        .recover(|_r: warp::Rejection| async {
+            Ok::<_, std::convert::Infallible>(json_status(
+                json!({"error": "bad_request"}),
+                StatusCode::BAD_REQUEST,
+            ))
+        })
         .unify();
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(edge_gateway_actors::serve::serve(listener, filter, Duration::from_millis(cfg.http.header_read_timeout_ms), rx));
+    tokio::spawn(edge_gateway_actors::serve::serve(
+        listener,
+        filter,
+        Duration::from_millis(cfg.http.header_read_timeout_ms),
+        rx,
+    ));
     Ok(AdminServer { addr, shutdown: tx })
 }

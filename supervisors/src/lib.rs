@@ -18,4 +18,6 @@
 mod supervisor;
 pub mod tree;
 
-pub use supervisor::{ChildSpec, RestartBudget, StartFn, Supervisor, SupervisorArgs, SupervisorMsg};
+pub use supervisor::{
+    ChildSpec, RestartBudget, StartFn, Supervisor, SupervisorArgs, SupervisorMsg,
+};

@@ -21,7 +21,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Starts (or restarts) a child linked to the given supervisor, binding its `Addr`.
-pub type StartFn = Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
+pub type StartFn =
+    Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct ChildSpec {
@@ -39,12 +40,20 @@ pub struct RestartBudget {
 
 impl RestartBudget {
     pub fn new(max_restarts: usize, window: Duration) -> Self {
-        RestartBudget { max_restarts, window, recent: VecDeque::new() }
+        RestartBudget {
+            max_restarts,
+            window,
+            recent: VecDeque::new(),
+        }
     }
 
     /// Records a restart at `now`; false when it would exceed the budget.
     pub fn allow(&mut self, now: Instant) -> bool {
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
             self.recent.pop_front();
         }
         if self.recent.len() >= self.max_restarts {
@@ -84,15 +93,28 @@ pub struct SupervisorState {
 pub struct Supervisor;
 
 impl Supervisor {
-    async fn restart(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, i: usize, why: String) -> Result<(), ActorProcessingErr> {
+    async fn restart(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        i: usize,
+        why: String,
+    ) -> Result<(), ActorProcessingErr> {
         let name = state.children[i].0.entry.name().to_string();
         if !state.budget.allow(Instant::now()) {
             state.children[i].0.entry.record_failure(why.clone(), false);
             tracing::error!(supervisor = %state.addr.name(), child = %name, reason = %why, "restart budget exhausted; escalating");
-            return Err(format!("child {name} exceeded the restart budget ({} in {:?}): {why}", state.budget.max_restarts, state.budget.window).into());
+            return Err(format!(
+                "child {name} exceeded the restart budget ({} in {:?}): {why}",
+                state.budget.max_restarts, state.budget.window
+            )
+            .into());
         }
         state.children[i].0.entry.record_failure(why.clone(), true);
-        state.metrics.actor_restarts.with_label_values(&[&name]).inc();
+        state
+            .metrics
+            .actor_restarts
+            .with_label_values(&[&name])
+            .inc();
         tracing::warn!(supervisor = %state.addr.name(), child = %name, reason = %why, "restarting child");
         match (state.children[i].0.start)(myself.get_cell()).await {
             Ok(cell) => state.children[i].1 = Some(cell),
@@ -100,7 +122,9 @@ impl Supervisor {
                 tracing::warn!(child = %name, error = %e, "restart failed; retrying shortly");
                 state.children[i].1 = None;
                 state.addr.note_sent();
-                myself.send_after(Duration::from_millis(200), move || SupervisorMsg::RestartChild(i));
+                myself.send_after(Duration::from_millis(200), move || {
+                    SupervisorMsg::RestartChild(i)
+                });
             }
         }
         Ok(())
@@ -112,20 +136,42 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let mut children = Vec::with_capacity(args.children.len());
         for spec in args.children {
-            let cell = (spec.start)(myself.get_cell()).await.map_err(|e| format!("starting {}: {e}", spec.entry.name()))?;
+            let cell = (spec.start)(myself.get_cell())
+                .await
+                .map_err(|e| format!("starting {}: {e}", spec.entry.name()))?;
             children.push((spec, Some(cell)));
         }
-        Ok(SupervisorState { children, budget: args.budget, addr: args.addr, metrics: args.metrics, stopping: false })
+        Ok(SupervisorState {
+            children,
+            budget: args.budget,
+            addr: args.addr,
+            metrics: args.metrics,
+            stopping: false,
+        })
     }
 
-    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         state.stopping = true;
         for (spec, cell) in state.children.iter_mut().rev() {
             if let Some(c) = cell.take() {
-                if let Err(e) = c.stop_and_wait(Some("supervisor stopping".into()), Some(Duration::from_secs(10))).await {
+                if let Err(e) = c
+                    .stop_and_wait(
+                        Some("supervisor stopping".into()),
+                        Some(Duration::from_secs(10)),
+                    )
+                    .await
+                {
                     tracing::warn!(child = %spec.entry.name(), error = %e, "child did not stop in time");
                     c.kill();
                 }
@@ -134,25 +180,47 @@ impl Actor for Supervisor {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         state.addr.received();
         match msg {
-            SupervisorMsg::RestartChild(i) if !state.stopping => Self::restart(&myself, state, i, "previous restart failed to start".into()).await,
+            SupervisorMsg::RestartChild(i) if !state.stopping => {
+                Self::restart(&myself, state, i, "previous restart failed to start".into()).await
+            }
             SupervisorMsg::RestartChild(_) => Ok(()),
             SupervisorMsg::Fail(reason) => Err(format!("failure injected: {reason}").into()),
         }
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, evt: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         if state.stopping {
             return Ok(());
         }
         let (cell, why) = match evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, format!("stopped unexpectedly: {}", reason.unwrap_or_else(|| "no reason".into()))),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                format!(
+                    "stopped unexpectedly: {}",
+                    reason.unwrap_or_else(|| "no reason".into())
+                ),
+            ),
             _ => return Ok(()),
         };
-        let Some(i) = state.children.iter().position(|(_, c)| c.as_ref().is_some_and(|c| c.get_id() == cell.get_id())) else {
+        let Some(i) = state
+            .children
+            .iter()
+            .position(|(_, c)| c.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
+        else {
             return Ok(()); // an instance we already replaced
         };
         state.children[i].1 = None;

@@ -51,11 +51,25 @@ where
     }
 }
 
-fn supervisor(dir: &Directory, metrics: &Arc<Metrics>, addr: Addr<SupervisorMsg>, budget: RestartBudget, children: Vec<ChildSpec>) -> ChildSpec {
+fn supervisor(
+    dir: &Directory,
+    metrics: &Arc<Metrics>,
+    addr: Addr<SupervisorMsg>,
+    budget: RestartBudget,
+    children: Vec<ChildSpec>,
+) -> ChildSpec {
     let m = metrics.clone();
     let a = addr.clone();
     child(dir, addr, move || {
-        (Supervisor, SupervisorArgs { children: children.clone(), budget: budget.clone(), addr: a.clone(), metrics: m.clone() })
+        (
+            Supervisor,
+            SupervisorArgs {
+                children: children.clone(),
+                budget: budget.clone(),
+                addr: a.clone(),
+                metrics: m.clone(),
+            },
+        )
     })
 }
 
@@ -71,21 +85,36 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     // storage
     let wal = Addr::<WalMsg>::new("wal", Some("storage"));
     let wal_spec = {
-        let (wal_addr, m, cfg, sinks, tx) = (wal.clone(), metrics.clone(), cfg.clone(), sink_names.clone(), commits_tx.clone());
+        let (wal_addr, m, cfg, sinks, tx) = (
+            wal.clone(),
+            metrics.clone(),
+            cfg.clone(),
+            sink_names.clone(),
+            commits_tx.clone(),
+        );
         child(&dir, wal.clone(), move || {
-            (Wal, WalArgs {
-                path: cfg.data_dir.join("wal.redb"),
-                sinks: sinks.clone(),
-                limits: WalLimits::from_config(&cfg.wal, &cfg.delivery),
-                max_group: cfg.wal.max_group,
-                maintenance_interval: Duration::from_millis(cfg.wal.maintenance_interval_ms),
-                metrics: m.clone(),
-                addr: wal_addr.clone(),
-                commits: tx.clone(),
-            })
+            (
+                Wal,
+                WalArgs {
+                    path: cfg.data_dir.join("wal.redb"),
+                    sinks: sinks.clone(),
+                    limits: WalLimits::from_config(&cfg.wal, &cfg.delivery),
+                    max_group: cfg.wal.max_group,
+                    maintenance_interval: Duration::from_millis(cfg.wal.maintenance_interval_ms),
+                    metrics: m.clone(),
+                    addr: wal_addr.clone(),
+                    commits: tx.clone(),
+                },
+            )
         })
     };
-    let storage = supervisor(&dir, &metrics, Addr::new("storage", Some("root")), RestartBudget::new(5, minute), vec![wal_spec]);
+    let storage = supervisor(
+        &dir,
+        &metrics,
+        Addr::new("storage", Some("root")),
+        RestartBudget::new(5, minute),
+        vec![wal_spec],
+    );
 
     // delivery
     let mut publishers = Vec::new();
@@ -93,46 +122,118 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     for s in &cfg.sinks {
         let addr = Addr::<PublisherMsg>::new(format!("publisher:{}", s.name), Some("sinks"));
         publishers.push((s.name.clone(), addr.clone()));
-        let (a, m, sink, gw, dd) = (addr.clone(), metrics.clone(), s.clone(), cfg.gateway_id.clone(), cfg.data_dir.clone());
+        let (a, m, sink, gw, dd) = (
+            addr.clone(),
+            metrics.clone(),
+            s.clone(),
+            cfg.gateway_id.clone(),
+            cfg.data_dir.clone(),
+        );
         publisher_specs.push(child(&dir, addr, move || {
-            (Publisher, PublisherArgs { sink: sink.clone(), gateway_id: gw.clone(), data_dir: dd.clone(), metrics: m.clone(), addr: a.clone() })
+            (
+                Publisher,
+                PublisherArgs {
+                    sink: sink.clone(),
+                    gateway_id: gw.clone(),
+                    data_dir: dd.clone(),
+                    metrics: m.clone(),
+                    addr: a.clone(),
+                },
+            )
         }));
     }
-    let sinks = supervisor(&dir, &metrics, Addr::new("sinks", Some("delivery")), RestartBudget::new(20, minute), publisher_specs);
+    let sinks = supervisor(
+        &dir,
+        &metrics,
+        Addr::new("sinks", Some("delivery")),
+        RestartBudget::new(20, minute),
+        publisher_specs,
+    );
     let dispatcher = {
         let addr = Addr::<DispatcherMsg>::new("dispatcher", Some("delivery"));
-        let (a, m, w, d) = (addr.clone(), metrics.clone(), wal.clone(), cfg.delivery.clone());
+        let (a, m, w, d) = (
+            addr.clone(),
+            metrics.clone(),
+            wal.clone(),
+            cfg.delivery.clone(),
+        );
         child(&dir, addr, move || {
-            (Dispatcher, DispatcherArgs {
-                sinks: publishers.clone(),
-                wal: w.clone(),
-                commits: commits_rx.clone(),
-                config: d.clone(),
-                metrics: m.clone(),
-                addr: a.clone(),
-            })
+            (
+                Dispatcher,
+                DispatcherArgs {
+                    sinks: publishers.clone(),
+                    wal: w.clone(),
+                    commits: commits_rx.clone(),
+                    config: d.clone(),
+                    metrics: m.clone(),
+                    addr: a.clone(),
+                },
+            )
         })
     };
-    let delivery = supervisor(&dir, &metrics, Addr::new("delivery", Some("root")), RestartBudget::new(10, minute), vec![sinks, dispatcher]);
+    let delivery = supervisor(
+        &dir,
+        &metrics,
+        Addr::new("delivery", Some("root")),
+        RestartBudget::new(10, minute),
+        vec![sinks, dispatcher],
+    );
 
     // ingest
     let router = Addr::<IngestRouterMsg>::new("ingest_router", Some("ingest"));
     let router_spec = {
-        let (a, m, w, gw, mb) = (router.clone(), metrics.clone(), wal.clone(), cfg.gateway_id.clone(), cfg.http.max_batch);
+        let (a, m, w, gw, mb) = (
+            router.clone(),
+            metrics.clone(),
+            wal.clone(),
+            cfg.gateway_id.clone(),
+            cfg.http.max_batch,
+        );
         child(&dir, router.clone(), move || {
-            (IngestRouter, IngestRouterArgs { gateway_id: gw.clone(), max_batch: mb, wal: w.clone(), addr: a.clone(), metrics: m.clone() })
+            (
+                IngestRouter,
+                IngestRouterArgs {
+                    gateway_id: gw.clone(),
+                    max_batch: mb,
+                    wal: w.clone(),
+                    addr: a.clone(),
+                    metrics: m.clone(),
+                },
+            )
         })
     };
     let http_bound = Arc::new(Mutex::new(None));
     let mut ingest_children = vec![router_spec];
     if cfg.http.enabled {
         let addr = Addr::<HttpIngestMsg>::new("http_ingest", Some("ingest"));
-        let (a, m, r, hc, b) = (addr.clone(), metrics.clone(), router.clone(), cfg.http.clone(), http_bound.clone());
+        let (a, m, r, hc, b) = (
+            addr.clone(),
+            metrics.clone(),
+            router.clone(),
+            cfg.http.clone(),
+            http_bound.clone(),
+        );
         ingest_children.push(child(&dir, addr, move || {
-            (HttpIngest, HttpIngestArgs { config: hc.clone(), auth: auth.clone(), router: r.clone(), metrics: m.clone(), addr: a.clone(), bound: b.clone() })
+            (
+                HttpIngest,
+                HttpIngestArgs {
+                    config: hc.clone(),
+                    auth: auth.clone(),
+                    router: r.clone(),
+                    metrics: m.clone(),
+                    addr: a.clone(),
+                    bound: b.clone(),
+                },
+            )
         }));
     }
-    let ingest = supervisor(&dir, &metrics, Addr::new("ingest", Some("root")), RestartBudget::new(10, minute), ingest_children);
+    let ingest = supervisor(
+        &dir,
+        &metrics,
+        Addr::new("ingest", Some("root")),
+        RestartBudget::new(10, minute),
+        ingest_children,
+    );
 
     let args = SupervisorArgs {
         children: vec![storage, delivery, ingest],
@@ -140,6 +241,13 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
         addr: root.clone(),
         metrics: metrics.clone(),
     };
-    let handles = Handles { directory: dir, metrics, wal, root, http_bound, sinks: sink_names };
+    let handles = Handles {
+        directory: dir,
+        metrics,
+        wal,
+        root,
+        http_bound,
+        sinks: sink_names,
+    };
     (args, handles)
 }

@@ -44,7 +44,14 @@ impl Gateway {
     /// Starts the binary with `config` and waits for its "edge-gateway ready" line.
     pub fn start(config: &Path) -> Gateway {
         let mut child = Command::new(BIN)
-            .args(["run", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
+            .args([
+                "run",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
             .arg(config)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -76,11 +83,18 @@ impl Gateway {
             Ok(v) => v,
             Err(_) => {
                 let _ = child.kill();
-                panic!("gateway did not become ready; log:\n{}", log.lock().unwrap().join("\n"));
+                panic!(
+                    "gateway did not become ready; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
             }
         };
         let data_dir = PathBuf::from(ready["data_dir"].as_str().unwrap());
-        let read = |name: &str| std::fs::read_to_string(data_dir.join(name)).map(|s| s.trim().to_string()).unwrap_or_default();
+        let read = |name: &str| {
+            std::fs::read_to_string(data_dir.join(name))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
         Gateway {
             http: ready["http"].as_str().unwrap().parse().unwrap(),
             admin: ready["admin"].as_str().unwrap().parse().unwrap(),
@@ -107,7 +121,9 @@ impl Gateway {
 
     /// SIGTERM and wait for a clean exit; returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         self.child.wait().unwrap()
     }
 
@@ -132,7 +148,14 @@ impl Gateway {
     }
 
     pub async fn metrics(&self) -> String {
-        client().get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 
@@ -144,11 +167,19 @@ impl Drop for Gateway {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// Posts one JSON reading; returns the status and body.
-pub async fn post_json(c: &reqwest::Client, gw_url: &str, token: &str, body: &Value) -> (u16, Value) {
+pub async fn post_json(
+    c: &reqwest::Client,
+    gw_url: &str,
+    token: &str,
+    body: &Value,
+) -> (u16, Value) {
     match c.post(gw_url).bearer_auth(token).json(body).send().await {
         Ok(r) => {
             let s = r.status().as_u16();
@@ -168,7 +199,9 @@ pub fn metric(text: &str, name_with_labels: &str) -> Option<f64> {
 
 /// The idempotency keys found in a JSON Lines file sink output.
 pub fn file_sink_keys(path: &Path) -> HashSet<String> {
-    let Ok(text) = std::fs::read_to_string(path) else { return HashSet::new() };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return HashSet::new();
+    };
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| v["idempotency_key"].as_str().map(str::to_string))

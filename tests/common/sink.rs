@@ -58,7 +58,11 @@ impl RecordingSink {
                     let fail = match b {
                         Behaviour::Ok => None,
                         Behaviour::FailNext(s, n) => {
-                            *behaviour.lock().unwrap() = if n <= 1 { Behaviour::Ok } else { Behaviour::FailNext(s, n - 1) };
+                            *behaviour.lock().unwrap() = if n <= 1 {
+                                Behaviour::Ok
+                            } else {
+                                Behaviour::FailNext(s, n - 1)
+                            };
                             Some(s)
                         }
                         Behaviour::Always(s) => Some(s),
@@ -71,7 +75,10 @@ impl RecordingSink {
                     if let Some(s) = fail {
                         g.statuses.push(s);
                         let code = warp::http::StatusCode::from_u16(s).unwrap();
-                        return Ok::<_, warp::Rejection>(warp::reply::with_status("failing on purpose", code));
+                        return Ok::<_, warp::Rejection>(warp::reply::with_status(
+                            "failing on purpose",
+                            code,
+                        ));
                     }
                     g.statuses.push(200);
                     g.batch_keys.push(batch_key.unwrap_or_default());
@@ -93,7 +100,12 @@ impl RecordingSink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(route).incoming(listener).run());
-        RecordingSink { addr, inner, behaviour, count: rx }
+        RecordingSink {
+            addr,
+            inner,
+            behaviour,
+            count: rx,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -121,13 +133,20 @@ impl RecordingSink {
     }
 
     /// Waits until every key in `want` has been received; returns the missing ones on timeout.
-    pub async fn wait_for_keys(&self, want: &HashSet<String>, timeout: Duration) -> Result<(), Vec<String>> {
+    pub async fn wait_for_keys(
+        &self,
+        want: &HashSet<String>,
+        timeout: Duration,
+    ) -> Result<(), Vec<String>> {
         let mut rx = self.count.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let missing: Vec<String> = {
                 let g = self.inner.lock().unwrap();
-                want.iter().filter(|k| !g.keys.contains(*k)).cloned().collect()
+                want.iter()
+                    .filter(|k| !g.keys.contains(*k))
+                    .cloned()
+                    .collect()
             };
             if missing.is_empty() {
                 return Ok(());

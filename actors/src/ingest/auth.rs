@@ -62,7 +62,10 @@ pub fn read_secret(path: &Path) -> std::io::Result<String> {
     let s = std::fs::read_to_string(path)?;
     let s = s.trim();
     if s.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is empty", path.display())));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is empty", path.display()),
+        ));
     }
     Ok(s.to_string())
 }
@@ -80,19 +83,32 @@ impl Auth {
     /// 403 with a token that is not valid for this device.
     pub fn check(&self, device_id: &str, authorization: Option<&str>) -> Result<(), Rejection> {
         let token = authorization
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| Rejection::new(401, "unauthorized", Some("authorization".into()),
-                "a bearer token is required: Authorization: Bearer <token>"))?;
+            .ok_or_else(|| {
+                Rejection::new(
+                    401,
+                    "unauthorized",
+                    Some("authorization".into()),
+                    "a bearer token is required: Authorization: Bearer <token>",
+                )
+            })?;
         let h = hash_token(token);
         let fleet_ok = self.fleet.as_ref().is_some_and(|f| ct_eq(f, &h));
         let device_ok = self.devices.get(device_id).is_some_and(|d| ct_eq(d, &h));
         if fleet_ok || device_ok {
             Ok(())
         } else {
-            Err(Rejection::new(403, "forbidden", Some("authorization".into()),
-                format!("token is not valid for device {device_id:?}")))
+            Err(Rejection::new(
+                403,
+                "forbidden",
+                Some("authorization".into()),
+                format!("token is not valid for device {device_id:?}"),
+            ))
         }
     }
 }
@@ -125,8 +141,14 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
-        assert_eq!(parse_hash(&format!("sha256:{}", hex::encode(hash_token("x")))), Some(hash_token("x")));
+        assert_eq!(
+            parse_hash(&format!("sha256:{}", hex::encode(hash_token("x")))),
+            Some(hash_token("x"))
+        );
     }
 }

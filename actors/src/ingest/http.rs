@@ -70,12 +70,16 @@ impl warp::reject::Reject for ApiError {}
 
 fn reply_rejection(r: &Rejection, retry_after: u64) -> warp::reply::Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
-    let mut resp = warp::reply::with_status(warp::reply::json(&r.to_json()), status).into_response();
+    let mut resp =
+        warp::reply::with_status(warp::reply::json(&r.to_json()), status).into_response();
     if r.status == 503 {
         resp.headers_mut().insert("retry-after", retry_after.into());
     }
     if r.status == 401 {
-        resp.headers_mut().insert("www-authenticate", warp::http::HeaderValue::from_static("Bearer"));
+        resp.headers_mut().insert(
+            "www-authenticate",
+            warp::http::HeaderValue::from_static("Bearer"),
+        );
     }
     resp
 }
@@ -94,23 +98,41 @@ async fn handle_ingest(
     let retry = ctx.cfg.retry_after_secs;
     let m = &ctx.metrics;
     let Ok(_permit) = ctx.permits.clone().try_acquire_owned() else {
-        m.ingest_rejections.with_label_values(&["http", "overloaded"]).inc();
-        return Ok(reply_rejection(&unavailable("overloaded", "too many requests in flight; retry later"), retry));
+        m.ingest_rejections
+            .with_label_values(&["http", "overloaded"])
+            .inc();
+        return Ok(reply_rejection(
+            &unavailable("overloaded", "too many requests in flight; retry later"),
+            retry,
+        ));
     };
     let result = ingest(&ctx, device_id, content_type, idempotency_key, body).await;
     Ok(match result {
         Ok(outcomes) => {
-            let dups = outcomes.iter().filter(|o| matches!(o, AppendOutcome::Duplicate { .. })).count();
-            m.ingest_records.with_label_values(&["http", "accepted"]).inc_by((outcomes.len() - dups) as u64);
+            let dups = outcomes
+                .iter()
+                .filter(|o| matches!(o, AppendOutcome::Duplicate { .. }))
+                .count();
+            m.ingest_records
+                .with_label_values(&["http", "accepted"])
+                .inc_by((outcomes.len() - dups) as u64);
             if dups > 0 {
-                m.ingest_records.with_label_values(&["http", "duplicate"]).inc_by(dups as u64);
-                m.duplicates.with_label_values(&["http"]).inc_by(dups as u64);
+                m.ingest_records
+                    .with_label_values(&["http", "duplicate"])
+                    .inc_by(dups as u64);
+                m.duplicates
+                    .with_label_values(&["http"])
+                    .inc_by(dups as u64);
             }
             let records: Vec<_> = outcomes
                 .iter()
                 .map(|o| match o {
-                    AppendOutcome::Stored { correlation_id, .. } => json!({"correlation_id": correlation_id, "duplicate": false}),
-                    AppendOutcome::Duplicate { correlation_id, .. } => json!({"correlation_id": correlation_id, "duplicate": true}),
+                    AppendOutcome::Stored { correlation_id, .. } => {
+                        json!({"correlation_id": correlation_id, "duplicate": false})
+                    }
+                    AppendOutcome::Duplicate { correlation_id, .. } => {
+                        json!({"correlation_id": correlation_id, "duplicate": true})
+                    }
                 })
                 .collect();
             let mut body = json!({"accepted": outcomes.len() - dups, "duplicates": dups});
@@ -122,10 +144,16 @@ async fn handle_ingest(
             warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response()
         }
         Err(r) => {
-            let result = if r.status == 503 { "unavailable" } else { "rejected" };
+            let result = if r.status == 503 {
+                "unavailable"
+            } else {
+                "rejected"
+            };
             m.ingest_records.with_label_values(&["http", result]).inc();
             if r.status != 400 && r.status != 413 && r.status != 415 {
-                m.ingest_rejections.with_label_values(&["http", r.code]).inc();
+                m.ingest_rejections
+                    .with_label_values(&["http", r.code])
+                    .inc();
             }
             reply_rejection(&r, retry)
         }
@@ -142,7 +170,12 @@ async fn ingest(
     let encoding = Encoding::from_content_type(content_type.as_deref())?;
     if let Some(k) = &idempotency_key {
         if k.is_empty() || k.len() > 256 {
-            return Err(Rejection::new(400, "invalid_header", Some("idempotency-key".into()), "Idempotency-Key must be 1-256 characters"));
+            return Err(Rejection::new(
+                400,
+                "invalid_header",
+                Some("idempotency-key".into()),
+                "Idempotency-Key must be 1-256 characters",
+            ));
         }
     }
     let budget = Duration::from_millis(ctx.cfg.request_timeout_ms);
@@ -174,11 +207,26 @@ async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, std::con
     let r = if let Some(ApiError(r)) = err.find::<ApiError>() {
         r.clone()
     } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
-        Rejection::new(413, "payload_too_large", Some("body".into()), "body exceeds http.max_body_bytes")
+        Rejection::new(
+            413,
+            "payload_too_large",
+            Some("body".into()),
+            "body exceeds http.max_body_bytes",
+        )
     } else if err.find::<warp::reject::LengthRequired>().is_some() {
-        Rejection::new(411, "length_required", Some("content-length".into()), "Content-Length is required")
+        Rejection::new(
+            411,
+            "length_required",
+            Some("content-length".into()),
+            "Content-Length is required",
+        )
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
-        Rejection::new(405, "method_not_allowed", None, "use POST /ingest/{device_id}")
+        Rejection::new(
+            405,
+            "method_not_allowed",
+            None,
+            "use POST /ingest/{device_id}",
+        )
     } else if err.is_not_found() {
         Rejection::new(404, "not_found", None, "use POST /ingest/{device_id}")
     } else {
@@ -187,7 +235,9 @@ async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, std::con
     Ok(reply_rejection(&r, 1))
 }
 
-fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+fn routes(
+    ctx: Arc<Ctx>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
     let with_ctx = {
         let ctx = ctx.clone();
         warp::any().map(move || ctx.clone())
@@ -197,17 +247,23 @@ fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (warp::reply::Response,), Erro
         .and(warp::post())
         .and(warp::header::optional::<String>("authorization"))
         .and(with_ctx.clone())
-        .and_then(|device: String, authz: Option<String>, ctx: Arc<Ctx>| async move {
-            // Device id before auth, so a bad id is a 400 whatever the token.
-            super::parse::validate_device_id(&device).map_err(|r| warp::reject::custom(ApiError(r)))?;
-            match ctx.auth.check(&device, authz.as_deref()) {
-                Ok(()) => Ok(device),
-                Err(r) => {
-                    ctx.metrics.ingest_rejections.with_label_values(&["http", r.code]).inc();
-                    Err(warp::reject::custom(ApiError(r)))
+        .and_then(
+            |device: String, authz: Option<String>, ctx: Arc<Ctx>| async move {
+                // Device id before auth, so a bad id is a 400 whatever the token.
+                super::parse::validate_device_id(&device)
+                    .map_err(|r| warp::reject::custom(ApiError(r)))?;
+                match ctx.auth.check(&device, authz.as_deref()) {
+                    Ok(()) => Ok(device),
+                    Err(r) => {
+                        ctx.metrics
+                            .ingest_rejections
+                            .with_label_values(&["http", r.code])
+                            .inc();
+                        Err(warp::reject::custom(ApiError(r)))
+                    }
                 }
-            }
-        });
+            },
+        );
     with_ctx
         .and(authorized)
         .and(warp::header::optional::<String>("content-type"))
@@ -224,9 +280,19 @@ impl Actor for HttpIngest {
     type State = HttpIngestState;
     type Arguments = HttpIngestArgs;
 
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, args: HttpIngestArgs) -> Result<Self::State, ActorProcessingErr> {
-        let want = args.bound.lock().expect("bound lock").unwrap_or(args.config.listen);
-        let listener = tokio::net::TcpListener::bind(want).await.map_err(|e| format!("bind {want}: {e}"))?;
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: HttpIngestArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let want = args
+            .bound
+            .lock()
+            .expect("bound lock")
+            .unwrap_or(args.config.listen);
+        let listener = tokio::net::TcpListener::bind(want)
+            .await
+            .map_err(|e| format!("bind {want}: {e}"))?;
         let local = listener.local_addr()?;
         *args.bound.lock().expect("bound lock") = Some(local);
         tracing::info!(addr = %local, "http ingest listening");
@@ -246,12 +312,21 @@ impl Actor for HttpIngest {
         })
     }
 
-    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         let _ = state.shutdown.send(true);
         Ok(())
     }
 
-    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         state.addr.received();
         match msg {
             HttpIngestMsg::Fail(reason) => Err(format!("failure injected: {reason}").into()),

@@ -22,7 +22,12 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    pub fn new(status: u16, code: &'static str, field: Option<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: u16,
+        code: &'static str,
+        field: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Rejection {
             status,
             code,
@@ -62,15 +67,28 @@ impl Encoding {
     /// From a Content-Type header; parameters such as `; charset=utf-8` are ignored.
     pub fn from_content_type(ct: Option<&str>) -> Result<Encoding, Rejection> {
         let Some(ct) = ct else {
-            return Err(Rejection::new(415, "unsupported_media_type", Some("content-type".into()),
-                "Content-Type is required: application/json or application/cbor"));
+            return Err(Rejection::new(
+                415,
+                "unsupported_media_type",
+                Some("content-type".into()),
+                "Content-Type is required: application/json or application/cbor",
+            ));
         };
-        let base = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let base = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match base.as_str() {
             "application/json" => Ok(Encoding::Json),
             "application/cbor" => Ok(Encoding::Cbor),
-            _ => Err(Rejection::new(415, "unsupported_media_type", Some("content-type".into()),
-                format!("{base:?} is not supported: use application/json or application/cbor"))),
+            _ => Err(Rejection::new(
+                415,
+                "unsupported_media_type",
+                Some("content-type".into()),
+                format!("{base:?} is not supported: use application/json or application/cbor"),
+            )),
         }
     }
 
@@ -88,54 +106,104 @@ impl Encoding {
 pub fn validate_device_id(id: &str) -> Result<(), Rejection> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     if ok {
         Ok(())
     } else {
-        Err(Rejection::new(400, "invalid_device_id", Some("device_id".into()),
-            "device id must be 1-128 characters of A-Z a-z 0-9 . _ : -"))
+        Err(Rejection::new(
+            400,
+            "invalid_device_id",
+            Some("device_id".into()),
+            "device id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+        ))
     }
 }
 
 /// Decodes a body into its readings (one map, or an array of maps).
-pub fn decode(body: &[u8], enc: Encoding, max_batch: usize) -> Result<Vec<Map<String, Value>>, Rejection> {
+pub fn decode(
+    body: &[u8],
+    enc: Encoding,
+    max_batch: usize,
+) -> Result<Vec<Map<String, Value>>, Rejection> {
     if body.is_empty() {
-        return Err(Rejection::new(400, "malformed_body", Some("body".into()), "body is empty"));
+        return Err(Rejection::new(
+            400,
+            "malformed_body",
+            Some("body".into()),
+            "body is empty",
+        ));
     }
     let v: Value = match enc {
         Encoding::Json => serde_json::from_slice(body).map_err(|e| {
-            Rejection::new(400, "malformed_body", Some("body".into()), format!("invalid JSON: {e}"))
+            Rejection::new(
+                400,
+                "malformed_body",
+                Some("body".into()),
+                format!("invalid JSON: {e}"),
+            )
         })?,
         Encoding::Cbor => ciborium::from_reader(body).map_err(|e| {
             let hint = match &e {
-                ciborium::de::Error::Semantic(..) => " (map keys must be text; byte strings are not supported)",
+                ciborium::de::Error::Semantic(..) => {
+                    " (map keys must be text; byte strings are not supported)"
+                }
                 _ => "",
             };
-            Rejection::new(400, "malformed_body", Some("body".into()), format!("invalid CBOR: {e}{hint}"))
+            Rejection::new(
+                400,
+                "malformed_body",
+                Some("body".into()),
+                format!("invalid CBOR: {e}{hint}"),
+            )
         })?,
     };
     match v {
         Value::Object(m) => Ok(vec![m]),
         Value::Array(items) => {
             if items.is_empty() {
-                return Err(Rejection::new(400, "empty_batch", Some("body".into()), "batch holds no readings"));
+                return Err(Rejection::new(
+                    400,
+                    "empty_batch",
+                    Some("body".into()),
+                    "batch holds no readings",
+                ));
             }
             if items.len() > max_batch {
-                return Err(Rejection::new(413, "batch_too_large", Some("body".into()),
-                    format!("batch of {} readings exceeds the limit of {max_batch}", items.len())));
+                return Err(Rejection::new(
+                    413,
+                    "batch_too_large",
+                    Some("body".into()),
+                    format!(
+                        "batch of {} readings exceeds the limit of {max_batch}",
+                        items.len()
+                    ),
+                ));
             }
             items
                 .into_iter()
                 .enumerate()
                 .map(|(i, v)| match v {
                     Value::Object(m) => Ok(m),
-                    other => Err(Rejection::new(400, "not_a_map", Some(format!("readings[{i}]")),
-                        format!("a reading must be a map, got {}", kind(&other)))),
+                    other => Err(Rejection::new(
+                        400,
+                        "not_a_map",
+                        Some(format!("readings[{i}]")),
+                        format!("a reading must be a map, got {}", kind(&other)),
+                    )),
                 })
                 .collect()
         }
-        other => Err(Rejection::new(400, "not_a_map", Some("body".into()),
-            format!("body must be a reading (map) or an array of readings, got {}", kind(&other)))),
+        other => Err(Rejection::new(
+            400,
+            "not_a_map",
+            Some("body".into()),
+            format!(
+                "body must be a reading (map) or an array of readings, got {}",
+                kind(&other)
+            ),
+        )),
     }
 }
 
@@ -169,15 +237,27 @@ pub fn to_records(
     mut new_id: impl FnMut() -> String,
 ) -> Result<Vec<Record>, Rejection> {
     let batch = readings.len() > 1;
-    let at = |i: usize, f: &str| if batch { format!("readings[{i}].{f}") } else { f.to_string() };
+    let at = |i: usize, f: &str| {
+        if batch {
+            format!("readings[{i}].{f}")
+        } else {
+            f.to_string()
+        }
+    };
     let mut out = Vec::with_capacity(readings.len());
     for (i, mut data) in readings.into_iter().enumerate() {
         let schema = match data.remove("schema") {
             None => 1,
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|v| SCHEMAS.contains(&v)) => n.as_u64().unwrap_or(1),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|v| SCHEMAS.contains(&v)) => {
+                n.as_u64().unwrap_or(1)
+            }
             Some(v) => {
-                return Err(Rejection::new(400, "unknown_schema", Some(at(i, "schema")),
-                    format!("schema version {v} is not supported (known: {SCHEMAS:?})")))
+                return Err(Rejection::new(
+                    400,
+                    "unknown_schema",
+                    Some(at(i, "schema")),
+                    format!("schema version {v} is not supported (known: {SCHEMAS:?})"),
+                ))
             }
         };
         let msg_id = match data.remove("msg_id") {
@@ -185,24 +265,36 @@ pub fn to_records(
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s),
             Some(Value::Number(n)) => Some(n.to_string()),
             Some(_) => {
-                return Err(Rejection::new(400, "invalid_field", Some(at(i, "msg_id")),
-                    "msg_id must be a non-empty string of at most 256 characters, or a number"))
+                return Err(Rejection::new(
+                    400,
+                    "invalid_field",
+                    Some(at(i, "msg_id")),
+                    "msg_id must be a non-empty string of at most 256 characters, or a number",
+                ))
             }
         };
         let device_seq = match data.remove("seq") {
             None => None,
             Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
             Some(_) => {
-                return Err(Rejection::new(400, "invalid_field", Some(at(i, "seq")),
-                    "seq must be a non-negative integer"))
+                return Err(Rejection::new(
+                    400,
+                    "invalid_field",
+                    Some(at(i, "seq")),
+                    "seq must be a non-negative integer",
+                ))
             }
         };
         let device_ts = match data.remove("ts") {
             None => None,
             Some(v @ (Value::Number(_) | Value::String(_))) => Some(v),
             Some(_) => {
-                return Err(Rejection::new(400, "invalid_field", Some(at(i, "ts")),
-                    "ts must be a number (epoch) or a string (RFC 3339)"))
+                return Err(Rejection::new(
+                    400,
+                    "invalid_field",
+                    Some(at(i, "ts")),
+                    "ts must be a number (epoch) or a string (RFC 3339)",
+                ))
             }
         };
         let correlation_id = new_id();
@@ -261,24 +353,50 @@ mod tests {
         let keys: Vec<_> = r.iter().map(|r| r.idempotency_key.as_str()).collect();
         assert_eq!(keys, ["dev-1/msg/m1", "dev-1/seq/7", "c3"]);
         assert_eq!(r[1].device_seq, Some(7));
-        assert!(!r[1].data.contains_key("seq"), "well-known fields are lifted out of data");
-        let r = to_records(&env(Some("h")), decode(body, Encoding::Json, 10).unwrap(), ids()).unwrap();
+        assert!(
+            !r[1].data.contains_key("seq"),
+            "well-known fields are lifted out of data"
+        );
+        let r = to_records(
+            &env(Some("h")),
+            decode(body, Encoding::Json, 10).unwrap(),
+            ids(),
+        )
+        .unwrap();
         assert_eq!(r[0].idempotency_key, "h#0");
-        let r = to_records(&env(Some("h")), decode(br#"{"a":1}"#, Encoding::Json, 10).unwrap(), ids()).unwrap();
+        let r = to_records(
+            &env(Some("h")),
+            decode(br#"{"a":1}"#, Encoding::Json, 10).unwrap(),
+            ids(),
+        )
+        .unwrap();
         assert_eq!(r[0].idempotency_key, "h");
     }
 
     #[test]
     fn errors_name_the_field() {
-        let e = to_records(&env(None), decode(br#"[{"a":1},{"schema":9}]"#, Encoding::Json, 10).unwrap(), ids()).unwrap_err();
-        assert_eq!((e.status, e.field.as_deref()), (400, Some("readings[1].schema")));
+        let e = to_records(
+            &env(None),
+            decode(br#"[{"a":1},{"schema":9}]"#, Encoding::Json, 10).unwrap(),
+            ids(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.status, e.field.as_deref()),
+            (400, Some("readings[1].schema"))
+        );
         let e = decode(br#"[1]"#, Encoding::Json, 10).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("readings[0]"));
         let e = decode(br#"{"a":"#, Encoding::Json, 10).unwrap_err();
         assert_eq!(e.code, "malformed_body");
         let e = decode(br#"[{},{},{}]"#, Encoding::Json, 2).unwrap_err();
         assert_eq!(e.status, 413);
-        let e = to_records(&env(None), decode(br#"{"seq":-1}"#, Encoding::Json, 10).unwrap(), ids()).unwrap_err();
+        let e = to_records(
+            &env(None),
+            decode(br#"{"seq":-1}"#, Encoding::Json, 10).unwrap(),
+            ids(),
+        )
+        .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("seq"));
     }
 
@@ -289,7 +407,10 @@ mod tests {
         assert_eq!(Encoding::sniff(&buf), Encoding::Cbor);
         let r = to_records(&env(None), decode(&buf, Encoding::Cbor, 10).unwrap(), ids()).unwrap();
         assert_eq!(r[0].data["temp"], serde_json::json!(21.5));
-        assert_eq!(decode(&[0xff, 0x00], Encoding::Cbor, 10).unwrap_err().code, "malformed_body");
+        assert_eq!(
+            decode(&[0xff, 0x00], Encoding::Cbor, 10).unwrap_err().code,
+            "malformed_body"
+        );
     }
 
     #[test]
@@ -298,8 +419,16 @@ mod tests {
         assert!(validate_device_id("").is_err());
         assert!(validate_device_id("a/b").is_err());
         assert!(validate_device_id(&"x".repeat(129)).is_err());
-        assert_eq!(Encoding::from_content_type(Some("application/json; charset=utf-8")), Ok(Encoding::Json));
-        assert_eq!(Encoding::from_content_type(Some("text/plain")).unwrap_err().status, 415);
+        assert_eq!(
+            Encoding::from_content_type(Some("application/json; charset=utf-8")),
+            Ok(Encoding::Json)
+        );
+        assert_eq!(
+            Encoding::from_content_type(Some("text/plain"))
+                .unwrap_err()
+                .status,
+            415
+        );
         assert_eq!(Encoding::from_content_type(None).unwrap_err().status, 415);
     }
 }

@@ -69,7 +69,11 @@ pub struct IngestRouterState {
 
 impl IngestRouterState {
     /// Validation and enrichment: everything but the hand-off to the WAL.
-    pub fn prepare(&self, req: IngestRequest, now_ms: u64) -> Result<Vec<crate::wal::Record>, Rejection> {
+    pub fn prepare(
+        &self,
+        req: IngestRequest,
+        now_ms: u64,
+    ) -> Result<Vec<crate::wal::Record>, Rejection> {
         validate_device_id(&req.device_id)?;
         let enc = req.encoding.unwrap_or_else(|| Encoding::sniff(&req.body));
         let readings = decode(&req.body, enc, self.args.max_batch)?;
@@ -84,7 +88,10 @@ impl IngestRouterState {
     }
 
     fn ingest(&self, req: IngestRequest) -> Result<PendingAppend, Rejection> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let records = self.prepare(req, now)?;
         let readings = records.len();
         let (tx, rx) = oneshot::channel();
@@ -95,7 +102,10 @@ impl IngestRouterState {
                 reply: tx.into(),
             })
             .map_err(|e| Rejection::new(503, "unavailable", None, e.to_string()))?;
-        Ok(PendingAppend { commit: rx, readings })
+        Ok(PendingAppend {
+            commit: rx,
+            readings,
+        })
     }
 }
 
@@ -104,11 +114,20 @@ impl Actor for IngestRouter {
     type State = IngestRouterState;
     type Arguments = IngestRouterArgs;
 
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, args: IngestRouterArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: IngestRouterArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(IngestRouterState { args })
     }
 
-    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         state.args.addr.received();
         match msg {
             IngestRouterMsg::Ingest { req, reply } => {
@@ -116,7 +135,12 @@ impl Actor for IngestRouter {
                 let result = state.ingest(req);
                 if let Err(r) = &result {
                     let src = source_label(source);
-                    state.args.metrics.ingest_rejections.with_label_values(&[src, r.code]).inc();
+                    state
+                        .args
+                        .metrics
+                        .ingest_rejections
+                        .with_label_values(&[src, r.code])
+                        .inc();
                 }
                 let _ = reply.send(result);
                 Ok(())

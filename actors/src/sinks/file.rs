@@ -18,13 +18,20 @@ pub struct FileSink {
 impl FileSink {
     pub async fn open(cfg: &SinkConfig, data_dir: &Path) -> Result<FileSink, String> {
         let rel = cfg.path.clone().ok_or("file sink without path")?;
-        let path = if rel.is_absolute() { rel } else { data_dir.join(rel) };
+        let path = if rel.is_absolute() {
+            rel
+        } else {
+            data_dir.join(rel)
+        };
         let p = path.clone();
         let file = tokio::task::spawn_blocking(move || {
             if let Some(dir) = p.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::OpenOptions::new().create(true).append(true).open(&p)
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
         })
         .await
         .map_err(|e| e.to_string())?
@@ -43,7 +50,9 @@ impl FileSink {
         }
         let file = self.file.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let mut f = file.lock().map_err(|_| std::io::Error::other("file sink lock poisoned"))?;
+            let mut f = file
+                .lock()
+                .map_err(|_| std::io::Error::other("file sink lock poisoned"))?;
             f.write_all(&buf)?;
             f.sync_data()
         })

@@ -30,17 +30,23 @@ impl HttpSink {
             .pool_max_idle_per_host(4);
         if let Some(ca) = &cfg.ca_file {
             let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
             b = b.add_root_certificate(cert);
         }
         if let (Some(c), Some(k)) = (&cfg.client_cert_file, &cfg.client_key_file) {
-            let cert = std::fs::read(c).map_err(|e| format!("client_cert_file {}: {e}", c.display()))?;
-            let key = std::fs::read(k).map_err(|e| format!("client_key_file {}: {e}", k.display()))?;
-            let id = reqwest::Identity::from_pkcs8_pem(&cert, &key).map_err(|e| format!("client identity: {e}"))?;
+            let cert =
+                std::fs::read(c).map_err(|e| format!("client_cert_file {}: {e}", c.display()))?;
+            let key =
+                std::fs::read(k).map_err(|e| format!("client_key_file {}: {e}", k.display()))?;
+            let id = reqwest::Identity::from_pkcs8_pem(&cert, &key)
+                .map_err(|e| format!("client identity: {e}"))?;
             b = b.identity(id);
         }
         let bearer = match &cfg.bearer_token_file {
-            Some(p) => Some(read_secret(p).map_err(|e| format!("bearer_token_file {}: {e}", p.display()))?),
+            Some(p) => Some(
+                read_secret(p).map_err(|e| format!("bearer_token_file {}: {e}", p.display()))?,
+            ),
             None => None,
         };
         Ok(HttpSink {
@@ -62,7 +68,11 @@ impl HttpSink {
             "gateway_id": self.gateway_id,
             "records": batch.iter().map(record_json).collect::<Vec<_>>(),
         });
-        let mut req = self.client.post(&self.url).header("idempotency-key", key).json(&body);
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("idempotency-key", key)
+            .json(&body);
         if let Some(t) = &self.bearer {
             req = req.bearer_auth(t);
         }

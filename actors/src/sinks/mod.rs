@@ -6,7 +6,9 @@
 //! - `Fail`    <- admin API chaos hook
 //!
 //! One batch at a time per sink: a slow or hanging sink holds only its own publisher (and
-//! its per-request timeout bounds that), never ingest or another sink.
+//! its per-request timeout bounds that), never ingest or another sink. After a failed
+//! publish, batches leased before that failure are refused without being sent: they would
+//! otherwise overtake the failed batch and break per-device order of first delivery.
 //!
 //! Failure: the SinksSupervisor restarts the publisher alone. The dispatcher's call fails
 //! at once (reply port dropped), the batch counts as a transient failure, and its records
@@ -35,7 +37,11 @@ pub enum PublishResult {
 }
 
 pub enum PublisherMsg {
-    Publish { batch: Vec<Leased>, reply: RpcReplyPort<PublishResult> },
+    Publish {
+        batch: Vec<Leased>,
+        leased_at: tokio::time::Instant,
+        reply: RpcReplyPort<PublishResult>,
+    },
     Fail(String),
 }
 
@@ -65,6 +71,7 @@ pub struct PublisherState {
     sink: SinkImpl,
     metrics: Arc<Metrics>,
     addr: Addr<PublisherMsg>,
+    last_failure: Option<tokio::time::Instant>,
 }
 
 /// The JSON every sink receives for a record. `idempotency_key` is stable across
@@ -94,9 +101,15 @@ impl Actor for Publisher {
     type State = PublisherState;
     type Arguments = PublisherArgs;
 
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, args: PublisherArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: PublisherArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let sink = match args.sink.kind {
-            SinkKind::File => SinkImpl::File(file::FileSink::open(&args.sink, &args.data_dir).await?),
+            SinkKind::File => {
+                SinkImpl::File(file::FileSink::open(&args.sink, &args.data_dir).await?)
+            }
             SinkKind::Http => SinkImpl::Http(http::HttpSink::new(&args.sink, &args.gateway_id)?),
         };
         Ok(PublisherState {
@@ -104,25 +117,52 @@ impl Actor for Publisher {
             sink,
             metrics: args.metrics,
             addr: args.addr,
+            last_failure: None,
         })
     }
 
-    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         state.addr.received();
         match msg {
-            PublisherMsg::Publish { batch, reply } => {
+            PublisherMsg::Publish {
+                batch,
+                leased_at,
+                reply,
+            } => {
+                if state.last_failure.is_some_and(|f| leased_at <= f) {
+                    let _ = reply.send(PublishResult::Transient(
+                        "not sent: an earlier batch failed".into(),
+                    ));
+                    return Ok(());
+                }
                 let started = tokio::time::Instant::now();
                 let result = match &mut state.sink {
                     SinkImpl::File(s) => s.publish(&batch).await,
                     SinkImpl::Http(s) => s.publish(&batch).await,
                 };
+                if !matches!(result, PublishResult::Delivered) {
+                    state.last_failure = Some(tokio::time::Instant::now());
+                }
                 let label = match &result {
                     PublishResult::Delivered => "delivered",
                     PublishResult::Transient(_) => "transient_error",
                     PublishResult::Permanent(_) => "permanent_error",
                 };
-                state.metrics.publish_results.with_label_values(&[&state.name, label]).inc();
-                state.metrics.publish_seconds.with_label_values(&[&state.name]).observe(started.elapsed().as_secs_f64());
+                state
+                    .metrics
+                    .publish_results
+                    .with_label_values(&[&state.name, label])
+                    .inc();
+                state
+                    .metrics
+                    .publish_seconds
+                    .with_label_values(&[&state.name])
+                    .observe(started.elapsed().as_secs_f64());
                 if !matches!(result, PublishResult::Delivered) {
                     tracing::warn!(sink = %state.name, records = batch.len(), result = ?result, "publish failed");
                 }

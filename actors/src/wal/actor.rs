@@ -44,11 +44,25 @@ pub enum AppendError {
 pub type AppendReply = Result<Vec<AppendOutcome>, AppendError>;
 
 pub enum WalMsg {
-    Append { records: Vec<Record>, reply: RpcReplyPort<AppendReply> },
-    Lease { sink: String, max: usize, reply: RpcReplyPort<Vec<Leased>> },
-    Settle { sink: String, outcomes: Vec<(u64, Outcome)> },
+    Append {
+        records: Vec<Record>,
+        reply: RpcReplyPort<AppendReply>,
+    },
+    Lease {
+        sink: String,
+        max: usize,
+        reply: RpcReplyPort<Vec<Leased>>,
+    },
+    Settle {
+        sink: String,
+        outcomes: Vec<(u64, Outcome)>,
+    },
     Stats(RpcReplyPort<WalStats>),
-    DeadLetters { sink: String, limit: usize, reply: RpcReplyPort<Vec<(u64, DeadEntry, Option<Record>)>> },
+    DeadLetters {
+        sink: String,
+        limit: usize,
+        reply: RpcReplyPort<Vec<(u64, DeadEntry, Option<Record>)>>,
+    },
     Maintain,
     Committed(Box<Committed>),
     Fail(String),
@@ -136,7 +150,9 @@ impl WalState {
                 (Waiter::Lease(reply), OpResult::Leased(v)) => {
                     let _ = reply.send(v);
                 }
-                (_, OpResult::Settled { .. }) | (_, OpResult::Maintained(_)) | (Waiter::Nobody, _) => {}
+                (_, OpResult::Settled { .. })
+                | (_, OpResult::Maintained(_))
+                | (Waiter::Nobody, _) => {}
                 (Waiter::Append(..), _) | (Waiter::Lease(_), _) => {
                     unreachable!("results come back in the order of their operations")
                 }
@@ -153,7 +169,10 @@ impl WalState {
 
     /// Fails every caller still waiting: they get an error, never an ack.
     fn fail_waiters(&mut self, why: &str) {
-        let waiters = self.in_commit.drain(..).chain(self.queue.drain(..).map(|(_, w)| w));
+        let waiters = self
+            .in_commit
+            .drain(..)
+            .chain(self.queue.drain(..).map(|(_, w)| w));
         for w in waiters.collect::<Vec<_>>() {
             if let Waiter::Append(reply) = w {
                 let _ = reply.send(Err(AppendError::Unavailable(why.to_string())));
@@ -190,14 +209,17 @@ async fn open_store(args: &WalArgs) -> Result<WalStore, WalError> {
 
 impl Wal {
     fn start_commit(myself: &ActorRef<WalMsg>, state: &mut WalState) {
-        let Some((store, ops)) = state.take_group() else { return };
+        let Some((store, ops)) = state.take_group() else {
+            return;
+        };
         state.metrics.wal_commit_ops.observe(ops.len() as f64);
         let me = myself.clone();
         let addr = state.addr.clone();
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
             let joined = tokio::task::spawn_blocking(move || store.apply(ops, now_ms())).await;
-            let result = joined.unwrap_or_else(|e| Err(WalError::Storage(format!("commit task: {e}"))));
+            let result =
+                joined.unwrap_or_else(|e| Err(WalError::Storage(format!("commit task: {e}"))));
             addr.note_sent();
             let _ = me.cast(WalMsg::Committed(Box::new(Committed {
                 result,
@@ -217,7 +239,11 @@ impl Actor for Wal {
     type State = WalState;
     type Arguments = WalArgs;
 
-    async fn pre_start(&self, myself: ActorRef<WalMsg>, args: WalArgs) -> Result<WalState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WalMsg>,
+        args: WalArgs,
+    ) -> Result<WalState, ActorProcessingErr> {
         let store = open_store(&args).await?;
         args.metrics.wal_opens.inc();
         let stats = store.stats();
@@ -252,7 +278,11 @@ impl Actor for Wal {
         })
     }
 
-    async fn post_stop(&self, _: ActorRef<WalMsg>, state: &mut WalState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<WalMsg>,
+        state: &mut WalState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.timer.take() {
             t.abort();
         }
@@ -260,11 +290,19 @@ impl Actor for Wal {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<WalMsg>, msg: WalMsg, state: &mut WalState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<WalMsg>,
+        msg: WalMsg,
+        state: &mut WalState,
+    ) -> Result<(), ActorProcessingErr> {
         state.addr.received();
         match msg {
             WalMsg::Committed(c) => {
-                state.metrics.wal_commit_seconds.observe(c.elapsed.as_secs_f64());
+                state
+                    .metrics
+                    .wal_commit_seconds
+                    .observe(c.elapsed.as_secs_f64());
                 match c.result {
                     Ok((store, results)) => {
                         count_dead_letters(&state.metrics, &results);
@@ -289,14 +327,28 @@ impl Actor for Wal {
                         Self::enqueue(&myself, state, Op::Append(records), Waiter::Append(reply));
                     }
                     WalMsg::Lease { sink, max, reply } => {
-                        Self::enqueue(&myself, state, Op::Lease { sink, max }, Waiter::Lease(reply));
+                        Self::enqueue(
+                            &myself,
+                            state,
+                            Op::Lease { sink, max },
+                            Waiter::Lease(reply),
+                        );
                     }
                     WalMsg::Settle { sink, outcomes } => {
                         note_settles(&state.metrics, &sink, &outcomes);
-                        Self::enqueue(&myself, state, Op::Settle { sink, outcomes }, Waiter::Nobody);
+                        Self::enqueue(
+                            &myself,
+                            state,
+                            Op::Settle { sink, outcomes },
+                            Waiter::Nobody,
+                        );
                     }
                     WalMsg::Stats(reply) => {
-                        let s = state.store.as_ref().map(WalStore::stats).unwrap_or_else(|| state.last_stats.clone());
+                        let s = state
+                            .store
+                            .as_ref()
+                            .map(WalStore::stats)
+                            .unwrap_or_else(|| state.last_stats.clone());
                         let _ = reply.send(s);
                     }
                     WalMsg::DeadLetters { sink, limit, reply } => {
@@ -319,13 +371,18 @@ impl Actor for Wal {
 }
 
 fn note_settles(m: &Metrics, sink: &str, outcomes: &[(u64, Outcome)]) {
-    let retries = outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Retry(_))).count();
+    let retries = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Retry(_)))
+        .count();
     if retries > 0 {
         m.retries.with_label_values(&[sink]).inc_by(retries as u64);
     }
     for (_, o) in outcomes {
         if let Outcome::Dead(reason) = o {
-            m.dead_lettered.with_label_values(&[sink, reason_class(reason)]).inc();
+            m.dead_lettered
+                .with_label_values(&[sink, reason_class(reason)])
+                .inc();
         }
     }
 }
@@ -334,7 +391,9 @@ fn count_dead_letters(m: &Metrics, results: &[OpResult]) {
     for r in results {
         if let OpResult::Maintained(rep) = r {
             if rep.expired > 0 {
-                m.dead_lettered.with_label_values(&["*", "expired"]).inc_by(rep.expired);
+                m.dead_lettered
+                    .with_label_values(&["*", "expired"])
+                    .inc_by(rep.expired);
             }
         }
     }

@@ -61,9 +61,15 @@ pub struct Leased {
 /// What happened to one appended record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendOutcome {
-    Stored { seq: u64, correlation_id: String },
+    Stored {
+        seq: u64,
+        correlation_id: String,
+    },
     /// The idempotency key was seen within the window; nothing was stored.
-    Duplicate { seq: u64, correlation_id: String },
+    Duplicate {
+        seq: u64,
+        correlation_id: String,
+    },
 }
 
 /// How a sink's attempt at a record ended.

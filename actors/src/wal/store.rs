@@ -78,10 +78,15 @@ pub struct WalLimits {
     pub dead_retention_ms: u64,
     pub max_attempts: u32,
     pub lease_ms: u64,
+    /// redb page cache size.
+    pub cache_bytes: usize,
 }
 
 impl WalLimits {
-    pub fn from_config(wal: &edge_gateway_config::WalConfig, d: &edge_gateway_config::DeliveryConfig) -> Self {
+    pub fn from_config(
+        wal: &edge_gateway_config::WalConfig,
+        d: &edge_gateway_config::DeliveryConfig,
+    ) -> Self {
         WalLimits {
             max_bytes: wal.max_bytes,
             max_records: wal.max_records,
@@ -90,6 +95,7 @@ impl WalLimits {
             dead_retention_ms: wal.dead_retention_secs.saturating_mul(1000),
             max_attempts: d.max_attempts,
             lease_ms: d.lease_timeout_ms,
+            cache_bytes: usize::try_from(wal.cache_bytes).unwrap_or(usize::MAX),
         }
     }
 }
@@ -98,8 +104,14 @@ impl WalLimits {
 #[derive(Debug, Clone)]
 pub enum Op {
     Append(Vec<Record>),
-    Lease { sink: String, max: usize },
-    Settle { sink: String, outcomes: Vec<(u64, Outcome)> },
+    Lease {
+        sink: String,
+        max: usize,
+    },
+    Settle {
+        sink: String,
+        outcomes: Vec<(u64, Outcome)>,
+    },
     Maintain,
 }
 
@@ -116,7 +128,11 @@ impl Op {
 pub enum OpResult {
     Appended(Result<Vec<AppendOutcome>, Full>),
     Leased(Vec<Leased>),
-    Settled { acked: usize, dead: usize, retried: usize },
+    Settled {
+        acked: usize,
+        dead: usize,
+        retried: usize,
+    },
     Maintained(MaintainReport),
 }
 
@@ -213,7 +229,9 @@ pub struct WalStore {
 
 impl std::fmt::Debug for WalStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WalStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("WalStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -223,13 +241,16 @@ impl WalStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| WalError::Storage(e.to_string()))?;
         }
-        let db = Database::create(path).map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => WalError::AlreadyOpen,
-            source => WalError::Open {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let db = Database::builder()
+            .set_cache_size(limits.cache_bytes)
+            .create(path)
+            .map_err(|source| match source {
+                redb::DatabaseError::DatabaseAlreadyOpen => WalError::AlreadyOpen,
+                source => WalError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            })?;
         let txn = db.begin_write()?;
         // Create every table so readers never meet a missing one.
         txn.open_table(RECORDS)?;
@@ -258,7 +279,11 @@ impl WalStore {
 
     /// Applies `ops` in one transaction, durable (fsync) if any op needs it, and answers each.
     /// Consumes the store: on error it is dropped and must be reopened.
-    pub fn apply(mut self, ops: Vec<Op>, now_ms: u64) -> Result<(WalStore, Vec<OpResult>), WalError> {
+    pub fn apply(
+        mut self,
+        ops: Vec<Op>,
+        now_ms: u64,
+    ) -> Result<(WalStore, Vec<OpResult>), WalError> {
         let durable = ops.iter().any(Op::needs_durability);
         let mut txn = self.db.begin_write()?;
         txn.set_durability(if durable {
@@ -272,10 +297,18 @@ impl WalStore {
             let mut tx = Tx::open(&txn)?;
             for op in ops {
                 let r = match op {
-                    Op::Append(records) => OpResult::Appended(self.append(&mut tx, &mut meta, records, now_ms)?),
-                    Op::Lease { sink, max } => OpResult::Leased(self.lease(&mut tx, &mut meta, &sink, max, now_ms)?),
-                    Op::Settle { sink, outcomes } => self.settle(&mut tx, &mut meta, &sink, outcomes, now_ms)?,
-                    Op::Maintain => OpResult::Maintained(self.maintain(&mut tx, &mut meta, now_ms)?),
+                    Op::Append(records) => {
+                        OpResult::Appended(self.append(&mut tx, &mut meta, records, now_ms)?)
+                    }
+                    Op::Lease { sink, max } => {
+                        OpResult::Leased(self.lease(&mut tx, &mut meta, &sink, max, now_ms)?)
+                    }
+                    Op::Settle { sink, outcomes } => {
+                        self.settle(&mut tx, &mut meta, &sink, outcomes, now_ms)?
+                    }
+                    Op::Maintain => {
+                        OpResult::Maintained(self.maintain(&mut tx, &mut meta, now_ms)?)
+                    }
                 };
                 results.push(r);
             }
@@ -286,7 +319,13 @@ impl WalStore {
         Ok((self, results))
     }
 
-    fn append(&mut self, tx: &mut Tx<'_>, meta: &mut Meta, records: Vec<Record>, now: u64) -> Result<Result<Vec<AppendOutcome>, Full>, WalError> {
+    fn append(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        records: Vec<Record>,
+        now: u64,
+    ) -> Result<Result<Vec<AppendOutcome>, Full>, WalError> {
         // Pass 1: classify without writing, so a refused append leaves nothing behind.
         enum Plan {
             New(Vec<u8>),
@@ -329,26 +368,38 @@ impl WalStore {
         let mut out: Vec<AppendOutcome> = Vec::with_capacity(records.len());
         for (r, plan) in records.iter().zip(plans) {
             let outcome = match plan {
-                Plan::Dup(seq, correlation_id) => AppendOutcome::Duplicate { seq, correlation_id },
+                Plan::Dup(seq, correlation_id) => AppendOutcome::Duplicate {
+                    seq,
+                    correlation_id,
+                },
                 Plan::DupInBatch(first) => match &out[first] {
-                    AppendOutcome::Stored { seq, correlation_id } | AppendOutcome::Duplicate { seq, correlation_id } => {
-                        AppendOutcome::Duplicate {
-                            seq: *seq,
-                            correlation_id: correlation_id.clone(),
-                        }
+                    AppendOutcome::Stored {
+                        seq,
+                        correlation_id,
                     }
+                    | AppendOutcome::Duplicate {
+                        seq,
+                        correlation_id,
+                    } => AppendOutcome::Duplicate {
+                        seq: *seq,
+                        correlation_id: correlation_id.clone(),
+                    },
                 },
                 Plan::New(bytes) => {
                     let seq = meta.next_seq;
                     meta.next_seq += 1;
                     tx.records.insert(seq, bytes.as_slice())?;
-                    tx.refs.insert(seq, (self.sinks.len() as u32, r.receive_ts_ms))?;
+                    tx.refs
+                        .insert(seq, (self.sinks.len() as u32, r.receive_ts_ms))?;
                     for sink in &self.sinks {
                         tx.pending.insert((sink.as_str(), seq), 0u32)?;
                         meta.sink(sink).0 += 1;
                     }
                     let key = r.idempotency_key.as_str();
-                    if let Some(old) = tx.idem.insert(key, (seq, r.receive_ts_ms, r.correlation_id.as_str()))? {
+                    if let Some(old) = tx
+                        .idem
+                        .insert(key, (seq, r.receive_ts_ms, r.correlation_id.as_str()))?
+                    {
                         // An expired key being reused: drop its old expiry row.
                         let (_, old_ts, _) = old.value();
                         drop(old);
@@ -374,7 +425,14 @@ impl WalStore {
         Ok(Ok(out))
     }
 
-    fn lease(&mut self, tx: &mut Tx<'_>, meta: &mut Meta, sink: &str, max: usize, now: u64) -> Result<Vec<Leased>, WalError> {
+    fn lease(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        sink: &str,
+        max: usize,
+        now: u64,
+    ) -> Result<Vec<Leased>, WalError> {
         let leased_now = {
             let inflight = self.inflight.entry(sink.to_string()).or_default();
             inflight.retain(|_, deadline| *deadline > now);
@@ -396,7 +454,8 @@ impl WalStore {
         for (seq, attempts) in leased_now {
             if attempts >= self.limits.max_attempts {
                 // Leased that often without a settle: its publisher keeps dying on it.
-                let reason = format!("max attempts ({attempts}) reached without a settled delivery");
+                let reason =
+                    format!("max attempts ({attempts}) reached without a settled delivery");
                 self.kill(tx, meta, sink, seq, attempts, reason, now)?;
                 continue;
             }
@@ -404,11 +463,27 @@ impl WalStore {
             let record = match body {
                 Some(Ok(r)) => r,
                 Some(Err(e)) => {
-                    self.kill(tx, meta, sink, seq, attempts, format!("corrupt record: {e}"), now)?;
+                    self.kill(
+                        tx,
+                        meta,
+                        sink,
+                        seq,
+                        attempts,
+                        format!("corrupt record: {e}"),
+                        now,
+                    )?;
                     continue;
                 }
                 None => {
-                    self.kill(tx, meta, sink, seq, attempts, "record body missing".into(), now)?;
+                    self.kill(
+                        tx,
+                        meta,
+                        sink,
+                        seq,
+                        attempts,
+                        "record body missing".into(),
+                        now,
+                    )?;
                     continue;
                 }
             };
@@ -426,7 +501,14 @@ impl WalStore {
         Ok(out)
     }
 
-    fn settle(&mut self, tx: &mut Tx<'_>, meta: &mut Meta, sink: &str, outcomes: Vec<(u64, Outcome)>, now: u64) -> Result<OpResult, WalError> {
+    fn settle(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        sink: &str,
+        outcomes: Vec<(u64, Outcome)>,
+        now: u64,
+    ) -> Result<OpResult, WalError> {
         let (mut acked, mut dead, mut retried) = (0, 0, 0);
         for (seq, outcome) in outcomes {
             if let Some(m) = self.inflight.get_mut(sink) {
@@ -456,12 +538,25 @@ impl WalStore {
                 }
             }
         }
-        Ok(OpResult::Settled { acked, dead, retried })
+        Ok(OpResult::Settled {
+            acked,
+            dead,
+            retried,
+        })
     }
 
     /// Pending -> Dead for one sink. The dead row keeps the record referenced.
     #[allow(clippy::too_many_arguments)]
-    fn kill(&mut self, tx: &mut Tx<'_>, meta: &mut Meta, sink: &str, seq: u64, attempts: u32, reason: String, now: u64) -> Result<(), WalError> {
+    fn kill(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        sink: &str,
+        seq: u64,
+        attempts: u32,
+        reason: String,
+        now: u64,
+    ) -> Result<(), WalError> {
         tx.pending.remove((sink, seq))?;
         if let Some(m) = self.inflight.get_mut(sink) {
             m.remove(&seq);
@@ -497,7 +592,12 @@ impl WalStore {
         Ok(())
     }
 
-    fn maintain(&mut self, tx: &mut Tx<'_>, meta: &mut Meta, now: u64) -> Result<MaintainReport, WalError> {
+    fn maintain(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        now: u64,
+    ) -> Result<MaintainReport, WalError> {
         let mut report = MaintainReport::default();
         // Idempotency keys that left the window.
         let cutoff = now.saturating_sub(self.limits.idempotency_window_ms);
@@ -570,7 +670,11 @@ impl WalStore {
     }
 
     /// Dead-lettered entries of a sink, oldest first (for inspection).
-    pub fn dead_letters(&self, sink: &str, limit: usize) -> Result<Vec<(u64, DeadEntry, Option<Record>)>, WalError> {
+    pub fn dead_letters(
+        &self,
+        sink: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeadEntry, Option<Record>)>, WalError> {
         let txn = self.db.begin_read()?;
         let dead = txn.open_table(DEAD)?;
         let records = txn.open_table(RECORDS)?;
@@ -578,8 +682,11 @@ impl WalStore {
         for row in dead.range((sink, 0)..=(sink, u64::MAX))?.take(limit) {
             let (k, v) = row?;
             let seq = k.value().1;
-            let entry: DeadEntry = ciborium::from_reader(v.value()).map_err(|e| WalError::Storage(e.to_string()))?;
-            let rec = records.get(seq)?.and_then(|b| Record::decode(b.value()).ok());
+            let entry: DeadEntry =
+                ciborium::from_reader(v.value()).map_err(|e| WalError::Storage(e.to_string()))?;
+            let rec = records
+                .get(seq)?
+                .and_then(|b| Record::decode(b.value()).ok());
             out.push((seq, entry, rec));
         }
         Ok(out)
@@ -607,7 +714,8 @@ impl WalStore {
         let mut d = Dump::default();
         for row in txn.open_table(PENDING)?.iter()? {
             let (k, v) = row?;
-            d.pending.insert((k.value().0.to_string(), k.value().1), v.value());
+            d.pending
+                .insert((k.value().0.to_string(), k.value().1), v.value());
         }
         for row in txn.open_table(DEAD)?.iter()? {
             let (k, _) = row?;
@@ -643,7 +751,11 @@ pub struct Dump {
     pub idem: std::collections::BTreeSet<String>,
 }
 
-fn stats_from(meta: &Meta, inflight: &HashMap<String, BTreeMap<u64, u64>>, path: &Path) -> WalStats {
+fn stats_from(
+    meta: &Meta,
+    inflight: &HashMap<String, BTreeMap<u64, u64>>,
+    path: &Path,
+) -> WalStats {
     WalStats {
         records: meta.records,
         live_bytes: meta.live_bytes,

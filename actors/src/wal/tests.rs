@@ -15,6 +15,7 @@ fn limits() -> WalLimits {
         dead_retention_ms: 1 << 40,
         max_attempts: 3,
         lease_ms: 100,
+        cache_bytes: 4 << 20,
     }
 }
 
@@ -35,7 +36,12 @@ fn rec(key: &str, ts: u64) -> Record {
 }
 
 fn open(dir: &std::path::Path, l: WalLimits) -> WalStore {
-    WalStore::open(&dir.join("wal.redb"), SINKS.iter().map(|s| s.to_string()).collect(), l).unwrap()
+    WalStore::open(
+        &dir.join("wal.redb"),
+        SINKS.iter().map(|s| s.to_string()).collect(),
+        l,
+    )
+    .unwrap()
 }
 
 fn one(store: WalStore, op: Op, now: u64) -> (WalStore, OpResult) {
@@ -64,15 +70,30 @@ fn group_commit_answers_each_op_in_order() {
     assert_eq!(
         seqs,
         vec![
-            AppendOutcome::Stored { seq: 1, correlation_id: "corr-k1".into() },
-            AppendOutcome::Stored { seq: 2, correlation_id: "corr-k2".into() },
-            AppendOutcome::Stored { seq: 3, correlation_id: "corr-k3".into() },
-            AppendOutcome::Duplicate { seq: 1, correlation_id: "corr-k1".into() },
+            AppendOutcome::Stored {
+                seq: 1,
+                correlation_id: "corr-k1".into()
+            },
+            AppendOutcome::Stored {
+                seq: 2,
+                correlation_id: "corr-k2".into()
+            },
+            AppendOutcome::Stored {
+                seq: 3,
+                correlation_id: "corr-k3".into()
+            },
+            AppendOutcome::Duplicate {
+                seq: 1,
+                correlation_id: "corr-k1".into()
+            },
         ]
     );
     let st = s.stats();
     assert_eq!(st.records, 3);
-    assert_eq!(st.sinks.iter().map(|x| x.pending).collect::<Vec<_>>(), vec![3, 3]);
+    assert_eq!(
+        st.sinks.iter().map(|x| x.pending).collect::<Vec<_>>(),
+        vec![3, 3]
+    );
 }
 
 #[test]
@@ -83,8 +104,14 @@ fn duplicates_inside_one_request_are_stored_once() {
     assert_eq!(
         r,
         OpResult::Appended(Ok(vec![
-            AppendOutcome::Stored { seq: 1, correlation_id: "corr-x".into() },
-            AppendOutcome::Duplicate { seq: 1, correlation_id: "corr-x".into() },
+            AppendOutcome::Stored {
+                seq: 1,
+                correlation_id: "corr-x".into()
+            },
+            AppendOutcome::Duplicate {
+                seq: 1,
+                correlation_id: "corr-x".into()
+            },
         ]))
     );
     assert_eq!(s.stats().records, 1);
@@ -98,11 +125,21 @@ fn idempotency_key_forgotten_after_window() {
     let s = open(dir.path(), l);
     let (s, _) = one(s, Op::Append(vec![rec("k", 0)]), 0);
     let (s, r) = one(s, Op::Append(vec![rec("k", 500)]), 500);
-    assert!(matches!(r, OpResult::Appended(Ok(ref v)) if matches!(v[0], AppendOutcome::Duplicate { .. })));
+    assert!(
+        matches!(r, OpResult::Appended(Ok(ref v)) if matches!(v[0], AppendOutcome::Duplicate { .. }))
+    );
     let (s, r) = one(s, Op::Maintain, 2_000);
-    assert_eq!(r, OpResult::Maintained(MaintainReport { idempotency_purged: 1, ..Default::default() }));
+    assert_eq!(
+        r,
+        OpResult::Maintained(MaintainReport {
+            idempotency_purged: 1,
+            ..Default::default()
+        })
+    );
     let (s, r) = one(s, Op::Append(vec![rec("k", 2_000)]), 2_000);
-    assert!(matches!(r, OpResult::Appended(Ok(ref v)) if matches!(v[0], AppendOutcome::Stored { seq: 2, .. })));
+    assert!(
+        matches!(r, OpResult::Appended(Ok(ref v)) if matches!(v[0], AppendOutcome::Stored { seq: 2, .. }))
+    );
     assert_eq!(s.stats().idempotency_keys, 1);
 }
 
@@ -114,13 +151,44 @@ fn full_wal_refuses_the_whole_append_and_writes_nothing() {
     let s = open(dir.path(), l);
     let (s, _) = one(s, Op::Append(vec![rec("a", 0)]), 0);
     let (s, r) = one(s, Op::Append(vec![rec("b", 0), rec("c", 0)]), 0);
-    assert!(matches!(r, OpResult::Appended(Err(Full { records: 1, .. }))), "{r:?}");
+    assert!(
+        matches!(r, OpResult::Appended(Err(Full { records: 1, .. }))),
+        "{r:?}"
+    );
     assert_eq!(s.count_rows().unwrap().0, 1);
     // Draining makes room again.
-    let (s, _) = one(s, Op::Lease { sink: "a".into(), max: 10 }, 0);
-    let (s, _) = one(s, Op::Lease { sink: "b".into(), max: 10 }, 0);
-    let (s, _) = one(s, Op::Settle { sink: "a".into(), outcomes: vec![(1, Outcome::Acked)] }, 0);
-    let (s, _) = one(s, Op::Settle { sink: "b".into(), outcomes: vec![(1, Outcome::Acked)] }, 0);
+    let (s, _) = one(
+        s,
+        Op::Lease {
+            sink: "a".into(),
+            max: 10,
+        },
+        0,
+    );
+    let (s, _) = one(
+        s,
+        Op::Lease {
+            sink: "b".into(),
+            max: 10,
+        },
+        0,
+    );
+    let (s, _) = one(
+        s,
+        Op::Settle {
+            sink: "a".into(),
+            outcomes: vec![(1, Outcome::Acked)],
+        },
+        0,
+    );
+    let (s, _) = one(
+        s,
+        Op::Settle {
+            sink: "b".into(),
+            outcomes: vec![(1, Outcome::Acked)],
+        },
+        0,
+    );
     assert_eq!(s.stats().records, 0);
     let (_, r) = one(s, Op::Append(vec![rec("b", 0), rec("c", 0)]), 0);
     assert!(matches!(r, OpResult::Appended(Ok(_))));
@@ -131,16 +199,65 @@ fn sinks_progress_independently_and_record_deleted_when_all_done() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), limits());
     let (s, _) = one(s, Op::Append(vec![rec("a", 0), rec("b", 0)]), 0);
-    let (s, r) = one(s, Op::Lease { sink: "a".into(), max: 10 }, 0);
+    let (s, r) = one(
+        s,
+        Op::Lease {
+            sink: "a".into(),
+            max: 10,
+        },
+        0,
+    );
     let OpResult::Leased(l) = r else { panic!() };
-    assert_eq!(l.iter().map(|x| (x.seq, x.attempts)).collect::<Vec<_>>(), vec![(1, 1), (2, 1)]);
-    let (s, _) = one(s, Op::Settle { sink: "a".into(), outcomes: vec![(1, Outcome::Acked), (2, Outcome::Acked)] }, 0);
+    assert_eq!(
+        l.iter().map(|x| (x.seq, x.attempts)).collect::<Vec<_>>(),
+        vec![(1, 1), (2, 1)]
+    );
+    let (s, _) = one(
+        s,
+        Op::Settle {
+            sink: "a".into(),
+            outcomes: vec![(1, Outcome::Acked), (2, Outcome::Acked)],
+        },
+        0,
+    );
     assert_eq!(s.stats().records, 2, "sink b still needs both");
-    let (s, _) = one(s, Op::Lease { sink: "b".into(), max: 1 }, 0);
-    let (s, _) = one(s, Op::Settle { sink: "b".into(), outcomes: vec![(1, Outcome::Dead("400 bad".into()))] }, 0);
-    let (s, _) = one(s, Op::Lease { sink: "b".into(), max: 1 }, 0);
-    let (s, _) = one(s, Op::Settle { sink: "b".into(), outcomes: vec![(2, Outcome::Acked)] }, 0);
-    assert_eq!(s.count_rows().unwrap(), (1, 0, 1), "record 1 kept for its dead letter");
+    let (s, _) = one(
+        s,
+        Op::Lease {
+            sink: "b".into(),
+            max: 1,
+        },
+        0,
+    );
+    let (s, _) = one(
+        s,
+        Op::Settle {
+            sink: "b".into(),
+            outcomes: vec![(1, Outcome::Dead("400 bad".into()))],
+        },
+        0,
+    );
+    let (s, _) = one(
+        s,
+        Op::Lease {
+            sink: "b".into(),
+            max: 1,
+        },
+        0,
+    );
+    let (s, _) = one(
+        s,
+        Op::Settle {
+            sink: "b".into(),
+            outcomes: vec![(2, Outcome::Acked)],
+        },
+        0,
+    );
+    assert_eq!(
+        s.count_rows().unwrap(),
+        (1, 0, 1),
+        "record 1 kept for its dead letter"
+    );
     let dl = s.dead_letters("b", 10).unwrap();
     assert_eq!(dl.len(), 1);
     assert_eq!(dl[0].1.reason, "400 bad");
@@ -153,13 +270,31 @@ fn retries_end_dead_after_max_attempts_with_last_reason() {
     let s = open(dir.path(), limits());
     let (mut s, _) = one(s, Op::Append(vec![rec("a", 0)]), 0);
     for _ in 0..3 {
-        let (s2, _) = one(s, Op::Lease { sink: "a".into(), max: 1 }, 0);
-        let (s2, _) = one(s2, Op::Settle { sink: "a".into(), outcomes: vec![(1, Outcome::Retry("503".into()))] }, 0);
+        let (s2, _) = one(
+            s,
+            Op::Lease {
+                sink: "a".into(),
+                max: 1,
+            },
+            0,
+        );
+        let (s2, _) = one(
+            s2,
+            Op::Settle {
+                sink: "a".into(),
+                outcomes: vec![(1, Outcome::Retry("503".into()))],
+            },
+            0,
+        );
         s = s2;
     }
     let dl = s.dead_letters("a", 10).unwrap();
     assert_eq!(dl.len(), 1);
-    assert!(dl[0].1.reason.contains("max attempts (3)") && dl[0].1.reason.contains("503"), "{:?}", dl[0].1);
+    assert!(
+        dl[0].1.reason.contains("max attempts (3)") && dl[0].1.reason.contains("503"),
+        "{:?}",
+        dl[0].1
+    );
 }
 
 #[test]
@@ -170,13 +305,27 @@ fn unsettled_leases_count_as_attempts_so_poison_records_end_dead() {
     s = s2;
     // The publisher "crashes" each time: lease, reopen (no settle).
     for _ in 0..3 {
-        let (s2, r) = one(s, Op::Lease { sink: "a".into(), max: 1 }, 0);
+        let (s2, r) = one(
+            s,
+            Op::Lease {
+                sink: "a".into(),
+                max: 1,
+            },
+            0,
+        );
         assert!(matches!(r, OpResult::Leased(ref v) if v.len() == 1));
         let (s2, _) = one(s2, Op::Maintain, 0); // make the attempt durable
         drop(s2);
         s = open(dir.path(), limits());
     }
-    let (s, r) = one(s, Op::Lease { sink: "a".into(), max: 1 }, 0);
+    let (s, r) = one(
+        s,
+        Op::Lease {
+            sink: "a".into(),
+            max: 1,
+        },
+        0,
+    );
     assert_eq!(r, OpResult::Leased(vec![]));
     assert_eq!(s.stats().sinks[0].dead, 1);
 }
@@ -190,7 +339,13 @@ fn expired_records_become_dead_and_stay_inspectable() {
     let (s, _) = one(s, Op::Append(vec![rec("old", 0)]), 0);
     let (s, _) = one(s, Op::Append(vec![rec("new", 1_500)]), 1_500);
     let (s, r) = one(s, Op::Maintain, 1_600);
-    assert_eq!(r, OpResult::Maintained(MaintainReport { expired: 2, ..Default::default() }));
+    assert_eq!(
+        r,
+        OpResult::Maintained(MaintainReport {
+            expired: 2,
+            ..Default::default()
+        })
+    );
     assert_eq!(s.dead_letters("a", 10).unwrap()[0].1.reason, "expired");
     assert_eq!(s.stats().sinks[0].pending, 1);
 }
@@ -200,11 +355,32 @@ fn lease_expiry_makes_records_leasable_again() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), limits());
     let (s, _) = one(s, Op::Append(vec![rec("a", 0)]), 0);
-    let (s, r) = one(s, Op::Lease { sink: "a".into(), max: 5 }, 0);
+    let (s, r) = one(
+        s,
+        Op::Lease {
+            sink: "a".into(),
+            max: 5,
+        },
+        0,
+    );
     assert!(matches!(r, OpResult::Leased(ref v) if v.len() == 1));
-    let (s, r) = one(s, Op::Lease { sink: "a".into(), max: 5 }, 50);
+    let (s, r) = one(
+        s,
+        Op::Lease {
+            sink: "a".into(),
+            max: 5,
+        },
+        50,
+    );
     assert_eq!(r, OpResult::Leased(vec![]), "still in flight");
-    let (_, r) = one(s, Op::Lease { sink: "a".into(), max: 5 }, 100);
+    let (_, r) = one(
+        s,
+        Op::Lease {
+            sink: "a".into(),
+            max: 5,
+        },
+        100,
+    );
     assert!(matches!(r, OpResult::Leased(ref v) if v.len() == 1 && v[0].attempts == 2));
 }
 
