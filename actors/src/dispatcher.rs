@@ -93,8 +93,11 @@ fn backoff(c: &DeliveryConfig) -> ExponentialBackoff {
         .build()
 }
 
-/// Lease-publish cycles in flight per sink.
-pub const PIPELINE: usize = 2;
+/// Lease-publish cycles in flight per sink. One: concurrent cycles race to the publisher
+/// (each on its own task), which would break per-device order of first delivery. Overlapping
+/// the next lease with the current publish needs the hand-off to the publisher ordered by
+/// lease; measured gain on the 1M drain was 6 % (16.5 s -> 15.5 s), not yet worth it.
+pub const PIPELINE: usize = 1;
 
 /// Even an idle sink is asked again this often, so expired leases are picked up.
 const IDLE_RECHECK: Duration = Duration::from_secs(2);
