@@ -8,6 +8,8 @@
 //! - `drain`: a backlog of N records (default 1,000,000; `BENCH_BACKLOG`) drained to a local
 //!   HTTP sink; RSS before, with the backlog, and after.
 //! - `idle`:  RSS of an idle gateway.
+//! - `steady`: sustained ingest with delivery keeping up (`BENCH_STEADY_SECS`, default 60):
+//!   the WAL file size and RSS sampled over time, to show they level off.
 
 use edge_gateway_actors::wal::{Op, Record, Source, WalLimits, WalStore};
 use serde_json::json;
@@ -50,6 +52,9 @@ fn main() {
     }
     if want("drain") {
         rt.block_on(drain());
+    }
+    if want("steady") {
+        rt.block_on(steady());
     }
 }
 
@@ -104,6 +109,7 @@ fn wal_vs_redb() {
             max_records: u64::MAX,
             max_age_ms: u64::MAX / 2,
             idempotency_window_ms: 3_600_000,
+            idempotency_max_keys: u64::MAX,
             dead_retention_ms: u64::MAX / 2,
             max_attempts: 10,
             lease_ms: 60_000,
@@ -495,4 +501,36 @@ async fn drain() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = Path::new(".");
+}
+
+async fn steady() {
+    let secs: u64 = std::env::var("BENCH_STEADY_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    println!("\n## Steady state: {secs} s of ingest (8 connections x 10 readings/request) with delivery keeping up");
+    let sink = accept_all_sink(Arc::new(AtomicBool::new(true))).await;
+    let gw = Arc::new(Gw::start(&format!(
+        "[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"http://{sink}/\"\n"
+    )));
+    let c = reqwest::Client::new();
+    let load = {
+        let gw = gw.clone();
+        tokio::spawn(async move { closed_loop(&gw, 8, 10, secs).await })
+    };
+    println!("| t (s) | WAL file MiB | live records | RSS MiB |");
+    println!("|---|---|---|---|");
+    let step = (secs / 6).max(1);
+    for t in (step..=secs).step_by(step as usize) {
+        tokio::time::sleep(Duration::from_secs(step)).await;
+        let w = gw.wal(&c).await;
+        println!(
+            "| {t} | {:.1} | {} | {:.1} |",
+            w["file_bytes"].as_f64().unwrap() / 1048576.0,
+            w["records"],
+            gw.rss_kib() as f64 / 1024.0
+        );
+    }
+    let (rate, _) = load.await.unwrap();
+    println!("sustained {rate:.0} readings/s");
 }

@@ -33,6 +33,8 @@ struct Inner<M: Message> {
     depth: AtomicI64,
     max_depth: AtomicI64,
     restarts: AtomicU64,
+    /// Restarts so far, watchable: tests wait on it instead of polling.
+    restarts_seen: tokio::sync::watch::Sender<u64>,
     last_failure: Mutex<Option<String>>,
 }
 
@@ -59,6 +61,7 @@ impl<M: Message> Addr<M> {
                 depth: AtomicI64::new(0),
                 max_depth: AtomicI64::new(0),
                 restarts: AtomicU64::new(0),
+                restarts_seen: tokio::sync::watch::Sender::new(0),
                 last_failure: Mutex::new(None),
             }),
         }
@@ -73,6 +76,14 @@ impl<M: Message> Addr<M> {
     pub fn bind(&self, r: ActorRef<M>) {
         *self.inner.current.write().expect("addr lock") = Some(r);
         self.inner.depth.store(0, Ordering::Relaxed);
+        self.inner
+            .restarts_seen
+            .send_replace(self.inner.restarts.load(Ordering::Relaxed));
+    }
+
+    /// A receiver of the restart count (it changes after the new instance is bound).
+    pub fn watch_restarts(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.restarts_seen.subscribe()
     }
 
     pub fn actor(&self) -> Option<ActorRef<M>> {

@@ -116,6 +116,9 @@ pub struct WalConfig {
     pub max_age_secs: u64,
     /// How long an idempotency key is remembered.
     pub idempotency_window_secs: u64,
+    /// Most idempotency keys remembered; past it the oldest are forgotten first. Bounds the
+    /// WAL file under sustained load (each key costs ~150 bytes on disk).
+    pub idempotency_max_keys: u64,
     /// How long dead-lettered records are kept for inspection.
     pub dead_retention_secs: u64,
     /// Most operations folded into one commit.
@@ -132,7 +135,8 @@ impl Default for WalConfig {
             max_bytes: 1 << 30,
             max_records: 10_000_000,
             max_age_secs: 7 * 24 * 3600,
-            idempotency_window_secs: 24 * 3600,
+            idempotency_window_secs: 3600,
+            idempotency_max_keys: 250_000,
             dead_retention_secs: 7 * 24 * 3600,
             max_group: 4096,
             maintenance_interval_ms: 1_000,

@@ -75,6 +75,7 @@ pub struct WalLimits {
     pub max_records: u64,
     pub max_age_ms: u64,
     pub idempotency_window_ms: u64,
+    pub idempotency_max_keys: u64,
     pub dead_retention_ms: u64,
     pub max_attempts: u32,
     pub lease_ms: u64,
@@ -92,6 +93,7 @@ impl WalLimits {
             max_records: wal.max_records,
             max_age_ms: wal.max_age_secs.saturating_mul(1000),
             idempotency_window_ms: wal.idempotency_window_secs.saturating_mul(1000),
+            idempotency_max_keys: wal.idempotency_max_keys,
             dead_retention_ms: wal.dead_retention_secs.saturating_mul(1000),
             max_attempts: d.max_attempts,
             lease_ms: d.lease_timeout_ms,
@@ -599,12 +601,18 @@ impl WalStore {
         now: u64,
     ) -> Result<MaintainReport, WalError> {
         let mut report = MaintainReport::default();
-        // Idempotency keys that left the window.
+        // Idempotency keys that left the window, and the oldest beyond the count limit.
         let cutoff = now.saturating_sub(self.limits.idempotency_window_ms);
+        let excess = meta
+            .idem_keys
+            .saturating_sub(self.limits.idempotency_max_keys) as usize;
         let old: Vec<(u64, String)> = tx
             .idem_expiry
-            .range(..(cutoff, ""))?
-            .take(SWEEP_LIMIT)
+            .iter()?
+            .enumerate()
+            .take_while(|(i, r)| *i < excess || r.as_ref().is_ok_and(|(k, _)| k.value().0 < cutoff))
+            .map(|(_, r)| r)
+            .take(SWEEP_LIMIT.max(excess.min(5 * SWEEP_LIMIT)))
             .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
             .collect::<Result<_, _>>()?;
         for (ts, key) in old {

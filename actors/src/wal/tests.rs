@@ -12,6 +12,7 @@ fn limits() -> WalLimits {
         max_records: 1_000_000,
         max_age_ms: 1 << 40,
         idempotency_window_ms: 1 << 40,
+        idempotency_max_keys: u64::MAX,
         dead_retention_ms: 1 << 40,
         max_attempts: 3,
         lease_ms: 100,
@@ -141,6 +142,40 @@ fn idempotency_key_forgotten_after_window() {
         matches!(r, OpResult::Appended(Ok(ref v)) if matches!(v[0], AppendOutcome::Stored { seq: 2, .. }))
     );
     assert_eq!(s.stats().idempotency_keys, 1);
+}
+
+#[test]
+fn idempotency_keys_beyond_the_count_limit_are_forgotten_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = limits();
+    l.idempotency_max_keys = 2;
+    let s = open(dir.path(), l);
+    let (s, _) = one(
+        s,
+        Op::Append(vec![rec("a", 1), rec("b", 2), rec("c", 3)]),
+        3,
+    );
+    let (s, r) = one(s, Op::Maintain, 3);
+    assert_eq!(
+        r,
+        OpResult::Maintained(MaintainReport {
+            idempotency_purged: 1,
+            ..Default::default()
+        })
+    );
+    assert_eq!(s.stats().idempotency_keys, 2);
+    let (_, r) = one(s, Op::Append(vec![rec("a", 4), rec("c", 4)]), 4);
+    let OpResult::Appended(Ok(v)) = r else {
+        panic!()
+    };
+    assert!(
+        matches!(v[0], AppendOutcome::Stored { .. }),
+        "a was the oldest, forgotten"
+    );
+    assert!(
+        matches!(v[1], AppendOutcome::Duplicate { .. }),
+        "c is still remembered"
+    );
 }
 
 #[test]
