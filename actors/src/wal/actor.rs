@@ -306,6 +306,9 @@ impl Actor for Wal {
                 match c.result {
                     Ok((store, results)) => {
                         count_dead_letters(&state.metrics, &results);
+                        if sweep_has_more(&results) {
+                            state.queue.push_back((Op::Maintain, Waiter::Nobody));
+                        }
                         state.finish(store, results);
                         Self::start_commit(&myself, state);
                         Ok(())
@@ -385,6 +388,13 @@ fn note_settles(m: &Metrics, sink: &str, outcomes: &[(u64, Outcome)]) {
                 .inc();
         }
     }
+}
+
+/// True when a sweep in `results` left work for another one.
+fn sweep_has_more(results: &[OpResult]) -> bool {
+    results
+        .iter()
+        .any(|r| matches!(r, OpResult::Maintained(rep) if rep.more))
 }
 
 fn count_dead_letters(m: &Metrics, results: &[OpResult]) {

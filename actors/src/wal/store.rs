@@ -36,8 +36,10 @@ const IDEM: TableDefinition<&str, (u64, u64, &str)> = TableDefinition::new("idem
 const IDEM_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("idem_expiry");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long.
-const SWEEP_LIMIT: usize = 10_000;
+/// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long
+/// (a sweep shares its commit with appends). When a sweep hits the limit it reports `more`
+/// and the actor sweeps again right away, between groups of appends.
+const SWEEP_LIMIT: usize = 2_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -67,6 +69,16 @@ from_redb!(
     redb::CommitError,
     redb::SetDurabilityError
 );
+
+fn open_error(path: &Path, source: redb::DatabaseError) -> WalError {
+    match source {
+        redb::DatabaseError::DatabaseAlreadyOpen => WalError::AlreadyOpen,
+        source => WalError::Open {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
 
 /// Limits and retention, in WAL units (milliseconds, bytes).
 #[derive(Debug, Clone)]
@@ -153,6 +165,8 @@ pub struct MaintainReport {
     pub expired: u64,
     pub dead_purged: u64,
     pub idempotency_purged: u64,
+    /// A limit was hit: another sweep has work to do.
+    pub more: bool,
 }
 
 /// Counters kept in `meta`; mirrored in memory between commits.
@@ -246,13 +260,7 @@ impl WalStore {
         let db = Database::builder()
             .set_cache_size(limits.cache_bytes)
             .create(path)
-            .map_err(|source| match source {
-                redb::DatabaseError::DatabaseAlreadyOpen => WalError::AlreadyOpen,
-                source => WalError::Open {
-                    path: path.to_path_buf(),
-                    source,
-                },
-            })?;
+            .map_err(|e| open_error(path, e))?;
         let txn = db.begin_write()?;
         // Create every table so readers never meet a missing one.
         txn.open_table(RECORDS)?;
@@ -612,9 +620,10 @@ impl WalStore {
             .enumerate()
             .take_while(|(i, r)| *i < excess || r.as_ref().is_ok_and(|(k, _)| k.value().0 < cutoff))
             .map(|(_, r)| r)
-            .take(SWEEP_LIMIT.max(excess.min(5 * SWEEP_LIMIT)))
+            .take(SWEEP_LIMIT)
             .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
             .collect::<Result<_, _>>()?;
+        report.more |= old.len() >= SWEEP_LIMIT;
         for (ts, key) in old {
             tx.idem_expiry.remove((ts, key.as_str()))?;
             tx.idem.remove(key.as_str())?;
@@ -626,9 +635,11 @@ impl WalStore {
         let candidates: Vec<(u64, u64)> = tx
             .refs
             .range(self.expiry_cursor..)?
-            .take(SWEEP_LIMIT)
             .map(|r| r.map(|(k, v)| (k.value(), v.value().1)))
+            .take_while(|r| r.as_ref().map_or(true, |(_, ts)| *ts < age_cutoff))
+            .take(SWEEP_LIMIT)
             .collect::<Result<_, _>>()?;
+        report.more |= candidates.len() >= SWEEP_LIMIT;
         for (seq, ts) in candidates {
             if ts >= age_cutoff {
                 break;
@@ -702,13 +713,7 @@ impl WalStore {
 
     /// Stats of a WAL file that no process holds open (`edge-gateway wal stats`).
     pub fn offline_stats(path: &Path) -> Result<WalStats, WalError> {
-        let db = Database::open(path).map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => WalError::AlreadyOpen,
-            source => WalError::Open {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let db = Database::open(path).map_err(|e| open_error(path, e))?;
         let txn = db.begin_write()?;
         let meta = Meta::load(&txn)?;
         txn.abort()?;
