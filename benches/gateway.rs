@@ -416,6 +416,30 @@ async fn open_loop(gw: &Gw, label: &str) {
         lat.push(t.await.unwrap());
     }
     lat.sort();
+    let text = reqwest::get(format!("http://{}/metrics", gw.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let bucket = |le: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "edge_gateway_wal_commit_seconds_bucket{{le=\"{le}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let all = bucket("+Inf");
+    println!(
+        "WAL commits so far: {all}; slower than 10 ms: {}, than 50 ms: {}, than 100 ms: {}",
+        all - bucket("0.01"),
+        all - bucket("0.05"),
+        all - bucket("0.1")
+    );
     println!("\nopen loop ({label}), 10,000 single-reading requests at 1k/s (achieved {:.0}/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", 10_000.0 / start.elapsed().as_secs_f64(), pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 1.0));
 }
 
