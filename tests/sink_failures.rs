@@ -157,3 +157,54 @@ async fn a_hanging_sink_times_out_and_does_not_hold_back_the_other() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_errors_end_dead_after_max_attempts_with_the_last_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = RecordingSink::start().await;
+    sink.set(Behaviour::Always(503));
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[delivery]\nmax_attempts = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n{}",
+            http_sink("api", &sink.url(), "")
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let keys = ingest_n(&gw, "d1", 3).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dl = loop {
+        let dl = gw.admin_get("/admin/dead-letters/api").await;
+        if dl["dead_letters"].as_array().unwrap().len() == keys.len() {
+            break dl;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not dead-lettered: {dl}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for d in dl["dead_letters"].as_array().unwrap() {
+        let reason = d["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("max attempts (2)") && reason.contains("HTTP 503"),
+            "{reason}"
+        );
+        assert_eq!(d["attempts"], 2);
+    }
+    // Batches vary in size as readings arrive; per record the tries are exactly max_attempts.
+    assert!(
+        sink.statuses().len() <= 2 * keys.len(),
+        "{:?}",
+        sink.statuses()
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "edge_gateway_dead_lettered_total{reason=\"max_attempts\",sink=\"api\"}"
+        ),
+        Some(3.0),
+        "{m}"
+    );
+}

@@ -399,6 +399,16 @@ fn sweep_has_more(results: &[OpResult]) -> bool {
 
 fn count_dead_letters(m: &Metrics, results: &[OpResult]) {
     for r in results {
+        if let OpResult::Settled {
+            sink, exhausted, ..
+        } = r
+        {
+            if *exhausted > 0 {
+                m.dead_lettered
+                    .with_label_values(&[sink, "max_attempts"])
+                    .inc_by(*exhausted as u64);
+            }
+        }
         if let OpResult::Maintained(rep) = r {
             if rep.expired > 0 {
                 m.dead_lettered

@@ -143,9 +143,12 @@ pub enum OpResult {
     Appended(Result<Vec<AppendOutcome>, Full>),
     Leased(Vec<Leased>),
     Settled {
+        sink: String,
         acked: usize,
         dead: usize,
         retried: usize,
+        /// Of `dead`: retries that used up `max_attempts`.
+        exhausted: usize,
     },
     Maintained(MaintainReport),
 }
@@ -519,7 +522,7 @@ impl WalStore {
         outcomes: Vec<(u64, Outcome)>,
         now: u64,
     ) -> Result<OpResult, WalError> {
-        let (mut acked, mut dead, mut retried) = (0, 0, 0);
+        let (mut acked, mut dead, mut retried, mut exhausted) = (0, 0, 0, 0);
         for (seq, outcome) in outcomes {
             if let Some(m) = self.inflight.get_mut(sink) {
                 m.remove(&seq);
@@ -540,6 +543,7 @@ impl WalStore {
                     let reason = format!("max attempts ({attempts}) reached; last error: {reason}");
                     self.kill(tx, meta, sink, seq, attempts, reason, now)?;
                     dead += 1;
+                    exhausted += 1;
                 }
                 Outcome::Retry(_) => retried += 1,
                 Outcome::Dead(reason) => {
@@ -549,9 +553,11 @@ impl WalStore {
             }
         }
         Ok(OpResult::Settled {
+            sink: sink.to_string(),
             acked,
             dead,
             retried,
+            exhausted,
         })
     }
 
