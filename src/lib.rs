@@ -48,6 +48,8 @@ pub enum RunError {
     DataDir(String, std::io::Error),
     #[error("supervision tree failed to start: {0}")]
     Start(String),
+    #[error("http.tls: {0}")]
+    Tls(String),
     #[error("admin API: {0}")]
     Admin(String),
     #[error("the supervision tree gave up (restart budget exhausted); see the log for the failing actor")]
@@ -60,6 +62,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| RunError::DataDir(config.data_dir.display().to_string(), e))?;
     let creds = resolve_credentials(&config)?;
+    // Fail fast on unreadable certificates rather than in a restart loop of the listener.
+    if let Some(t) = &config.http.tls {
+        edge_gateway_actors::serve::TlsAcceptor::new(t).map_err(RunError::Tls)?;
+    }
     let metrics = Arc::new(edge_gateway_actors::metrics::Metrics::new());
     metrics
         .build_info
@@ -80,6 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         commit = GIT_COMMIT,
         http = %handles.http_bound.lock().ok().and_then(|g| *g).map_or_else(|| "disabled".to_string(), |a| a.to_string()),
         admin = %admin.addr,
+        tls = config.http.tls.is_some(),
         data_dir = %config.data_dir.display(),
         "edge-gateway ready"
     );

@@ -55,6 +55,18 @@ pub struct HttpConfig {
     pub retry_after_secs: u64,
     /// Requests handled at once; more get 503 + Retry-After (bounds memory under overload).
     pub max_in_flight: usize,
+    /// TLS for the ingest listener (off when unset).
+    pub tls: Option<TlsConfig>,
+}
+
+/// A TLS listener: server certificate and key (PEM); with `client_ca_file`, clients must
+/// present a certificate signed by that CA (mutual TLS).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -68,6 +80,7 @@ impl Default for HttpConfig {
             request_timeout_ms: 10_000,
             retry_after_secs: 1,
             max_in_flight: 1024,
+            tls: None,
         }
     }
 }
@@ -81,6 +94,8 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// Enables `POST /admin/actors/{name}/fail`. Off by default: only the chaos harness wants it.
     pub chaos: bool,
+    /// TLS for the admin listener (off when unset).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for AdminConfig {
@@ -89,6 +104,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:8081".parse().expect("literal address"),
             token_file: None,
             chaos: false,
+            tls: None,
         }
     }
 }

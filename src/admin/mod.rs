@@ -255,11 +255,16 @@ pub async fn start(
             ))
         })
         .unify();
+    let tls = match &cfg.admin.tls {
+        Some(t) => Some(edge_gateway_actors::serve::TlsAcceptor::new(t)?),
+        None => None,
+    };
     let (tx, rx) = watch::channel(false);
     tokio::spawn(edge_gateway_actors::serve::serve(
         listener,
         filter,
         Duration::from_millis(cfg.http.header_read_timeout_ms),
+        tls,
         rx,
     ));
     Ok(AdminServer { addr, shutdown: tx })

@@ -295,7 +295,7 @@ impl Actor for HttpIngest {
             .map_err(|e| format!("bind {want}: {e}"))?;
         let local = listener.local_addr()?;
         *args.bound.lock().expect("bound lock") = Some(local);
-        tracing::info!(addr = %local, "http ingest listening");
+        tracing::info!(addr = %local, tls = args.config.tls.is_some(), mtls = args.config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()), "http ingest listening");
         let ctx = Arc::new(Ctx {
             permits: Arc::new(Semaphore::new(args.config.max_in_flight)),
             cfg: args.config.clone(),
@@ -303,9 +303,13 @@ impl Actor for HttpIngest {
             router: args.router,
             metrics: args.metrics,
         });
+        let tls = match &args.config.tls {
+            Some(t) => Some(crate::serve::TlsAcceptor::new(t)?),
+            None => None,
+        };
         let (tx, rx) = watch::channel(false);
         let hrt = Duration::from_millis(args.config.header_read_timeout_ms);
-        tokio::spawn(crate::serve::serve(listener, routes(ctx), hrt, rx));
+        tokio::spawn(crate::serve::serve(listener, routes(ctx), hrt, tls, rx));
         Ok(HttpIngestState {
             addr: args.addr,
             shutdown: tx,
