@@ -106,6 +106,23 @@ async fn client_errors_dead_letter_with_the_reason() {
         "{m}"
     );
     assert!(sink.keys().is_empty());
+    // The operator fixes the API and replays the dead letters.
+    sink.set(Behaviour::Ok);
+    let r: serde_json::Value = client()
+        .post(gw.admin_url("/admin/dead-letters/api/requeue"))
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["requeued"], 5, "{r}");
+    sink.wait_for_keys(&keys, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let wal = gw.admin_get("/admin/wal").await;
+    assert_eq!(wal["sinks"][0]["dead"], 0, "{wal}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

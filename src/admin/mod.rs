@@ -2,7 +2,8 @@
 //!
 //! Open: `GET /healthz`, `/readyz`, `/metrics`, `/version`.
 //! Admin token (`Authorization: Bearer …`): `GET /admin/tree`, `GET /admin/wal`,
-//! `GET /admin/dead-letters/{sink}?limit=N`, and — only with `admin.chaos = true` —
+//! `GET /admin/dead-letters/{sink}?limit=N`, `POST /admin/dead-letters/{sink}/requeue?limit=N`
+//! (back to Enqueued, attempts reset, oldest first), and — only with `admin.chaos = true` —
 //! `POST /admin/actors/{name}/fail`.
 
 mod tree;
@@ -181,6 +182,32 @@ async fn admin_route(
                             "record": r.map(|r| json!({"device_id": r.device_id, "idempotency_key": r.idempotency_key, "correlation_id": r.correlation_id, "data": r.data}))}))
                         .collect();
                     json_status(json!({"dead_letters": items}), StatusCode::OK)
+                }
+                Err(e) => unavailable(e),
+            }
+        }
+        (false, ["dead-letters", sink, "requeue"]) => {
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(1000usize)
+                .min(100_000);
+            let sink = sink.to_string();
+            match h
+                .wal
+                .call(
+                    |reply| WalMsg::Requeue {
+                        sink: sink.clone(),
+                        limit,
+                        reply,
+                    },
+                    Some(Duration::from_secs(30)),
+                )
+                .await
+            {
+                Ok(n) => {
+                    tracing::warn!(sink = %sink, requeued = n, "dead letters requeued through the admin API");
+                    json_status(json!({"requeued": n}), StatusCode::OK)
                 }
                 Err(e) => unavailable(e),
             }

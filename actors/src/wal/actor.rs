@@ -5,7 +5,9 @@
 //!   duplicates, or `Full` for backpressure)
 //! - `Lease`       <- Dispatcher (reply: up to N Enqueued records of one sink, now InFlight)
 //! - `Settle`      <- Dispatcher (cast: Acked / Retry / Dead per record for one sink)
-//! - `Stats`, `DeadLetters` <- admin API (reply)
+//! - `Stats`, `DeadLetters` <- admin API (reply; dead letters are read on the blocking pool
+//!   through a `WalReader`, never waiting for the writer)
+//! - `Requeue`     <- admin API (reply after the commit: dead letters of a sink back to Enqueued)
 //! - `Maintain`    <- its own timer (retention sweep; also makes earlier settles durable)
 //! - `Committed`   <- its own commit task
 //! - `Fail`        <- admin API chaos hook
@@ -20,7 +22,7 @@
 //! every InFlight lease to Enqueued.
 
 use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, WalStats};
-use super::store::{Full, Op, OpResult, WalError, WalLimits, WalStore};
+use super::store::{Full, Op, OpResult, WalError, WalLimits, WalReader, WalStore};
 use crate::addr::{Addr, Failable};
 use crate::metrics::{reason_class, Metrics};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -63,6 +65,11 @@ pub enum WalMsg {
         limit: usize,
         reply: RpcReplyPort<Vec<(u64, DeadEntry, Option<Record>)>>,
     },
+    Requeue {
+        sink: String,
+        limit: usize,
+        reply: RpcReplyPort<usize>,
+    },
     Maintain,
     Committed(Box<Committed>),
     Fail(String),
@@ -87,7 +94,8 @@ pub struct WalArgs {
     pub maintenance_interval: Duration,
     pub metrics: Arc<Metrics>,
     pub addr: Addr<WalMsg>,
-    /// Highest seq committed so far; the dispatcher watches it to wake on new records.
+    /// A mark bumped by every commit that gives a sink new work (appends, requeues, reopen);
+    /// the dispatcher watches it to wake at once.
     pub commits: watch::Sender<u64>,
 }
 
@@ -95,6 +103,7 @@ pub struct WalArgs {
 pub enum Waiter {
     Append(RpcReplyPort<AppendReply>),
     Lease(RpcReplyPort<Vec<Leased>>),
+    Requeue(RpcReplyPort<usize>),
     Nobody,
 }
 
@@ -104,6 +113,7 @@ pub struct WalState {
     queue: VecDeque<(Op, Waiter)>,
     in_commit: Vec<Waiter>,
     last_stats: WalStats,
+    reader: WalReader,
     max_group: usize,
     metrics: Arc<Metrics>,
     addr: Addr<WalMsg>,
@@ -131,15 +141,15 @@ impl WalState {
     /// Answers the waiters of the group that just committed.
     fn finish(&mut self, store: WalStore, results: Vec<OpResult>) {
         let waiters = std::mem::take(&mut self.in_commit);
-        let mut max_seq = None;
+        let mut new_work = false;
         let mut appended = 0usize;
         for (waiter, result) in waiters.into_iter().zip(results) {
             match (waiter, result) {
                 (Waiter::Append(reply), OpResult::Appended(r)) => {
                     if let Ok(v) = &r {
                         for o in v {
-                            if let AppendOutcome::Stored { seq, .. } = o {
-                                max_seq = Some(max_seq.map_or(*seq, |m: u64| m.max(*seq)));
+                            if let AppendOutcome::Stored { .. } = o {
+                                new_work = true;
                                 appended += 1;
                             }
                         }
@@ -150,10 +160,15 @@ impl WalState {
                 (Waiter::Lease(reply), OpResult::Leased(v)) => {
                     let _ = reply.send(v);
                 }
+                (Waiter::Requeue(reply), OpResult::Requeued(n)) => {
+                    new_work |= n > 0;
+                    let _ = reply.send(n);
+                }
                 (_, OpResult::Settled { .. })
+                | (_, OpResult::Requeued(_))
                 | (_, OpResult::Maintained(_))
                 | (Waiter::Nobody, _) => {}
-                (Waiter::Append(..), _) | (Waiter::Lease(_), _) => {
+                (Waiter::Append(..), _) | (Waiter::Lease(_), _) | (Waiter::Requeue(_), _) => {
                     unreachable!("results come back in the order of their operations")
                 }
             }
@@ -162,8 +177,9 @@ impl WalState {
         self.last_stats = store.stats();
         self.metrics.observe_wal(&self.last_stats);
         self.store = Some(store);
-        if let Some(seq) = max_seq {
-            self.commits.send_replace(seq);
+        if new_work {
+            self.commits
+                .send_modify(|mark| *mark = mark.wrapping_add(1));
         }
     }
 
@@ -245,6 +261,7 @@ impl Actor for Wal {
         args: WalArgs,
     ) -> Result<WalState, ActorProcessingErr> {
         let store = open_store(&args).await?;
+        let reader = store.reader();
         args.metrics.wal_opens.inc();
         let stats = store.stats();
         args.metrics.observe_wal(&stats);
@@ -264,12 +281,14 @@ impl Actor for Wal {
             }
         });
         // Wake the dispatcher: recovered records may be waiting.
-        args.commits.send_replace(u64::MAX);
+        args.commits
+            .send_modify(|mark| *mark = mark.wrapping_add(1));
         Ok(WalState {
             store: Some(store),
             queue: VecDeque::new(),
             in_commit: Vec::new(),
             last_stats: stats,
+            reader,
             max_group: args.max_group,
             metrics: args.metrics,
             addr: args.addr,
@@ -355,12 +374,25 @@ impl Actor for Wal {
                         let _ = reply.send(s);
                     }
                     WalMsg::DeadLetters { sink, limit, reply } => {
-                        // A read transaction: cheap, and redb readers do not block the writer.
-                        let rows = match state.store.as_ref() {
-                            Some(s) => s.dead_letters(&sink, limit).unwrap_or_default(),
-                            None => Vec::new(),
-                        };
-                        let _ = reply.send(rows);
+                        let reader = state.reader.clone();
+                        tokio::spawn(async move {
+                            let rows = tokio::task::spawn_blocking(move || {
+                                reader.dead_letters(&sink, limit)
+                            })
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .unwrap_or_default();
+                            let _ = reply.send(rows);
+                        });
+                    }
+                    WalMsg::Requeue { sink, limit, reply } => {
+                        Self::enqueue(
+                            &myself,
+                            state,
+                            Op::Requeue { sink, limit },
+                            Waiter::Requeue(reply),
+                        );
                     }
                     WalMsg::Fail(reason) => {
                         return Err(format!("failure injected: {reason}").into());

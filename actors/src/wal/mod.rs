@@ -4,7 +4,9 @@ pub mod record;
 pub mod store;
 pub use actor::{AppendError, AppendReply, Wal, WalArgs, WalMsg};
 pub use record::*;
-pub use store::{Dump, Full, MaintainReport, Op, OpResult, WalError, WalLimits, WalStore};
+pub use store::{
+    DeadLetter, Dump, Full, MaintainReport, Op, OpResult, WalError, WalLimits, WalReader, WalStore,
+};
 
 #[cfg(test)]
 mod tests;

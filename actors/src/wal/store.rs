@@ -127,13 +127,19 @@ pub enum Op {
         outcomes: Vec<(u64, Outcome)>,
     },
     Maintain,
+    /// Dead -> Enqueued (attempts reset) for up to `limit` of a sink's dead letters, oldest
+    /// first: the operator's replay after fixing what made the sink refuse them.
+    Requeue {
+        sink: String,
+        limit: usize,
+    },
 }
 
 impl Op {
     /// Appends must be durable before they are answered; maintenance makes earlier
     /// non-durable settles durable at a bounded interval.
     fn needs_durability(&self) -> bool {
-        matches!(self, Op::Append(_) | Op::Maintain)
+        matches!(self, Op::Append(_) | Op::Maintain | Op::Requeue { .. })
     }
 }
 
@@ -151,6 +157,7 @@ pub enum OpResult {
         exhausted: usize,
     },
     Maintained(MaintainReport),
+    Requeued(usize),
 }
 
 /// The WAL is over a limit: the append was refused whole, nothing stored.
@@ -235,7 +242,8 @@ impl Meta {
 
 /// The WAL file and the in-memory lease table.
 pub struct WalStore {
-    db: Database,
+    /// Shared with [`WalReader`]s so inspection never waits for the writer.
+    db: std::sync::Arc<Database>,
     path: PathBuf,
     sinks: Vec<String>,
     limits: WalLimits,
@@ -276,7 +284,7 @@ impl WalStore {
         meta.save(&txn)?;
         txn.commit()?;
         Ok(WalStore {
-            db,
+            db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
             sinks,
             limits,
@@ -321,6 +329,9 @@ impl WalStore {
                     }
                     Op::Maintain => {
                         OpResult::Maintained(self.maintain(&mut tx, &mut meta, now_ms)?)
+                    }
+                    Op::Requeue { sink, limit } => {
+                        OpResult::Requeued(self.requeue(&mut tx, &mut meta, &sink, limit)?)
                     }
                 };
                 results.push(r);
@@ -561,6 +572,30 @@ impl WalStore {
         })
     }
 
+    fn requeue(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        sink: &str,
+        limit: usize,
+    ) -> Result<usize, WalError> {
+        let seqs: Vec<u64> = tx
+            .dead
+            .range((sink, 0)..=(sink, u64::MAX))?
+            .take(limit)
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for &seq in &seqs {
+            // The dead row's reference passes to the pending row: `refs` is unchanged.
+            tx.dead.remove((sink, seq))?;
+            tx.pending.insert((sink, seq), 0u32)?;
+            let s = meta.sink(sink);
+            s.1 = s.1.saturating_sub(1);
+            s.0 += 1;
+        }
+        Ok(seqs.len())
+    }
+
     /// Pending -> Dead for one sink. The dead row keeps the record referenced.
     #[allow(clippy::too_many_arguments)]
     fn kill(
@@ -694,27 +729,14 @@ impl WalStore {
         stats_from(&self.meta, &self.inflight, &self.path)
     }
 
+    /// A read-only handle for inspection from other threads.
+    pub fn reader(&self) -> WalReader {
+        WalReader(self.db.clone())
+    }
+
     /// Dead-lettered entries of a sink, oldest first (for inspection).
-    pub fn dead_letters(
-        &self,
-        sink: &str,
-        limit: usize,
-    ) -> Result<Vec<(u64, DeadEntry, Option<Record>)>, WalError> {
-        let txn = self.db.begin_read()?;
-        let dead = txn.open_table(DEAD)?;
-        let records = txn.open_table(RECORDS)?;
-        let mut out = Vec::new();
-        for row in dead.range((sink, 0)..=(sink, u64::MAX))?.take(limit) {
-            let (k, v) = row?;
-            let seq = k.value().1;
-            let entry: DeadEntry =
-                ciborium::from_reader(v.value()).map_err(|e| WalError::Storage(e.to_string()))?;
-            let rec = records
-                .get(seq)?
-                .and_then(|b| Record::decode(b.value()).ok());
-            out.push((seq, entry, rec));
-        }
-        Ok(out)
+    pub fn dead_letters(&self, sink: &str, limit: usize) -> Result<Vec<DeadLetter>, WalError> {
+        self.reader().dead_letters(sink, limit)
     }
 
     /// Stats of a WAL file that no process holds open (`edge-gateway wal stats`).
@@ -757,6 +779,39 @@ impl WalStore {
             txn.open_table(PENDING)?.len()?,
             txn.open_table(DEAD)?.len()?,
         ))
+    }
+}
+
+/// A dead letter: its WAL seq, why and when it died, and the record (if still readable).
+pub type DeadLetter = (u64, DeadEntry, Option<Record>);
+
+/// Read-only access to the WAL (redb readers never block the writer). Blocking: call from a
+/// blocking thread.
+#[derive(Clone)]
+pub struct WalReader(std::sync::Arc<Database>);
+
+impl WalReader {
+    /// Dead-lettered entries of a sink, oldest first (for inspection).
+    pub fn dead_letters(
+        &self,
+        sink: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeadEntry, Option<Record>)>, WalError> {
+        let txn = self.0.begin_read()?;
+        let dead = txn.open_table(DEAD)?;
+        let records = txn.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for row in dead.range((sink, 0)..=(sink, u64::MAX))?.take(limit) {
+            let (k, v) = row?;
+            let seq = k.value().1;
+            let entry: DeadEntry =
+                ciborium::from_reader(v.value()).map_err(|e| WalError::Storage(e.to_string()))?;
+            let rec = records
+                .get(seq)?
+                .and_then(|b| Record::decode(b.value()).ok());
+            out.push((seq, entry, rec));
+        }
+        Ok(out)
     }
 }
 

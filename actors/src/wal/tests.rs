@@ -300,6 +300,85 @@ fn sinks_progress_independently_and_record_deleted_when_all_done() {
 }
 
 #[test]
+fn requeue_moves_dead_letters_back_with_attempts_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), limits());
+    let (s, _) = one(s, Op::Append(vec![rec("a", 0), rec("b", 0)]), 0);
+    let (s, _) = one(
+        s,
+        Op::Lease {
+            sink: "a".into(),
+            max: 10,
+        },
+        0,
+    );
+    let outcomes = vec![
+        (1, Outcome::Dead("400".into())),
+        (2, Outcome::Dead("400".into())),
+    ];
+    let (s, _) = one(
+        s,
+        Op::Settle {
+            sink: "a".into(),
+            outcomes,
+        },
+        0,
+    );
+    let (s, r) = one(
+        s,
+        Op::Requeue {
+            sink: "a".into(),
+            limit: 1,
+        },
+        0,
+    );
+    assert_eq!(r, OpResult::Requeued(1));
+    let st = s.stats();
+    assert_eq!((st.sinks[0].pending, st.sinks[0].dead), (1, 1));
+    let (s, r) = one(
+        s,
+        Op::Lease {
+            sink: "a".into(),
+            max: 10,
+        },
+        0,
+    );
+    assert!(
+        matches!(r, OpResult::Leased(ref v) if v.len() == 1 && v[0].seq == 1 && v[0].attempts == 1),
+        "{r:?}"
+    );
+    let (s, _) = one(
+        s,
+        Op::Settle {
+            sink: "a".into(),
+            outcomes: vec![(1, Outcome::Acked)],
+        },
+        0,
+    );
+    let (s, _) = one(
+        s,
+        Op::Lease {
+            sink: "b".into(),
+            max: 10,
+        },
+        0,
+    );
+    let (s, _) = one(
+        s,
+        Op::Settle {
+            sink: "b".into(),
+            outcomes: vec![(1, Outcome::Acked), (2, Outcome::Acked)],
+        },
+        0,
+    );
+    assert_eq!(
+        s.count_rows().unwrap(),
+        (1, 0, 1),
+        "record 1 deleted, 2 kept by its dead letter"
+    );
+}
+
+#[test]
 fn retries_end_dead_after_max_attempts_with_last_reason() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), limits());
@@ -428,6 +507,7 @@ enum MOp {
     Settle(usize, u8),
     Advance(u64),
     Maintain,
+    Requeue(usize),
     Crash,
 }
 
@@ -438,6 +518,7 @@ fn mop() -> impl Strategy<Value = MOp> {
         3 => (0usize..2, 0u8..3).prop_map(|(s, o)| MOp::Settle(s, o)),
         1 => (1u64..80).prop_map(MOp::Advance),
         1 => Just(MOp::Maintain),
+        1 => (0usize..2).prop_map(MOp::Requeue),
         1 => Just(MOp::Crash),
     ]
 }
@@ -549,6 +630,18 @@ proptest! {
                         }
                     }
                     let (s2, _) = one(s, Op::Settle { sink: sink.into(), outcomes: vec![(seq, outcome)] }, now);
+                    store = Some(s2);
+                }
+                MOp::Requeue(si) => {
+                    let sink = SINKS[si];
+                    let back: Vec<(String, u64)> = m.dead.iter().filter(|(k, _)| k == sink).take(2).cloned().collect();
+                    let (s2, r) = one(s, Op::Requeue { sink: sink.into(), limit: 2 }, now);
+                    prop_assert_eq!(r, OpResult::Requeued(back.len()));
+                    for k in back {
+                        m.dead.remove(&k);
+                        m.pending.insert(k, 0);
+                    }
+                    durable = m.clone();
                     store = Some(s2);
                 }
                 MOp::Advance(d) => { now += d; store = Some(s); }
