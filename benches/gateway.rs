@@ -66,7 +66,11 @@ fn rec(i: u64) -> Record {
     data.insert("humidity".into(), json!(40));
     Record {
         device_id: format!("dev-{}", i % 100),
-        idempotency_key: format!("k-{i}"),
+        idempotency_key: if std::env::var("BENCH_SEQ_KEYS").is_ok() {
+            format!("k-{i:012}")
+        } else {
+            format!("dev-{}/seq/{}", i % 100, i / 100)
+        },
         correlation_id: format!("c-{i}"),
         gateway_id: "gw".into(),
         receive_ts_ms: 1_700_000_000_000 + i,

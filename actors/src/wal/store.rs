@@ -30,10 +30,11 @@ const REFS: TableDefinition<u64, (u32, u64)> = TableDefinition::new("refs");
 const PENDING: TableDefinition<(&str, u64), u32> = TableDefinition::new("pending");
 /// (sink, seq) -> CBOR `DeadEntry`.
 const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
-/// idempotency key -> (seq, receive_ts_ms, correlation_id).
-const IDEM: TableDefinition<&str, (u64, u64, &str)> = TableDefinition::new("idem");
-/// (receive_ts_ms, idempotency key): the order in which keys leave the window.
-const IDEM_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("idem_expiry");
+/// (receive_ts_ms, idempotency key) -> (seq, correlation_id). Keyed by time so inserts are
+/// sequential and keys leave the window from the front; lookups by key go through the
+/// in-memory index `WalStore::idem` (a random-order B-tree keyed by the key itself halved
+/// append throughput with 100 devices interleaved: 130k -> 68k rec/s at 1,000 per commit).
+const IDEM: TableDefinition<(u64, &str), (u64, &str)> = TableDefinition::new("idem_by_ts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long
@@ -69,6 +70,15 @@ from_redb!(
     redb::CommitError,
     redb::SetDurabilityError
 );
+
+/// The in-memory index's key for an idempotency key. Only compared within one process (the
+/// index is rebuilt from the rows at open), so the hasher need not be stable across releases.
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
 
 fn open_error(path: &Path, source: redb::DatabaseError) -> WalError {
     match source {
@@ -252,6 +262,10 @@ pub struct WalStore {
     inflight: HashMap<String, BTreeMap<u64, u64>>,
     /// Records below this seq were already examined for age expiry since open.
     expiry_cursor: u64,
+    /// hash(idempotency key) -> receive_ts_ms of its row in `IDEM`. Rebuilt on open. A hash
+    /// collision can only make a duplicate look new (stored twice: allowed), never the reverse,
+    /// because a hit is confirmed against the row's key.
+    idem: HashMap<u64, u64>,
 }
 
 impl std::fmt::Debug for WalStore {
@@ -279,9 +293,14 @@ impl WalStore {
         txn.open_table(PENDING)?;
         txn.open_table(DEAD)?;
         txn.open_table(IDEM)?;
-        txn.open_table(IDEM_EXPIRY)?;
         let meta = Meta::load(&txn)?;
         meta.save(&txn)?;
+        let mut idem = HashMap::new();
+        for row in txn.open_table(IDEM)?.iter()? {
+            let (k, _) = row?;
+            let (ts, key) = k.value();
+            idem.insert(key_hash(key), ts);
+        }
         txn.commit()?;
         Ok(WalStore {
             db: std::sync::Arc::new(db),
@@ -291,6 +310,7 @@ impl WalStore {
             meta,
             inflight: HashMap::new(),
             expiry_cursor: 0,
+            idem,
         })
     }
 
@@ -364,11 +384,13 @@ impl WalStore {
                 plans.push(Plan::DupInBatch(first));
                 continue;
             }
-            if let Some(v) = tx.idem.get(r.idempotency_key.as_str())? {
-                let (seq, ts, corr) = v.value();
+            if let Some(&ts) = self.idem.get(&key_hash(&r.idempotency_key)) {
                 if ts.saturating_add(self.limits.idempotency_window_ms) > now {
-                    plans.push(Plan::Dup(seq, corr.to_string()));
-                    continue;
+                    if let Some(v) = tx.idem.get((ts, r.idempotency_key.as_str()))? {
+                        let (seq, corr) = v.value();
+                        plans.push(Plan::Dup(seq, corr.to_string()));
+                        continue;
+                    }
                 }
             }
             seen.insert(&r.idempotency_key, i);
@@ -420,18 +442,20 @@ impl WalStore {
                         meta.sink(sink).0 += 1;
                     }
                     let key = r.idempotency_key.as_str();
-                    if let Some(old) = tx
+                    let h = key_hash(key);
+                    if let Some(old_ts) = self.idem.insert(h, r.receive_ts_ms) {
+                        // An expired key being reused (or a hash collision): drop its old row.
+                        if tx.idem.remove((old_ts, key))?.is_some() {
+                            meta.idem_keys = meta.idem_keys.saturating_sub(1);
+                        }
+                    }
+                    if tx
                         .idem
-                        .insert(key, (seq, r.receive_ts_ms, r.correlation_id.as_str()))?
+                        .insert((r.receive_ts_ms, key), (seq, r.correlation_id.as_str()))?
+                        .is_none()
                     {
-                        // An expired key being reused: drop its old expiry row.
-                        let (_, old_ts, _) = old.value();
-                        drop(old);
-                        tx.idem_expiry.remove((old_ts, key))?;
-                    } else {
                         meta.idem_keys += 1;
                     }
-                    tx.idem_expiry.insert((r.receive_ts_ms, key), ())?;
                     meta.records += 1;
                     meta.live_bytes += bytes.len() as u64;
                     if self.sinks.is_empty() {
@@ -656,7 +680,7 @@ impl WalStore {
             .idem_keys
             .saturating_sub(self.limits.idempotency_max_keys) as usize;
         let old: Vec<(u64, String)> = tx
-            .idem_expiry
+            .idem
             .iter()?
             .enumerate()
             .take_while(|(i, r)| *i < excess || r.as_ref().is_ok_and(|(k, _)| k.value().0 < cutoff))
@@ -666,8 +690,11 @@ impl WalStore {
             .collect::<Result<_, _>>()?;
         report.more |= old.len() >= SWEEP_LIMIT;
         for (ts, key) in old {
-            tx.idem_expiry.remove((ts, key.as_str()))?;
-            tx.idem.remove(key.as_str())?;
+            tx.idem.remove((ts, key.as_str()))?;
+            let h = key_hash(&key);
+            if self.idem.get(&h) == Some(&ts) {
+                self.idem.remove(&h);
+            }
             meta.idem_keys = meta.idem_keys.saturating_sub(1);
             report.idempotency_purged += 1;
         }
@@ -766,7 +793,7 @@ impl WalStore {
             d.records.insert(row?.0.value());
         }
         for row in txn.open_table(IDEM)?.iter()? {
-            d.idem.insert(row?.0.value().to_string());
+            d.idem.insert(row?.0.value().1.to_string());
         }
         Ok(d)
     }
@@ -855,8 +882,7 @@ struct Tx<'t> {
     refs: redb::Table<'t, u64, (u32, u64)>,
     pending: redb::Table<'t, (&'static str, u64), u32>,
     dead: redb::Table<'t, (&'static str, u64), &'static [u8]>,
-    idem: redb::Table<'t, &'static str, (u64, u64, &'static str)>,
-    idem_expiry: redb::Table<'t, (u64, &'static str), ()>,
+    idem: redb::Table<'t, (u64, &'static str), (u64, &'static str)>,
 }
 
 impl<'t> Tx<'t> {
@@ -867,7 +893,6 @@ impl<'t> Tx<'t> {
             pending: txn.open_table(PENDING)?,
             dead: txn.open_table(DEAD)?,
             idem: txn.open_table(IDEM)?,
-            idem_expiry: txn.open_table(IDEM_EXPIRY)?,
         })
     }
 }
