@@ -456,6 +456,19 @@ impl WalStore {
                     {
                         meta.idem_keys += 1;
                     }
+                    // Past the cap, forget the oldest key now: one delete at the front of the
+                    // table per insert, instead of a purge backlog competing with delivery.
+                    while meta.idem_keys > self.limits.idempotency_max_keys {
+                        let Some((k, _)) = tx.idem.pop_first()? else {
+                            break;
+                        };
+                        let (ts, old_key) = k.value();
+                        let h = key_hash(old_key);
+                        if self.idem.get(&h) == Some(&ts) {
+                            self.idem.remove(&h);
+                        }
+                        meta.idem_keys -= 1;
+                    }
                     meta.records += 1;
                     meta.live_bytes += bytes.len() as u64;
                     if self.sinks.is_empty() {
@@ -674,7 +687,8 @@ impl WalStore {
         now: u64,
     ) -> Result<MaintainReport, WalError> {
         let mut report = MaintainReport::default();
-        // Idempotency keys that left the window, and the oldest beyond the count limit.
+        // Idempotency keys that left the window (the count cap is kept by `append`; `excess`
+        // only covers a cap lowered in the config since the last run).
         let cutoff = now.saturating_sub(self.limits.idempotency_window_ms);
         let excess = meta
             .idem_keys

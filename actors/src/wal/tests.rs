@@ -155,15 +155,11 @@ fn idempotency_keys_beyond_the_count_limit_are_forgotten_oldest_first() {
         Op::Append(vec![rec("a", 1), rec("b", 2), rec("c", 3)]),
         3,
     );
-    let (s, r) = one(s, Op::Maintain, 3);
     assert_eq!(
-        r,
-        OpResult::Maintained(MaintainReport {
-            idempotency_purged: 1,
-            ..Default::default()
-        })
+        s.stats().idempotency_keys,
+        2,
+        "the cap holds as keys are added"
     );
-    assert_eq!(s.stats().idempotency_keys, 2);
     let (_, r) = one(s, Op::Append(vec![rec("a", 4), rec("c", 4)]), 4);
     let OpResult::Appended(Ok(v)) = r else {
         panic!()
