@@ -161,10 +161,26 @@ async fn bad_requests_are_refused_clearly_and_store_nothing() {
             "{what}: {body}"
         );
     }
+    let n_cases = 14.0;
     let r = client().get(gw.url("/nope")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
     let r = client().get(gw.url("/ingest/d1")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
+    // Each refusal is counted exactly once, by its code.
+    let m = gw.metrics().await;
+    let counted: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("edge_gateway_ingest_rejections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, n_cases + 2.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "edge_gateway_ingest_rejections_total{code=\"forbidden\",source=\"http\"}"
+        ),
+        Some(2.0)
+    );
     // Nothing was stored, and the process is up and ready.
     let wal = gw.admin_get("/admin/wal").await;
     assert_eq!(wal["records"], 0, "{wal}");

@@ -150,11 +150,10 @@ async fn handle_ingest(
                 "rejected"
             };
             m.ingest_records.with_label_values(&["http", result]).inc();
-            if r.status != 400 && r.status != 413 && r.status != 415 {
-                m.ingest_rejections
-                    .with_label_values(&["http", r.code])
-                    .inc();
-            }
+            // Every refusal is counted once, here or in `recover`: the router only reports.
+            m.ingest_rejections
+                .with_label_values(&["http", r.code])
+                .inc();
             reply_rejection(&r, retry)
         }
     })
@@ -203,7 +202,10 @@ async fn ingest(
 }
 
 /// Turns warp's own rejections into the same JSON error shape.
-async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, std::convert::Infallible> {
+async fn recover(
+    err: warp::Rejection,
+    metrics: Arc<Metrics>,
+) -> Result<warp::reply::Response, std::convert::Infallible> {
     let r = if let Some(ApiError(r)) = err.find::<ApiError>() {
         r.clone()
     } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
@@ -232,6 +234,10 @@ async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, std::con
     } else {
         Rejection::new(400, "bad_request", None, format!("{err:?}"))
     };
+    metrics
+        .ingest_rejections
+        .with_label_values(&["http", r.code])
+        .inc();
     Ok(reply_rejection(&r, 1))
 }
 
@@ -252,16 +258,10 @@ fn routes(
                 // Device id before auth, so a bad id is a 400 whatever the token.
                 super::parse::validate_device_id(&device)
                     .map_err(|r| warp::reject::custom(ApiError(r)))?;
-                match ctx.auth.check(&device, authz.as_deref()) {
-                    Ok(()) => Ok(device),
-                    Err(r) => {
-                        ctx.metrics
-                            .ingest_rejections
-                            .with_label_values(&["http", r.code])
-                            .inc();
-                        Err(warp::reject::custom(ApiError(r)))
-                    }
-                }
+                ctx.auth
+                    .check(&device, authz.as_deref())
+                    .map(|()| device)
+                    .map_err(|r| warp::reject::custom(ApiError(r)))
             },
         );
     with_ctx
@@ -271,7 +271,7 @@ fn routes(
         .and(warp::body::content_length_limit(max_body))
         .and(warp::body::bytes())
         .and_then(handle_ingest)
-        .recover(recover)
+        .recover(move |e| recover(e, ctx.metrics.clone()))
         .unify()
 }
 

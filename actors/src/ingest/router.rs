@@ -131,18 +131,9 @@ impl Actor for IngestRouter {
         state.args.addr.received();
         match msg {
             IngestRouterMsg::Ingest { req, reply } => {
-                let source = req.source;
-                let result = state.ingest(req);
-                if let Err(r) = &result {
-                    let src = source_label(source);
-                    state
-                        .args
-                        .metrics
-                        .ingest_rejections
-                        .with_label_values(&[src, r.code])
-                        .inc();
-                }
-                let _ = reply.send(result);
+                // Refusals are counted by the edge that answers the device (it also refuses
+                // things the router never sees, e.g. auth), so each is counted once.
+                let _ = reply.send(state.ingest(req));
                 Ok(())
             }
             IngestRouterMsg::Fail(reason) => Err(format!("failure injected: {reason}").into()),
