@@ -9,4 +9,6 @@ pub use store::{
 };
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;

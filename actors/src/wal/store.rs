@@ -286,6 +286,31 @@ impl WalStore {
             .set_cache_size(limits.cache_bytes)
             .create(path)
             .map_err(|e| open_error(path, e))?;
+        Self::from_db(db, path, sinks, limits)
+    }
+
+    /// Opens over a caller-supplied storage backend (fault-injection tests); `path` is only
+    /// reported in stats.
+    #[doc(hidden)]
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        path: &Path,
+        sinks: Vec<String>,
+        limits: WalLimits,
+    ) -> Result<WalStore, WalError> {
+        let db = Database::builder()
+            .set_cache_size(limits.cache_bytes)
+            .create_with_backend(backend)
+            .map_err(|e| open_error(path, e))?;
+        Self::from_db(db, path, sinks, limits)
+    }
+
+    fn from_db(
+        db: Database,
+        path: &Path,
+        sinks: Vec<String>,
+        limits: WalLimits,
+    ) -> Result<WalStore, WalError> {
         let txn = db.begin_write()?;
         // Create every table so readers never meet a missing one.
         txn.open_table(RECORDS)?;
