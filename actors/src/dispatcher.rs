@@ -221,14 +221,9 @@ impl DispatcherState {
                 Ok(batch) => {
                     let seqs: Vec<u64> = batch.iter().map(|l| l.seq).collect();
                     let full = batch.len() >= max;
-                    let leased_at = Instant::now();
                     let result = publisher
                         .call(
-                            |reply| PublisherMsg::Publish {
-                                batch,
-                                leased_at,
-                                reply,
-                            },
+                            |reply| PublisherMsg::Publish { batch, reply },
                             Some(publish_timeout),
                         )
                         .await

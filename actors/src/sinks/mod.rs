@@ -6,9 +6,7 @@
 //! - `Fail`    <- admin API chaos hook
 //!
 //! One batch at a time per sink: a slow or hanging sink holds only its own publisher (and
-//! its per-request timeout bounds that), never ingest or another sink. After a failed
-//! publish, batches leased before that failure are refused without being sent: they would
-//! otherwise overtake the failed batch and break per-device order of first delivery.
+//! its per-request timeout bounds that), never ingest or another sink.
 //!
 //! Failure: the SinksSupervisor restarts the publisher alone. The dispatcher's call fails
 //! at once (reply port dropped), the batch counts as a transient failure, and its records
@@ -39,7 +37,6 @@ pub enum PublishResult {
 pub enum PublisherMsg {
     Publish {
         batch: Vec<Leased>,
-        leased_at: tokio::time::Instant,
         reply: RpcReplyPort<PublishResult>,
     },
     Fail(String),
@@ -71,7 +68,6 @@ pub struct PublisherState {
     sink: SinkImpl,
     metrics: Arc<Metrics>,
     addr: Addr<PublisherMsg>,
-    last_failure: Option<tokio::time::Instant>,
 }
 
 /// The JSON every sink receives for a record. `idempotency_key` is stable across
@@ -117,7 +113,6 @@ impl Actor for Publisher {
             sink,
             metrics: args.metrics,
             addr: args.addr,
-            last_failure: None,
         })
     }
 
@@ -129,25 +124,12 @@ impl Actor for Publisher {
     ) -> Result<(), ActorProcessingErr> {
         state.addr.received();
         match msg {
-            PublisherMsg::Publish {
-                batch,
-                leased_at,
-                reply,
-            } => {
-                if state.last_failure.is_some_and(|f| leased_at <= f) {
-                    let _ = reply.send(PublishResult::Transient(
-                        "not sent: an earlier batch failed".into(),
-                    ));
-                    return Ok(());
-                }
+            PublisherMsg::Publish { batch, reply } => {
                 let started = tokio::time::Instant::now();
                 let result = match &mut state.sink {
                     SinkImpl::File(s) => s.publish(&batch).await,
                     SinkImpl::Http(s) => s.publish(&batch).await,
                 };
-                if !matches!(result, PublishResult::Delivered) {
-                    state.last_failure = Some(tokio::time::Instant::now());
-                }
                 let label = match &result {
                     PublishResult::Delivered => "delivered",
                     PublishResult::Transient(_) => "transient_error",
