@@ -26,6 +26,22 @@ async fn ingest_n(gw: &Gateway, device: &str, n: usize) -> HashSet<String> {
     keys
 }
 
+/// Polls the admin API (it offers no event to wait on) until `n` dead letters are listed.
+async fn wait_dead_letters(gw: &Gateway, sink: &str, n: usize) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let dl = gw.admin_get(&format!("/admin/dead-letters/{sink}")).await;
+        if dl["dead_letters"].as_array().unwrap().len() == n {
+            return dl;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not dead-lettered: {dl}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn http_sink(name: &str, url: &str, extra: &str) -> String {
     format!("[[sinks]]\nname = \"{name}\"\ntype = \"http\"\nurl = \"{url}\"\n{extra}\n")
 }
@@ -74,18 +90,7 @@ async fn client_errors_dead_letter_with_the_reason() {
     let cfg = write_config(dir.path(), &http_sink("api", &sink.url(), ""));
     let gw = Gateway::start(&cfg);
     let keys = ingest_n(&gw, "d1", 5).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let dl = loop {
-        let dl = gw.admin_get("/admin/dead-letters/api").await;
-        if dl["dead_letters"].as_array().unwrap().len() == keys.len() {
-            break dl;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not dead-lettered: {dl}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let dl = wait_dead_letters(&gw, "api", keys.len()).await;
     for d in dl["dead_letters"].as_array().unwrap() {
         assert_eq!(d["reason"], "HTTP 400");
         assert_eq!(d["attempts"], 1, "a permanent error is not retried");
@@ -189,18 +194,7 @@ async fn transient_errors_end_dead_after_max_attempts_with_the_last_error() {
     );
     let gw = Gateway::start(&cfg);
     let keys = ingest_n(&gw, "d1", 3).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let dl = loop {
-        let dl = gw.admin_get("/admin/dead-letters/api").await;
-        if dl["dead_letters"].as_array().unwrap().len() == keys.len() {
-            break dl;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not dead-lettered: {dl}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let dl = wait_dead_letters(&gw, "api", keys.len()).await;
     for d in dl["dead_letters"].as_array().unwrap() {
         let reason = d["reason"].as_str().unwrap();
         assert!(

@@ -2,6 +2,7 @@
 //! does): a failed fsync or a full disk must make `apply` fail — so nothing is acknowledged —
 //! and the file must reopen with everything committed before intact.
 
+use super::tests::limits;
 use super::*;
 use redb::backends::FileBackend;
 use redb::StorageBackend;
@@ -76,34 +77,8 @@ impl StorageBackend for Faulty {
     }
 }
 
-fn limits() -> WalLimits {
-    WalLimits {
-        max_bytes: 1 << 30,
-        max_records: 1_000_000,
-        max_age_ms: 1 << 40,
-        idempotency_window_ms: 1 << 40,
-        idempotency_max_keys: u64::MAX,
-        dead_retention_ms: 1 << 40,
-        max_attempts: 3,
-        lease_ms: 100,
-        cache_bytes: 4 << 20,
-    }
-}
-
 fn rec(key: &str) -> Record {
-    Record {
-        device_id: "d".into(),
-        idempotency_key: key.into(),
-        correlation_id: format!("c-{key}"),
-        gateway_id: "gw".into(),
-        receive_ts_ms: 1,
-        source: Source::Http,
-        schema: 1,
-        msg_id: None,
-        device_seq: None,
-        device_ts: None,
-        data: serde_json::Map::new(),
-    }
+    super::tests::rec(key, 1)
 }
 
 fn open_faulty(path: &std::path::Path) -> (WalStore, Arc<AtomicBool>, Arc<AtomicBool>) {

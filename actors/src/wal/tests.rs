@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 const SINKS: [&str; 2] = ["a", "b"];
 
-fn limits() -> WalLimits {
+pub(super) fn limits() -> WalLimits {
     WalLimits {
         max_bytes: 1 << 30,
         max_records: 1_000_000,
@@ -20,7 +20,7 @@ fn limits() -> WalLimits {
     }
 }
 
-fn rec(key: &str, ts: u64) -> Record {
+pub(super) fn rec(key: &str, ts: u64) -> Record {
     Record {
         device_id: "dev-1".into(),
         idempotency_key: key.into(),
