@@ -266,6 +266,8 @@ pub struct WalStore {
     /// collision can only make a duplicate look new (stored twice: allowed), never the reverse,
     /// because a hit is confirmed against the row's key.
     idem: HashMap<u64, u64>,
+    /// Size of the file after the last commit.
+    file_bytes: u64,
 }
 
 impl std::fmt::Debug for WalStore {
@@ -336,6 +338,7 @@ impl WalStore {
             inflight: HashMap::new(),
             expiry_cursor: 0,
             idem,
+            file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
         })
     }
 
@@ -385,6 +388,7 @@ impl WalStore {
         meta.save(&txn)?;
         txn.commit()?;
         self.meta = meta;
+        self.file_bytes = std::fs::metadata(&self.path).map_or(self.file_bytes, |m| m.len());
         Ok((self, results))
     }
 
@@ -790,9 +794,10 @@ impl WalStore {
         Ok(report)
     }
 
-    /// Counts by state and sink (from the in-memory mirror; no I/O but a stat of the file).
+    /// Counts by state and sink, from the in-memory mirror: no I/O, safe on any thread (the
+    /// file size is taken after each commit, on the thread that committed).
     pub fn stats(&self) -> WalStats {
-        stats_from(&self.meta, &self.inflight, &self.path)
+        stats_from(&self.meta, &self.inflight, self.file_bytes)
     }
 
     /// A read-only handle for inspection from other threads.
@@ -811,7 +816,8 @@ impl WalStore {
         let txn = db.begin_write()?;
         let meta = Meta::load(&txn)?;
         txn.abort()?;
-        Ok(stats_from(&meta, &HashMap::new(), path))
+        let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        Ok(stats_from(&meta, &HashMap::new(), file_bytes))
     }
 
     /// Every row's key, for model-based tests: pending (with attempts), dead, records, keys.
@@ -894,12 +900,12 @@ pub struct Dump {
 fn stats_from(
     meta: &Meta,
     inflight: &HashMap<String, BTreeMap<u64, u64>>,
-    path: &Path,
+    file_bytes: u64,
 ) -> WalStats {
     WalStats {
         records: meta.records,
         live_bytes: meta.live_bytes,
-        file_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        file_bytes,
         idempotency_keys: meta.idem_keys,
         sinks: meta
             .sinks
