@@ -268,6 +268,9 @@ pub struct WalStore {
     idem: HashMap<u64, u64>,
     /// Size of the file after the last commit.
     file_bytes: u64,
+    /// Negative control for the power-loss tests only: commit appends without fsync, so the
+    /// test can show it would catch an ack-before-durable bug.
+    negative_control_non_durable: bool,
 }
 
 impl std::fmt::Debug for WalStore {
@@ -339,6 +342,7 @@ impl WalStore {
             expiry_cursor: 0,
             idem,
             file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+            negative_control_non_durable: false,
         })
     }
 
@@ -353,7 +357,7 @@ impl WalStore {
         ops: Vec<Op>,
         now_ms: u64,
     ) -> Result<(WalStore, Vec<OpResult>), WalError> {
-        let durable = ops.iter().any(Op::needs_durability);
+        let durable = ops.iter().any(Op::needs_durability) && !self.negative_control_non_durable;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate
@@ -798,6 +802,12 @@ impl WalStore {
     /// file size is taken after each commit, on the thread that committed).
     pub fn stats(&self) -> WalStats {
         stats_from(&self.meta, &self.inflight, self.file_bytes)
+    }
+
+    /// Test-only: break durability on purpose (see `negative_control_non_durable`).
+    #[cfg(test)]
+    pub(crate) fn break_durability_for_negative_control(&mut self) {
+        self.negative_control_non_durable = true;
     }
 
     /// A read-only handle for inspection from other threads.
