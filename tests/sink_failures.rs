@@ -219,3 +219,53 @@ async fn transient_errors_end_dead_after_max_attempts_with_the_last_error() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_sink_still_gets_each_devices_readings_first_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = RecordingSink::start().await;
+    sink.set(Behaviour::FailEvery(503, 3));
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[delivery]\nbatch_size = 7\nbackoff_initial_ms = 5\nbackoff_max_ms = 20\nmax_attempts = 100\n{}",
+            http_sink("api", &sink.url(), "")
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    // Three devices in parallel, each sending its readings in seq order.
+    let mut tasks = vec![];
+    for d in 0..3 {
+        let (url, token) = (gw.url(&format!("/ingest/dev-{d}")), gw.token.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut keys = HashSet::new();
+            for i in 0..60u64 {
+                let (s, _) = post_json(&c, &url, &token, &json!({"seq": i})).await;
+                assert_eq!(s, 202);
+                keys.insert(format!("dev-{d}/seq/{i}"));
+            }
+            keys
+        }));
+    }
+    let mut keys = HashSet::new();
+    for t in tasks {
+        keys.extend(t.await.unwrap());
+    }
+    sink.wait_for_keys(&keys, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        sink.statuses().contains(&503),
+        "the sink did fail along the way"
+    );
+    for (dev, seqs) in sink.by_device() {
+        let mut seen = HashSet::new();
+        let firsts: Vec<u64> = seqs.into_iter().filter(|s| seen.insert(*s)).collect();
+        assert_eq!(
+            firsts,
+            (0..60).collect::<Vec<u64>>(),
+            "{dev}: first deliveries out of order"
+        );
+    }
+}

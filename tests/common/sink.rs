@@ -18,6 +18,8 @@ pub enum Behaviour {
     FailNext(u16, usize),
     /// Answer this status for every batch.
     Always(u16),
+    /// Answer this status for every n-th batch received, `Ok` otherwise.
+    FailEvery(u16, usize),
     /// Never answer.
     Hang,
 }
@@ -53,7 +55,11 @@ impl RecordingSink {
             .and_then(move |batch_key: Option<String>, body: Value| {
                 let (inner, behaviour, tx) = (i2.clone(), b2.clone(), tx.clone());
                 async move {
-                    inner.lock().unwrap().batches += 1;
+                    let nth = {
+                        let mut g = inner.lock().unwrap();
+                        g.batches += 1;
+                        g.batches
+                    };
                     let b = behaviour.lock().unwrap().clone();
                     let fail = match b {
                         Behaviour::Ok => None,
@@ -66,6 +72,7 @@ impl RecordingSink {
                             Some(s)
                         }
                         Behaviour::Always(s) => Some(s),
+                        Behaviour::FailEvery(s, n) => (nth % n == 0).then_some(s),
                         Behaviour::Hang => {
                             futures::future::pending::<()>().await;
                             None

@@ -3,10 +3,15 @@
 //! Mailbox:
 //! - `Publish` <- Dispatcher (reply: `Delivered`, `Transient(reason)` or `Permanent(reason)`
 //!   for the whole batch)
+//! - `Resume`  <- Dispatcher (cast: send again after a failure; see below)
 //! - `Fail`    <- admin API chaos hook
 //!
 //! One batch at a time per sink: a slow or hanging sink holds only its own publisher (and
-//! its per-request timeout bounds that), never ingest or another sink.
+//! its per-request timeout bounds that), never ingest or another sink. After a batch fails,
+//! the publisher answers `NotSent` to every batch until the dispatcher sends `Resume`: batches
+//! queued behind a failed one would otherwise overtake it and break per-device order of first
+//! delivery. The dispatcher sends `Resume` just before the first batch leased after the
+//! failure, so the mailbox order decides which batches are held back.
 //!
 //! Failure: the SinksSupervisor restarts the publisher alone. The dispatcher's call fails
 //! at once (reply port dropped), the batch counts as a transient failure, and its records
@@ -32,6 +37,8 @@ pub enum PublishResult {
     Transient(String),
     /// Will fail again: other 4xx. The records are dead-lettered with this reason.
     Permanent(String),
+    /// Held back behind a failed batch; never sent.
+    NotSent,
 }
 
 pub enum PublisherMsg {
@@ -39,6 +46,7 @@ pub enum PublisherMsg {
         batch: Vec<Leased>,
         reply: RpcReplyPort<PublishResult>,
     },
+    Resume,
     Fail(String),
 }
 
@@ -68,6 +76,8 @@ pub struct PublisherState {
     sink: SinkImpl,
     metrics: Arc<Metrics>,
     addr: Addr<PublisherMsg>,
+    /// A batch failed and no `Resume` came since.
+    holding: bool,
 }
 
 /// The JSON every sink receives for a record. `idempotency_key` is stable across
@@ -113,6 +123,9 @@ impl Actor for Publisher {
             sink,
             metrics: args.metrics,
             addr: args.addr,
+            // A fresh instance holds until the dispatcher's first `Resume`: a batch forwarded
+            // to it before the dispatcher saw its predecessor fail must not overtake.
+            holding: true,
         })
     }
 
@@ -124,6 +137,14 @@ impl Actor for Publisher {
     ) -> Result<(), ActorProcessingErr> {
         state.addr.received();
         match msg {
+            PublisherMsg::Resume => {
+                state.holding = false;
+                Ok(())
+            }
+            PublisherMsg::Publish { reply, .. } if state.holding => {
+                let _ = reply.send(PublishResult::NotSent);
+                Ok(())
+            }
             PublisherMsg::Publish { batch, reply } => {
                 let started = tokio::time::Instant::now();
                 let result = match &mut state.sink {
@@ -132,6 +153,7 @@ impl Actor for Publisher {
                 };
                 let label = match &result {
                     PublishResult::Delivered => "delivered",
+                    PublishResult::NotSent => "not_sent",
                     PublishResult::Transient(_) => "transient_error",
                     PublishResult::Permanent(_) => "permanent_error",
                 };
@@ -145,7 +167,8 @@ impl Actor for Publisher {
                     .publish_seconds
                     .with_label_values(&[&state.name])
                     .observe(started.elapsed().as_secs_f64());
-                if !matches!(result, PublishResult::Delivered) {
+                state.holding = !matches!(result, PublishResult::Delivered);
+                if state.holding {
                     tracing::warn!(sink = %state.name, records = batch.len(), result = ?result, "publish failed");
                 }
                 let _ = reply.send(result);

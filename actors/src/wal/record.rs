@@ -80,6 +80,9 @@ pub enum Outcome {
     Retry(String),
     /// Permanent failure: Dead with this reason.
     Dead(String),
+    /// Never sent (held back behind a failed batch): back to Enqueued and the lease's attempt
+    /// is given back.
+    Release,
 }
 
 /// A dead-lettered record's entry for one sink.

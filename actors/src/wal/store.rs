@@ -627,6 +627,10 @@ impl WalStore {
                     exhausted += 1;
                 }
                 Outcome::Retry(_) => retried += 1,
+                Outcome::Release => {
+                    tx.pending.insert((sink, seq), attempts.saturating_sub(1))?;
+                    retried += 1;
+                }
                 Outcome::Dead(reason) => {
                     self.kill(tx, meta, sink, seq, attempts, reason, now)?;
                     dead += 1;

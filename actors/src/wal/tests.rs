@@ -511,7 +511,7 @@ fn mop() -> impl Strategy<Value = MOp> {
     prop_oneof![
         4 => proptest::collection::vec(0u8..24, 1..4).prop_map(MOp::Append),
         3 => (0usize..2, 1usize..5).prop_map(|(s, m)| MOp::Lease(s, m)),
-        3 => (0usize..2, 0u8..3).prop_map(|(s, o)| MOp::Settle(s, o)),
+        3 => (0usize..2, 0u8..4).prop_map(|(s, o)| MOp::Settle(s, o)),
         1 => (1u64..80).prop_map(MOp::Advance),
         1 => Just(MOp::Maintain),
         1 => (0usize..2).prop_map(MOp::Requeue),
@@ -615,7 +615,7 @@ proptest! {
                     let sink = SINKS[si];
                     let Some(pos) = leased.iter().position(|(s, _)| s == sink) else { store = Some(s); continue; };
                     let (_, seq) = leased.remove(pos);
-                    let outcome = match o { 0 => Outcome::Acked, 1 => Outcome::Retry("t".into()), _ => Outcome::Dead("p".into()) };
+                    let outcome = match o { 0 => Outcome::Acked, 1 => Outcome::Retry("t".into()), 2 => Outcome::Dead("p".into()), _ => Outcome::Release };
                     inflight.remove(&(sink.to_string(), seq));
                     if let Some(&att) = m.pending.get(&(sink.to_string(), seq)) {
                         match outcome {
@@ -623,6 +623,7 @@ proptest! {
                             Outcome::Retry(_) if att >= 3 => m.kill(sink, seq),
                             Outcome::Retry(_) => {}
                             Outcome::Dead(_) => m.kill(sink, seq),
+                            Outcome::Release => { m.pending.insert((sink.to_string(), seq), att.saturating_sub(1)); }
                         }
                     }
                     let (s2, _) = one(s, Op::Settle { sink: sink.into(), outcomes: vec![(seq, outcome)] }, now);
