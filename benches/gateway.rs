@@ -15,7 +15,7 @@ use edge_gateway_actors::wal::{Op, Record, Source, WalLimits, WalStore};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -547,7 +547,6 @@ async fn drain() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = Path::new(".");
 }
 
 async fn steady() {

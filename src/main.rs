@@ -145,7 +145,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Token {
             cmd: TokenCmd::Hash { token },
         } => {
-            println!("sha256:{}", hex_encode(&edge_gateway_actors_hash(&token)));
+            let hash: String = edge_gateway::token_hash(&token)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            println!("sha256:{hash}");
             Ok(())
         }
         Cmd::Config {
@@ -179,12 +183,4 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn edge_gateway_actors_hash(token: &str) -> [u8; 32] {
-    edge_gateway::token_hash(token)
-}
-
-fn hex_encode(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -140,10 +140,3 @@ impl Actor for IngestRouter {
         }
     }
 }
-
-pub fn source_label(s: Source) -> &'static str {
-    match s {
-        Source::Http => "http",
-        Source::Mqtt => "mqtt",
-    }
-}
