@@ -10,6 +10,42 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// Both test disks keep redb's file locks as the real backend does.
+macro_rules! delegate_locks {
+    () => {
+        fn try_lock_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<bool, redb::BackendError> {
+            self.inner.try_lock_range(a, b)
+        }
+        fn try_lock_shared_range(
+            &self,
+            a: Bound<u64>,
+            b: Bound<u64>,
+        ) -> Result<bool, redb::BackendError> {
+            self.inner.try_lock_shared_range(a, b)
+        }
+        fn lock_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<(), redb::BackendError> {
+            self.inner.lock_range(a, b)
+        }
+        fn lock_shared_range(
+            &self,
+            a: Bound<u64>,
+            b: Bound<u64>,
+        ) -> Result<(), redb::BackendError> {
+            self.inner.lock_shared_range(a, b)
+        }
+        fn unlock_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<(), redb::BackendError> {
+            self.inner.unlock_range(a, b)
+        }
+        fn query_lock_range(
+            &self,
+            a: Bound<u64>,
+            b: Bound<u64>,
+        ) -> Result<bool, redb::BackendError> {
+            self.inner.query_lock_range(a, b)
+        }
+    };
+}
+
 #[derive(Debug)]
 struct Faulty {
     inner: FileBackend,
@@ -53,28 +89,7 @@ impl StorageBackend for Faulty {
     fn close(&self) -> Result<(), std::io::Error> {
         self.inner.close()
     }
-    fn try_lock_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_range(a, b)
-    }
-    fn try_lock_shared_range(
-        &self,
-        a: Bound<u64>,
-        b: Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_shared_range(a, b)
-    }
-    fn lock_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.inner.lock_range(a, b)
-    }
-    fn lock_shared_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.inner.lock_shared_range(a, b)
-    }
-    fn unlock_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.inner.unlock_range(a, b)
-    }
-    fn query_lock_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.inner.query_lock_range(a, b)
-    }
+    delegate_locks!();
 }
 
 fn rec(key: &str) -> Record {
@@ -225,28 +240,7 @@ impl StorageBackend for PowerCut {
         self.volatile.lock().unwrap().clear();
         self.inner.close()
     }
-    fn try_lock_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_range(a, b)
-    }
-    fn try_lock_shared_range(
-        &self,
-        a: Bound<u64>,
-        b: Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_shared_range(a, b)
-    }
-    fn lock_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.inner.lock_range(a, b)
-    }
-    fn lock_shared_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.inner.lock_shared_range(a, b)
-    }
-    fn unlock_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.inner.unlock_range(a, b)
-    }
-    fn query_lock_range(&self, a: Bound<u64>, b: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.inner.query_lock_range(a, b)
-    }
+    delegate_locks!();
 }
 
 /// Runs appends (acknowledged when `apply` returns) mixed with leases and settles, cuts the
