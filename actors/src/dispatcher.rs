@@ -18,7 +18,9 @@
 //! - each failure starts a new epoch: a batch leased in an earlier epoch is not forwarded but
 //!   released (back to Enqueued, attempt given back), and the publisher itself answers
 //!   `NotSent` after a failure until the dispatcher sends `Resume` ahead of the first batch of
-//!   the new epoch — so nothing queued behind a failed batch overtakes it.
+//!   the new epoch — so nothing queued behind a failed batch overtakes it;
+//! - cycle endings are taken in cycle order, and a new epoch starts only once every cycle of
+//!   the old one has ended (so its records are back in the WAL before the next lease).
 //!
 //! Failure: the dispatcher holds nothing durable. On restart, leases it held expire in the
 //! WAL (`delivery.lease_timeout_ms`) and are delivered again: duplicates, never loss.
@@ -60,8 +62,10 @@ pub enum DispatcherMsg {
         epoch: u64,
         batch: Result<Vec<Leased>, String>,
     },
+    /// How a forwarded batch went; `n` is its cycle number.
     Done {
         sink: usize,
+        n: u64,
         cycle: Cycle,
     },
     Fail(String),
@@ -101,6 +105,23 @@ pub struct SinkSlot {
     next_forward: u64,
     /// Lease results that came back ahead of an earlier one: cycle -> (epoch, result).
     reorder: std::collections::BTreeMap<u64, (u64, Result<Vec<Leased>, String>)>,
+    /// Cycle endings are taken in cycle order too, so a failure is always seen before the
+    /// `NotSent` answers it caused (their waiters may report in either order).
+    next_complete: u64,
+    ended: std::collections::BTreeMap<u64, Cycle>,
+}
+
+impl SinkSlot {
+    /// Room for another cycle. After a failure (or before the first batch) the pipeline is
+    /// drained first: a lease taken while an older epoch's lease is still out would skip the
+    /// records that lease holds, and deliver later ones before them once they are released.
+    fn has_room(&self) -> bool {
+        if self.needs_resume {
+            self.in_flight == 0
+        } else {
+            self.in_flight < PIPELINE
+        }
+    }
 }
 
 /// The dispatcher's state: plain data, decisions testable without the runtime.
@@ -151,6 +172,8 @@ impl DispatcherState {
                 next_cycle: 0,
                 next_forward: 0,
                 reorder: Default::default(),
+                next_complete: 0,
+                ended: Default::default(),
             })
             .collect();
         DispatcherState {
@@ -168,7 +191,7 @@ impl DispatcherState {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.in_flight < PIPELINE && s.paused_until.is_none_or(|p| p <= now))
+            .filter(|(_, s)| s.has_room() && s.paused_until.is_none_or(|p| p <= now))
             .filter(|(_, s)| {
                 s.idle_at_commit != Some(commit_mark)
                     || s.last_lease
@@ -286,14 +309,15 @@ impl DispatcherState {
         self.slots[i].reorder.insert(cycle, (epoch, batch));
         loop {
             let s = &mut self.slots[i];
-            let Some((epoch, next)) = s.reorder.remove(&s.next_forward) else {
+            let n = s.next_forward;
+            let Some((epoch, next)) = s.reorder.remove(&n) else {
                 break;
             };
             s.next_forward += 1;
             match next {
-                Err(e) => self.complete(i, Cycle::LeaseFailed(e), myself),
-                Ok(batch) if batch.is_empty() => self.complete(i, Cycle::Empty, myself),
-                Ok(batch) => self.forward(i, epoch, batch, myself),
+                Err(e) => self.end(i, n, Cycle::LeaseFailed(e), myself),
+                Ok(batch) if batch.is_empty() => self.end(i, n, Cycle::Empty, myself),
+                Ok(batch) => self.forward(i, n, epoch, batch, myself),
             }
         }
     }
@@ -302,6 +326,7 @@ impl DispatcherState {
     fn forward(
         &mut self,
         i: usize,
+        n: u64,
         epoch: u64,
         batch: Vec<Leased>,
         myself: &ActorRef<DispatcherMsg>,
@@ -312,7 +337,7 @@ impl DispatcherState {
         if epoch < s.epoch {
             // Leased before a failure that came after: must not overtake the failed batch.
             let result = PublishResult::NotSent;
-            return self.complete(i, Cycle::Published { seqs, full, result }, myself);
+            return self.end(i, n, Cycle::Published { seqs, full, result }, myself);
         }
         if s.needs_resume {
             s.needs_resume = false;
@@ -325,7 +350,7 @@ impl DispatcherState {
         };
         if let Err(e) = s.publisher.cast(publish) {
             let result = PublishResult::Transient(format!("publisher: {e}"));
-            return self.complete(i, Cycle::Published { seqs, full, result }, myself);
+            return self.end(i, n, Cycle::Published { seqs, full, result }, myself);
         }
         let timeout = Duration::from_millis(self.config.lease_timeout_ms);
         let (me, addr) = (myself.clone(), self.addr.clone());
@@ -337,10 +362,23 @@ impl DispatcherState {
             };
             addr.note_sent();
             let cycle = Cycle::Published { seqs, full, result };
-            let _ = me.cast(DispatcherMsg::Done { sink: i, cycle });
+            let _ = me.cast(DispatcherMsg::Done { sink: i, n, cycle });
         });
         self.tasks.retain(|t| !t.is_finished());
         self.tasks.push(h);
+    }
+
+    /// Records that cycle `n` ended and completes every ended cycle now next in order.
+    fn end(&mut self, i: usize, n: u64, cycle: Cycle, myself: &ActorRef<DispatcherMsg>) {
+        self.slots[i].ended.insert(n, cycle);
+        loop {
+            let s = &mut self.slots[i];
+            let Some(cycle) = s.ended.remove(&s.next_complete) else {
+                break;
+            };
+            s.next_complete += 1;
+            self.complete(i, cycle, myself);
+        }
     }
 
     /// A cycle ended: settle its records, and go again if it says so.
@@ -358,7 +396,7 @@ impl DispatcherState {
             }
         }
         let s = &self.slots[i];
-        if again && s.in_flight < PIPELINE && s.paused_until.is_none() {
+        if again && s.has_room() && s.paused_until.is_none() {
             self.start(i, myself);
         }
     }
@@ -439,7 +477,7 @@ impl Actor for Dispatcher {
                 epoch,
                 batch,
             } => state.on_leased(sink, cycle, epoch, batch, &myself),
-            DispatcherMsg::Done { sink, cycle } => state.complete(sink, cycle, &myself),
+            DispatcherMsg::Done { sink, n, cycle } => state.end(sink, n, cycle, &myself),
             DispatcherMsg::Fail(reason) => {
                 return Err(format!("failure injected: {reason}").into());
             }
