@@ -115,6 +115,7 @@ fn wal_vs_redb() {
             idempotency_window_ms: 3_600_000,
             idempotency_max_keys: u64::MAX,
             dead_retention_ms: u64::MAX / 2,
+            max_rejected: 10_000,
             max_attempts: 10,
             lease_ms: 60_000,
             cache_bytes: 32 << 20,

@@ -88,6 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         admin = %admin.addr,
         tls = config.http.tls.is_some(),
         data_dir = %config.data_dir.display(),
+        mqtt = %if config.mqtt.enabled { config.mqtt.broker.as_str() } else { "disabled" },
         "edge-gateway ready"
     );
     tokio::pin!(root_join);

@@ -240,7 +240,7 @@ impl DispatcherState {
                         s.needs_resume = true;
                         (Outcome::Release, true)
                     }
-                    PublishResult::Transient(reason) => {
+                    PublishResult::Transient(_) | PublishResult::Unreachable(_) => {
                         s.epoch += 1;
                         s.needs_resume = true;
                         let d = s
@@ -248,7 +248,11 @@ impl DispatcherState {
                             .next()
                             .unwrap_or(Duration::from_millis(self.config.backoff_max_ms));
                         s.paused_until = Some(now + d);
-                        (Outcome::Retry(reason), false)
+                        match result {
+                            PublishResult::Transient(reason) => (Outcome::Retry(reason), false),
+                            // Nothing reached the sink: the attempt is given back.
+                            _ => (Outcome::Release, false),
+                        }
                     }
                 };
                 (
@@ -507,6 +511,32 @@ mod tests {
             Addr::new("dispatcher", None),
             rx,
         )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_sink_backs_off_without_using_up_attempts() {
+        let mut s = state();
+        let now = Instant::now();
+        s.slots[0].in_flight = 1;
+        let (settle, again) = s.on_done(
+            0,
+            Cycle::Published {
+                seqs: vec![7],
+                full: true,
+                result: PublishResult::Unreachable("connection refused".into()),
+            },
+            now,
+            1,
+        );
+        assert_eq!(settle.unwrap(), vec![(7, Outcome::Release)]);
+        assert!(!again);
+        assert!(s.slots[0].paused_until.unwrap() > now);
+        assert!(s.slots[0].needs_resume);
+        assert_eq!(
+            s.ready(now, 1),
+            vec![1],
+            "the unreachable sink waits out its backoff"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,7 @@ pub mod addr;
 pub mod dispatcher;
 pub mod ingest;
 pub mod metrics;
+pub mod mqtt_options;
 pub mod serve;
 pub mod sinks;
 pub mod wal;

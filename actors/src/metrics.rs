@@ -36,6 +36,14 @@ pub struct Metrics {
     pub actor_up: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub wal_opens: IntCounter,
+    /// 1 while the MQTT ingest session is connected and subscribed.
+    pub mqtt_session_up: IntGauge,
+    /// MQTT messages received and not yet acknowledged to the broker.
+    pub mqtt_unacked: IntGauge,
+    /// Messages dropped unacknowledged past `mqtt.max_unacked` (the broker redelivers them).
+    pub mqtt_shed: IntCounter,
+    /// Failed MQTT connections, by client (`ingest` or the sink's name).
+    pub mqtt_connection_errors: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -238,6 +246,41 @@ impl Metrics {
                 IntCounter::new(
                     "wal_opens_total",
                     "Times the WAL file was opened (1 + restarts)",
+                )
+                .unwrap(),
+            ),
+            mqtt_session_up: reg(
+                &r,
+                IntGauge::new(
+                    "mqtt_session_up",
+                    "1 while the MQTT ingest session is connected and subscribed",
+                )
+                .unwrap(),
+            ),
+            mqtt_unacked: reg(
+                &r,
+                IntGauge::new(
+                    "mqtt_unacked_messages",
+                    "MQTT messages received and not yet acknowledged to the broker",
+                )
+                .unwrap(),
+            ),
+            mqtt_shed: reg(
+                &r,
+                IntCounter::new(
+                    "mqtt_shed_total",
+                    "MQTT messages dropped unacknowledged past mqtt.max_unacked (redelivered by the broker after a reconnect)",
+                )
+                .unwrap(),
+            ),
+            mqtt_connection_errors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "mqtt_connection_errors_total",
+                        "Failed or lost MQTT connections, by client (ingest or sink name)",
+                    ),
+                    &["client"],
                 )
                 .unwrap(),
             ),

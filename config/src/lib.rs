@@ -11,10 +11,12 @@
 
 mod layers;
 mod model;
+mod mqtt;
 mod validate;
 
 pub use layers::{apply_override, env_overrides, load, LoadOptions};
 pub use model::*;
+pub use mqtt::*;
 pub use validate::{ConfigError, ConfigProblem};
 
 #[cfg(test)]

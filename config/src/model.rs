@@ -17,6 +17,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub wal: WalConfig,
     pub delivery: DeliveryConfig,
+    /// Device telemetry over MQTT (off unless enabled).
+    pub mqtt: crate::mqtt::MqttConfig,
     pub sinks: Vec<SinkConfig>,
     pub log: LogConfig,
 }
@@ -31,6 +33,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             wal: WalConfig::default(),
             delivery: DeliveryConfig::default(),
+            mqtt: crate::mqtt::MqttConfig::default(),
             sinks: vec![SinkConfig::default_file()],
             log: LogConfig::default(),
         }
@@ -135,8 +138,10 @@ pub struct WalConfig {
     /// Most idempotency keys remembered; past it the oldest are forgotten first. Bounds the
     /// WAL file under sustained load (each key costs ~150 bytes on disk).
     pub idempotency_max_keys: u64,
-    /// How long dead-lettered records are kept for inspection.
+    /// How long dead-lettered records (and rejected MQTT messages) are kept for inspection.
     pub dead_retention_secs: u64,
+    /// Rejected MQTT messages kept, at most (raw payload up to 64 KiB each).
+    pub max_rejected: u64,
     /// Most operations folded into one commit.
     pub max_group: usize,
     /// Period of retention sweeps.
@@ -154,6 +159,7 @@ impl Default for WalConfig {
             idempotency_window_secs: 3600,
             idempotency_max_keys: 250_000,
             dead_retention_secs: 7 * 24 * 3600,
+            max_rejected: 10_000,
             max_group: 4096,
             maintenance_interval_ms: 1_000,
             cache_bytes: 32 * 1024 * 1024,
@@ -196,6 +202,8 @@ impl Default for DeliveryConfig {
 pub enum SinkKind {
     File,
     Http,
+    /// QoS 1 publishes to an upstream broker; Acked only after its PUBACK.
+    Mqtt,
 }
 
 /// One sink. Fields that do not apply to its `type` are refused by validation.
@@ -223,10 +231,30 @@ pub struct SinkConfig {
     /// http: client certificate (PEM) for mTLS, with `client_key_file`.
     #[serde(default)]
     pub client_cert_file: Option<PathBuf>,
-    /// http: client private key (PKCS#8 PEM) for mTLS.
+    /// http, mqtt: client private key (PEM) for mTLS.
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
+    /// mqtt: topic template; `{prefix}`, `{device_id}`, `{gateway_id}` are filled in.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// mqtt: what `{prefix}` stands for (default: the gateway id).
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
+    /// mqtt: client id (default `<gateway_id>-<sink name>`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// mqtt: publishes awaiting their PUBACK, at most (bounds the load on the broker).
+    #[serde(default)]
+    pub max_in_flight: Option<u16>,
+    /// mqtt: user name, with `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
+
+/// Default upstream topic template of an mqtt sink.
+pub const DEFAULT_SINK_TOPIC: &str = "{prefix}/{device_id}/telemetry";
 
 fn default_sink_timeout_ms() -> u64 {
     10_000
@@ -245,6 +273,12 @@ impl SinkConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            topic: None,
+            topic_prefix: None,
+            client_id: None,
+            max_in_flight: None,
+            username: None,
+            password_file: None,
         }
     }
 }

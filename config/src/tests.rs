@@ -99,3 +99,37 @@ fn every_shipped_example_parses() {
     }
     assert!(n >= 2, "expected shipped examples in {}", dir.display());
 }
+
+#[test]
+fn mqtt_settings_are_checked_together() {
+    let mut c = Config::default();
+    c.mqtt.enabled = true;
+    c.mqtt.broker = "tcp://x".into();
+    c.mqtt.subscriptions[0].filter = "devices/#".into();
+    c.mqtt.tls = Some(MqttTlsConfig {
+        client_cert_file: Some("c.pem".into()),
+        ..Default::default()
+    });
+    c.sinks.push(SinkConfig {
+        name: "up".into(),
+        kind: SinkKind::Mqtt,
+        url: None,
+        topic: Some("a/+/b".into()),
+        ..SinkConfig::default_file()
+    });
+    let paths: Vec<String> = crate::validate::validate(&c)
+        .into_iter()
+        .map(|p| p.path)
+        .collect();
+    for want in [
+        "mqtt.broker",
+        "mqtt.subscriptions[0].filter",
+        "mqtt.tls.client_cert_file",
+        "mqtt.tls",
+        "sinks[1].url",
+        "sinks[1].topic",
+        "sinks[1].path",
+    ] {
+        assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Semantic checks, every problem collected before reporting.
 
-use crate::model::{Config, SinkKind};
+use crate::model::{Config, SinkConfig, SinkKind};
+use crate::mqtt::{device_level, BrokerAddr, MqttConfig};
 use std::fmt;
 
 /// One thing wrong with the configuration, at a dotted path.
@@ -108,6 +109,8 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
                 }
                 for (k, set) in [
                     ("url", s.url.is_some()),
+                    ("topic", s.topic.is_some()),
+                    ("client_id", s.client_id.is_some()),
                     ("bearer_token_file", s.bearer_token_file.is_some()),
                     ("ca_file", s.ca_file.is_some()),
                     ("client_cert_file", s.client_cert_file.is_some()),
@@ -129,6 +132,18 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
                 if s.path.is_some() {
                     problem(&mut out, at("path"), "does not apply to an http sink");
                 }
+                for (k, set) in [
+                    ("topic", s.topic.is_some()),
+                    ("topic_prefix", s.topic_prefix.is_some()),
+                    ("client_id", s.client_id.is_some()),
+                    ("max_in_flight", s.max_in_flight.is_some()),
+                    ("username", s.username.is_some()),
+                    ("password_file", s.password_file.is_some()),
+                ] {
+                    if set {
+                        problem(&mut out, at(k), "does not apply to an http sink");
+                    }
+                }
                 if s.client_cert_file.is_some() != s.client_key_file.is_some() {
                     problem(
                         &mut out,
@@ -140,7 +155,116 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
                     problem(&mut out, at("timeout_ms"), "must be > 0");
                 }
             }
+            SinkKind::Mqtt => validate_mqtt_sink(&mut out, s, &at),
         }
     }
+    if c.mqtt.enabled {
+        validate_mqtt(&mut out, &c.mqtt);
+    }
     out
+}
+
+fn validate_mqtt_sink(out: &mut Vec<ConfigProblem>, s: &SinkConfig, at: &dyn Fn(&str) -> String) {
+    match &s.url {
+        None => problem(
+            out,
+            at("url"),
+            "required for an mqtt sink (mqtt[s]://host:port)",
+        ),
+        Some(u) => {
+            if let Err(e) = BrokerAddr::parse(u) {
+                problem(out, at("url"), e);
+            }
+        }
+    }
+    for (k, set) in [
+        ("path", s.path.is_some()),
+        ("bearer_token_file", s.bearer_token_file.is_some()),
+    ] {
+        if set {
+            problem(out, at(k), "does not apply to an mqtt sink");
+        }
+    }
+    if let Some(t) = &s.topic {
+        if t.is_empty() || t.contains('+') || t.contains('#') {
+            problem(
+                out,
+                at("topic"),
+                "must be a non-empty topic name without wildcards",
+            );
+        }
+    }
+    if s.max_in_flight == Some(0) {
+        problem(out, at("max_in_flight"), "must be > 0");
+    }
+    if s.client_cert_file.is_some() != s.client_key_file.is_some() {
+        problem(
+            out,
+            at("client_cert_file"),
+            "client_cert_file and client_key_file go together",
+        );
+    }
+    if s.username.is_some() != s.password_file.is_some() {
+        problem(
+            out,
+            at("username"),
+            "username and password_file go together",
+        );
+    }
+    if s.timeout_ms == 0 {
+        problem(out, at("timeout_ms"), "must be > 0");
+    }
+}
+
+fn validate_mqtt(out: &mut Vec<ConfigProblem>, m: &MqttConfig) {
+    if let Err(e) = BrokerAddr::parse(&m.broker) {
+        problem(out, "mqtt.broker", e);
+    }
+    if m.subscriptions.is_empty() {
+        problem(
+            out,
+            "mqtt.subscriptions",
+            "at least one subscription is required",
+        );
+    }
+    for (i, sub) in m.subscriptions.iter().enumerate() {
+        if let Err(e) = device_level(&sub.filter) {
+            problem(out, format!("mqtt.subscriptions[{i}].filter"), e);
+        }
+    }
+    if m.max_unacked == 0 || m.max_unacked > u16::MAX as usize {
+        problem(out, "mqtt.max_unacked", "must be 1..=65535");
+    }
+    if m.max_payload_bytes == 0 {
+        problem(out, "mqtt.max_payload_bytes", "must be > 0");
+    }
+    if m.keep_alive_secs < 5 {
+        problem(out, "mqtt.keep_alive_secs", "must be >= 5");
+    }
+    if m.reconnect_initial_ms == 0 || m.reconnect_initial_ms > m.reconnect_max_ms {
+        problem(
+            out,
+            "mqtt.reconnect_initial_ms",
+            "must be > 0 and <= mqtt.reconnect_max_ms",
+        );
+    }
+    if m.username.is_some() != m.password_file.is_some() {
+        problem(
+            out,
+            "mqtt.username",
+            "username and password_file go together",
+        );
+    }
+    if let Some(t) = &m.tls {
+        if t.client_cert_file.is_some() != t.client_key_file.is_some() {
+            problem(
+                out,
+                "mqtt.tls.client_cert_file",
+                "client_cert_file and client_key_file go together",
+            );
+        }
+        if !m.broker.starts_with("mqtts://") {
+            problem(out, "mqtt.tls", "set, but mqtt.broker is not mqtts://");
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //! Open: `GET /healthz`, `/readyz`, `/metrics`, `/version`.
 //! Admin token (`Authorization: Bearer …`): `GET /admin/tree`, `GET /admin/wal`,
 //! `GET /admin/dead-letters/{sink}?limit=N`, `POST /admin/dead-letters/{sink}/requeue?limit=N`
-//! (back to Enqueued, attempts reset, oldest first), and — only with `admin.chaos = true` —
+//! (back to Enqueued, attempts reset, oldest first), `GET /admin/rejected?limit=N` (refused
+//! MQTT messages with payload and reason, newest first), `GET /admin/mqtt` (the MQTT session's
+//! state), and — only with `admin.chaos = true` —
 //! `POST /admin/actors/{name}/fail`.
 
 mod tree;
@@ -71,6 +73,14 @@ fn readiness(h: &Handles) -> (bool, serde_json::Value) {
             e.name().to_string(),
             json!(if running { "running" } else { "down" }),
         );
+    }
+    if let Some(m) = &h.mqtt {
+        let st = m.lock().expect("status lock").clone();
+        ready &= st.state == "connected";
+        comps.insert("mqtt_session_connection".into(), json!(st.state));
+        if let Some(e) = st.last_error {
+            comps.insert("mqtt_session_last_error".into(), json!(e));
+        }
     }
     (ready, json!({"ready": ready, "components": comps}))
 }
@@ -186,6 +196,34 @@ async fn admin_route(
                 Err(e) => unavailable(e),
             }
         }
+        (true, ["rejected"]) => {
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100usize)
+                .min(10_000);
+            match h
+                .wal
+                .call(
+                    |reply| WalMsg::Rejected { limit, reply },
+                    Some(Duration::from_secs(5)),
+                )
+                .await
+            {
+                Ok(rows) => {
+                    let items: Vec<_> = rows.iter().map(|(id, r)| r.to_json(*id)).collect();
+                    json_status(json!({"rejected": items}), StatusCode::OK)
+                }
+                Err(e) => unavailable(e),
+            }
+        }
+        (true, ["mqtt"]) => match &h.mqtt {
+            Some(m) => {
+                let st = m.lock().expect("status lock").clone();
+                json_status(serde_json::to_value(st).unwrap_or_default(), StatusCode::OK)
+            }
+            None => json_status(json!({"enabled": false}), StatusCode::OK),
+        },
         (false, ["dead-letters", sink, "requeue"]) => {
             let limit = query
                 .get("limit")

@@ -5,6 +5,9 @@ use edge_gateway_actors::addr::{Addr, Directory, Failable};
 use edge_gateway_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
 use edge_gateway_actors::ingest::auth::Auth;
 use edge_gateway_actors::ingest::http::{HttpIngest, HttpIngestArgs, HttpIngestMsg};
+use edge_gateway_actors::ingest::mqtt::{
+    MqttSession, MqttSessionArgs, MqttSessionMsg, SessionStatus,
+};
 use edge_gateway_actors::ingest::router::{IngestRouter, IngestRouterArgs, IngestRouterMsg};
 use edge_gateway_actors::metrics::Metrics;
 use edge_gateway_actors::sinks::{Publisher, PublisherArgs, PublisherMsg};
@@ -26,6 +29,8 @@ pub struct Handles {
     /// The HTTP ingest address actually bound (port 0 resolved).
     pub http_bound: Arc<Mutex<Option<SocketAddr>>>,
     pub sinks: Vec<String>,
+    /// The MQTT ingest session's state, when MQTT is enabled.
+    pub mqtt: Option<Arc<Mutex<SessionStatus>>>,
 }
 
 /// A child spec for actor `A`: each (re)start builds fresh arguments and re-binds `addr`.
@@ -122,12 +127,13 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     for s in &cfg.sinks {
         let addr = Addr::<PublisherMsg>::new(format!("publisher:{}", s.name), Some("sinks"));
         publishers.push((s.name.clone(), addr.clone()));
-        let (a, m, sink, gw, dd) = (
+        let (a, m, sink, gw, dd, bs) = (
             addr.clone(),
             metrics.clone(),
             s.clone(),
             cfg.gateway_id.clone(),
             cfg.data_dir.clone(),
+            cfg.delivery.batch_size,
         );
         publisher_specs.push(child(&dir, addr, move || {
             (
@@ -136,6 +142,7 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
                     sink: sink.clone(),
                     gateway_id: gw.clone(),
                     data_dir: dd.clone(),
+                    batch_size: bs,
                     metrics: m.clone(),
                     addr: a.clone(),
                 },
@@ -227,6 +234,36 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
             )
         }));
     }
+    let mqtt_status = cfg
+        .mqtt
+        .enabled
+        .then(|| SessionStatus::new(&cfg.mqtt.broker));
+    if let Some(status) = &mqtt_status {
+        let addr = Addr::<MqttSessionMsg>::new("mqtt_session", Some("ingest"));
+        let (a, m, r, w, mc, gw, st) = (
+            addr.clone(),
+            metrics.clone(),
+            router.clone(),
+            wal.clone(),
+            cfg.mqtt.clone(),
+            cfg.gateway_id.clone(),
+            status.clone(),
+        );
+        ingest_children.push(child(&dir, addr, move || {
+            (
+                MqttSession,
+                MqttSessionArgs {
+                    config: mc.clone(),
+                    gateway_id: gw.clone(),
+                    router: r.clone(),
+                    wal: w.clone(),
+                    metrics: m.clone(),
+                    addr: a.clone(),
+                    status: st.clone(),
+                },
+            )
+        }));
+    }
     let ingest = supervisor(
         &dir,
         &metrics,
@@ -248,6 +285,7 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
         root,
         http_bound,
         sinks: sink_names,
+        mqtt: mqtt_status,
     };
     (args, handles)
 }

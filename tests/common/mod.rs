@@ -4,6 +4,8 @@
 //! line, the sink's watch channel of received keys; every wait has a deadline.
 #![allow(dead_code)]
 
+pub mod mqtt;
+pub mod pki;
 pub mod sink;
 
 use serde_json::Value;

@@ -1,5 +1,6 @@
-//! Ingest: payload parsing, the router actor, and the HTTP edge.
+//! Ingest: payload parsing, the router actor, the HTTP and MQTT edges.
 pub mod auth;
 pub mod http;
+pub mod mqtt;
 pub mod parse;
 pub mod router;

@@ -2,8 +2,8 @@
 //!
 //! Body: `{"gateway_id": …, "records": [record, …]}`; header `Idempotency-Key` is a hash of
 //! the batch's record keys, so a retried batch carries the same key. Classification:
-//! 2xx delivered; connect errors, timeouts, 408, 429 and 5xx transient; any other status
-//! permanent. Redirects are not followed (a 3xx is permanent: the URL is wrong).
+//! 2xx delivered; connect errors unreachable (no attempt used up); timeouts, 408, 429 and 5xx
+//! transient; any other status permanent. Redirects are not followed (a 3xx is permanent: the URL is wrong).
 
 use super::{record_json, PublishResult};
 use crate::ingest::auth::read_secret;
@@ -78,6 +78,8 @@ impl HttpSink {
         }
         match req.send().await {
             Ok(resp) => classify(resp.status().as_u16()),
+            // Refused, unroutable or timed out while connecting: nothing of the request left.
+            Err(e) if e.is_connect() => PublishResult::Unreachable(format!("connect: {e}")),
             Err(e) if e.is_timeout() => PublishResult::Transient(format!("timeout: {e}")),
             Err(e) => PublishResult::Transient(format!("request failed: {e}")),
         }

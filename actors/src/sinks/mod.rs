@@ -19,6 +19,7 @@
 
 pub mod file;
 pub mod http;
+pub mod mqtt;
 
 use crate::addr::{Addr, Failable};
 use crate::metrics::Metrics;
@@ -39,6 +40,10 @@ pub enum PublishResult {
     Permanent(String),
     /// Held back behind a failed batch; never sent.
     NotSent,
+    /// The sink could not be reached (connection refused, broker down): nothing was
+    /// delivered or refused, so no delivery attempt is used up. The sink backs off and the
+    /// records wait in the WAL (until `wal.max_age_secs`) however long the outage lasts.
+    Unreachable(String),
 }
 
 pub enum PublisherMsg {
@@ -62,6 +67,8 @@ pub struct PublisherArgs {
     pub sink: SinkConfig,
     pub gateway_id: String,
     pub data_dir: PathBuf,
+    /// `delivery.batch_size`: the most records one `Publish` carries.
+    pub batch_size: usize,
     pub metrics: Arc<Metrics>,
     pub addr: Addr<PublisherMsg>,
 }
@@ -69,6 +76,7 @@ pub struct PublisherArgs {
 enum SinkImpl {
     File(file::FileSink),
     Http(http::HttpSink),
+    Mqtt(Box<mqtt::MqttSink>),
 }
 
 pub struct PublisherState {
@@ -117,6 +125,11 @@ impl Actor for Publisher {
                 SinkImpl::File(file::FileSink::open(&args.sink, &args.data_dir).await?)
             }
             SinkKind::Http => SinkImpl::Http(http::HttpSink::new(&args.sink, &args.gateway_id)?),
+            SinkKind::Mqtt => SinkImpl::Mqtt(Box::new(mqtt::MqttSink::new(
+                &args.sink,
+                &args.gateway_id,
+                args.batch_size,
+            )?)),
         };
         Ok(PublisherState {
             name: args.sink.name,
@@ -150,10 +163,12 @@ impl Actor for Publisher {
                 let result = match &mut state.sink {
                     SinkImpl::File(s) => s.publish(&batch).await,
                     SinkImpl::Http(s) => s.publish(&batch).await,
+                    SinkImpl::Mqtt(s) => s.publish(&batch).await,
                 };
                 let label = match &result {
                     PublishResult::Delivered => "delivered",
                     PublishResult::NotSent => "not_sent",
+                    PublishResult::Unreachable(_) => "unreachable",
                     PublishResult::Transient(_) => "transient_error",
                     PublishResult::Permanent(_) => "permanent_error",
                 };

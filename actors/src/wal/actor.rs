@@ -8,6 +8,9 @@
 //! - `Stats`, `DeadLetters` <- admin API (reply; dead letters are read on the blocking pool
 //!   through a `WalReader`, never waiting for the writer)
 //! - `Requeue`     <- admin API (reply after the commit: dead letters of a sink back to Enqueued)
+//! - `Reject`      <- MqttSession (reply after the commit that holds a refused message, so
+//!   it is acknowledged to the broker only once it is kept)
+//! - `Rejected`    <- admin API (reply: refused messages, newest first, read like dead letters)
 //! - `Maintain`    <- its own timer (retention sweep; also makes earlier settles durable)
 //! - `Committed`   <- its own commit task
 //! - `Fail`        <- admin API chaos hook
@@ -22,6 +25,7 @@
 //! every InFlight lease to Enqueued.
 
 use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, WalStats};
+use super::rejected::Rejected;
 use super::store::{Full, Op, OpResult, WalError, WalLimits, WalReader, WalStore};
 use crate::addr::{Addr, Failable};
 use crate::metrics::{reason_class, Metrics};
@@ -70,6 +74,14 @@ pub enum WalMsg {
         limit: usize,
         reply: RpcReplyPort<usize>,
     },
+    Reject {
+        entry: Rejected,
+        reply: RpcReplyPort<Result<u64, AppendError>>,
+    },
+    Rejected {
+        limit: usize,
+        reply: RpcReplyPort<Vec<(u64, Rejected)>>,
+    },
     Maintain,
     Committed(Box<Committed>),
     Fail(String),
@@ -104,6 +116,7 @@ pub enum Waiter {
     Append(RpcReplyPort<AppendReply>),
     Lease(RpcReplyPort<Vec<Leased>>),
     Requeue(RpcReplyPort<usize>),
+    Reject(RpcReplyPort<Result<u64, AppendError>>),
     Nobody,
 }
 
@@ -164,11 +177,18 @@ impl WalState {
                     new_work |= n > 0;
                     let _ = reply.send(n);
                 }
+                (Waiter::Reject(reply), OpResult::Rejected(id)) => {
+                    let _ = reply.send(Ok(id));
+                }
                 (_, OpResult::Settled { .. })
                 | (_, OpResult::Requeued(_))
+                | (_, OpResult::Rejected(_))
                 | (_, OpResult::Maintained(_))
                 | (Waiter::Nobody, _) => {}
-                (Waiter::Append(..), _) | (Waiter::Lease(_), _) | (Waiter::Requeue(_), _) => {
+                (Waiter::Append(..), _)
+                | (Waiter::Lease(_), _)
+                | (Waiter::Requeue(_), _)
+                | (Waiter::Reject(_), _) => {
                     unreachable!("results come back in the order of their operations")
                 }
             }
@@ -190,8 +210,14 @@ impl WalState {
             .drain(..)
             .chain(self.queue.drain(..).map(|(_, w)| w));
         for w in waiters.collect::<Vec<_>>() {
-            if let Waiter::Append(reply) = w {
-                let _ = reply.send(Err(AppendError::Unavailable(why.to_string())));
+            match w {
+                Waiter::Append(reply) => {
+                    let _ = reply.send(Err(AppendError::Unavailable(why.to_string())));
+                }
+                Waiter::Reject(reply) => {
+                    let _ = reply.send(Err(AppendError::Unavailable(why.to_string())));
+                }
+                _ => {}
             }
         }
     }
@@ -393,6 +419,20 @@ impl Actor for Wal {
                             Op::Requeue { sink, limit },
                             Waiter::Requeue(reply),
                         );
+                    }
+                    WalMsg::Reject { entry, reply } => {
+                        Self::enqueue(&myself, state, Op::Reject(entry), Waiter::Reject(reply));
+                    }
+                    WalMsg::Rejected { limit, reply } => {
+                        let reader = state.reader.clone();
+                        tokio::spawn(async move {
+                            let rows = tokio::task::spawn_blocking(move || reader.rejected(limit))
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                                .unwrap_or_default();
+                            let _ = reply.send(rows);
+                        });
                     }
                     WalMsg::Fail(reason) => {
                         return Err(format!("failure injected: {reason}").into());

@@ -103,6 +103,8 @@ pub struct WalStats {
     pub file_bytes: u64,
     pub sinks: Vec<SinkStats>,
     pub idempotency_keys: u64,
+    /// Refused messages kept for inspection.
+    pub rejected: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

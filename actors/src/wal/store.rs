@@ -16,6 +16,7 @@
 //!   I/O error, so the only safe continuation is to reopen the file.
 
 use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, SinkStats, WalStats};
+use super::rejected::{Rejected, REJECTED};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
@@ -99,6 +100,8 @@ pub struct WalLimits {
     pub idempotency_window_ms: u64,
     pub idempotency_max_keys: u64,
     pub dead_retention_ms: u64,
+    /// Rejected messages kept for inspection, at most.
+    pub max_rejected: u64,
     pub max_attempts: u32,
     pub lease_ms: u64,
     /// redb page cache size.
@@ -117,6 +120,7 @@ impl WalLimits {
             idempotency_window_ms: wal.idempotency_window_secs.saturating_mul(1000),
             idempotency_max_keys: wal.idempotency_max_keys,
             dead_retention_ms: wal.dead_retention_secs.saturating_mul(1000),
+            max_rejected: wal.max_rejected,
             max_attempts: d.max_attempts,
             lease_ms: d.lease_timeout_ms,
             cache_bytes: usize::try_from(wal.cache_bytes).unwrap_or(usize::MAX),
@@ -143,13 +147,18 @@ pub enum Op {
         sink: String,
         limit: usize,
     },
+    /// Keep a refused message for inspection (see `rejected.rs`).
+    Reject(Rejected),
 }
 
 impl Op {
     /// Appends must be durable before they are answered; maintenance makes earlier
     /// non-durable settles durable at a bounded interval.
     fn needs_durability(&self) -> bool {
-        matches!(self, Op::Append(_) | Op::Maintain | Op::Requeue { .. })
+        matches!(
+            self,
+            Op::Append(_) | Op::Maintain | Op::Requeue { .. } | Op::Reject(_)
+        )
     }
 }
 
@@ -168,6 +177,8 @@ pub enum OpResult {
     },
     Maintained(MaintainReport),
     Requeued(usize),
+    /// The id the rejected message was stored under.
+    Rejected(u64),
 }
 
 /// The WAL is over a limit: the append was refused whole, nothing stored.
@@ -185,6 +196,7 @@ pub struct MaintainReport {
     pub expired: u64,
     pub dead_purged: u64,
     pub idempotency_purged: u64,
+    pub rejected_purged: u64,
     /// A limit was hit: another sweep has work to do.
     pub more: bool,
 }
@@ -196,6 +208,9 @@ struct Meta {
     live_bytes: u64,
     records: u64,
     idem_keys: u64,
+    /// Next id in the rejected table, and rows in it.
+    rejected_next: u64,
+    rejected: u64,
     /// Per sink: (pending, dead, acked_total).
     sinks: BTreeMap<String, (u64, u64, u64)>,
 }
@@ -215,6 +230,8 @@ impl Meta {
                 "live_bytes" => m.live_bytes = v,
                 "records" => m.records = v,
                 "idem_keys" => m.idem_keys = v,
+                "rejected_next" => m.rejected_next = v,
+                "rejected" => m.rejected = v,
                 other => {
                     if let Some((kind, sink)) = other.split_once('/') {
                         let e = m.sinks.entry(sink.to_string()).or_default();
@@ -237,6 +254,8 @@ impl Meta {
         t.insert("live_bytes", self.live_bytes)?;
         t.insert("records", self.records)?;
         t.insert("idem_keys", self.idem_keys)?;
+        t.insert("rejected_next", self.rejected_next)?;
+        t.insert("rejected", self.rejected)?;
         for (sink, (p, d, a)) in &self.sinks {
             t.insert(format!("pending/{sink}").as_str(), *p)?;
             t.insert(format!("dead/{sink}").as_str(), *d)?;
@@ -322,6 +341,7 @@ impl WalStore {
         txn.open_table(REFS)?;
         txn.open_table(PENDING)?;
         txn.open_table(DEAD)?;
+        txn.open_table(REJECTED)?;
         txn.open_table(IDEM)?;
         let meta = Meta::load(&txn)?;
         meta.save(&txn)?;
@@ -384,6 +404,13 @@ impl WalStore {
                     }
                     Op::Requeue { sink, limit } => {
                         OpResult::Requeued(self.requeue(&mut tx, &mut meta, &sink, limit)?)
+                    }
+                    Op::Reject(r) => {
+                        let id = meta.rejected_next.max(1);
+                        tx.rejected.insert(id, r.encode().as_slice())?;
+                        meta.rejected_next = id + 1;
+                        meta.rejected += 1;
+                        OpResult::Rejected(id)
                     }
                 };
                 results.push(r);
@@ -799,6 +826,27 @@ impl WalStore {
                 report.dead_purged += 1;
             }
         }
+        // Rejected messages past retention or over the count cap, oldest first.
+        let excess = meta.rejected.saturating_sub(self.limits.max_rejected) as usize;
+        let old: Vec<u64> = tx
+            .rejected
+            .iter()?
+            .enumerate()
+            .take_while(|(i, r)| {
+                *i < excess
+                    || r.as_ref().is_ok_and(|(_, v)| {
+                        Rejected::decode(v.value()).map_or(true, |e| e.received_ms < dead_cutoff)
+                    })
+            })
+            .take(SWEEP_LIMIT)
+            .map(|(_, r)| r.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()?;
+        report.more |= old.len() >= SWEEP_LIMIT;
+        for id in old {
+            tx.rejected.remove(id)?;
+            meta.rejected = meta.rejected.saturating_sub(1);
+            report.rejected_purged += 1;
+        }
         Ok(report)
     }
 
@@ -901,6 +949,23 @@ impl WalReader {
     }
 }
 
+impl WalReader {
+    /// Rejected messages, newest first.
+    pub fn rejected(&self, limit: usize) -> Result<Vec<(u64, Rejected)>, WalError> {
+        let txn = self.0.begin_read()?;
+        let t = txn.open_table(REJECTED)?;
+        let mut out = Vec::new();
+        for row in t.iter()?.rev().take(limit) {
+            let (k, v) = row?;
+            out.push((
+                k.value(),
+                Rejected::decode(v.value()).map_err(WalError::Storage)?,
+            ));
+        }
+        Ok(out)
+    }
+}
+
 /// All rows of a store, by key (see [`WalStore::dump`]).
 #[doc(hidden)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -921,6 +986,7 @@ fn stats_from(
         live_bytes: meta.live_bytes,
         file_bytes,
         idempotency_keys: meta.idem_keys,
+        rejected: meta.rejected,
         sinks: meta
             .sinks
             .iter()
@@ -942,6 +1008,7 @@ struct Tx<'t> {
     pending: redb::Table<'t, (&'static str, u64), u32>,
     dead: redb::Table<'t, (&'static str, u64), &'static [u8]>,
     idem: redb::Table<'t, (u64, &'static str), (u64, &'static str)>,
+    rejected: redb::Table<'t, u64, &'static [u8]>,
 }
 
 impl<'t> Tx<'t> {
@@ -952,6 +1019,7 @@ impl<'t> Tx<'t> {
             pending: txn.open_table(PENDING)?,
             dead: txn.open_table(DEAD)?,
             idem: txn.open_table(IDEM)?,
+            rejected: txn.open_table(REJECTED)?,
         })
     }
 }

@@ -14,6 +14,7 @@ pub(super) fn limits() -> WalLimits {
         idempotency_window_ms: 1 << 40,
         idempotency_max_keys: u64::MAX,
         dead_retention_ms: 1 << 40,
+        max_rejected: 1_000,
         max_attempts: 3,
         lease_ms: 100,
         cache_bytes: 4 << 20,
@@ -458,6 +459,48 @@ fn expired_records_become_dead_and_stay_inspectable() {
     );
     assert_eq!(s.dead_letters("a", 10).unwrap()[0].1.reason, "expired");
     assert_eq!(s.stats().sinks[0].pending, 1);
+}
+
+#[test]
+fn rejected_messages_are_kept_newest_first_and_bounded_by_count_and_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = limits();
+    l.max_rejected = 3;
+    l.dead_retention_ms = 1_000;
+    let s = open(dir.path(), l.clone());
+    let rej = |n: u64, at: u64| {
+        Op::Reject(Rejected::new(
+            at,
+            Source::Mqtt,
+            format!("devices/d{n}/telemetry"),
+            "invalid_json",
+            None,
+            format!("bad {n}"),
+            &vec![b'x'; 70_000],
+        ))
+    };
+    let (s, r) = one(s, rej(1, 0), 0);
+    assert_eq!(r, OpResult::Rejected(1));
+    let (mut s, _) = s
+        .apply(vec![rej(2, 10), rej(3, 20), rej(4, 900)], 900)
+        .unwrap();
+    assert_eq!(s.stats().rejected, 4);
+    // Over the cap: the oldest goes first.
+    (s, _) = one(s, Op::Maintain, 900);
+    let kept = s.reader().rejected(10).unwrap();
+    assert_eq!(
+        kept.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [4, 3, 2]
+    );
+    assert_eq!(kept[0].1.payload.len(), rejected::MAX_KEPT_PAYLOAD);
+    assert_eq!(kept[0].1.payload_len, 70_000);
+    // Past retention: only the young one stays, and the count survives a reopen.
+    (s, _) = one(s, Op::Maintain, 1_500);
+    assert_eq!(s.stats().rejected, 1);
+    drop(s);
+    let s = open(dir.path(), l);
+    assert_eq!(s.stats().rejected, 1);
+    assert_eq!(s.reader().rejected(10).unwrap()[0].1.message, "bad 4");
 }
 
 #[test]

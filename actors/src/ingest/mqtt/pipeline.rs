@@ -1,0 +1,206 @@
+//! From a received PUBLISH to its PUBACK: submit to the router (or, refused, to the WAL's
+//! rejected table), wait for the commit, acknowledge — in arrival order.
+//!
+//! Invariants:
+//! - A message is acknowledged only after the commit that holds it (as records, or as a
+//!   rejected entry) returned. Anything else — WAL full, WAL or router restarting — leaves
+//!   it un-acknowledged and retried from memory; the memory is bounded by the un-acked
+//!   permits (`mqtt.max_unacked`), and past that the broker holds the rest.
+//! - PUBACKs leave in the order the PUBLISHes arrived (MQTT 3.1.1, 4.6.0-2): one task
+//!   settles items strictly in order.
+
+use super::topics::Subscriptions;
+use crate::addr::Addr;
+use crate::ingest::parse::{Encoding, Rejection};
+use crate::ingest::router::{IngestRequest, IngestRouterMsg};
+use crate::metrics::Metrics;
+use crate::wal::{AppendError, AppendOutcome, AppendReply, Rejected, Source, WalMsg};
+use rumqttc::{AsyncClient, Publish};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+
+/// What the pipeline needs, shared by the actor (first submit) and the ack task (retries).
+#[derive(Clone)]
+pub struct Ctx {
+    pub router: Addr<IngestRouterMsg>,
+    pub wal: Addr<WalMsg>,
+    pub subs: Arc<Subscriptions>,
+    pub max_payload: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+/// One received message on its way to its PUBACK.
+pub struct Item {
+    pub publish: Publish,
+    /// Held until the PUBACK is queued: bounds messages in memory.
+    pub permit: OwnedSemaphorePermit,
+    pub received_ms: u64,
+    pub pending: Pending,
+}
+
+pub enum Pending {
+    Append(oneshot::Receiver<AppendReply>),
+    Reject(oneshot::Receiver<Result<u64, AppendError>>, Rejection),
+    /// Not handed over (router or WAL not running, WAL full): submit again.
+    Retry(String),
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Hands one message to the router; a refused one goes to the WAL's rejected table.
+pub async fn submit(ctx: &Ctx, p: &Publish, received_ms: u64) -> Pending {
+    let refused = match route(ctx, p) {
+        Err(r) => r,
+        Ok((device_id, encoding)) => {
+            let req = IngestRequest {
+                device_id,
+                source: Source::Mqtt,
+                body: p.payload.clone(),
+                encoding,
+                idempotency_key: None,
+            };
+            let r = ctx
+                .router
+                .call(|reply| IngestRouterMsg::Ingest { req, reply }, None)
+                .await;
+            match r {
+                Ok(Ok(pending)) => return Pending::Append(pending.commit),
+                Ok(Err(rej)) if rej.status == 503 => return Pending::Retry(rej.message),
+                Ok(Err(rej)) => rej,
+                Err(e) => return Pending::Retry(e.to_string()),
+            }
+        }
+    };
+    let mut refused = refused;
+    if refused.field.as_deref() == Some("body") {
+        refused.field = Some("payload".into()); // MQTT has payloads, not bodies
+    }
+    let entry = Rejected::new(
+        received_ms,
+        Source::Mqtt,
+        p.topic.clone(),
+        refused.code,
+        refused.field.clone(),
+        refused.message.clone(),
+        &p.payload,
+    );
+    let (tx, rx) = oneshot::channel();
+    match ctx.wal.cast(WalMsg::Reject {
+        entry,
+        reply: tx.into(),
+    }) {
+        Ok(()) => Pending::Reject(rx, refused),
+        Err(e) => Pending::Retry(e.to_string()),
+    }
+}
+
+fn route(ctx: &Ctx, p: &Publish) -> Result<(String, Option<Encoding>), Rejection> {
+    let routed = ctx.subs.route(&p.topic)?;
+    if p.payload.len() > ctx.max_payload {
+        return Err(Rejection::new(
+            413,
+            "payload_too_large",
+            Some("payload".into()),
+            format!(
+                "payload is {} bytes; mqtt.max_payload_bytes is {}",
+                p.payload.len(),
+                ctx.max_payload
+            ),
+        ));
+    }
+    Ok(routed)
+}
+
+/// Waits for the item's commit, re-submitting until it holds. Returns once it is durable.
+async fn settle(ctx: &Ctx, item: &mut Item) {
+    let mut delay = Duration::from_millis(50);
+    let mut attempts = 0u32;
+    loop {
+        let pending = std::mem::replace(&mut item.pending, Pending::Retry(String::new()));
+        let why = match pending {
+            Pending::Append(rx) => match rx.await {
+                Ok(Ok(outcomes)) => {
+                    count_accepted(&ctx.metrics, &outcomes);
+                    return;
+                }
+                Ok(Err(AppendError::Full(f))) => f.to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "WAL stopped before the commit".to_string(),
+            },
+            Pending::Reject(rx, refused) => match rx.await {
+                Ok(Ok(id)) => {
+                    ctx.metrics
+                        .ingest_records
+                        .with_label_values(&["mqtt", "rejected"])
+                        .inc();
+                    ctx.metrics
+                        .ingest_rejections
+                        .with_label_values(&["mqtt", refused.code])
+                        .inc();
+                    tracing::warn!(
+                        topic = %item.publish.topic,
+                        code = refused.code,
+                        field = refused.field.as_deref().unwrap_or(""),
+                        reason = %refused.message,
+                        rejected_id = id,
+                        "mqtt message refused; kept in the rejected table and acknowledged"
+                    );
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "WAL stopped before the commit".to_string(),
+            },
+            Pending::Retry(why) => why,
+        };
+        attempts += 1;
+        if attempts == 1 || attempts.is_multiple_of(20) {
+            tracing::warn!(
+                topic = %item.publish.topic,
+                attempts,
+                reason = %why,
+                "mqtt message not yet durable; holding its PUBACK and retrying"
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+        item.pending = submit(ctx, &item.publish, item.received_ms).await;
+    }
+}
+
+fn count_accepted(m: &Metrics, outcomes: &[AppendOutcome]) {
+    let dups = outcomes
+        .iter()
+        .filter(|o| matches!(o, AppendOutcome::Duplicate { .. }))
+        .count() as u64;
+    let total = outcomes.len() as u64;
+    m.ingest_records
+        .with_label_values(&["mqtt", "accepted"])
+        .inc_by(total - dups);
+    if dups > 0 {
+        m.ingest_records
+            .with_label_values(&["mqtt", "duplicate"])
+            .inc_by(dups);
+        m.duplicates.with_label_values(&["mqtt"]).inc_by(dups);
+    }
+}
+
+/// The ack task: settles items in arrival order and queues each PUBACK. Ends when the
+/// channel closes (the session stopped) or the client is gone.
+pub async fn ack_in_order(ctx: Ctx, mut items: mpsc::UnboundedReceiver<Item>, client: AsyncClient) {
+    while let Some(mut item) = items.recv().await {
+        settle(&ctx, &mut item).await;
+        // May wait for room in rumqttc's request channel; the event loop never waits on us,
+        // so it drains.
+        if client.ack(&item.publish).await.is_err() {
+            return;
+        }
+        ctx.metrics.mqtt_unacked.dec();
+        drop(item.permit);
+    }
+}

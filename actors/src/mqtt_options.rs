@@ -1,0 +1,116 @@
+//! rumqttc client options from the typed config: broker address, TLS (native-tls, the same
+//! OpenSSL the rest of the gateway uses), credentials. Shared by the MQTT ingest session and
+//! the mqtt sink.
+
+use edge_gateway_config::BrokerAddr;
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttSetupError {
+    #[error("bad broker address {url:?}: {why}")]
+    Broker { url: String, why: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad TLS material in {path}: {why}")]
+    Tls { path: PathBuf, why: String },
+}
+
+/// Everything needed to connect one client.
+pub struct ClientSettings<'a> {
+    pub broker: &'a str,
+    pub client_id: String,
+    pub keep_alive: Duration,
+    /// false: the broker keeps the session (subscriptions, un-acked messages) across
+    /// disconnects.
+    pub clean_session: bool,
+    pub ca_file: Option<&'a Path>,
+    pub client_cert_file: Option<&'a Path>,
+    pub client_key_file: Option<&'a Path>,
+    pub username: Option<&'a str>,
+    pub password_file: Option<&'a Path>,
+    /// Outgoing QoS 1 publishes awaiting PUBACK, at most.
+    pub inflight: u16,
+}
+
+/// Largest packet MQTT allows. Incoming packets are never refused by size on our side: a
+/// refused packet would drop the connection and come back forever. The broker caps what
+/// devices may send (`max_packet_size` in the shipped mosquitto config); oversized payloads
+/// are dead-lettered after they are read.
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+fn read(path: &Path) -> Result<Vec<u8>, MqttSetupError> {
+    std::fs::read(path).map_err(|source| MqttSetupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn tls_err(path: &Path, e: impl std::fmt::Display) -> MqttSetupError {
+    MqttSetupError::Tls {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    }
+}
+
+/// A native-tls connector: only `ca_file`'s CAs are trusted when it is set (a private edge
+/// PKI should not also trust every public CA); the client identity is presented for mTLS.
+pub fn tls_connector(
+    ca_file: Option<&Path>,
+    cert_file: Option<&Path>,
+    key_file: Option<&Path>,
+) -> Result<native_tls::TlsConnector, MqttSetupError> {
+    let mut b = native_tls::TlsConnector::builder();
+    if let Some(ca) = ca_file {
+        let pem = read(ca)?;
+        let certs = openssl::x509::X509::stack_from_pem(&pem).map_err(|e| tls_err(ca, e))?;
+        if certs.is_empty() {
+            return Err(tls_err(ca, "no certificate found"));
+        }
+        for c in certs {
+            let der = c.to_der().map_err(|e| tls_err(ca, e))?;
+            b.add_root_certificate(
+                native_tls::Certificate::from_der(&der).map_err(|e| tls_err(ca, e))?,
+            );
+        }
+        b.disable_built_in_roots(true);
+    }
+    if let (Some(cert), Some(key)) = (cert_file, key_file) {
+        let cert_pem = read(cert)?;
+        let key = openssl::pkey::PKey::private_key_from_pem(&read(key)?)
+            .map_err(|e| tls_err(key, e))?
+            .private_key_to_pem_pkcs8()
+            .map_err(|e| tls_err(key, e))?;
+        let id = native_tls::Identity::from_pkcs8(&cert_pem, &key).map_err(|e| tls_err(cert, e))?;
+        b.identity(id);
+    }
+    b.build()
+        .map_err(|e| tls_err(ca_file.unwrap_or(Path::new("-")), e))
+}
+
+/// rumqttc options for `s`. Manual acks are set by the caller that needs them.
+pub fn options(s: &ClientSettings<'_>) -> Result<MqttOptions, MqttSetupError> {
+    let addr = BrokerAddr::parse(s.broker).map_err(|why| MqttSetupError::Broker {
+        url: s.broker.to_string(),
+        why,
+    })?;
+    let mut o = MqttOptions::new(s.client_id.clone(), addr.host.clone(), addr.port);
+    o.set_keep_alive(s.keep_alive)
+        .set_clean_session(s.clean_session)
+        .set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET)
+        .set_inflight(s.inflight.max(1));
+    if addr.tls {
+        let c = tls_connector(s.ca_file, s.client_cert_file, s.client_key_file)?;
+        o.set_transport(Transport::Tls(TlsConfiguration::NativeConnector(c)));
+    }
+    if let (Some(user), Some(pf)) = (s.username, s.password_file) {
+        let pw = String::from_utf8_lossy(&read(pf)?).trim().to_string();
+        o.set_credentials(user, pw);
+    }
+    Ok(o)
+}

@@ -1,0 +1,395 @@
+//! MQTT both ways with real mosquitto brokers: devices -> edge broker -> gateway (PUBACK after
+//! the WAL commit) -> HTTP sink and an upstream broker.
+
+mod common;
+
+use common::mqtt::{Broker, Device, Subscriber};
+use common::sink::RecordingSink;
+use common::*;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+const DEVICES: [&str; 3] = ["stm32-a", "stm32-b", "stm32-c"];
+
+fn key(device: &str, seq: u64) -> String {
+    format!("{device}/seq/{seq}")
+}
+
+/// `mqtt_extra` goes into the `[mqtt]` section.
+fn gateway_config(
+    dir: &std::path::Path,
+    edge: &Broker,
+    sink: &RecordingSink,
+    upstream: Option<&Broker>,
+    mqtt_extra: &str,
+) -> std::path::PathBuf {
+    let mut c = format!(
+        "[mqtt]\nenabled = true\nbroker = \"{}\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n{mqtt_extra}\
+         [delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\nlease_timeout_ms = 5000\n\
+         [[sinks]]\nname = \"analytics\"\ntype = \"http\"\nurl = \"{}\"\ntimeout_ms = 5000\n",
+        edge.url(),
+        sink.url()
+    );
+    if let Some(up) = upstream {
+        c.push_str(&format!(
+            "[[sinks]]\nname = \"upstream\"\ntype = \"mqtt\"\nurl = \"{}\"\ntopic_prefix = \"site-1\"\ntimeout_ms = 3000\n",
+            up.url()
+        ));
+    }
+    write_config(dir, &c)
+}
+
+/// Waits for `/readyz` to answer 200 (the MQTT session connected and subscribed).
+async fn wait_ready(gw: &Gateway) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+        if r.status() == 200 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway not ready: {}\nlog:\n{}",
+            r.text().await.unwrap(),
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_in_order(by_device: &HashMap<String, Vec<u64>>, n: u64) {
+    for d in DEVICES {
+        let seqs = by_device
+            .get(d)
+            .unwrap_or_else(|| panic!("nothing from {d}"));
+        assert_eq!(
+            seqs,
+            &(0..n).collect::<Vec<_>>(),
+            "order of first delivery of {d}"
+        );
+    }
+}
+
+async fn devices(port: u16) -> Vec<Device> {
+    let mut out = Vec::new();
+    for d in DEVICES {
+        out.push(Device::connect(port, d, None).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_devices_reach_the_http_sink_and_the_upstream_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Broker::plain(&dir.path().join("edge"));
+    let up = Broker::plain(&dir.path().join("upstream"));
+    let subscriber = Subscriber::start(up.port, "site-1/+/telemetry").await;
+    let sink = RecordingSink::start().await;
+    let gw = Gateway::start(&gateway_config(dir.path(), &edge, &sink, Some(&up), ""));
+    wait_ready(&gw).await;
+
+    let n = 300u64;
+    let mut devs = devices(edge.port).await;
+    let mut want = HashSet::new();
+    for seq in 0..n {
+        for d in devs.iter_mut() {
+            d.publish_seq(seq).await;
+            want.insert(key(&d.id, seq));
+        }
+    }
+    for d in &devs {
+        assert!(d.wait_acked(Duration::from_secs(20)).await, "broker acks");
+    }
+    sink.wait_for_keys(&want, Duration::from_secs(30))
+        .await
+        .expect("every message at the http sink");
+    subscriber
+        .wait_for_keys(&want, Duration::from_secs(30))
+        .await
+        .expect("every message upstream");
+    assert_in_order(&sink.by_device(), n);
+    assert_in_order(&subscriber.first_arrival_order(), n);
+    // Topic template and payload as published.
+    let (topic, v) = subscriber.seen.lock().unwrap().messages[0].clone();
+    assert_eq!(
+        topic,
+        format!("site-1/{}/telemetry", v["device_id"].as_str().unwrap())
+    );
+    assert_eq!(v["source"], "mqtt");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "edge_gateway_ingest_records_total{result=\"accepted\",source=\"mqtt\"}"
+        ),
+        Some((n * 3) as f64)
+    );
+    assert_eq!(metric(&m, "edge_gateway_mqtt_session_up"), Some(1.0));
+    // Every message acknowledged to the broker once committed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&gw.metrics().await, "edge_gateway_mqtt_unacked_messages") != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "PUBACKs outstanding"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_devices_publish_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Broker::plain(&dir.path().join("edge"));
+    let sink = RecordingSink::start().await;
+    let cfg = gateway_config(dir.path(), &edge, &sink, None, "");
+    let gw = Gateway::start(&cfg);
+    wait_ready(&gw).await; // the persistent session's subscription exists from here on
+    let mut gw = Some(gw);
+
+    let mut devs = devices(edge.port).await;
+    let mut want = HashSet::new();
+    let (kills, per_round) = (4u64, 250u64);
+    for round in 0..kills {
+        for i in 0..per_round {
+            let seq = round * per_round + i;
+            for d in devs.iter_mut() {
+                d.publish_seq(seq).await;
+                want.insert(key(&d.id, seq));
+            }
+            if i == per_round / 2 {
+                gw.take().unwrap().kill9(); // mid-stream
+            }
+        }
+        gw = Some(Gateway::start(&cfg));
+    }
+    for d in &devs {
+        assert!(d.wait_acked(Duration::from_secs(30)).await, "broker acks");
+    }
+    let missing = sink.wait_for_keys(&want, Duration::from_secs(60)).await;
+    assert!(
+        missing.is_ok(),
+        "{} of {} published messages lost after {kills} SIGKILLs: {:?}\nlast gateway's log:\n{}",
+        missing.as_ref().unwrap_err().len(),
+        want.len(),
+        missing
+            .as_ref()
+            .unwrap_err()
+            .iter()
+            .take(10)
+            .collect::<Vec<_>>(),
+        gw.as_ref().map(|g| g.log()).unwrap_or_default()
+    );
+    eprintln!(
+        "{kills} kills, {} messages published, {} deliveries ({} duplicates), 0 lost",
+        want.len(),
+        sink.deliveries(),
+        sink.deliveries() - want.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_demo_upstream_outage_backlog_drains_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Broker::plain(&dir.path().join("edge"));
+    let mut up = Broker::plain(&dir.path().join("upstream"));
+    let subscriber = Subscriber::start(up.port, "site-1/+/telemetry").await;
+    let sink = RecordingSink::start().await;
+    let gw = Gateway::start(&gateway_config(dir.path(), &edge, &sink, Some(&up), ""));
+    wait_ready(&gw).await;
+    let mut devs = devices(edge.port).await;
+    let mut want = HashSet::new();
+    let mut published: HashMap<String, serde_json::Value> = HashMap::new();
+    let seq = 450u64;
+    for s in 0..50 {
+        for d in devs.iter_mut() {
+            d.publish_seq(s).await;
+            want.insert(key(&d.id, s));
+        }
+    }
+    subscriber
+        .wait_for_keys(&want, Duration::from_secs(30))
+        .await
+        .expect("before the outage");
+
+    // Outage: ingest keeps acknowledging, the upstream backlog grows.
+    up.stop();
+    for s in 50..seq {
+        for d in devs.iter_mut() {
+            d.publish_seq(s).await;
+            want.insert(key(&d.id, s));
+        }
+    }
+    for d in &devs {
+        assert!(d.wait_acked(Duration::from_secs(20)).await);
+    }
+    // Everything reached the HTTP sink during the outage: ingest never stopped.
+    sink.wait_for_keys(&want, Duration::from_secs(30))
+        .await
+        .expect("ingest during the outage");
+    let m = gw.metrics().await;
+    let backlog = metric(
+        &m,
+        "edge_gateway_wal_records{sink=\"upstream\",state=\"enqueued\"}",
+    )
+    .unwrap_or(0.0)
+        + metric(
+            &m,
+            "edge_gateway_wal_records{sink=\"upstream\",state=\"in_flight\"}",
+        )
+        .unwrap_or(0.0);
+    assert!(
+        backlog >= 1000.0,
+        "upstream backlog during the outage: {backlog}\n{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "edge_gateway_publish_batches_total{result=\"unreachable\",sink=\"upstream\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("upstream"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    up.start();
+    subscriber
+        .wait_for_keys(&want, Duration::from_secs(60))
+        .await
+        .expect("backlog drained upstream");
+    assert_in_order(&subscriber.first_arrival_order(), seq);
+    // Payloads exactly as published.
+    for (_, v) in subscriber.seen.lock().unwrap().messages.iter() {
+        let s = v["seq"].as_u64().unwrap();
+        published.insert(key(v["device_id"].as_str().unwrap(), s), v["data"].clone());
+        assert_eq!(
+            v["data"]["temp_c"].as_f64().unwrap(),
+            20.0 + (s % 10) as f64 / 10.0
+        );
+    }
+    assert_eq!(published.len(), want.len());
+    // The outage used up no delivery attempts: nothing was dead-lettered.
+    let stats = gw.admin_get("/admin/wal").await;
+    assert!(
+        stats["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["dead"] == 0),
+        "{stats}"
+    );
+    // And the backlog metric returns to zero.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = gw.admin_get("/admin/wal").await;
+        let up_pending = stats["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["sink"] == "upstream")
+            .unwrap()["pending"]
+            .as_u64()
+            .unwrap();
+        if up_pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog stuck at {up_pending}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_kept_with_a_reason_counted_and_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Broker::plain(&dir.path().join("edge"));
+    let sink = RecordingSink::start().await;
+    let gw = Gateway::start(
+        &gateway_config(dir.path(), &edge, &sink, None, "max_payload_bytes = 1024\n").to_path_buf(),
+    );
+    wait_ready(&gw).await;
+    let mut bad = Device::connect(edge.port, "bad", None).await;
+    let mut good = Device::connect(edge.port, "stm32-a", None).await;
+    good.publish_seq(0).await;
+    bad.publish_raw("devices/bad/telemetry", b"{\"seq\": 1, \"temp\"".to_vec())
+        .await;
+    bad.publish_raw("devices/bad/telemetry", vec![0xa1, 0x63, 0x66, 0x6f])
+        .await; // truncated CBOR map
+    bad.publish_raw("devices/bad/telemetry", vec![b' '; 2000])
+        .await;
+    bad.publish_raw("devices/bad$id/telemetry", b"{\"seq\": 1}".to_vec())
+        .await;
+    bad.publish_raw("devices/bad/telemetry", b"{\"seq\": \"one\"}".to_vec())
+        .await;
+    good.publish_seq(1).await;
+    assert!(bad.wait_acked(Duration::from_secs(10)).await);
+    let want: HashSet<String> = [key("stm32-a", 0), key("stm32-a", 1)].into();
+    sink.wait_for_keys(&want, Duration::from_secs(20))
+        .await
+        .expect("the good device is undisturbed");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let rejected = loop {
+        let r = gw.admin_get("/admin/rejected").await;
+        if r["rejected"].as_array().unwrap().len() >= 5 {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rejected: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rows = rejected["rejected"].as_array().unwrap();
+    let codes: Vec<&str> = rows
+        .iter()
+        .rev()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "malformed_body",
+            "malformed_body",
+            "payload_too_large",
+            "invalid_device_id",
+            "invalid_field"
+        ],
+        "{rejected}"
+    );
+    let too_large = &rows[2];
+    assert_eq!(too_large["payload_len"], 2000);
+    assert_eq!(rows[4]["payload_text"], "{\"seq\": 1, \"temp\"");
+    assert_eq!(rows[4]["field"], "payload");
+    assert_eq!(rows[1]["origin"], "devices/bad$id/telemetry");
+    assert_eq!(rows[1]["field"], "topic");
+    assert!(
+        rows[0]["field"].as_str().unwrap().contains("seq"),
+        "{}",
+        rows[0]
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "edge_gateway_ingest_rejections_total{code=\"payload_too_large\",source=\"mqtt\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "edge_gateway_ingest_records_total{result=\"rejected\",source=\"mqtt\"}"
+        ),
+        Some(5.0)
+    );
+    assert!(gw.log().contains("mqtt message refused"));
+    // Nothing of it reached a sink.
+    assert!(
+        sink.keys().iter().all(|k| k.starts_with("stm32-a/")),
+        "{:?}",
+        sink.keys()
+    );
+}
