@@ -393,3 +393,126 @@ async fn malformed_messages_are_kept_with_a_reason_counted_and_acknowledged() {
         sink.keys()
     );
 }
+
+async fn wait_metric(gw: &Gateway, name: &str, ok: impl Fn(f64) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = gw.metrics().await;
+        if metric(&m, name).is_some_and(&ok) {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} = {:?}",
+            metric(&m, name)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_wal_withholds_pubacks_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Broker::plain(&dir.path().join("edge"));
+    let sink = RecordingSink::start().await;
+    sink.set(common::sink::Behaviour::Always(503));
+    // 50 records fit in the WAL; the session keeps at most 20 messages un-acked.
+    let cfg = gateway_config(dir.path(), &edge, &sink, None, "max_unacked = 20\n")
+        .display()
+        .to_string();
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + "[wal]\nmax_records = 50\n";
+    let text = text.replace("[delivery]\n", "[delivery]\nmax_attempts = 1000\n");
+    std::fs::write(&cfg, text).unwrap();
+    let gw = Gateway::start(std::path::Path::new(&cfg));
+    wait_ready(&gw).await;
+    let mut devs = devices(edge.port).await;
+    let mut want = HashSet::new();
+    for seq in 0..100 {
+        for d in devs.iter_mut() {
+            d.publish_seq(seq).await;
+            want.insert(key(&d.id, seq));
+        }
+    }
+    // The WAL fills, the session holds 20 messages un-acknowledged and sheds the rest.
+    wait_metric(&gw, "edge_gateway_backpressure_active", |v| v == 1.0).await;
+    wait_metric(&gw, "edge_gateway_mqtt_shed_total", |v| v > 0.0).await;
+    let m = wait_metric(&gw, "edge_gateway_mqtt_unacked_messages", |v| v >= 1.0).await;
+    assert!(metric(&m, "edge_gateway_mqtt_unacked_messages").unwrap() <= 20.0);
+    assert_eq!(metric(&m, "edge_gateway_wal_live_records"), Some(50.0));
+    assert!(gw.log().contains("holding its PUBACK"));
+
+    // The sink recovers: the WAL drains, the held messages commit, the shed ones come back.
+    sink.set(common::sink::Behaviour::Ok);
+    sink.wait_for_keys(&want, Duration::from_secs(60))
+        .await
+        .expect("every message once the WAL had room");
+    assert_in_order(&sink.by_device(), 100);
+    eprintln!(
+        "{}",
+        gw.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("edge_gateway_mqtt"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_actors_during_mqtt_ingest_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Broker::plain(&dir.path().join("edge"));
+    let up = Broker::plain(&dir.path().join("upstream"));
+    let subscriber = Subscriber::start(up.port, "site-1/+/telemetry").await;
+    let sink = RecordingSink::start().await;
+    let cfg = gateway_config(dir.path(), &edge, &sink, Some(&up), "");
+    let text = std::fs::read_to_string(&cfg).unwrap() + "[admin]\nchaos = true\n";
+    std::fs::write(&cfg, text).unwrap();
+    let gw = Gateway::start(&cfg);
+    wait_ready(&gw).await;
+    let mut devs = devices(edge.port).await;
+    let mut want = HashSet::new();
+    let actors = [
+        "mqtt_session",
+        "ingest_router",
+        "wal",
+        "dispatcher",
+        "publisher:upstream",
+        "mqtt_session",
+    ];
+    let per = 100u64;
+    for (round, actor) in actors.iter().enumerate() {
+        for i in 0..per {
+            let seq = round as u64 * per + i;
+            for d in devs.iter_mut() {
+                d.publish_seq(seq).await;
+                want.insert(key(&d.id, seq));
+            }
+            if i == per / 2 {
+                let status = client()
+                    .post(gw.admin_url(&format!("/admin/actors/{actor}/fail")))
+                    .bearer_auth(&gw.admin_token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(status, 202, "fail {actor}");
+            }
+        }
+    }
+    sink.wait_for_keys(&want, Duration::from_secs(60))
+        .await
+        .expect("every message at the http sink");
+    subscriber
+        .wait_for_keys(&want, Duration::from_secs(60))
+        .await
+        .expect("every message upstream");
+    let tree = gw.admin_get("/admin/tree").await.to_string();
+    assert!(tree.contains("mqtt_session"), "{tree}");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "edge_gateway_actor_restarts_total{actor=\"mqtt_session\"}"),
+        Some(2.0)
+    );
+}

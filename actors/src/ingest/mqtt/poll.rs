@@ -83,6 +83,8 @@ impl Poller {
         let mut delays = self.backoff();
         // Messages dropped since the last (re)connect for want of a permit.
         let mut shed = 0u64;
+        // We asked for the disconnect: the error that follows is expected.
+        let mut leaving = false;
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             let event = tokio::select! {
@@ -91,7 +93,7 @@ impl Poller {
                     if self.permits.available_permits() == self.max_unacked {
                         tracing::warn!(shed, "every kept message acknowledged; reconnecting to get the shed ones redelivered");
                         shed = 0;
-                        let _ = self.client.try_disconnect();
+                        leaving = self.client.try_disconnect().is_ok();
                     }
                     continue;
                 }
@@ -159,6 +161,11 @@ impl Poller {
                     self.set("connecting", None);
                 }
                 Ok(_) => {}
+                Err(e) if leaving => {
+                    leaving = false;
+                    tracing::info!(reason = %e, "mqtt session reconnecting for redelivery");
+                    self.set("connecting", None);
+                }
                 Err(e) => {
                     self.metrics
                         .mqtt_connection_errors
