@@ -8,6 +8,9 @@
 //! - `drain`: a backlog of N records (default 1,000,000; `BENCH_BACKLOG`) drained to a local
 //!   HTTP sink; RSS before, with the backlog, and after.
 //! - `idle`:  RSS of an idle gateway.
+//! - `mqtt`:  durable MQTT ingest (PUBACK after commit) beside mosquitto's own rate to an
+//!   ack-only subscriber, as a ratio (`BENCH_MQTT_MESSAGES`, default 100,000); and the drain
+//!   of a backlog to an upstream mosquitto (`BENCH_MQTT_BACKLOG`, default 100,000).
 //! - `steady`: sustained ingest with delivery keeping up (`BENCH_STEADY_SECS`, default 60):
 //!   the WAL file size and RSS sampled over time, to show they level off.
 
@@ -20,6 +23,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "support/mqtt.rs"]
+mod mqtt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edge-gateway");
 
@@ -52,6 +58,10 @@ fn main() {
     }
     if want("drain") {
         rt.block_on(drain());
+    }
+    if want("mqtt") {
+        rt.block_on(mqtt::ingest());
+        rt.block_on(mqtt::upstream_drain());
     }
     if want("steady") {
         rt.block_on(steady());

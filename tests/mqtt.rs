@@ -27,7 +27,7 @@ fn gateway_config(
         "[mqtt]\nenabled = true\nbroker = \"{}\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n{mqtt_extra}\
          [delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\nlease_timeout_ms = 5000\n\
          [[sinks]]\nname = \"analytics\"\ntype = \"http\"\nurl = \"{}\"\ntimeout_ms = 5000\n",
-        edge.url(),
+        edge.client_url(),
         sink.url()
     );
     if let Some(up) = upstream {
@@ -189,14 +189,30 @@ async fn sigkill_while_devices_publish_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn field_demo_upstream_outage_backlog_drains_in_order() {
+    // Three STM32-class devices over MQTT/TLS with their own certificates, to the edge broker
+    // as shipped (mTLS, per-device ACLs); the gateway forwards to an upstream broker.
     let dir = tempfile::tempdir().unwrap();
-    let edge = Broker::plain(&dir.path().join("edge"));
+    let pki = common::pki::Pki::new(&dir.path().join("pki"));
+    for cn in ["edge-gateway", DEVICES[0], DEVICES[1], DEVICES[2]] {
+        pki.client(cn);
+    }
+    let edge = Broker::shipped_edge(&dir.path().join("edge"), &pki.dir);
     let mut up = Broker::plain(&dir.path().join("upstream"));
     let subscriber = Subscriber::start(up.port, "site-1/+/telemetry").await;
     let sink = RecordingSink::start().await;
-    let gw = Gateway::start(&gateway_config(dir.path(), &edge, &sink, Some(&up), ""));
+    let tls = format!(
+        "[mqtt.tls]\nca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}\n",
+        pki.path("ca.pem").display().to_string(),
+        pki.path("edge-gateway.pem").display().to_string(),
+        pki.path("edge-gateway.key").display().to_string()
+    );
+    let gw = Gateway::start(&gateway_config(dir.path(), &edge, &sink, Some(&up), &tls));
     wait_ready(&gw).await;
-    let mut devs = devices(edge.port).await;
+    let mut devs = Vec::new();
+    for d in DEVICES {
+        let t = common::mqtt::tls_transport(&pki.dir, "ca.pem", Some(d));
+        devs.push(Device::connect(edge.port, d, Some(t)).await);
+    }
     let mut want = HashSet::new();
     let mut published: HashMap<String, serde_json::Value> = HashMap::new();
     let seq = 450u64;
@@ -420,8 +436,7 @@ async fn a_full_wal_withholds_pubacks_and_nothing_is_lost() {
     let cfg = gateway_config(dir.path(), &edge, &sink, None, "max_unacked = 20\n")
         .display()
         .to_string();
-    let text = std::fs::read_to_string(&cfg).unwrap()
-        + "[wal]\nmax_records = 50\n";
+    let text = std::fs::read_to_string(&cfg).unwrap() + "[wal]\nmax_records = 50\n";
     let text = text.replace("[delivery]\n", "[delivery]\nmax_attempts = 1000\n");
     std::fs::write(&cfg, text).unwrap();
     let gw = Gateway::start(std::path::Path::new(&cfg));
@@ -512,7 +527,106 @@ async fn failing_actors_during_mqtt_ingest_loses_nothing() {
     assert!(tree.contains("mqtt_session"), "{tree}");
     let m = gw.metrics().await;
     assert_eq!(
-        metric(&m, "edge_gateway_actor_restarts_total{actor=\"mqtt_session\"}"),
+        metric(
+            &m,
+            "edge_gateway_actor_restarts_total{actor=\"mqtt_session\"}"
+        ),
         Some(2.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_upstream_carries_the_key_as_a_user_property_and_refusals_dead_letter() {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Broker::plain(&dir.path().join("edge"));
+    // Upstream lets this gateway write only stm32-a's topic (anonymous ACL).
+    let acl = dir.path().join("upstream.acl");
+    std::fs::write(&acl, "topic write site-1/stm32-a/telemetry\ntopic read #\n").unwrap();
+    let up = Broker::plain_with(
+        &dir.path().join("upstream"),
+        &format!("acl_file {}\n", acl.display()),
+    );
+    // An MQTT 5 subscriber upstream, keeping each message's user properties.
+    let mut o = MqttOptions::new("v5-subscriber", "127.0.0.1", up.port);
+    o.set_keep_alive(Duration::from_secs(10));
+    let (client, mut ev) = AsyncClient::new(o, 100);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (subbed_tx, subbed) = tokio::sync::oneshot::channel();
+    let mut subbed_tx = Some(subbed_tx);
+    let task = tokio::spawn(async move {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(P5::ConnAck(_))) => {
+                    client
+                        .try_subscribe("site-1/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                        .unwrap();
+                }
+                Ok(Event::Incoming(P5::SubAck(_))) => {
+                    if let Some(t) = subbed_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(Event::Incoming(P5::Publish(p))) => {
+                    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                    let props = p
+                        .properties
+                        .map(|pr| pr.user_properties)
+                        .unwrap_or_default();
+                    let _ = tx.send((v, props));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    subbed.await.unwrap();
+    let sink = RecordingSink::start().await;
+    let cfg = gateway_config(dir.path(), &edge, &sink, Some(&up), "");
+    let text = std::fs::read_to_string(&cfg).unwrap() + "protocol = \"v5\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let gw = Gateway::start(&cfg);
+    wait_ready(&gw).await;
+
+    let mut a = Device::connect(edge.port, "stm32-a", None).await;
+    for seq in 0..5 {
+        a.publish_seq(seq).await;
+    }
+    for seq in 0..5 {
+        let (v, props) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("upstream message")
+            .unwrap();
+        assert_eq!(v["seq"], seq);
+        let key = v["idempotency_key"].as_str().unwrap();
+        assert_eq!(key, self::key("stm32-a", seq));
+        assert!(
+            props.contains(&("idempotency_key".to_string(), key.to_string())),
+            "{props:?}"
+        );
+    }
+    // The upstream broker refuses stm32-b's topic with reason NotAuthorized: dead-lettered
+    // with that reason, not retried forever.
+    let mut b = Device::connect(edge.port, "stm32-b", None).await;
+    b.publish_seq(0).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let d = gw.admin_get("/admin/dead-letters/upstream").await;
+        if !d["dead_letters"].as_array().unwrap().is_empty() {
+            break d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no dead letter: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let row = &dead["dead_letters"][0];
+    assert!(
+        row["reason"].as_str().unwrap().contains("NotAuthorized"),
+        "{row}"
+    );
+    assert_eq!(row["record"]["device_id"], "stm32-b");
+    task.abort();
 }

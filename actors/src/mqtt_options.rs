@@ -93,24 +93,68 @@ pub fn tls_connector(
         .map_err(|e| tls_err(ca_file.unwrap_or(Path::new("-")), e))
 }
 
-/// rumqttc options for `s`. Manual acks are set by the caller that needs them.
-pub fn options(s: &ClientSettings<'_>) -> Result<MqttOptions, MqttSetupError> {
+/// The parsed broker address, the transport and the credentials, whatever the protocol.
+struct Common {
+    addr: BrokerAddr,
+    transport: Option<Transport>,
+    credentials: Option<(String, String)>,
+}
+
+fn common(s: &ClientSettings<'_>) -> Result<Common, MqttSetupError> {
     let addr = BrokerAddr::parse(s.broker).map_err(|why| MqttSetupError::Broker {
         url: s.broker.to_string(),
         why,
     })?;
-    let mut o = MqttOptions::new(s.client_id.clone(), addr.host.clone(), addr.port);
+    let transport = if addr.tls {
+        let c = tls_connector(s.ca_file, s.client_cert_file, s.client_key_file)?;
+        Some(Transport::Tls(TlsConfiguration::NativeConnector(c)))
+    } else {
+        None
+    };
+    let credentials = match (s.username, s.password_file) {
+        (Some(user), Some(pf)) => Some((
+            user.to_string(),
+            String::from_utf8_lossy(&read(pf)?).trim().to_string(),
+        )),
+        _ => None,
+    };
+    Ok(Common {
+        addr,
+        transport,
+        credentials,
+    })
+}
+
+/// MQTT 3.1.1 options for `s`. Manual acks are set by the caller that needs them.
+pub fn options(s: &ClientSettings<'_>) -> Result<MqttOptions, MqttSetupError> {
+    let c = common(s)?;
+    let mut o = MqttOptions::new(s.client_id.clone(), c.addr.host, c.addr.port);
     o.set_keep_alive(s.keep_alive)
         .set_clean_session(s.clean_session)
         .set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET)
         .set_inflight(s.inflight.max(1));
-    if addr.tls {
-        let c = tls_connector(s.ca_file, s.client_cert_file, s.client_key_file)?;
-        o.set_transport(Transport::Tls(TlsConfiguration::NativeConnector(c)));
+    if let Some(t) = c.transport {
+        o.set_transport(t);
     }
-    if let (Some(user), Some(pf)) = (s.username, s.password_file) {
-        let pw = String::from_utf8_lossy(&read(pf)?).trim().to_string();
-        o.set_credentials(user, pw);
+    if let Some((u, p)) = c.credentials {
+        o.set_credentials(u, p);
+    }
+    Ok(o)
+}
+
+/// MQTT 5 options for `s` (the mqtt sink with `protocol = "v5"`).
+pub fn options_v5(s: &ClientSettings<'_>) -> Result<rumqttc::v5::MqttOptions, MqttSetupError> {
+    let c = common(s)?;
+    let mut o = rumqttc::v5::MqttOptions::new(s.client_id.clone(), c.addr.host, c.addr.port);
+    o.set_keep_alive(s.keep_alive)
+        .set_clean_start(s.clean_session)
+        .set_max_packet_size(Some(MQTT_MAX_PACKET as u32))
+        .set_outgoing_inflight_upper_limit(s.inflight.max(1));
+    if let Some(t) = c.transport {
+        o.set_transport(t);
+    }
+    if let Some((u, p)) = c.credentials {
+        o.set_credentials(u, p);
     }
     Ok(o)
 }

@@ -246,11 +246,23 @@ pub struct SinkConfig {
     /// mqtt: publishes awaiting their PUBACK, at most (bounds the load on the broker).
     #[serde(default)]
     pub max_in_flight: Option<u16>,
+    /// mqtt: `v3.1.1` (default) or `v5` (the idempotency key also travels as a user property).
+    #[serde(default)]
+    pub protocol: Option<MqttProtocol>,
     /// mqtt: user name, with `password_file`.
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+}
+
+/// MQTT protocol version of an mqtt sink.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum MqttProtocol {
+    #[serde(rename = "v3.1.1")]
+    V311,
+    #[serde(rename = "v5")]
+    V5,
 }
 
 /// Default upstream topic template of an mqtt sink.
@@ -277,6 +289,7 @@ impl SinkConfig {
             topic_prefix: None,
             client_id: None,
             max_in_flight: None,
+            protocol: None,
             username: None,
             password_file: None,
         }

@@ -111,6 +111,7 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
                     ("url", s.url.is_some()),
                     ("topic", s.topic.is_some()),
                     ("client_id", s.client_id.is_some()),
+                    ("protocol", s.protocol.is_some()),
                     ("bearer_token_file", s.bearer_token_file.is_some()),
                     ("ca_file", s.ca_file.is_some()),
                     ("client_cert_file", s.client_cert_file.is_some()),
@@ -137,6 +138,7 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
                     ("topic_prefix", s.topic_prefix.is_some()),
                     ("client_id", s.client_id.is_some()),
                     ("max_in_flight", s.max_in_flight.is_some()),
+                    ("protocol", s.protocol.is_some()),
                     ("username", s.username.is_some()),
                     ("password_file", s.password_file.is_some()),
                 ] {

@@ -35,6 +35,8 @@ fn running_as_root() -> bool {
 /// A mosquitto process; stop/start keep its port, config and persistence directory.
 pub struct Broker {
     pub port: u16,
+    /// Its listener is TLS (the shipped edge config).
+    pub tls: bool,
     pub dir: PathBuf,
     conf: PathBuf,
     child: Option<Child>,
@@ -43,11 +45,16 @@ pub struct Broker {
 impl Broker {
     /// Plain TCP, anonymous, persistent, no queue limit: the upstream (cloud) broker.
     pub fn plain(dir: &Path) -> Broker {
+        Broker::plain_with(dir, "")
+    }
+
+    /// `plain` plus extra configuration lines.
+    pub fn plain_with(dir: &Path, extra: &str) -> Broker {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let conf = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-             persistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 1000\n",
+             persistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 1000\n{extra}",
             dir.display()
         );
         Broker::with_conf(dir, port, conf)
@@ -84,9 +91,10 @@ impl Broker {
             conf.push_str("user root\n");
         }
         let path = dir.join("mosquitto.conf");
-        std::fs::write(&path, conf).unwrap();
+        std::fs::write(&path, &conf).unwrap();
         let mut b = Broker {
             port,
+            tls: conf.contains("certfile"),
             dir: dir.to_path_buf(),
             conf: path,
             child: None,
@@ -133,6 +141,15 @@ impl Broker {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL a client of this broker uses: `mqtts://` when its listener is TLS.
+    pub fn client_url(&self) -> String {
+        if self.tls {
+            self.tls_url()
+        } else {
+            self.url()
+        }
     }
 
     pub fn tls_url(&self) -> String {

@@ -3,7 +3,9 @@
 //!
 //! Topic: the sink's `topic` template (default `{prefix}/{device_id}/telemetry`). Payload:
 //! the record JSON every sink receives, `idempotency_key` included, so a subscriber
-//! de-duplicates redeliveries. Publishes go out in batch order on one connection, at most
+//! de-duplicates redeliveries; with `protocol = "v5"` the key is also an `idempotency_key`
+//! user property (and a refusing PUBACK reason code is honoured: not authorised, bad topic
+//! or bad payload dead-letter the batch, other refusals retry it). Publishes go out in batch order on one connection, at most
 //! `max_in_flight` awaiting PUBACK (rumqttc holds the rest), so a returning broker sees a
 //! bounded stream in WAL order, not a flood.
 //!
@@ -15,13 +17,32 @@
 //! publish.
 
 use super::{record_json, PublishResult};
-use crate::mqtt_options::{options, ClientSettings};
+use crate::mqtt_options::{options, options_v5, ClientSettings};
 use crate::wal::Leased;
-use edge_gateway_config::{render_topic, SinkConfig, DEFAULT_SINK_TOPIC};
+use edge_gateway_config::{render_topic, MqttProtocol, SinkConfig, DEFAULT_SINK_TOPIC};
+use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// Why a batch failed: worth retrying, or refused for good.
+enum Failure {
+    Retry(String),
+    Refused(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Failure {
+        Failure::Retry(s)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(s: &str) -> Failure {
+        Failure::Retry(s.to_string())
+    }
+}
 
 pub struct MqttSink {
     cfg: SinkConfig,
@@ -33,8 +54,40 @@ pub struct MqttSink {
     conn: Option<Conn>,
 }
 
+enum Client {
+    V4(AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+impl Client {
+    async fn publish(&self, topic: String, payload: Vec<u8>, key: &str) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => {
+                let props = PublishProperties {
+                    user_properties: vec![("idempotency_key".into(), key.to_string())],
+                    content_type: Some("application/json".into()),
+                    ..Default::default()
+                };
+                c.publish_with_properties(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                    props,
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 struct Conn {
-    client: AsyncClient,
+    client: Client,
     notes: mpsc::UnboundedReceiver<Note>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -50,7 +103,31 @@ impl Drop for Conn {
 enum Note {
     Sent(u16),
     Acked(u16),
+    /// An MQTT 5 PUBACK with a refusing reason code; `permanent` when retrying cannot help.
+    Refused {
+        pkid: u16,
+        reason: String,
+        permanent: bool,
+    },
     Lost(String),
+}
+
+/// How an MQTT 5 PUBACK reason code counts. `NoMatchingSubscribers` is a success: the broker
+/// took the message.
+fn v5_ack(pkid: u16, reason: PubAckReason) -> Note {
+    match reason {
+        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Note::Acked(pkid),
+        r => Note::Refused {
+            pkid,
+            reason: format!("{r:?}"),
+            permanent: matches!(
+                r,
+                PubAckReason::NotAuthorized
+                    | PubAckReason::TopicNameInvalid
+                    | PubAckReason::PayloadFormatInvalid
+            ),
+        },
+    }
 }
 
 impl MqttSink {
@@ -79,9 +156,9 @@ impl MqttSink {
         self.options().map(|_| ()).map_err(|e| e.to_string())
     }
 
-    fn options(&self) -> Result<rumqttc::MqttOptions, crate::mqtt_options::MqttSetupError> {
+    fn settings(&self) -> ClientSettings<'_> {
         let c = &self.cfg;
-        let mut o = options(&ClientSettings {
+        ClientSettings {
             broker: c.url.as_deref().unwrap_or(""),
             client_id: c
                 .client_id
@@ -95,31 +172,68 @@ impl MqttSink {
             username: c.username.as_deref(),
             password_file: c.password_file.as_deref(),
             inflight: c.max_in_flight.unwrap_or(100),
-        })?;
-        o.set_request_channel_capacity(self.batch_capacity);
-        Ok(o)
+        }
+    }
+
+    fn v5(&self) -> bool {
+        self.cfg.protocol == Some(MqttProtocol::V5)
+    }
+
+    fn options(&self) -> Result<(), crate::mqtt_options::MqttSetupError> {
+        if self.v5() {
+            options_v5(&self.settings()).map(|_| ())
+        } else {
+            options(&self.settings()).map(|_| ())
+        }
     }
 
     fn connect(&self) -> Result<Conn, String> {
-        let opts = self.options().map_err(|e| e.to_string())?;
-        let (client, mut events) = AsyncClient::new(opts, self.batch_capacity);
         let (tx, notes) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                let note = match events.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Note::Sent(pkid),
-                    Ok(Event::Incoming(Packet::PubAck(a))) => Note::Acked(a.pkid),
-                    Ok(_) => continue,
-                    Err(e) => {
-                        let _ = tx.send(Note::Lost(e.to_string()));
+        let (client, task) = if self.v5() {
+            let mut o = options_v5(&self.settings()).map_err(|e| e.to_string())?;
+            o.set_request_channel_capacity(self.batch_capacity);
+            let (client, mut events) = rumqttc::v5::AsyncClient::new(o, self.batch_capacity);
+            let task = tokio::spawn(async move {
+                use rumqttc::v5::mqttbytes::v5::Packet as P5;
+                use rumqttc::v5::Event as E5;
+                loop {
+                    let note = match events.poll().await {
+                        Ok(E5::Outgoing(Outgoing::Publish(pkid))) => Note::Sent(pkid),
+                        Ok(E5::Incoming(P5::PubAck(a))) => v5_ack(a.pkid, a.reason),
+                        Ok(_) => continue,
+                        Err(e) => {
+                            let _ = tx.send(Note::Lost(e.to_string()));
+                            return;
+                        }
+                    };
+                    if tx.send(note).is_err() {
                         return;
                     }
-                };
-                if tx.send(note).is_err() {
-                    return;
                 }
-            }
-        });
+            });
+            (Client::V5(client), task)
+        } else {
+            let mut o = options(&self.settings()).map_err(|e| e.to_string())?;
+            o.set_request_channel_capacity(self.batch_capacity);
+            let (client, mut events) = AsyncClient::new(o, self.batch_capacity);
+            let task = tokio::spawn(async move {
+                loop {
+                    let note = match events.poll().await {
+                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Note::Sent(pkid),
+                        Ok(Event::Incoming(Packet::PubAck(a))) => Note::Acked(a.pkid),
+                        Ok(_) => continue,
+                        Err(e) => {
+                            let _ = tx.send(Note::Lost(e.to_string()));
+                            return;
+                        }
+                    };
+                    if tx.send(note).is_err() {
+                        return;
+                    }
+                }
+            });
+            (Client::V4(client), task)
+        };
         Ok(Conn {
             client,
             notes,
@@ -131,7 +245,11 @@ impl MqttSink {
         let mut sent = 0usize;
         match self.try_publish(batch, &mut sent).await {
             Ok(()) => PublishResult::Delivered,
-            Err(why) => {
+            Err(Failure::Refused(why)) => {
+                self.conn = None;
+                PublishResult::Permanent(why)
+            }
+            Err(Failure::Retry(why)) => {
                 self.conn = None;
                 if sent == 0 {
                     PublishResult::Unreachable(why)
@@ -143,7 +261,7 @@ impl MqttSink {
     }
 
     /// `sent` counts publishes written to the connection.
-    async fn try_publish(&mut self, batch: &[Leased], sent: &mut usize) -> Result<(), String> {
+    async fn try_publish(&mut self, batch: &[Leased], sent: &mut usize) -> Result<(), Failure> {
         // A connection that died while idle is replaced before anything is sent on it.
         if let Some(c) = &mut self.conn {
             while let Ok(n) = c.notes.try_recv() {
@@ -168,12 +286,13 @@ impl MqttSink {
             let payload = serde_json::to_vec(&record_json(l)).map_err(|e| e.to_string())?;
             let queued = tokio::time::timeout_at(
                 deadline,
-                conn.client.publish(topic, QoS::AtLeastOnce, false, payload),
+                conn.client
+                    .publish(topic, payload, &l.record.idempotency_key),
             )
             .await;
             match queued {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("upstream client: {e}")),
+                Ok(Err(e)) => return Err(format!("upstream client: {e}").into()),
                 Err(_) => return Err("timed out queueing publishes".into()),
             }
         }
@@ -182,21 +301,34 @@ impl MqttSink {
             let note = tokio::time::timeout_at(deadline, conn.notes.recv()).await;
             match note {
                 Err(_) => {
-                    return Err(format!(
+                    return Err(Failure::Retry(format!(
                         "upstream broker: {} of {} PUBACKs missing after {} ms",
                         waiting.len() + batch.len() - *sent,
                         batch.len(),
                         self.timeout.as_millis()
-                    ))
+                    )))
                 }
                 Ok(None) => return Err("upstream connection task ended".into()),
-                Ok(Some(Note::Lost(e))) => return Err(format!("upstream broker: {e}")),
+                Ok(Some(Note::Lost(e))) => return Err(format!("upstream broker: {e}").into()),
                 Ok(Some(Note::Sent(pkid))) => {
                     *sent += 1;
                     waiting.insert(pkid);
                 }
                 Ok(Some(Note::Acked(pkid))) => {
                     waiting.remove(&pkid);
+                }
+                Ok(Some(Note::Refused {
+                    pkid,
+                    reason,
+                    permanent,
+                })) => {
+                    let why =
+                        format!("upstream broker refused a publish (packet {pkid}): {reason}");
+                    return Err(if permanent {
+                        Failure::Refused(why)
+                    } else {
+                        Failure::Retry(why)
+                    });
                 }
             }
         }

@@ -1,0 +1,313 @@
+//! MQTT sections of the benchmark: durable MQTT ingest beside mosquitto's own rate to a
+//! subscriber that only acknowledges (same broker, payload and publishers, same run), and the
+//! upstream drain of a backlog.
+
+use super::{request, Gw, RawConn};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Mosquitto {
+    child: Option<Child>,
+    port: u16,
+    conf: PathBuf,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path, persistence: bool) -> Mosquitto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\npersistence {persistence}\npersistence_location {}/\n",
+            dir.display()
+        );
+        if is_root() {
+            conf.push_str("user root\n");
+        }
+        let path = dir.join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            conf: path,
+        };
+        m.run();
+        m
+    }
+
+    fn run(&mut self) {
+        let bin = if Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        self.child = Some(
+            Command::new(bin)
+                .arg("-c")
+                .arg(&self.conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto"),
+        );
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn messages() -> usize {
+    std::env::var("BENCH_MQTT_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// `clients` devices publish `n` QoS 1 messages between them as fast as the broker acks.
+async fn publish(port: u16, n: usize, clients: usize) {
+    let per = n / clients;
+    let mut tasks = vec![];
+    for c in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let mut o = MqttOptions::new(format!("bench-dev-{c}"), "127.0.0.1", port);
+            o.set_inflight(100).set_keep_alive(Duration::from_secs(30));
+            let (client, mut ev) = AsyncClient::new(o, 200);
+            let acks = Arc::new(AtomicUsize::new(0));
+            let a2 = acks.clone();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let poller = tokio::spawn(async move {
+                let mut done = Some(done_tx);
+                loop {
+                    match ev.poll().await {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            if a2.fetch_add(1, Ordering::Relaxed) + 1 == per {
+                                if let Some(d) = done.take() {
+                                    let _ = d.send(());
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("publisher: {e}"),
+                    }
+                }
+            });
+            let topic = format!("devices/bench-{c}/telemetry");
+            for i in 0..per {
+                let body = serde_json::to_vec(&json!({"seq": i, "temp_c": 21.5})).unwrap();
+                client
+                    .publish(&topic, QoS::AtLeastOnce, false, body)
+                    .await
+                    .unwrap();
+            }
+            let _ = done_rx.await;
+            poller.abort();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// A QoS 1 subscriber that only acknowledges; resolves after `n` messages.
+async fn ack_only_subscriber(
+    port: u16,
+    filter: &str,
+    id: &str,
+    clean: bool,
+    n: usize,
+) -> tokio::task::JoinHandle<Instant> {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(clean);
+    let (client, mut ev) = AsyncClient::new(o, 100);
+    let (sub_tx, sub_rx) = tokio::sync::oneshot::channel();
+    let filter = filter.to_string();
+    let h = tokio::spawn(async move {
+        let mut got = 0usize;
+        let mut sub_tx = Some(sub_tx);
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    client
+                        .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                        .unwrap();
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(t) = sub_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    got += 1;
+                    if got >= n {
+                        return Instant::now();
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    });
+    let _ = sub_rx.await;
+    h
+}
+
+async fn metric(gw: &Gw, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", gw.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+pub async fn ingest() {
+    let n = messages();
+    let clients = 4;
+    println!("\n## MQTT ingest: {n} QoS 1 messages from {clients} publishers through mosquitto");
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let broker = Mosquitto::start(dir.path(), false);
+
+    // mosquitto alone: to a subscriber that acknowledges on receipt.
+    let sub = ack_only_subscriber(
+        broker.port,
+        "devices/+/telemetry",
+        "bench-ack-only",
+        true,
+        n,
+    )
+    .await;
+    let start = Instant::now();
+    publish(broker.port, n, clients).await;
+    let end = sub.await.unwrap();
+    let base = n as f64 / (end - start).as_secs_f64();
+    println!("mosquitto -> ack-only subscriber: {base:.0} msg/s");
+
+    // The gateway: PUBACK after the WAL commit. Its sink is unreachable, so delivery costs
+    // nothing here; this is ingest alone.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Gw::start(&format!(
+        "[mqtt]\nenabled = true\nbroker = \"mqtt://127.0.0.1:{}\"\n[delivery]\nbackoff_max_ms = 30000\n[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"http://{dead}/\"\n",
+        broker.port
+    ));
+    while metric(&gw, "edge_gateway_mqtt_session_up").await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = Instant::now();
+    publish(broker.port, n, clients).await;
+    let name = "edge_gateway_ingest_records_total{result=\"accepted\",source=\"mqtt\"}";
+    while metric(&gw, name).await < n as f64
+        || metric(&gw, "edge_gateway_mqtt_unacked_messages").await > 0.0
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let durable = n as f64 / start.elapsed().as_secs_f64();
+    let commits = metric(&gw, "edge_gateway_wal_commit_seconds_count").await;
+    println!(
+        "gateway (PUBACK after commit): {durable:.0} msg/s, {commits:.0} commits ({:.0} messages per commit)",
+        n as f64 / commits.max(1.0)
+    );
+    println!(
+        "ratio durable / mosquitto alone: {:.0} %",
+        100.0 * durable / base
+    );
+}
+
+pub async fn upstream_drain() {
+    let n = std::env::var("BENCH_MQTT_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000usize);
+    let inflight: u16 = std::env::var("BENCH_MQTT_INFLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    println!("\n## Upstream MQTT drain: a {n}-record backlog to an upstream mosquitto");
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let mut up = Mosquitto::start(dir.path(), true);
+    // A persistent subscriber: its session (and what is queued for it) survives the outage.
+    let sub = ack_only_subscriber(up.port, "site/#", "bench-upstream-sub", false, n).await;
+    sub.abort();
+    up.stop();
+    let gw = Gw::start(&format!(
+        "[http]\nmax_batch = 1000\n[delivery]\nbatch_size = 1000\nbackoff_initial_ms = 100\nbackoff_max_ms = 200\n[[sinks]]\nname = \"up\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic_prefix = \"site\"\nmax_in_flight = {inflight}\n",
+        up.port
+    ));
+    let per = 1000;
+    let reqs = n.div_ceil(per);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = vec![];
+    for _ in 0..4 {
+        let (next, addr, token) = (next.clone(), gw.http, gw.token.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = RawConn::connect(addr).await;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= reqs {
+                    break;
+                }
+                let body: Vec<_> = (0..per)
+                    .map(|k| json!({"seq": i * per + k, "temp": 21.5}))
+                    .collect();
+                let req = request(
+                    &format!("/ingest/dev-{}", i % 3),
+                    &token,
+                    &serde_json::to_vec(&body).unwrap(),
+                );
+                assert_eq!(conn.roundtrip(&req).await, 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    up.run();
+    let start = Instant::now();
+    let sub = ack_only_subscriber(up.port, "site/#", "bench-upstream-sub", false, n).await;
+    let end = sub.await.unwrap();
+    let s = (end - start).as_secs_f64();
+    println!(
+        "drained {n} upstream in {s:.1} s ({:.0} msg/s, max_in_flight {inflight}, QoS 1); gateway RSS {:.1} MiB",
+        n as f64 / s,
+        gw.rss_kib() as f64 / 1024.0
+    );
+}
