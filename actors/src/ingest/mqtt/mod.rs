@@ -13,8 +13,8 @@
 //! renewed on every connect, so what the gateway has not acknowledged is redelivered after
 //! a crash, a restart or a reconnect.
 //!
-//! Failure: the IngestSupervisor restarts it. `post_stop` ends both tasks and drops the
-//! connection; every message not yet acknowledged stays with the broker and comes back to
+//! Failure: the IngestSupervisor restarts it. Dropping its state ends both tasks and the
+//! connection (ractor skips `post_stop` on failure, so this is done in `Drop`); every message not yet acknowledged stays with the broker and comes back to
 //! the next instance (a duplicate if its commit had already happened — never a loss). A
 //! broker outage never stops the actor: the event-loop task reconnects with backoff while
 //! HTTP ingest carries on.
@@ -87,8 +87,21 @@ pub struct MqttSessionState {
     ctx: Ctx,
     items: mpsc::UnboundedSender<Item>,
     addr: Addr<MqttSessionMsg>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Tasks,
     client: AsyncClient,
+}
+
+/// The poll and ack tasks, aborted when the state is dropped. ractor skips `post_stop` when
+/// `handle` fails, so this is what guarantees a failed session's connection is gone before
+/// its successor connects with the same client id.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }
 
 /// The client id the session uses unless configured: stable, so the broker keeps the session.
@@ -105,7 +118,7 @@ impl Actor for MqttSession {
 
     async fn pre_start(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: MqttSessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let cfg = &args.config;
@@ -132,6 +145,7 @@ impl Actor for MqttSession {
             subs: Arc::new(subs),
             max_payload: cfg.max_payload_bytes,
             metrics: args.metrics.clone(),
+            holding: Arc::default(),
         };
         let (items_tx, items_rx) = mpsc::unbounded_channel();
         // Un-acked gauge restarts from zero with the session: what the old one held is
@@ -145,6 +159,7 @@ impl Actor for MqttSession {
             events,
             client: client.clone(),
             filters: ctx.subs.filters().map(str::to_string).collect(),
+            myself,
             addr: args.addr.clone(),
             permits: Arc::new(Semaphore::new(cfg.max_unacked)),
             status: args.status.clone(),
@@ -155,14 +170,14 @@ impl Actor for MqttSession {
             tls: cfg.broker.starts_with("mqtts://"),
             client_cert: tls.client_cert_file.is_some(),
         };
-        let tasks = vec![
+        let tasks = Tasks(vec![
             tokio::spawn(poller.run()),
             tokio::spawn(pipeline::ack_in_order(
                 ctx.clone(),
                 items_rx,
                 client.clone(),
             )),
-        ];
+        ]);
         tracing::info!(broker = %cfg.broker, filters = ?cfg.subscriptions.iter().map(|s| &s.filter).collect::<Vec<_>>(), "mqtt session starting");
         Ok(MqttSessionState {
             ctx,
@@ -179,7 +194,7 @@ impl Actor for MqttSession {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let _ = state.client.try_disconnect();
-        for t in &state.tasks {
+        for t in &state.tasks.0 {
             t.abort();
         }
         state.ctx.metrics.mqtt_session_up.set(0);
@@ -196,7 +211,11 @@ impl Actor for MqttSession {
         match msg {
             MqttSessionMsg::Message(m) => {
                 let (publish, permit, received_ms) = *m;
-                let pending = pipeline::submit(&state.ctx, &publish, received_ms).await;
+                let pending = if state.ctx.holding.load(std::sync::atomic::Ordering::SeqCst) {
+                    pipeline::Pending::Held
+                } else {
+                    pipeline::submit(&state.ctx, &publish, received_ms).await
+                };
                 let item = Item {
                     publish,
                     permit,

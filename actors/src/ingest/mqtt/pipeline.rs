@@ -8,6 +8,12 @@
 //!   permits (`mqtt.max_unacked`), and past that the broker holds the rest.
 //! - PUBACKs leave in the order the PUBLISHes arrived (MQTT 3.1.1, 4.6.0-2): one task
 //!   settles items strictly in order.
+//! - Commits keep arrival order across a refusal: once a message has to be retried, `holding`
+//!   is set and later arrivals are not submitted by the actor but `Held` for the ack task,
+//!   which submits them one by one behind the retried one; `holding` clears when the ack
+//!   task's queue is empty. (Messages already submitted when the first refusal is seen can
+//!   still commit ahead of it if the WAL frees space in between — a window of one group
+//!   commit.)
 
 use super::topics::Subscriptions;
 use crate::addr::Addr;
@@ -28,6 +34,8 @@ pub struct Ctx {
     pub subs: Arc<Subscriptions>,
     pub max_payload: usize,
     pub metrics: Arc<Metrics>,
+    /// Set while a message waits for a retry: later ones queue behind it (see above).
+    pub holding: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One received message on its way to its PUBACK.
@@ -44,6 +52,8 @@ pub enum Pending {
     Reject(oneshot::Receiver<Result<u64, AppendError>>, Rejection),
     /// Not handed over (router or WAL not running, WAL full): submit again.
     Retry(String),
+    /// Not submitted yet: it arrived behind a message that is being retried.
+    Held,
 }
 
 pub fn now_ms() -> u64 {
@@ -157,7 +167,12 @@ async fn settle(ctx: &Ctx, item: &mut Item) {
                 Err(_) => "WAL stopped before the commit".to_string(),
             },
             Pending::Retry(why) => why,
+            Pending::Held => {
+                item.pending = submit(ctx, &item.publish, item.received_ms).await;
+                continue;
+            }
         };
+        ctx.holding.store(true, std::sync::atomic::Ordering::SeqCst);
         attempts += 1;
         if attempts == 1 || attempts.is_multiple_of(20) {
             tracing::warn!(
@@ -202,5 +217,9 @@ pub async fn ack_in_order(ctx: Ctx, mut items: mpsc::UnboundedReceiver<Item>, cl
         }
         ctx.metrics.mqtt_unacked.dec();
         drop(item.permit);
+        if items.is_empty() {
+            ctx.holding
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }

@@ -8,9 +8,11 @@
 //! sends every queued message at once, ignoring `max_inflight_messages`).
 //!
 //! Bounding un-acked messages ourselves: past `max_unacked` a message is *shed* — dropped
-//! from memory without a PUBACK. The broker still owes it to us; once every message we kept
-//! has been acknowledged the poller disconnects and reconnects, and the broker redelivers
-//! what was shed. Memory stays bounded whatever the broker does; nothing is lost.
+//! from memory without a PUBACK, and so is every message after it until the reconnect (so
+//! what is kept is a prefix of what the broker sent, and per-device order survives). The
+//! broker still owes them to us; once every message we kept has been acknowledged the poller
+//! disconnects and reconnects, and the broker redelivers what was shed. Memory stays bounded
+//! whatever the broker does; nothing is lost.
 use super::{MqttSessionMsg, SessionStatus};
 use crate::addr::Addr;
 use crate::metrics::Metrics;
@@ -24,6 +26,10 @@ pub struct Poller {
     pub events: EventLoop,
     pub client: AsyncClient,
     pub filters: Vec<String>,
+    /// This instance only: a poller must never feed a successor (its permits and its
+    /// connection's packet ids belong to this session).
+    pub myself: ractor::ActorRef<MqttSessionMsg>,
+    /// For mailbox-depth accounting.
     pub addr: Addr<MqttSessionMsg>,
     pub permits: Arc<Semaphore>,
     pub status: Arc<Mutex<SessionStatus>>,
@@ -135,7 +141,13 @@ impl Poller {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                    // Once shedding, shed everything until the reconnect: what is kept
+                    // stays a prefix of what the broker sent, so redelivery keeps the order.
+                    let permit = match shed {
+                        0 => self.permits.clone().try_acquire_owned().ok(),
+                        _ => None,
+                    };
+                    let Some(permit) = permit else {
                         if shed == 0 {
                             tracing::warn!(
                                 max_unacked = self.max_unacked,
@@ -148,11 +160,13 @@ impl Poller {
                     };
                     self.metrics.mqtt_unacked.inc();
                     let received_ms = super::pipeline::now_ms();
+                    self.addr.note_sent();
                     if self
-                        .addr
+                        .myself
                         .cast(MqttSessionMsg::Message(Box::new((p, permit, received_ms))))
                         .is_err()
                     {
+                        self.addr.received();
                         self.metrics.mqtt_unacked.dec();
                         return; // the session is stopping; the broker keeps the message
                     }
