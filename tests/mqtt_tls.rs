@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::mqtt::{tls_transport, Broker, Device};
+use common::mqtt::{free_port, tls_transport, Broker, Device, Subscriber};
 use common::pki::Pki;
 use common::sink::RecordingSink;
 use common::*;
@@ -177,6 +177,42 @@ async fn mutual_tls_and_per_device_acls_on_the_shipped_edge_broker() {
     // The broker handled the spoofed message before A's seq 2, which has arrived: had it
     // been forwarded, it would be here too.
     assert!(!sink.keys().contains("device-b/seq/1"), "{:?}", sink.keys());
+
+    // Upstream over mutual TLS too: the mqtt sink presents the gateway's certificate to an
+    // upstream broker that requires one (a plain listener beside it for the test's subscriber).
+    gw.terminate();
+    let tls_port = free_port();
+    let up = Broker::plain_with(
+        &dir.path().join("upstream"),
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            pki.path("ca.pem").display(),
+            pki.path("server.pem").display(),
+            pki.path("server.key").display()
+        ),
+    );
+    let subscriber = Subscriber::start(up.port, "up/#").await;
+    let g4 = dir.path().join("g4");
+    let cfg = config(
+        &g4,
+        &broker,
+        &sink,
+        &tls_lines(&pki, "ca.pem", Some("edge-gateway")),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + &format!(
+            "[[sinks]]\nname = \"upstream\"\ntype = \"mqtt\"\nurl = \"mqtts://127.0.0.1:{tls_port}\"\ntopic_prefix = \"up\"\n{}",
+            tls_lines(&pki, "ca.pem", Some("edge-gateway"))
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let gw = Gateway::start(&cfg);
+    wait_log(&gw, "mqtt session subscribed").await;
+    a.publish_seq(10).await;
+    let want: HashSet<String> = ["device-a/seq/10".to_string()].into();
+    subscriber
+        .wait_for_keys(&want, Duration::from_secs(20))
+        .await
+        .expect("upstream over mTLS");
 
     // A device without a certificate cannot even connect.
     let mut c = Device::connect(
