@@ -197,6 +197,28 @@ async fn metric(gw: &Gw, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Upper bound of the slowest WAL commit, from the histogram's buckets.
+async fn max_commit(gw: &Gw) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", gw.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let total = text
+        .lines()
+        .find_map(|l| l.strip_prefix("edge_gateway_wal_commit_seconds_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    text.lines()
+        .filter_map(|l| l.strip_prefix("edge_gateway_wal_commit_seconds_bucket{le=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter_map(|(le, n)| Some((le.parse::<f64>().ok()?, n.trim().parse::<f64>().ok()?)))
+        .find(|(_, n)| *n >= total)
+        .map(|(le, _)| le)
+        .unwrap_or(f64::INFINITY)
+}
+
 pub async fn ingest() {
     let n = messages();
     let clients = 4;
@@ -247,8 +269,11 @@ pub async fn ingest() {
         n as f64 / commits.max(1.0)
     );
     println!(
-        "ratio durable / mosquitto alone: {:.0} %",
-        100.0 * durable / base
+        "ratio durable / mosquitto alone: {:.0} % (shed {:.0}, connection errors {:.0}, slowest commit <= {:.3} s)",
+        100.0 * durable / base,
+        metric(&gw, "edge_gateway_mqtt_shed_total").await,
+        metric(&gw, "edge_gateway_mqtt_connection_errors_total{client=\"ingest\"}").await,
+        max_commit(&gw).await
     );
 }
 

@@ -40,7 +40,7 @@ impl Default for MqttConfig {
             client_id: None,
             subscriptions: vec![MqttSubscription::default()],
             keep_alive_secs: 30,
-            max_unacked: 10_000,
+            max_unacked: 32_768,
             max_payload_bytes: 256 * 1024,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 30_000,
