@@ -196,12 +196,25 @@ impl MqttSink {
             let task = tokio::spawn(async move {
                 use rumqttc::v5::mqttbytes::v5::Packet as P5;
                 use rumqttc::v5::Event as E5;
+                let note_of = |ev: E5| match ev {
+                    E5::Outgoing(Outgoing::Publish(pkid)) => Some(Note::Sent(pkid)),
+                    E5::Incoming(P5::PubAck(a)) => Some(v5_ack(a.pkid, a.reason)),
+                    _ => None,
+                };
                 loop {
                     let note = match events.poll().await {
-                        Ok(E5::Outgoing(Outgoing::Publish(pkid))) => Note::Sent(pkid),
-                        Ok(E5::Incoming(P5::PubAck(a))) => v5_ack(a.pkid, a.reason),
-                        Ok(_) => continue,
+                        Ok(ev) => match note_of(ev) {
+                            Some(n) => n,
+                            None => continue,
+                        },
                         Err(e) => {
+                            // mosquitto refuses a publish with a PUBACK reason code and then
+                            // drops the connection: what was read before the close counts.
+                            for ev in events.state.events.drain(..) {
+                                if let Some(n) = note_of(ev) {
+                                    let _ = tx.send(n);
+                                }
+                            }
                             let _ = tx.send(Note::Lost(e.to_string()));
                             return;
                         }
@@ -217,12 +230,23 @@ impl MqttSink {
             o.set_request_channel_capacity(self.batch_capacity);
             let (client, mut events) = AsyncClient::new(o, self.batch_capacity);
             let task = tokio::spawn(async move {
+                let note_of = |ev: Event| match ev {
+                    Event::Outgoing(Outgoing::Publish(pkid)) => Some(Note::Sent(pkid)),
+                    Event::Incoming(Packet::PubAck(a)) => Some(Note::Acked(a.pkid)),
+                    _ => None,
+                };
                 loop {
                     let note = match events.poll().await {
-                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Note::Sent(pkid),
-                        Ok(Event::Incoming(Packet::PubAck(a))) => Note::Acked(a.pkid),
-                        Ok(_) => continue,
+                        Ok(ev) => match note_of(ev) {
+                            Some(n) => n,
+                            None => continue,
+                        },
                         Err(e) => {
+                            for ev in events.state.events.drain(..) {
+                                if let Some(n) = note_of(ev) {
+                                    let _ = tx.send(n);
+                                }
+                            }
                             let _ = tx.send(Note::Lost(e.to_string()));
                             return;
                         }
