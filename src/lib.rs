@@ -81,6 +81,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let admin = admin::start(&config, handles.clone(), creds.admin_hash)
         .await
         .map_err(RunError::Admin)?;
+    if cfg!(feature = "negative-control") {
+        tracing::error!(
+            "NEGATIVE-CONTROL BUILD: WAL commits are not durable; a crash loses acknowledged \
+             records. Only for proving the chaos harness sees loss."
+        );
+    }
     tracing::info!(
         version = VERSION,
         commit = GIT_COMMIT,

@@ -362,7 +362,9 @@ impl WalStore {
             expiry_cursor: 0,
             idem,
             file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
-            negative_control_non_durable: false,
+            // Only in a build with the `negative-control` feature (never a default): the
+            // chaos harness's proof that it can see loss.
+            negative_control_non_durable: cfg!(feature = "negative-control"),
         })
     }
 

@@ -1,0 +1,317 @@
+//! A campaign: start everything, produce and inject faults on the schedule, stop producing,
+//! wait for the backlog to drain, ask the gateway for its dead letters, judge, report.
+
+use crate::broker::Broker;
+use crate::devices;
+use crate::gateway::{Gateway, Sample};
+use crate::ledger::{Ledger, Verdict};
+use crate::scenario::{plan, Fault, Planned, Scenario};
+use crate::sink::Sink;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Options {
+    pub scenario: Scenario,
+    pub duration: Duration,
+    /// Readings per second per device.
+    pub rate: f64,
+    pub seed: u64,
+    pub gateway_bin: PathBuf,
+    pub work_dir: PathBuf,
+    /// Longest wait for the backlog after the last fault.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub seed: u64,
+    pub duration_secs: f64,
+    pub rate_per_device: f64,
+    pub devices: BTreeMap<&'static str, usize>,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub violations: Vec<String>,
+    pub dead_lettered_by_reason: BTreeMap<String, u64>,
+    pub faults_injected: BTreeMap<String, u64>,
+    pub gateway_kills: u64,
+    pub actor_restarts: BTreeMap<String, f64>,
+    pub peak_wal_backlog: f64,
+    /// From the end of the last fault until every acknowledged reading was at every sink (or
+    /// dead-lettered); `null` if it never got there.
+    pub drain_after_last_fault_secs: Option<f64>,
+    pub max_mailbox_depth: BTreeMap<String, f64>,
+    pub gateway_peak_rss_mib: f64,
+    pub schedule: Vec<Planned>,
+    pub gateway_log: String,
+}
+
+/// Running maxima and sums over every gateway process of the campaign.
+#[derive(Default)]
+struct Watch {
+    peak_backlog: f64,
+    peak_rss: f64,
+    mailbox: BTreeMap<String, f64>,
+    /// Restarts of processes already killed, plus the live one's last sample.
+    restarts_done: BTreeMap<String, f64>,
+    restarts_live: BTreeMap<String, f64>,
+}
+
+impl Watch {
+    fn add(&mut self, s: &Sample, rss: f64) {
+        self.peak_backlog = self.peak_backlog.max(s.backlog);
+        self.peak_rss = self.peak_rss.max(rss);
+        for (a, v) in &s.mailbox_max {
+            let e = self.mailbox.entry(a.clone()).or_default();
+            *e = e.max(*v);
+        }
+        self.restarts_live = s.restarts.clone();
+    }
+
+    /// The process is about to die: fold its restart counters into the totals.
+    fn process_ends(&mut self) {
+        for (a, v) in std::mem::take(&mut self.restarts_live) {
+            *self.restarts_done.entry(a).or_default() += v;
+        }
+    }
+
+    fn restarts(&self) -> BTreeMap<String, f64> {
+        let mut out = self.restarts_done.clone();
+        for (a, v) in &self.restarts_live {
+            *out.entry(a.clone()).or_default() += v;
+        }
+        out.retain(|_, v| *v > 0.0);
+        out
+    }
+}
+
+const SINKS: [&str; 2] = ["analytics", "upstream"];
+
+pub async fn run(o: Options) -> anyhow::Result<Report> {
+    let schedule = plan(o.scenario, o.duration, o.seed);
+    let ledger = Arc::new(Mutex::new(Ledger::new(&SINKS)));
+    let mut edge = Broker::start("edge", &o.work_dir.join("edge"))?;
+    let mut upstream = Broker::start("upstream", &o.work_dir.join("upstream"))?;
+    let subscriber =
+        devices::upstream_subscriber(upstream.port, "chaos/#", ledger.clone()).await;
+    let sink = Sink::start(ledger.clone(), "analytics").await?;
+    let extra = format!(
+        "[admin]\nchaos = true\n\
+         [mqtt]\nenabled = true\nbroker = \"{}\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 1000\n\
+         [delivery]\nbackoff_initial_ms = 100\nbackoff_max_ms = 2000\nlease_timeout_ms = 5000\nmax_attempts = 100\n\
+         [[sinks]]\nname = \"analytics\"\ntype = \"http\"\nurl = \"{}\"\ntimeout_ms = 2000\n\
+         [[sinks]]\nname = \"upstream\"\ntype = \"mqtt\"\nurl = \"{}\"\ntopic_prefix = \"chaos\"\ntimeout_ms = 5000\n",
+        edge.url(),
+        sink.url(),
+        upstream.url()
+    );
+    let mut gw = Gateway::start(&o.gateway_bin, &o.work_dir.join("gateway"), &extra)?;
+    let http = reqwest::Client::new();
+    wait_ready(&http, &gw).await;
+
+    // Devices.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (n_mqtt, n_http) = o.scenario.devices();
+    let mut device_tasks = Vec::new();
+    for i in 0..n_mqtt {
+        device_tasks.push(tokio::spawn(devices::mqtt_device(
+            format!("stm32-{i}"),
+            edge.port,
+            o.rate,
+            ledger.clone(),
+            stop.clone(),
+        )));
+    }
+    for i in 0..n_http {
+        let id = format!("http-{i}");
+        device_tasks.push(tokio::spawn(devices::http_device(
+            id.clone(),
+            gw.ingest_url(&id),
+            gw.token.clone(),
+            o.rate,
+            ledger.clone(),
+            stop.clone(),
+        )));
+    }
+
+    // Faults, on the schedule.
+    let mut watch = Watch::default();
+    let mut faults: BTreeMap<String, u64> = BTreeMap::new();
+    let mut kills = 0u64;
+    let start = Instant::now();
+    let mut last_fault_end = start;
+    for p in &schedule {
+        let at = start + Duration::from_secs_f64(p.at_secs);
+        sample_until(&http, &gw, &mut watch, at).await;
+        eprintln!("[{:>6.1}s] {}", start.elapsed().as_secs_f64(), p.fault.kind());
+        *faults.entry(p.fault.kind()).or_default() += 1;
+        match &p.fault {
+            Fault::FailActor(name) => {
+                let r = http
+                    .post(gw.admin(&format!("/admin/actors/{name}/fail")))
+                    .bearer_auth(&gw.admin_token)
+                    .send()
+                    .await;
+                if !r.as_ref().is_ok_and(|r| r.status().is_success()) {
+                    eprintln!("  could not fail {name}: {:?}", r.map(|r| r.status()));
+                }
+            }
+            Fault::Kill9 => {
+                if let Some(s) = gw.sample(&http).await {
+                    watch.add(&s, gw.rss_mib());
+                }
+                watch.process_ends();
+                gw.kill9();
+                kills += 1;
+                gw.run()?;
+            }
+            Fault::UpstreamOutage { .. } => {
+                upstream.stop();
+                sample_until(&http, &gw, &mut watch, Instant::now() + p.fault.duration()).await;
+                upstream.run()?;
+            }
+            Fault::EdgeBrokerRestart => {
+                edge.stop();
+                edge.run()?;
+            }
+            Fault::Sink { fault, .. } => {
+                sink.set(Some(*fault));
+                sample_until(&http, &gw, &mut watch, Instant::now() + p.fault.duration()).await;
+                sink.set(None);
+            }
+        }
+        last_fault_end = Instant::now();
+    }
+    sample_until(&http, &gw, &mut watch, start + o.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in device_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+
+    // Drain: wait until every acknowledged reading is at every sink or dead-lettered there.
+    let deadline = Instant::now() + o.drain_timeout;
+    let mut dead = dead_letters(&http, &gw).await;
+    let drained_at = loop {
+        if let Some(s) = gw.sample(&http).await {
+            watch.add(&s, gw.rss_mib());
+        }
+        let keys: HashMap<String, HashSet<String>> = dead
+            .iter()
+            .map(|(s, rows)| (s.clone(), rows.iter().map(|(k, _)| k.clone()).collect()))
+            .collect();
+        let missing: usize = {
+            let l = ledger.lock().expect("ledger");
+            SINKS
+                .iter()
+                .map(|s| l.missing(s, keys.get(*s).unwrap_or(&HashSet::new())).len())
+                .sum()
+        };
+        if missing == 0 {
+            break Some(Instant::now());
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        dead = dead_letters(&http, &gw).await;
+    };
+    subscriber.abort();
+
+    let keys: HashMap<String, HashSet<String>> = dead
+        .iter()
+        .map(|(s, rows)| (s.clone(), rows.iter().map(|(k, _)| k.clone()).collect()))
+        .collect();
+    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    for rows in dead.values() {
+        for (_, reason) in rows {
+            *by_reason.entry(reason.clone()).or_default() += 1;
+        }
+    }
+    let verdict = ledger.lock().expect("ledger").verdict(&keys);
+    let mut violations = verdict.violations();
+    if drained_at.is_none() && verdict.lost == 0 {
+        violations.push("backlog did not drain in time".into());
+    }
+    let log = gw.log_path().display().to_string();
+    gw.stop();
+    Ok(Report {
+        scenario: o.scenario,
+        seed: o.seed,
+        duration_secs: o.duration.as_secs_f64(),
+        rate_per_device: o.rate,
+        devices: BTreeMap::from([("mqtt", n_mqtt), ("http", n_http)]),
+        violations,
+        verdict,
+        dead_lettered_by_reason: by_reason,
+        faults_injected: faults,
+        gateway_kills: kills,
+        actor_restarts: watch.restarts(),
+        peak_wal_backlog: watch.peak_backlog,
+        drain_after_last_fault_secs: drained_at
+            .map(|t| t.saturating_duration_since(last_fault_end).as_secs_f64()),
+        max_mailbox_depth: watch.mailbox,
+        gateway_peak_rss_mib: watch.peak_rss,
+        schedule,
+        gateway_log: log,
+    })
+}
+
+async fn wait_ready(c: &reqwest::Client, gw: &Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = c.get(gw.admin("/readyz")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("gateway not ready after 30 s; going on (see {})", gw.log_path().display());
+}
+
+/// Samples metrics and RSS every 250 ms until `until`.
+async fn sample_until(c: &reqwest::Client, gw: &Gateway, w: &mut Watch, until: Instant) {
+    loop {
+        if let Some(s) = gw.sample(c).await {
+            w.add(&s, gw.rss_mib());
+        }
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep((until - now).min(Duration::from_millis(250))).await;
+    }
+}
+
+/// Per sink: (key, reason) of every dead letter.
+async fn dead_letters(c: &reqwest::Client, gw: &Gateway) -> HashMap<String, Vec<(String, String)>> {
+    let mut out = HashMap::new();
+    for s in SINKS {
+        let Ok(r) = c
+            .get(gw.admin(&format!("/admin/dead-letters/{s}?limit=10000")))
+            .bearer_auth(&gw.admin_token)
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(v) = r.json::<serde_json::Value>().await else { continue };
+        let rows = v["dead_letters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| {
+                Some((
+                    d["record"]["idempotency_key"].as_str()?.to_string(),
+                    d["reason"].as_str().unwrap_or("").to_string(),
+                ))
+            })
+            .collect();
+        out.insert(s.to_string(), rows);
+    }
+    out
+}
