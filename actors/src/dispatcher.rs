@@ -22,8 +22,11 @@
 //! - cycle endings are taken in cycle order, and a new epoch starts only once every cycle of
 //!   the old one has ended (so its records are back in the WAL before the next lease).
 //!
-//! Failure: the dispatcher holds nothing durable. On restart, leases it held expire in the
-//! WAL (`delivery.lease_timeout_ms`) and are delivered again: duplicates, never loss.
+//! Failure: the dispatcher holds nothing durable; its tasks end with its state. A new
+//! instance first asks the WAL to release every lease (`ReleaseLeases`, ordered before its
+//! own leases), so records its predecessor held are leased again first instead of waiting out
+//! `delivery.lease_timeout_ms` while newer records overtake them: duplicates, never loss, and
+//! order of first delivery kept.
 
 use crate::addr::{Addr, Failable};
 use crate::metrics::Metrics;
@@ -131,7 +134,7 @@ pub struct DispatcherState {
     wal: Addr<WalMsg>,
     addr: Addr<DispatcherMsg>,
     commits: watch::Receiver<u64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: crate::tasks::Tasks,
 }
 
 fn backoff(c: &DeliveryConfig) -> ExponentialBackoff {
@@ -182,7 +185,7 @@ impl DispatcherState {
             wal,
             addr,
             commits,
-            tasks: Vec::new(),
+            tasks: crate::tasks::Tasks::default(),
         }
     }
 
@@ -297,7 +300,6 @@ impl DispatcherState {
                 batch,
             });
         });
-        self.tasks.retain(|t| !t.is_finished());
         self.tasks.push(h);
     }
 
@@ -368,7 +370,6 @@ impl DispatcherState {
             let cycle = Cycle::Published { seqs, full, result };
             let _ = me.cast(DispatcherMsg::Done { sink: i, n, cycle });
         });
-        self.tasks.retain(|t| !t.is_finished());
         self.tasks.push(h);
     }
 
@@ -425,6 +426,10 @@ impl Actor for Dispatcher {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state =
             DispatcherState::new(a.sinks, a.config.clone(), a.wal, a.addr, a.commits.clone());
+        // Leases of a predecessor go back to Enqueued before this instance leases anything.
+        if let Err(e) = state.wal.cast(WalMsg::ReleaseLeases) {
+            tracing::warn!(error = %e, "leases not released; they expire after delivery.lease_timeout_ms");
+        }
         // New commits wake the dispatcher at once.
         let (me, addr, mut rx) = (myself.clone(), state.addr.clone(), a.commits);
         state.tasks.push(tokio::spawn(async move {
@@ -460,9 +465,7 @@ impl Actor for Dispatcher {
         _: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for t in state.tasks.drain(..) {
-            t.abort();
-        }
+        state.tasks.abort_all();
         Ok(())
     }
 

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod mqtt_options;
 pub mod serve;
 pub mod sinks;
+pub mod tasks;
 pub mod wal;

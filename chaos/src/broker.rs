@@ -70,7 +70,10 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if Instant::now() > deadline {
-                return Err(std::io::Error::other(format!("{} broker not listening", self.name)));
+                return Err(std::io::Error::other(format!(
+                    "{} broker not listening",
+                    self.name
+                )));
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -17,8 +17,7 @@ use tokio::sync::watch;
 
 fn reading(device: &str, seq: u64) -> (Reading, Vec<u8>) {
     let value = crate::value(device, seq);
-    let body = serde_json::to_vec(&serde_json::json!({"seq": seq, "value": value}))
-        .expect("json");
+    let body = serde_json::to_vec(&serde_json::json!({"seq": seq, "value": value})).expect("json");
     (
         Reading {
             device: device.to_string(),
@@ -56,7 +55,11 @@ pub async fn mqtt_device(
     while !stop.load(Ordering::Relaxed) {
         let (r, body) = reading(&id, seq);
         ledger.lock().expect("ledger").produced(r);
-        if client.publish(&topic, QoS::AtLeastOnce, false, body).await.is_err() {
+        if client
+            .publish(&topic, QoS::AtLeastOnce, false, body)
+            .await
+            .is_err()
+        {
             break;
         }
         let want = seq + 1;
@@ -120,7 +123,8 @@ pub async fn upstream_subscriber(
     ledger: Arc<Mutex<Ledger>>,
 ) -> tokio::task::JoinHandle<()> {
     let mut o = MqttOptions::new("chaos-upstream-subscriber", "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(5)).set_clean_session(false);
+    o.set_keep_alive(Duration::from_secs(5))
+        .set_clean_session(false);
     let (client, mut ev) = AsyncClient::new(o, 100);
     let (sub_tx, mut subbed) = watch::channel(false);
     let filter = filter.to_string();

@@ -36,7 +36,10 @@ impl Gateway {
         let config = dir.join("gateway.toml");
         std::fs::write(
             &config,
-            format!("gateway_id = \"chaos-gw\"\ndata_dir = {:?}\n{extra}", data_dir.display().to_string()),
+            format!(
+                "gateway_id = \"chaos-gw\"\ndata_dir = {:?}\n{extra}",
+                data_dir.display().to_string()
+            ),
         )?;
         let mut g = Gateway {
             bin: bin.to_path_buf(),
@@ -50,7 +53,8 @@ impl Gateway {
             admin_token: String::new(),
         };
         g.run()?;
-        let read = |f: &str| std::fs::read_to_string(g.data_dir.join(f)).map(|s| s.trim().to_string());
+        let read =
+            |f: &str| std::fs::read_to_string(g.data_dir.join(f)).map(|s| s.trim().to_string());
         g.token = read("ingest.token")?;
         g.admin_token = read("admin.token")?;
         Ok(g)
@@ -58,7 +62,10 @@ impl Gateway {
 
     /// (Re)starts the process on the same ports and data; returns once it is ready.
     pub fn run(&mut self) -> std::io::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let mut child = Command::new(&self.bin)
             .arg("run")
             .arg("--config")
@@ -82,8 +89,9 @@ impl Gateway {
             }
         });
         self.child = Some(child);
-        rx.recv_timeout(Duration::from_secs(60))
-            .map_err(|_| std::io::Error::other(format!("gateway not ready; see {}", self.log.display())))
+        rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+            std::io::Error::other(format!("gateway not ready; see {}", self.log.display()))
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -101,7 +109,9 @@ impl Gateway {
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let _ = c.wait();
         }
     }
@@ -144,8 +154,12 @@ impl Gateway {
             .ok()?;
         let mut s = Sample::default();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((name, value)) = line.rsplit_once(' ') else { continue };
-            let Ok(v) = value.parse::<f64>() else { continue };
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
             let label = |k: &str| {
                 name.split_once(&format!("{k}=\""))
                     .and_then(|(_, r)| r.split_once('"'))

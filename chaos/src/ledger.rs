@@ -35,7 +35,10 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(sinks: &[&str]) -> Ledger {
         Ledger {
-            sinks: sinks.iter().map(|s| (s.to_string(), SinkLog::default())).collect(),
+            sinks: sinks
+                .iter()
+                .map(|s| (s.to_string(), SinkLog::default()))
+                .collect(),
             ..Default::default()
         }
     }
@@ -68,7 +71,9 @@ impl Ledger {
         match self.produced.get(key) {
             None => log.unknown.push(key.to_string()),
             Some(r) => {
-                if value.is_none_or(|v| (v - r.value).abs() > 1e-9) || r.device != device || r.seq != seq
+                if value.is_none_or(|v| (v - r.value).abs() > 1e-9)
+                    || r.device != device
+                    || r.seq != seq
                 {
                     log.corrupt.push(key.to_string());
                 }
@@ -99,12 +104,15 @@ impl Ledger {
             let lost = self.missing(name, d);
             let deliveries: u64 = log.count.values().map(|&n| n as u64).sum();
             let unique = log.count.len() as u64;
-            let out_of_order: Vec<String> = log
+            let mut out_of_order: Vec<String> = log
                 .first
                 .iter()
-                .filter(|(_, seqs)| seqs.windows(2).any(|w| w[0] >= w[1]))
-                .map(|(d, _)| d.clone())
+                .filter_map(|(d, seqs)| {
+                    let w = seqs.windows(2).find(|w| w[0] >= w[1])?;
+                    Some(format!("{d} ({} first delivered before {})", w[0], w[1]))
+                })
                 .collect();
+            out_of_order.sort();
             sinks.insert(
                 name.clone(),
                 SinkVerdict {
@@ -142,7 +150,8 @@ pub struct SinkVerdict {
     pub unknown: u64,
     /// Delivered with a payload other than the one produced. Must be 0.
     pub corrupt: u64,
-    /// Devices whose first deliveries were not in `seq` order. Must be empty.
+    /// Devices whose first deliveries were not in `seq` order, with the first inversion.
+    /// Must be empty.
     pub out_of_order_devices: Vec<String>,
 }
 
@@ -182,11 +191,21 @@ mod tests {
     use super::*;
 
     fn r(d: &str, seq: u64) -> Reading {
-        Reading { device: d.into(), seq, value: crate::value(d, seq) }
+        Reading {
+            device: d.into(),
+            seq,
+            value: crate::value(d, seq),
+        }
     }
 
     fn deliver(l: &mut Ledger, sink: &str, d: &str, seq: u64) {
-        l.delivered(sink, &crate::key(d, seq), d, seq, Some(crate::value(d, seq)));
+        l.delivered(
+            sink,
+            &crate::key(d, seq),
+            d,
+            seq,
+            Some(crate::value(d, seq)),
+        );
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub fn key(device: &str, seq: u64) -> String {
 
 /// The value a device sends for `seq`: lets the oracle check payloads arrived intact.
 pub fn value(device: &str, seq: u64) -> f64 {
-    let h = device.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let h = device
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     ((h ^ seq.wrapping_mul(2_654_435_761)) % 100_000) as f64 / 100.0
 }
 

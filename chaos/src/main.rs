@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "chaos", about = "Fault injection with a loss ledger for edge-gateway")]
+#[command(
+    name = "chaos",
+    about = "Fault injection with a loss ledger for edge-gateway"
+)]
 struct Args {
     /// field-demo, actor-storm, kill-9, sink-flap or mixed.
     #[arg(long, default_value = "mixed")]
@@ -58,7 +61,10 @@ fn main() -> anyhow::Result<()> {
         gateway_bin.display()
     );
     let tmp = tempfile::tempdir()?;
-    let work_dir = a.work_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let work_dir = a
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     eprintln!(
         "chaos: scenario {:?}, {:?}, {} readings/s per device, seed {seed}, gateway {}",
         a.scenario,
@@ -102,8 +108,14 @@ fn main() -> anyhow::Result<()> {
 
 fn print_summary(r: &edge_gateway_chaos::run::Report) {
     let v = &r.verdict;
-    println!("scenario {:?}, seed {}, {:.0} s", r.scenario, r.seed, r.duration_secs);
-    println!("readings: produced {}, acknowledged {}", v.produced, v.acknowledged);
+    println!(
+        "scenario {:?}, seed {}, {:.0} s",
+        r.scenario, r.seed, r.duration_secs
+    );
+    println!(
+        "readings: produced {}, acknowledged {}",
+        v.produced, v.acknowledged
+    );
     for (name, s) in &v.sinks {
         println!(
             "  sink {name}: delivered {} ({} deliveries, {} duplicates), dead-lettered {}, LOST {}",
@@ -112,7 +124,10 @@ fn print_summary(r: &edge_gateway_chaos::run::Report) {
     }
     println!("lost (must be 0): {}", v.lost);
     println!("faults: {:?}", r.faults_injected);
-    println!("gateway kills survived: {}; actor restarts: {:?}", r.gateway_kills, r.actor_restarts);
+    println!(
+        "gateway kills survived: {}; actor restarts: {:?}",
+        r.gateway_kills, r.actor_restarts
+    );
     println!(
         "peak WAL backlog {:.0}; drain after last fault {}; gateway peak RSS {:.1} MiB",
         r.peak_wal_backlog,
@@ -127,5 +142,12 @@ fn print_summary(r: &edge_gateway_chaos::run::Report) {
     for v in &r.violations {
         println!("VIOLATION: {v}");
     }
-    println!("verdict: {}", if v.lost == 0 && r.violations.is_empty() { "PASS" } else { "FAIL" });
+    println!(
+        "verdict: {}",
+        if v.lost == 0 && r.violations.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
 }

@@ -96,8 +96,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     let ledger = Arc::new(Mutex::new(Ledger::new(&SINKS)));
     let mut edge = Broker::start("edge", &o.work_dir.join("edge"))?;
     let mut upstream = Broker::start("upstream", &o.work_dir.join("upstream"))?;
-    let subscriber =
-        devices::upstream_subscriber(upstream.port, "chaos/#", ledger.clone()).await;
+    let subscriber = devices::upstream_subscriber(upstream.port, "chaos/#", ledger.clone()).await;
     let sink = Sink::start(ledger.clone(), "analytics").await?;
     let extra = format!(
         "[admin]\nchaos = true\n\
@@ -147,7 +146,11 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     for p in &schedule {
         let at = start + Duration::from_secs_f64(p.at_secs);
         sample_until(&http, &gw, &mut watch, at).await;
-        eprintln!("[{:>6.1}s] {}", start.elapsed().as_secs_f64(), p.fault.kind());
+        eprintln!(
+            "[{:>6.1}s] {}",
+            start.elapsed().as_secs_f64(),
+            p.fault.kind()
+        );
         *faults.entry(p.fault.kind()).or_default() += 1;
         match &p.fault {
             Fault::FailActor(name) => {
@@ -270,7 +273,10 @@ async fn wait_ready(c: &reqwest::Client, gw: &Gateway) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("gateway not ready after 30 s; going on (see {})", gw.log_path().display());
+    eprintln!(
+        "gateway not ready after 30 s; going on (see {})",
+        gw.log_path().display()
+    );
 }
 
 /// Samples metrics and RSS every 250 ms until `until`.
@@ -299,7 +305,9 @@ async fn dead_letters(c: &reqwest::Client, gw: &Gateway) -> HashMap<String, Vec<
         else {
             continue;
         };
-        let Ok(v) = r.json::<serde_json::Value>().await else { continue };
+        let Ok(v) = r.json::<serde_json::Value>().await else {
+            continue;
+        };
         let rows = v["dead_letters"]
             .as_array()
             .into_iter()

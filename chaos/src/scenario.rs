@@ -178,7 +178,10 @@ pub fn plan(scenario: Scenario, duration: Duration, seed: u64) -> Vec<Planned> {
         if t + fault.duration().as_secs_f64() >= end {
             break;
         }
-        out.push(Planned { at_secs: t, fault: fault.clone() });
+        out.push(Planned {
+            at_secs: t,
+            fault: fault.clone(),
+        });
         t += fault.duration().as_secs_f64();
     }
     out
@@ -204,13 +207,23 @@ mod tests {
         assert!(p.len() > 50, "{}", p.len());
         let mut end = 0.0;
         for f in &p {
-            assert!(f.at_secs >= end, "{f:?} starts before the previous fault ended");
+            assert!(
+                f.at_secs >= end,
+                "{f:?} starts before the previous fault ended"
+            );
             end = f.at_secs + f.fault.duration().as_secs_f64();
             assert!(end < 300.0);
         }
-        let kinds: std::collections::BTreeSet<_> =
-            p.iter().map(|f| f.fault.kind().split(':').next().unwrap().to_string()).collect();
-        for k in ["fail_actor", "kill9", "upstream_outage", "edge_broker_restart"] {
+        let kinds: std::collections::BTreeSet<_> = p
+            .iter()
+            .map(|f| f.fault.kind().split(':').next().unwrap().to_string())
+            .collect();
+        for k in [
+            "fail_actor",
+            "kill9",
+            "upstream_outage",
+            "edge_broker_restart",
+        ] {
             assert!(kinds.contains(k), "mixed never picked {k}: {kinds:?}");
         }
     }
@@ -218,7 +231,9 @@ mod tests {
     #[test]
     fn scenarios_stick_to_their_faults() {
         let d = Duration::from_secs(120);
-        assert!(plan(Scenario::Kill9, d, 1).iter().all(|f| f.fault == Fault::Kill9));
+        assert!(plan(Scenario::Kill9, d, 1)
+            .iter()
+            .all(|f| f.fault == Fault::Kill9));
         assert!(plan(Scenario::FieldDemo, d, 1)
             .iter()
             .all(|f| matches!(f.fault, Fault::UpstreamOutage { .. })));

@@ -95,9 +95,8 @@ async fn serve(
                 return;
             }
             Some(SinkFault::Status(code)) => {
-                let resp = format!(
-                    "HTTP/1.1 {code} Fault\r\ncontent-length: 0\r\nretry-after: 1\r\n\r\n"
-                );
+                let resp =
+                    format!("HTTP/1.1 {code} Fault\r\ncontent-length: 0\r\nretry-after: 1\r\n\r\n");
                 if r.get_mut().write_all(resp.as_bytes()).await.is_err() {
                     return;
                 }

@@ -11,6 +11,7 @@
 //! - `Reject`      <- MqttSession (reply after the commit that holds a refused message, so
 //!   it is acknowledged to the broker only once it is kept)
 //! - `Rejected`    <- admin API (reply: refused messages, newest first, read like dead letters)
+//! - `ReleaseLeases` <- Dispatcher, when it starts (cast: every lease back to Enqueued)
 //! - `Maintain`    <- its own timer (retention sweep; also makes earlier settles durable)
 //! - `Committed`   <- its own commit task
 //! - `Fail`        <- admin API chaos hook
@@ -82,6 +83,7 @@ pub enum WalMsg {
         limit: usize,
         reply: RpcReplyPort<Vec<(u64, Rejected)>>,
     },
+    ReleaseLeases,
     Maintain,
     Committed(Box<Committed>),
     Fail(String),
@@ -183,6 +185,7 @@ impl WalState {
                 (_, OpResult::Settled { .. })
                 | (_, OpResult::Requeued(_))
                 | (_, OpResult::Rejected(_))
+                | (_, OpResult::LeasesReleased(_))
                 | (_, OpResult::Maintained(_))
                 | (Waiter::Nobody, _) => {}
                 (Waiter::Append(..), _)
@@ -419,6 +422,9 @@ impl Actor for Wal {
                             Op::Requeue { sink, limit },
                             Waiter::Requeue(reply),
                         );
+                    }
+                    WalMsg::ReleaseLeases => {
+                        Self::enqueue(&myself, state, Op::ReleaseLeases, Waiter::Nobody);
                     }
                     WalMsg::Reject { entry, reply } => {
                         Self::enqueue(&myself, state, Op::Reject(entry), Waiter::Reject(reply));

@@ -149,6 +149,9 @@ pub enum Op {
     },
     /// Keep a refused message for inspection (see `rejected.rs`).
     Reject(Rejected),
+    /// Every InFlight lease of every sink back to Enqueued (a new dispatcher starts: whoever
+    /// held them is gone). Attempts already counted stay counted.
+    ReleaseLeases,
 }
 
 impl Op {
@@ -179,6 +182,8 @@ pub enum OpResult {
     Requeued(usize),
     /// The id the rejected message was stored under.
     Rejected(u64),
+    /// Leases released.
+    LeasesReleased(usize),
 }
 
 /// The WAL is over a limit: the append was refused whole, nothing stored.
@@ -406,6 +411,11 @@ impl WalStore {
                     }
                     Op::Requeue { sink, limit } => {
                         OpResult::Requeued(self.requeue(&mut tx, &mut meta, &sink, limit)?)
+                    }
+                    Op::ReleaseLeases => {
+                        let n = self.inflight.values().map(BTreeMap::len).sum();
+                        self.inflight.clear();
+                        OpResult::LeasesReleased(n)
                     }
                     Op::Reject(r) => {
                         let id = meta.rejected_next.max(1);

@@ -27,6 +27,7 @@ use crate::addr::{Addr, Failable};
 use crate::ingest::router::IngestRouterMsg;
 use crate::metrics::Metrics;
 use crate::mqtt_options::{options, ClientSettings};
+use crate::tasks::Tasks;
 use crate::wal::WalMsg;
 use edge_gateway_config::MqttConfig;
 use pipeline::{Ctx, Item};
@@ -87,21 +88,10 @@ pub struct MqttSessionState {
     ctx: Ctx,
     items: mpsc::UnboundedSender<Item>,
     addr: Addr<MqttSessionMsg>,
+    /// The poll and ack tasks: they end with the state, so a failed session's connection is
+    /// gone before its successor connects with the same client id.
     tasks: Tasks,
     client: AsyncClient,
-}
-
-/// The poll and ack tasks, aborted when the state is dropped. ractor skips `post_stop` when
-/// `handle` fails, so this is what guarantees a failed session's connection is gone before
-/// its successor connects with the same client id.
-struct Tasks(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
 }
 
 /// The client id the session uses unless configured: stable, so the broker keeps the session.
@@ -170,14 +160,13 @@ impl Actor for MqttSession {
             tls: cfg.broker.starts_with("mqtts://"),
             client_cert: tls.client_cert_file.is_some(),
         };
-        let tasks = Tasks(vec![
-            tokio::spawn(poller.run()),
-            tokio::spawn(pipeline::ack_in_order(
-                ctx.clone(),
-                items_rx,
-                client.clone(),
-            )),
-        ]);
+        let mut tasks = Tasks::default();
+        tasks.push(tokio::spawn(poller.run()));
+        tasks.push(tokio::spawn(pipeline::ack_in_order(
+            ctx.clone(),
+            items_rx,
+            client.clone(),
+        )));
         tracing::info!(broker = %cfg.broker, filters = ?cfg.subscriptions.iter().map(|s| &s.filter).collect::<Vec<_>>(), "mqtt session starting");
         Ok(MqttSessionState {
             ctx,
@@ -194,9 +183,7 @@ impl Actor for MqttSession {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let _ = state.client.try_disconnect();
-        for t in &state.tasks.0 {
-            t.abort();
-        }
+        state.tasks.abort_all();
         state.ctx.metrics.mqtt_session_up.set(0);
         Ok(())
     }

@@ -8,12 +8,13 @@
 //!   permits (`mqtt.max_unacked`), and past that the broker holds the rest.
 //! - PUBACKs leave in the order the PUBLISHes arrived (MQTT 3.1.1, 4.6.0-2): one task
 //!   settles items strictly in order.
-//! - Commits keep arrival order across a refusal: once a message has to be retried, `holding`
-//!   is set and later arrivals are not submitted by the actor but `Held` for the ack task,
-//!   which submits them one by one behind the retried one; `holding` clears when the ack
-//!   task's queue is empty. (Messages already submitted when the first refusal is seen can
-//!   still commit ahead of it if the WAL frees space in between — a window of one group
-//!   commit.)
+//! - Commits keep arrival order across a refusal: once a message has to be retried (refused
+//!   at hand-over, e.g. the router restarting, or at commit, e.g. WAL full or restarting),
+//!   `holding` is set and later arrivals are not submitted by the actor but `Held` for the ack
+//!   task, which submits them one by one behind the retried one; `holding` clears when the
+//!   ack task's queue is empty. (Messages already handed over when a *commit* is refused can
+//!   still commit ahead of it if the WAL frees space or restarts in between — a window of one
+//!   group commit.)
 
 use super::topics::Subscriptions;
 use crate::addr::Addr;
@@ -63,8 +64,18 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Hands one message to the router; a refused one goes to the WAL's rejected table.
+/// Hands one message to the router; a refused one goes to the WAL's rejected table. A
+/// message that could not be handed over sets `holding` at once, so the actor holds the ones
+/// after it (the ack task may be busy with earlier commits for a while before it gets here).
 pub async fn submit(ctx: &Ctx, p: &Publish, received_ms: u64) -> Pending {
+    let pending = try_submit(ctx, p, received_ms).await;
+    if matches!(pending, Pending::Retry(_)) {
+        ctx.holding.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    pending
+}
+
+async fn try_submit(ctx: &Ctx, p: &Publish, received_ms: u64) -> Pending {
     let refused = match route(ctx, p) {
         Err(r) => r,
         Ok((device_id, encoding)) => {
