@@ -129,9 +129,11 @@ fn print_summary(r: &edge_gateway_chaos::run::Report) {
         r.gateway_kills, r.actor_restarts
     );
     println!(
-        "peak WAL backlog {:.0}; drain after last fault {}; gateway peak RSS {:.1} MiB",
+        "peak WAL backlog {:.0}; drained {} after the last fault ({} after producers stopped); gateway peak RSS {:.1} MiB",
         r.peak_wal_backlog,
         r.drain_after_last_fault_secs
+            .map_or("never".into(), |s| format!("{s:.1} s")),
+        r.drain_after_producers_stopped_secs
             .map_or("never".into(), |s| format!("{s:.1} s")),
         r.gateway_peak_rss_mib
     );

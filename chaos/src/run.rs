@@ -44,6 +44,8 @@ pub struct Report {
     /// From the end of the last fault until every acknowledged reading was at every sink (or
     /// dead-lettered); `null` if it never got there.
     pub drain_after_last_fault_secs: Option<f64>,
+    /// From the moment devices stopped producing until everything was delivered.
+    pub drain_after_producers_stopped_secs: Option<f64>,
     pub max_mailbox_depth: BTreeMap<String, f64>,
     pub gateway_peak_rss_mib: f64,
     pub schedule: Vec<Planned>,
@@ -196,6 +198,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     }
 
     // Drain: wait until every acknowledged reading is at every sink or dead-lettered there.
+    let stopped = Instant::now();
     let deadline = Instant::now() + o.drain_timeout;
     let mut dead = dead_letters(&http, &gw).await;
     let drained_at = loop {
@@ -256,6 +259,8 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         peak_wal_backlog: watch.peak_backlog,
         drain_after_last_fault_secs: drained_at
             .map(|t| t.saturating_duration_since(last_fault_end).as_secs_f64()),
+        drain_after_producers_stopped_secs: drained_at
+            .map(|t| t.saturating_duration_since(stopped).as_secs_f64()),
         max_mailbox_depth: watch.mailbox,
         gateway_peak_rss_mib: watch.peak_rss,
         schedule,
