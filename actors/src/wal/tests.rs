@@ -504,6 +504,26 @@ fn rejected_messages_are_kept_newest_first_and_bounded_by_count_and_age() {
 }
 
 #[test]
+fn released_leases_are_leased_again_first_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), limits());
+    let (s, _) = one(s, Op::Append(vec![rec("a", 0), rec("b", 0)]), 0);
+    let lease = |max| Op::Lease {
+        sink: "a".into(),
+        max,
+    };
+    let (s, _) = one(s, lease(1), 0); // a dispatcher holds "a", then dies
+    let (s, _) = one(s, Op::Append(vec![rec("c", 0)]), 0);
+    let (s, r) = s.apply(vec![Op::ReleaseLeases, lease(5)], 1).unwrap();
+    assert_eq!(r[0], OpResult::LeasesReleased(1));
+    let OpResult::Leased(v) = &r[1] else { panic!("{r:?}") };
+    let keys: Vec<&str> = v.iter().map(|l| l.record.idempotency_key.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "c"], "the released record first, long before its lease expiry");
+    assert_eq!(v[0].attempts, 2, "the dead dispatcher's attempt still counts");
+    assert_eq!(s.stats().sinks[0].in_flight, 3);
+}
+
+#[test]
 fn lease_expiry_makes_records_leasable_again() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), limits());
