@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::mqtt::{Broker, Device, Subscriber};
+use common::mqtt::{self, Broker, Device, Subscriber};
 use common::sink::RecordingSink;
 use common::*;
 use std::collections::{HashMap, HashSet};
@@ -81,8 +81,8 @@ async fn devices(port: u16) -> Vec<Device> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_devices_reach_the_http_sink_and_the_upstream_broker() {
     let dir = tempfile::tempdir().unwrap();
-    let edge = Broker::plain(&dir.path().join("edge"));
-    let up = Broker::plain(&dir.path().join("upstream"));
+    let edge = mqtt::plain(&dir.path().join("edge"));
+    let up = mqtt::plain(&dir.path().join("upstream"));
     let subscriber = Subscriber::start(up.port, "site-1/+/telemetry").await;
     let sink = RecordingSink::start().await;
     let gw = Gateway::start(&gateway_config(dir.path(), &edge, &sink, Some(&up), ""));
@@ -139,7 +139,7 @@ async fn three_devices_reach_the_http_sink_and_the_upstream_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_devices_publish_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let edge = Broker::plain(&dir.path().join("edge"));
+    let edge = mqtt::plain(&dir.path().join("edge"));
     let sink = RecordingSink::start().await;
     let cfg = gateway_config(dir.path(), &edge, &sink, None, "");
     let gw = Gateway::start(&cfg);
@@ -196,8 +196,8 @@ async fn field_demo_upstream_outage_backlog_drains_in_order() {
     for cn in ["edge-gateway", DEVICES[0], DEVICES[1], DEVICES[2]] {
         pki.client(cn);
     }
-    let edge = Broker::shipped_edge(&dir.path().join("edge"), &pki.dir);
-    let mut up = Broker::plain(&dir.path().join("upstream"));
+    let edge = mqtt::shipped_edge(&dir.path().join("edge"), &pki.dir);
+    let mut up = mqtt::plain(&dir.path().join("upstream"));
     let subscriber = Subscriber::start(up.port, "site-1/+/telemetry").await;
     let sink = RecordingSink::start().await;
     let tls = format!(
@@ -271,7 +271,7 @@ async fn field_demo_upstream_outage_backlog_drains_in_order() {
             .join("\n")
     );
 
-    up.start();
+    up.start().unwrap();
     subscriber
         .wait_for_keys(&want, Duration::from_secs(60))
         .await
@@ -323,7 +323,7 @@ async fn field_demo_upstream_outage_backlog_drains_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_are_kept_with_a_reason_counted_and_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let edge = Broker::plain(&dir.path().join("edge"));
+    let edge = mqtt::plain(&dir.path().join("edge"));
     let sink = RecordingSink::start().await;
     let gw = Gateway::start(
         &gateway_config(dir.path(), &edge, &sink, None, "max_payload_bytes = 1024\n").to_path_buf(),
@@ -429,7 +429,7 @@ async fn wait_metric(gw: &Gateway, name: &str, ok: impl Fn(f64) -> bool) -> Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_wal_withholds_pubacks_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let edge = Broker::plain(&dir.path().join("edge"));
+    let edge = mqtt::plain(&dir.path().join("edge"));
     let sink = RecordingSink::start().await;
     sink.set(common::sink::Behaviour::Always(503));
     // 50 records fit in the WAL; the session keeps at most 20 messages un-acked.
@@ -477,8 +477,8 @@ async fn a_full_wal_withholds_pubacks_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_actors_during_mqtt_ingest_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let edge = Broker::plain(&dir.path().join("edge"));
-    let up = Broker::plain(&dir.path().join("upstream"));
+    let edge = mqtt::plain(&dir.path().join("edge"));
+    let up = mqtt::plain(&dir.path().join("upstream"));
     let subscriber = Subscriber::start(up.port, "site-1/+/telemetry").await;
     let sink = RecordingSink::start().await;
     let cfg = gateway_config(dir.path(), &edge, &sink, Some(&up), "");
@@ -540,11 +540,11 @@ async fn mqtt5_upstream_carries_the_key_as_a_user_property_and_refusals_dead_let
     use rumqttc::v5::mqttbytes::v5::Packet as P5;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     let dir = tempfile::tempdir().unwrap();
-    let edge = Broker::plain(&dir.path().join("edge"));
+    let edge = mqtt::plain(&dir.path().join("edge"));
     // Upstream lets this gateway write only stm32-a's topic (anonymous ACL).
     let acl = dir.path().join("upstream.acl");
     std::fs::write(&acl, "topic write site-1/stm32-a/telemetry\ntopic read #\n").unwrap();
-    let up = Broker::plain_with(
+    let up = mqtt::plain_with(
         &dir.path().join("upstream"),
         &format!("acl_file {}\n", acl.display()),
     );

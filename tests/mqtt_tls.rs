@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::mqtt::{free_port, tls_transport, Broker, Device, Subscriber};
+use common::mqtt::{self, free_port, tls_transport, Broker, Device, Subscriber};
 use common::pki::Pki;
 use common::sink::RecordingSink;
 use common::*;
@@ -64,7 +64,7 @@ async fn mutual_tls_and_per_device_acls_on_the_shipped_edge_broker() {
     for cn in ["edge-gateway", "device-a", "device-b"] {
         pki.client(cn);
     }
-    let broker = Broker::shipped_edge(&dir.path().join("edge"), &pki.dir);
+    let broker = mqtt::shipped_edge(&dir.path().join("edge"), &pki.dir);
     let sink = RecordingSink::start().await;
 
     // Without a client certificate: refused, said clearly, not ready.
@@ -182,7 +182,7 @@ async fn mutual_tls_and_per_device_acls_on_the_shipped_edge_broker() {
     // upstream broker that requires one (a plain listener beside it for the test's subscriber).
     gw.terminate();
     let tls_port = free_port();
-    let up = Broker::plain_with(
+    let up = mqtt::plain_with(
         &dir.path().join("upstream"),
         &format!(
             "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",

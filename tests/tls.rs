@@ -4,25 +4,12 @@
 
 mod common;
 
+use common::pki::openssl;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl CLI");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA, a server certificate for 127.0.0.1, a client certificate, and an unrelated CA.
 fn make_pki(dir: &Path) {

@@ -3,91 +3,12 @@
 //! upstream drain of a backlog.
 
 use super::{request, Gw, RawConn};
+use edge_gateway_chaos::broker::Broker;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-struct Mosquitto {
-    child: Option<Child>,
-    port: u16,
-    conf: PathBuf,
-}
-
-impl Mosquitto {
-    fn start(dir: &Path, persistence: bool) -> Mosquitto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\npersistence {persistence}\npersistence_location {}/\n",
-            dir.display()
-        );
-        if is_root() {
-            conf.push_str("user root\n");
-        }
-        let path = dir.join("mosquitto.conf");
-        std::fs::write(&path, conf).unwrap();
-        let mut m = Mosquitto {
-            child: None,
-            port,
-            conf: path,
-        };
-        m.run();
-        m
-    }
-
-    fn run(&mut self) {
-        let bin = if Path::new("/usr/sbin/mosquitto").exists() {
-            "/usr/sbin/mosquitto"
-        } else {
-            "mosquitto"
-        };
-        self.child = Some(
-            Command::new(bin)
-                .arg("-c")
-                .arg(&self.conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("mosquitto"),
-        );
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
 
 fn messages() -> usize {
     std::env::var("BENCH_MQTT_MESSAGES")
@@ -224,7 +145,7 @@ pub async fn ingest() {
     let clients = 4;
     println!("\n## MQTT ingest: {n} QoS 1 messages from {clients} publishers through mosquitto");
     let dir = tempfile::tempdir_in(".").unwrap();
-    let broker = Mosquitto::start(dir.path(), false);
+    let broker = Broker::plain(dir.path(), false, "").expect("mosquitto");
 
     // mosquitto alone: to a subscriber that acknowledges on receipt.
     let sub = ack_only_subscriber(
@@ -288,7 +209,7 @@ pub async fn upstream_drain() {
         .unwrap_or(100);
     println!("\n## Upstream MQTT drain: a {n}-record backlog to an upstream mosquitto");
     let dir = tempfile::tempdir_in(".").unwrap();
-    let mut up = Mosquitto::start(dir.path(), true);
+    let mut up = Broker::plain(dir.path(), true, "").expect("mosquitto");
     // A persistent subscriber: its session (and what is queued for it) survives the outage.
     let sub = ack_only_subscriber(up.port, "site/#", "bench-upstream-sub", false, n).await;
     sub.abort();
@@ -325,7 +246,7 @@ pub async fn upstream_drain() {
     for t in tasks {
         t.await.unwrap();
     }
-    up.run();
+    up.start().expect("mosquitto");
     let start = Instant::now();
     let sub = ack_only_subscriber(up.port, "site/#", "bench-upstream-sub", false, n).await;
     let end = sub.await.unwrap();

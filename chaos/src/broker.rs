@@ -1,20 +1,23 @@
-//! mosquitto processes: the edge broker devices publish to, and the upstream (cloud) broker.
-//! Both persistent, no queue limit, on a fixed loopback port so stop/start keeps clients'
-//! addresses.
+//! mosquitto processes on loopback: the chaos harness's edge and upstream brokers, and the
+//! brokers of the MQTT tests and benchmark (which use this module too). A broker keeps its
+//! port, config and persistence directory across stop/start, so clients keep their address.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Broker {
-    pub name: &'static str,
     pub port: u16,
+    /// Its first listener is TLS.
+    pub tls: bool,
+    pub dir: PathBuf,
     conf: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }
 
-fn bin() -> &'static str {
+/// Debian's mosquitto, wherever it is installed.
+pub fn mosquitto_bin() -> &'static str {
     ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -30,57 +33,78 @@ fn is_root() -> bool {
 }
 
 impl Broker {
-    pub fn start(name: &'static str, dir: &Path) -> std::io::Result<Broker> {
+    /// Plain TCP on a free port, anonymous, no queue limit, `max_inflight_messages 1000`;
+    /// persistent (saved every second) when `persistence`. `extra` is appended to the config.
+    pub fn plain(dir: &Path, persistence: bool, extra: &str) -> std::io::Result<Broker> {
         std::fs::create_dir_all(dir)?;
         let port = crate::free_port();
-        let mut conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence {persistence}\n\
              persistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\n\
-             max_inflight_messages 1000\n",
+             max_inflight_messages 1000\n{extra}",
             dir.display()
         );
+        Broker::with_conf(dir, port, conf)
+    }
+
+    /// A broker with this exact config (it must listen on `port`).
+    pub fn with_conf(dir: &Path, port: u16, mut conf: String) -> std::io::Result<Broker> {
+        std::fs::create_dir_all(dir)?;
         if is_root() {
-            conf.push_str("user root\n"); // else mosquitto drops to a user that cannot read dir
+            // mosquitto drops root to the `mosquitto` user, which cannot read our files.
+            conf.push_str("user root\n");
         }
         let path = dir.join("mosquitto.conf");
-        std::fs::write(&path, conf)?;
+        std::fs::write(&path, &conf)?;
+        let tls = conf
+            .lines()
+            .skip_while(|l| !l.starts_with("listener"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("listener"))
+            .any(|l| l.starts_with("certfile"));
         let mut b = Broker {
-            name,
             port,
+            tls,
+            dir: dir.to_path_buf(),
             conf: path,
             log: dir.join("mosquitto.log"),
             child: None,
         };
-        b.run()?;
+        b.start()?;
         Ok(b)
     }
 
-    pub fn run(&mut self) -> std::io::Result<()> {
+    /// Starts the process (again) and waits until it accepts connections.
+    pub fn start(&mut self) -> std::io::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(bin())
+        let mut child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&self.conf)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
-        self.child = Some(child);
+        // mosquitto has no readiness signal: ready when it accepts a connection.
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() > deadline {
+            let gone = child.try_wait()?.is_some();
+            if gone || Instant::now() > deadline {
+                let _ = child.kill();
                 return Err(std::io::Error::other(format!(
-                    "{} broker not listening",
-                    self.name
+                    "mosquitto not listening on {}; log: {}",
+                    self.port,
+                    self.log.display()
                 )));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.child = Some(child);
         Ok(())
     }
 
-    /// Graceful stop: mosquitto saves its sessions and queues.
+    /// Graceful stop (SIGTERM): mosquitto saves its sessions and queues.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
@@ -93,10 +117,26 @@ impl Broker {
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    pub fn tls_url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
+    }
+
+    /// What a client of the first listener uses: `mqtts://` when it is TLS.
+    pub fn client_url(&self) -> String {
+        if self.tls {
+            self.tls_url()
+        } else {
+            self.url()
+        }
+    }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

@@ -96,8 +96,8 @@ const SINKS: [&str; 2] = ["analytics", "upstream"];
 pub async fn run(o: Options) -> anyhow::Result<Report> {
     let schedule = plan(o.scenario, o.duration, o.seed);
     let ledger = Arc::new(Mutex::new(Ledger::new(&SINKS)));
-    let mut edge = Broker::start("edge", &o.work_dir.join("edge"))?;
-    let mut upstream = Broker::start("upstream", &o.work_dir.join("upstream"))?;
+    let mut edge = Broker::plain(&o.work_dir.join("edge"), true, "")?;
+    let mut upstream = Broker::plain(&o.work_dir.join("upstream"), true, "")?;
     let subscriber = devices::upstream_subscriber(upstream.port, "chaos/#", ledger.clone()).await;
     let sink = Sink::start(ledger.clone(), "analytics").await?;
     let extra = format!(
@@ -177,11 +177,11 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
             Fault::UpstreamOutage { .. } => {
                 upstream.stop();
                 sample_until(&http, &gw, &mut watch, Instant::now() + p.fault.duration()).await;
-                upstream.run()?;
+                upstream.start()?;
             }
             Fault::EdgeBrokerRestart => {
                 edge.stop();
-                edge.run()?;
+                edge.start()?;
             }
             Fault::Sink { fault, .. } => {
                 sink.set(Some(*fault));

@@ -3,174 +3,48 @@
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-pub fn mosquitto_bin() -> String {
-    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .map_or("mosquitto".to_string(), |p| p.to_string())
+pub use edge_gateway_chaos::broker::Broker;
+pub use edge_gateway_chaos::free_port;
+
+/// Plain TCP, anonymous, persistent, no queue limit (the chaos harness's broker).
+pub fn plain(dir: &Path) -> Broker {
+    Broker::plain(dir, true, "").expect("mosquitto (apt-get install mosquitto)")
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// `plain` plus extra configuration lines.
+pub fn plain_with(dir: &Path, extra: &str) -> Broker {
+    Broker::plain(dir, true, extra).expect("mosquitto")
+}
+
+/// The shipped edge config (`config/mosquitto/edge.conf`), its paths pointed at `pki`
+/// (which must hold ca.pem, server.pem, server.key) and `dir`, on a free port.
+pub fn shipped_edge(dir: &Path, pki: &Path) -> Broker {
+    std::fs::create_dir_all(dir).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mosquitto");
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::copy(pki.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(root.join("edge.acl"), dir.join("edge.acl")).unwrap();
+    let port = free_port();
+    let conf = std::fs::read_to_string(root.join("edge.conf"))
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// A mosquitto process; stop/start keep its port, config and persistence directory.
-pub struct Broker {
-    pub port: u16,
-    /// Its listener is TLS (the shipped edge config).
-    pub tls: bool,
-    pub dir: PathBuf,
-    conf: PathBuf,
-    child: Option<Child>,
-}
-
-impl Broker {
-    /// Plain TCP, anonymous, persistent, no queue limit: the upstream (cloud) broker.
-    pub fn plain(dir: &Path) -> Broker {
-        Broker::plain_with(dir, "")
-    }
-
-    /// `plain` plus extra configuration lines.
-    pub fn plain_with(dir: &Path, extra: &str) -> Broker {
-        std::fs::create_dir_all(dir).unwrap();
-        let port = free_port();
-        let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-             persistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 1000\n{extra}",
-            dir.display()
-        );
-        Broker::with_conf(dir, port, conf)
-    }
-
-    /// The shipped edge config (`config/mosquitto/edge.conf`), its paths pointed at `pki`
-    /// (which must hold ca.pem, server.pem, server.key) and `dir`, on a free port.
-    pub fn shipped_edge(dir: &Path, pki: &Path) -> Broker {
-        std::fs::create_dir_all(dir).unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mosquitto");
-        for f in ["ca.pem", "server.pem", "server.key"] {
-            std::fs::copy(pki.join(f), dir.join(f)).unwrap();
-        }
-        std::fs::copy(root.join("edge.acl"), dir.join("edge.acl")).unwrap();
-        let port = free_port();
-        let conf = std::fs::read_to_string(root.join("edge.conf"))
-            .unwrap()
-            .replace(
-                "/etc/edge-gateway/mosquitto/",
-                &format!("{}/", dir.display()),
-            )
-            .replace(
-                "/var/lib/edge-gateway-mosquitto/",
-                &format!("{}/", dir.display()),
-            )
-            .replace("listener 8883", &format!("listener {port} 127.0.0.1"));
-        assert!(conf.contains(&format!("listener {port}")));
-        Broker::with_conf(dir, port, conf)
-    }
-
-    fn with_conf(dir: &Path, port: u16, mut conf: String) -> Broker {
-        if running_as_root() {
-            // mosquitto drops root to the `mosquitto` user, which cannot read a test's files.
-            conf.push_str("user root\n");
-        }
-        let path = dir.join("mosquitto.conf");
-        std::fs::write(&path, &conf).unwrap();
-        let mut b = Broker {
-            port,
-            tls: conf.contains("certfile"),
-            dir: dir.to_path_buf(),
-            conf: path,
-            child: None,
-        };
-        b.start();
-        b
-    }
-
-    pub fn start(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let log =
-            std::fs::File::create(self.dir.join(format!("mosquitto-{}.log", now_ms()))).unwrap();
-        let child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn mosquitto (apt-get install mosquitto)");
-        self.child = Some(child);
-        // Ready when it accepts connections (mosquitto has no readiness signal).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("mosquitto exited: {st}; log in {}", self.dir.display());
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto not listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Graceful stop (SIGTERM): mosquitto saves its persistence database.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    /// The URL a client of this broker uses: `mqtts://` when its listener is TLS.
-    pub fn client_url(&self) -> String {
-        if self.tls {
-            self.tls_url()
-        } else {
-            self.url()
-        }
-    }
-
-    pub fn tls_url(&self) -> String {
-        format!("mqtts://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn now_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
+        .replace(
+            "/etc/edge-gateway/mosquitto/",
+            &format!("{}/", dir.display()),
+        )
+        .replace(
+            "/var/lib/edge-gateway-mosquitto/",
+            &format!("{}/", dir.display()),
+        )
+        .replace("listener 8883", &format!("listener {port} 127.0.0.1"));
+    assert!(conf.contains(&format!("listener {port}")));
+    Broker::with_conf(dir, port, conf).expect("mosquitto with the shipped config")
 }
 
 /// TLS for a test client: trust `ca`, present `<cn>.pem`/`<cn>.key` from `pki` if given.

@@ -8,7 +8,8 @@ pub struct Pki {
     pub dir: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs the openssl CLI in `dir`; panics with its stderr on failure.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .current_dir(dir)
         .args(args)

@@ -44,6 +44,37 @@ impl From<&str> for Failure {
     }
 }
 
+/// The connection task: turns the event loop's events into [`Note`]s until the connection
+/// fails. One body for both protocol versions (their event types differ).
+macro_rules! note_loop {
+    ($events:ident, $tx:ident, $note_of:ident) => {
+        tokio::spawn(async move {
+            loop {
+                let note = match $events.poll().await {
+                    Ok(ev) => match $note_of(ev) {
+                        Some(n) => n,
+                        None => continue,
+                    },
+                    Err(e) => {
+                        // mosquitto refuses a publish with a PUBACK reason code and then
+                        // drops the connection: what was read before the close counts.
+                        for ev in $events.state.events.drain(..) {
+                            if let Some(n) = $note_of(ev) {
+                                let _ = $tx.send(n);
+                            }
+                        }
+                        let _ = $tx.send(Note::Lost(e.to_string()));
+                        return;
+                    }
+                };
+                if $tx.send(note).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+}
+
 pub struct MqttSink {
     cfg: SinkConfig,
     gateway_id: String,
@@ -193,69 +224,25 @@ impl MqttSink {
             let mut o = options_v5(&self.settings()).map_err(|e| e.to_string())?;
             o.set_request_channel_capacity(self.batch_capacity);
             let (client, mut events) = rumqttc::v5::AsyncClient::new(o, self.batch_capacity);
-            let task = tokio::spawn(async move {
-                use rumqttc::v5::mqttbytes::v5::Packet as P5;
-                use rumqttc::v5::Event as E5;
-                let note_of = |ev: E5| match ev {
-                    E5::Outgoing(Outgoing::Publish(pkid)) => Some(Note::Sent(pkid)),
-                    E5::Incoming(P5::PubAck(a)) => Some(v5_ack(a.pkid, a.reason)),
-                    _ => None,
-                };
-                loop {
-                    let note = match events.poll().await {
-                        Ok(ev) => match note_of(ev) {
-                            Some(n) => n,
-                            None => continue,
-                        },
-                        Err(e) => {
-                            // mosquitto refuses a publish with a PUBACK reason code and then
-                            // drops the connection: what was read before the close counts.
-                            for ev in events.state.events.drain(..) {
-                                if let Some(n) = note_of(ev) {
-                                    let _ = tx.send(n);
-                                }
-                            }
-                            let _ = tx.send(Note::Lost(e.to_string()));
-                            return;
-                        }
-                    };
-                    if tx.send(note).is_err() {
-                        return;
-                    }
-                }
-            });
+            use rumqttc::v5::mqttbytes::v5::Packet as P5;
+            use rumqttc::v5::Event as E5;
+            let note_of = |ev: E5| match ev {
+                E5::Outgoing(Outgoing::Publish(pkid)) => Some(Note::Sent(pkid)),
+                E5::Incoming(P5::PubAck(a)) => Some(v5_ack(a.pkid, a.reason)),
+                _ => None,
+            };
+            let task = note_loop!(events, tx, note_of);
             (Client::V5(client), task)
         } else {
             let mut o = options(&self.settings()).map_err(|e| e.to_string())?;
             o.set_request_channel_capacity(self.batch_capacity);
             let (client, mut events) = AsyncClient::new(o, self.batch_capacity);
-            let task = tokio::spawn(async move {
-                let note_of = |ev: Event| match ev {
-                    Event::Outgoing(Outgoing::Publish(pkid)) => Some(Note::Sent(pkid)),
-                    Event::Incoming(Packet::PubAck(a)) => Some(Note::Acked(a.pkid)),
-                    _ => None,
-                };
-                loop {
-                    let note = match events.poll().await {
-                        Ok(ev) => match note_of(ev) {
-                            Some(n) => n,
-                            None => continue,
-                        },
-                        Err(e) => {
-                            for ev in events.state.events.drain(..) {
-                                if let Some(n) = note_of(ev) {
-                                    let _ = tx.send(n);
-                                }
-                            }
-                            let _ = tx.send(Note::Lost(e.to_string()));
-                            return;
-                        }
-                    };
-                    if tx.send(note).is_err() {
-                        return;
-                    }
-                }
-            });
+            let note_of = |ev: Event| match ev {
+                Event::Outgoing(Outgoing::Publish(pkid)) => Some(Note::Sent(pkid)),
+                Event::Incoming(Packet::PubAck(a)) => Some(Note::Acked(a.pkid)),
+                _ => None,
+            };
+            let task = note_loop!(events, tx, note_of);
             (Client::V4(client), task)
         };
         Ok(Conn {

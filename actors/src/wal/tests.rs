@@ -516,10 +516,22 @@ fn released_leases_are_leased_again_first_and_in_order() {
     let (s, _) = one(s, Op::Append(vec![rec("c", 0)]), 0);
     let (s, r) = s.apply(vec![Op::ReleaseLeases, lease(5)], 1).unwrap();
     assert_eq!(r[0], OpResult::LeasesReleased(1));
-    let OpResult::Leased(v) = &r[1] else { panic!("{r:?}") };
-    let keys: Vec<&str> = v.iter().map(|l| l.record.idempotency_key.as_str()).collect();
-    assert_eq!(keys, ["a", "b", "c"], "the released record first, long before its lease expiry");
-    assert_eq!(v[0].attempts, 2, "the dead dispatcher's attempt still counts");
+    let OpResult::Leased(v) = &r[1] else {
+        panic!("{r:?}")
+    };
+    let keys: Vec<&str> = v
+        .iter()
+        .map(|l| l.record.idempotency_key.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["a", "b", "c"],
+        "the released record first, long before its lease expiry"
+    );
+    assert_eq!(
+        v[0].attempts, 2,
+        "the dead dispatcher's attempt still counts"
+    );
     assert_eq!(s.stats().sinks[0].in_flight, 3);
 }
 
