@@ -500,23 +500,14 @@ async fn accept_all_sink(up: Arc<AtomicBool>) -> SocketAddr {
     a
 }
 
-async fn drain() {
-    let n: usize = std::env::var("BENCH_BACKLOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    println!("\n## Backlog drain: {n} records to a local HTTP sink");
-    let up = Arc::new(AtomicBool::new(false));
-    let sink = accept_all_sink(up.clone()).await;
-    let gw = Gw::start(&format!("[http]\nmax_batch = 1000\n[delivery]\nbatch_size = 1000\nbackoff_initial_ms = 100\nbackoff_max_ms = 200\n[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"http://{sink}/\"\n"));
-    let c = reqwest::Client::new();
-    let rss0 = gw.rss_kib();
-    let start = Instant::now();
+/// Ingests `n` readings in 1,000-reading requests over `conns` connections, spread over
+/// `devices` device ids (`dev-0`…); every request must get its 202.
+async fn ingest_batches(gw: &Gw, n: usize, conns: usize, devices: usize) {
     let per = 1000;
     let reqs = n.div_ceil(per);
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = vec![];
-    for _ in 0..8 {
+    for _ in 0..conns {
         let (next, addr, token) = (next.clone(), gw.http, gw.token.clone());
         tasks.push(tokio::spawn(async move {
             let mut conn = RawConn::connect(addr).await;
@@ -529,7 +520,7 @@ async fn drain() {
                     .map(|k| json!({"seq": i * per + k, "temp": 21.5}))
                     .collect();
                 let req = request(
-                    "/ingest/dev-bulk",
+                    &format!("/ingest/dev-{}", i % devices),
                     &token,
                     &serde_json::to_vec(&body).unwrap(),
                 );
@@ -540,6 +531,21 @@ async fn drain() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+async fn drain() {
+    let n: usize = std::env::var("BENCH_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    println!("\n## Backlog drain: {n} records to a local HTTP sink");
+    let up = Arc::new(AtomicBool::new(false));
+    let sink = accept_all_sink(up.clone()).await;
+    let gw = Gw::start(&format!("[http]\nmax_batch = 1000\n[delivery]\nbatch_size = 1000\nbackoff_initial_ms = 100\nbackoff_max_ms = 200\n[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"http://{sink}/\"\n"));
+    let c = reqwest::Client::new();
+    let rss0 = gw.rss_kib();
+    let start = Instant::now();
+    ingest_batches(&gw, n, 8, 1).await;
     let ingest_s = start.elapsed().as_secs_f64();
     let wal = gw.wal(&c).await;
     let rss_backlog = gw.rss_kib();

@@ -2,7 +2,7 @@
 //! subscriber that only acknowledges (same broker, payload and publishers, same run), and the
 //! upstream drain of a backlog.
 
-use super::{request, Gw, RawConn};
+use super::{ingest_batches, Gw};
 use edge_gateway_chaos::broker::Broker;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
@@ -218,34 +218,7 @@ pub async fn upstream_drain() {
         "[http]\nmax_batch = 1000\n[delivery]\nbatch_size = 1000\nbackoff_initial_ms = 100\nbackoff_max_ms = 200\n[[sinks]]\nname = \"up\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic_prefix = \"site\"\nmax_in_flight = {inflight}\n",
         up.port
     ));
-    let per = 1000;
-    let reqs = n.div_ceil(per);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = vec![];
-    for _ in 0..4 {
-        let (next, addr, token) = (next.clone(), gw.http, gw.token.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conn = RawConn::connect(addr).await;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= reqs {
-                    break;
-                }
-                let body: Vec<_> = (0..per)
-                    .map(|k| json!({"seq": i * per + k, "temp": 21.5}))
-                    .collect();
-                let req = request(
-                    &format!("/ingest/dev-{}", i % 3),
-                    &token,
-                    &serde_json::to_vec(&body).unwrap(),
-                );
-                assert_eq!(conn.roundtrip(&req).await, 202);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    ingest_batches(&gw, n, 4, 3).await;
     up.start().expect("mosquitto");
     let start = Instant::now();
     let sub = ack_only_subscriber(up.port, "site/#", "bench-upstream-sub", false, n).await;
