@@ -15,8 +15,10 @@
 //! - leases are cast to the WAL from this actor's handler, so the WAL serves them in cycle
 //!   order; their results are forwarded to the publisher in cycle order (a reorder buffer
 //!   absorbs waiters that finish out of order), and the publisher takes its mailbox in order;
-//! - each failure starts a new epoch: a batch leased in an earlier epoch is not forwarded but
-//!   released (back to Enqueued, attempt given back), and the publisher itself answers
+//! - each failure — and each batch the publisher held back (`NotSent`: a new publisher
+//!   instance starts holding) — starts a new epoch: a batch leased in an earlier epoch is not
+//!   forwarded but released (back to Enqueued, attempt given back), and the publisher itself
+//!   answers
 //!   `NotSent` after a failure until the dispatcher sends `Resume` ahead of the first batch of
 //!   the new epoch — so nothing queued behind a failed batch overtakes it;
 //! - cycle endings are taken in cycle order, and a new epoch starts only once every cycle of
@@ -239,7 +241,11 @@ impl DispatcherState {
                         (Outcome::Dead(reason), true)
                     }
                     PublishResult::NotSent => {
-                        // The publisher was holding (it failed, or it is a new instance).
+                        // The publisher was holding (it failed, or it is a new instance). Not a
+                        // failure (no backoff, the attempt is given back), but a new epoch all
+                        // the same: a batch leased after this one must not be forwarded — with
+                        // the `Resume` this one now needs — ahead of its records.
+                        s.epoch += 1;
                         s.needs_resume = true;
                         (Outcome::Release, true)
                     }
@@ -648,7 +654,14 @@ mod tests {
             "no attempt spent on a batch never sent"
         );
         assert!(again);
-        assert_eq!(s.slots[0].epoch, 1, "holding back is not a failure");
+        assert!(
+            s.slots[0].paused_until.is_some(),
+            "only the failure paused the sink"
+        );
+        assert_eq!(
+            s.slots[0].epoch, 2,
+            "held back: batches leased before it are released, not forwarded ahead of it"
+        );
         assert_eq!(s.slots[0].in_flight, 0);
     }
 }
