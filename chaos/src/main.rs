@@ -137,6 +137,11 @@ fn print_summary(r: &edge_gateway_chaos::run::Report) {
             .map_or("never".into(), |s| format!("{s:.1} s")),
         r.gateway_peak_rss_mib
     );
+    println!(
+        "caught up (backlog back to normal) {} after the last fault",
+        r.caught_up_after_last_fault_secs
+            .map_or("never".into(), |s| format!("{s:.1} s"))
+    );
     println!("max mailbox depth: {:?}", r.max_mailbox_depth);
     if !r.dead_lettered_by_reason.is_empty() {
         println!("dead-lettered by reason: {:?}", r.dead_lettered_by_reason);

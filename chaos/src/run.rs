@@ -46,6 +46,10 @@ pub struct Report {
     pub drain_after_last_fault_secs: Option<f64>,
     /// From the moment devices stopped producing until everything was delivered.
     pub drain_after_producers_stopped_secs: Option<f64>,
+    /// From the end of the last fault until the WAL backlog was back to normal (at most one
+    /// second of production) while devices were still producing: delivery resumed and
+    /// caught up.
+    pub caught_up_after_last_fault_secs: Option<f64>,
     pub max_mailbox_depth: BTreeMap<String, f64>,
     pub gateway_peak_rss_mib: f64,
     pub schedule: Vec<Planned>,
@@ -61,11 +65,22 @@ struct Watch {
     /// Restarts of processes already killed, plus the live one's last sample.
     restarts_done: BTreeMap<String, f64>,
     restarts_live: BTreeMap<String, f64>,
+    /// Set when the last fault ends; `caught_up` is the first sample after it with a normal
+    /// backlog (at most `normal_backlog` records).
+    last_fault_end: Option<Instant>,
+    caught_up: Option<Instant>,
+    normal_backlog: f64,
 }
 
 impl Watch {
     fn add(&mut self, s: &Sample, rss: f64) {
         self.peak_backlog = self.peak_backlog.max(s.backlog);
+        if self.last_fault_end.is_some()
+            && self.caught_up.is_none()
+            && s.backlog <= self.normal_backlog
+        {
+            self.caught_up = Some(Instant::now());
+        }
         self.peak_rss = self.peak_rss.max(rss);
         for (a, v) in &s.mailbox_max {
             let e = self.mailbox.entry(a.clone()).or_default();
@@ -140,7 +155,10 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     }
 
     // Faults, on the schedule.
-    let mut watch = Watch::default();
+    let mut watch = Watch {
+        normal_backlog: (o.rate * (n_mqtt + n_http) as f64).max(20.0),
+        ..Watch::default()
+    };
     let mut faults: BTreeMap<String, u64> = BTreeMap::new();
     let mut kills = 0u64;
     let start = Instant::now();
@@ -191,6 +209,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         }
         last_fault_end = Instant::now();
     }
+    watch.last_fault_end = Some(last_fault_end);
     sample_until(&http, &gw, &mut watch, start + o.duration).await;
     stop.store(true, Ordering::Relaxed);
     for t in device_tasks {
@@ -261,6 +280,9 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
             .map(|t| t.saturating_duration_since(last_fault_end).as_secs_f64()),
         drain_after_producers_stopped_secs: drained_at
             .map(|t| t.saturating_duration_since(stopped).as_secs_f64()),
+        caught_up_after_last_fault_secs: watch
+            .caught_up
+            .map(|t| t.saturating_duration_since(last_fault_end).as_secs_f64()),
         max_mailbox_depth: watch.mailbox,
         gateway_peak_rss_mib: watch.peak_rss,
         schedule,
