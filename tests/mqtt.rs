@@ -126,14 +126,7 @@ async fn three_devices_reach_the_http_sink_and_the_upstream_broker() {
     );
     assert_eq!(metric(&m, "edge_gateway_mqtt_session_up"), Some(1.0));
     // Every message acknowledged to the broker once committed.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(&gw.metrics().await, "edge_gateway_mqtt_unacked_messages") != Some(0.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "PUBACKs outstanding"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_metric(&gw, "edge_gateway_mqtt_unacked_messages", |v| v == 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,8 +475,7 @@ async fn failing_actors_during_mqtt_ingest_loses_nothing() {
     let subscriber = Subscriber::start(up.port, "site-1/+/telemetry").await;
     let sink = RecordingSink::start().await;
     let cfg = gateway_config(dir.path(), &edge, &sink, Some(&up), "");
-    let text = std::fs::read_to_string(&cfg).unwrap() + "[admin]\nchaos = true\n";
-    std::fs::write(&cfg, text).unwrap();
+    append_config(&cfg, "[admin]\nchaos = true\n");
     let gw = Gateway::start(&cfg);
     wait_ready(&gw).await;
     let mut devs = devices(edge.port).await;
@@ -584,8 +576,7 @@ async fn mqtt5_upstream_carries_the_key_as_a_user_property_and_refusals_dead_let
     subbed.await.unwrap();
     let sink = RecordingSink::start().await;
     let cfg = gateway_config(dir.path(), &edge, &sink, Some(&up), "");
-    let text = std::fs::read_to_string(&cfg).unwrap() + "protocol = \"v5\"\n";
-    std::fs::write(&cfg, text).unwrap();
+    append_config(&cfg, "protocol = \"v5\"\n");
     let gw = Gateway::start(&cfg);
     wait_ready(&gw).await;
 
@@ -643,8 +634,7 @@ async fn publisher_restarts_keep_the_order_of_first_delivery_upstream() {
     let subscriber = Subscriber::start(up.port, "site-1/+/telemetry").await;
     let sink = RecordingSink::start().await;
     let cfg = gateway_config(dir.path(), &edge, &sink, Some(&up), "");
-    let text = std::fs::read_to_string(&cfg).unwrap() + "[admin]\nchaos = true\n";
-    std::fs::write(&cfg, text).unwrap();
+    append_config(&cfg, "[admin]\nchaos = true\n");
     let gw = Gateway::start(&cfg);
     wait_ready(&gw).await;
     let mut d = Device::connect(edge.port, "stm32-a", None).await;

@@ -42,6 +42,12 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     p
 }
 
+/// Appends TOML to a config written by [`write_config`].
+pub fn append_config(config: &Path, extra: &str) {
+    let text = std::fs::read_to_string(config).unwrap() + extra;
+    std::fs::write(config, text).unwrap();
+}
+
 impl Gateway {
     /// Starts the binary with `config` and waits for its "edge-gateway ready" line.
     pub fn start(config: &Path) -> Gateway {
