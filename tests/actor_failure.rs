@@ -158,7 +158,6 @@ async fn failing_each_actor_loses_nothing_acknowledged() {
     let load = start_load(&gw, 3);
     for actor in [
         "wal",
-        "ingest_router",
         "dispatcher",
         "http_ingest",
         "publisher:analytics",

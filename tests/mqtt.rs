@@ -482,7 +482,6 @@ async fn failing_actors_during_mqtt_ingest_loses_nothing() {
     let mut want = HashSet::new();
     let actors = [
         "mqtt_session",
-        "ingest_router",
         "wal",
         "dispatcher",
         "publisher:upstream",

@@ -15,6 +15,12 @@ pub struct Metrics {
     /// Requests refused for a reason, by `code` (`bad_request`, `unauthorized`, `wal_full`, …).
     pub ingest_rejections: IntCounterVec,
     pub duplicates: IntCounterVec,
+    /// Readings stored although their key was taken by other content (device counter reset).
+    pub key_conflicts: IntCounterVec,
+    /// Open connections by listener (`ingest`, `admin`).
+    pub connections_open: IntGaugeVec,
+    /// Connections closed at accept by listener and limit reached.
+    pub connections_refused: IntCounterVec,
     /// Records by `state` (`enqueued`, `in_flight`, `dead`) and `sink`.
     pub wal_records: IntGaugeVec,
     pub wal_acked: IntGaugeVec,
@@ -44,6 +50,48 @@ pub struct Metrics {
     pub mqtt_shed: IntCounter,
     /// Failed MQTT connections, by client (`ingest` or the sink's name).
     pub mqtt_connection_errors: IntCounterVec,
+}
+
+impl Metrics {
+    /// Counts what one commit did with a request's readings (after the fact: these are the
+    /// WAL's answers). Both ingest edges call it, so HTTP and MQTT count alike.
+    pub fn count_appended(
+        &self,
+        source: &str,
+        device: &str,
+        outcomes: &[crate::wal::AppendOutcome],
+    ) {
+        use crate::wal::AppendOutcome;
+        let (mut dups, mut conflicts) = (0u64, 0u64);
+        for o in outcomes {
+            match o {
+                AppendOutcome::Duplicate { .. } => dups += 1,
+                AppendOutcome::Stored { key_conflict, .. } => conflicts += u64::from(*key_conflict),
+            }
+        }
+        let total = outcomes.len() as u64;
+        self.ingest_records
+            .with_label_values(&[source, "accepted"])
+            .inc_by(total - dups);
+        if dups > 0 {
+            self.ingest_records
+                .with_label_values(&[source, "duplicate"])
+                .inc_by(dups);
+            self.duplicates.with_label_values(&[source]).inc_by(dups);
+        }
+        if conflicts > 0 {
+            self.key_conflicts
+                .with_label_values(&[source])
+                .inc_by(conflicts);
+            tracing::warn!(
+                device_id = device,
+                source,
+                readings = conflicts,
+                "idempotency key reused with other content (device counter reset?); stored \
+                 under a derived key, not dropped"
+            );
+        }
+    }
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -90,6 +138,38 @@ impl Metrics {
                         "Readings whose idempotency key was already stored",
                     ),
                     &["source"],
+                )
+                .unwrap(),
+            ),
+            key_conflicts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ingest_key_conflicts_total",
+                        "Readings stored although their idempotency key was taken, within the \
+                         window, by a reading with other content (e.g. a device counter reset)",
+                    ),
+                    &["source"],
+                )
+                .unwrap(),
+            ),
+            connections_open: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("connections_open", "Open connections, by listener"),
+                    &["listener"],
+                )
+                .unwrap(),
+            ),
+            connections_refused: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "connections_refused_total",
+                        "Connections closed at accept because a limit was reached, by \
+                         listener and reason",
+                    ),
+                    &["listener", "reason"],
                 )
                 .unwrap(),
             ),

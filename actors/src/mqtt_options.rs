@@ -36,13 +36,29 @@ pub struct ClientSettings<'a> {
     pub password_file: Option<&'a Path>,
     /// Outgoing QoS 1 publishes awaiting PUBACK, at most.
     pub inflight: u16,
+    /// Largest packet read from the broker. A larger one drops the connection (and a
+    /// broker would send it again): the broker must refuse it first, see
+    /// [`ingest_packet_limit`].
+    pub max_incoming_packet: usize,
 }
 
-/// Largest packet MQTT allows. Incoming packets are never refused by size on our side: a
-/// refused packet would drop the connection and come back forever. The broker caps what
-/// devices may send (`max_packet_size` in the shipped mosquitto config); oversized payloads
-/// are dead-lettered after they are read.
+/// Largest packet MQTT allows: what we may send.
 const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// What the ingest session reads at most: a payload of `max_payload_bytes` (larger ones up to
+/// this are read and dead-lettered as `payload_too_large`) plus the longest topic MQTT
+/// allows and the fixed header. The shipped edge broker's `max_packet_size` (327,680) is
+/// below it for the default 256 KiB, so nothing the broker accepts can drop the session;
+/// without that cap a hostile device could make the gateway allocate up to 256 MiB per
+/// message (issue 8).
+pub fn ingest_packet_limit(max_payload_bytes: usize) -> usize {
+    max_payload_bytes
+        .saturating_add(65_535 + 2 + 5)
+        .min(MQTT_MAX_PACKET)
+}
+
+/// What an mqtt sink reads at most: only acknowledgements come back.
+pub const SINK_INCOMING_PACKET: usize = 64 * 1024;
 
 fn read(path: &Path) -> Result<Vec<u8>, MqttSetupError> {
     std::fs::read(path).map_err(|source| MqttSetupError::Read {
@@ -131,7 +147,7 @@ pub fn options(s: &ClientSettings<'_>) -> Result<MqttOptions, MqttSetupError> {
     let mut o = MqttOptions::new(s.client_id.clone(), c.addr.host, c.addr.port);
     o.set_keep_alive(s.keep_alive)
         .set_clean_session(s.clean_session)
-        .set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET)
+        .set_max_packet_size(s.max_incoming_packet, MQTT_MAX_PACKET)
         .set_inflight(s.inflight.max(1));
     if let Some(t) = c.transport {
         o.set_transport(t);
@@ -148,7 +164,7 @@ pub fn options_v5(s: &ClientSettings<'_>) -> Result<rumqttc::v5::MqttOptions, Mq
     let mut o = rumqttc::v5::MqttOptions::new(s.client_id.clone(), c.addr.host, c.addr.port);
     o.set_keep_alive(s.keep_alive)
         .set_clean_start(s.clean_session)
-        .set_max_packet_size(Some(MQTT_MAX_PACKET as u32))
+        .set_max_packet_size(Some(s.max_incoming_packet.min(MQTT_MAX_PACKET) as u32))
         .set_outgoing_inflight_upper_limit(s.inflight.max(1));
     if let Some(t) = c.transport {
         o.set_transport(t);

@@ -40,9 +40,8 @@ impl std::str::FromStr for Scenario {
 }
 
 /// Actors the admin API can fail, by their names in the supervision tree.
-pub const ACTORS: [&str; 7] = [
+pub const ACTORS: [&str; 6] = [
     "wal",
-    "ingest_router",
     "mqtt_session",
     "http_ingest",
     "dispatcher",

@@ -50,7 +50,9 @@ pub struct HttpConfig {
     pub max_body_bytes: u64,
     /// Most readings accepted in one request (an array body).
     pub max_batch: usize,
-    /// A client that has not sent its request headers within this is disconnected (slowloris).
+    /// A connection that has not delivered a whole request head within this — after
+    /// connecting, or after its previous response (idle keep-alive) — is closed (slowloris,
+    /// idle sockets). With TLS the handshake has the same budget.
     pub header_read_timeout_ms: u64,
     /// Whole-request budget, body read and WAL commit included; past it the client gets 503.
     pub request_timeout_ms: u64,
@@ -58,6 +60,15 @@ pub struct HttpConfig {
     pub retry_after_secs: u64,
     /// Requests handled at once; more get 503 + Retry-After (bounds memory under overload).
     pub max_in_flight: usize,
+    /// Body bytes held by requests in flight, at most (taken from `Content-Length` before the
+    /// body is read); a request that does not fit gets 503 + Retry-After.
+    pub max_in_flight_bytes: u64,
+    /// Open connections, at most; past it new ones are closed at once (metric + log line).
+    /// With the admin listener's own cap this keeps the process under a Raspberry Pi's
+    /// 1,024 file descriptors (see docs/operations.md).
+    pub max_connections: usize,
+    /// Open connections from one peer address, at most.
+    pub max_connections_per_peer: usize,
     /// TLS for the ingest listener (off when unset).
     pub tls: Option<TlsConfig>,
 }
@@ -82,7 +93,10 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 5_000,
             request_timeout_ms: 10_000,
             retry_after_secs: 1,
-            max_in_flight: 1024,
+            max_in_flight: 256,
+            max_in_flight_bytes: 32 * 1024 * 1024,
+            max_connections: 512,
+            max_connections_per_peer: 64,
             tls: None,
         }
     }
@@ -99,6 +113,10 @@ pub struct AdminConfig {
     pub chaos: bool,
     /// TLS for the admin listener (off when unset).
     pub tls: Option<TlsConfig>,
+    /// Open connections, at most: the admin API's own budget, so probes and metrics stay
+    /// reachable while ingest is flooded.
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for AdminConfig {
@@ -108,6 +126,8 @@ impl Default for AdminConfig {
             token_file: None,
             chaos: false,
             tls: None,
+            max_connections: 32,
+            max_connections_per_peer: 16,
         }
     }
 }

@@ -21,7 +21,11 @@ pub struct MqttConfig {
     /// Past it messages are left unacknowledged with the broker, which redelivers them
     /// after a reconnect (see the MQTT session's `poll.rs`).
     pub max_unacked: usize,
-    /// Larger payloads are dead-lettered (`payload_too_large`), never parsed.
+    /// Payload bytes of messages received and not yet acknowledged, at most (same shedding).
+    pub max_unacked_bytes: usize,
+    /// Larger payloads are dead-lettered (`payload_too_large`), never parsed. The session
+    /// reads packets up to this plus 64 KiB (topic and header); the edge broker's
+    /// `max_packet_size` must stay below that (the shipped config does).
     pub max_payload_bytes: usize,
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
@@ -41,6 +45,7 @@ impl Default for MqttConfig {
             subscriptions: vec![MqttSubscription::default()],
             keep_alive_secs: 30,
             max_unacked: 32_768,
+            max_unacked_bytes: 64 * 1024 * 1024,
             max_payload_bytes: 256 * 1024,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 30_000,

@@ -47,6 +47,30 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
     if c.http.max_body_bytes == 0 {
         problem(&mut out, "http.max_body_bytes", "must be > 0");
     }
+    for (path, v) in [
+        ("http.max_in_flight", c.http.max_in_flight),
+        ("http.max_connections", c.http.max_connections),
+        (
+            "http.max_connections_per_peer",
+            c.http.max_connections_per_peer,
+        ),
+        ("admin.max_connections", c.admin.max_connections),
+        (
+            "admin.max_connections_per_peer",
+            c.admin.max_connections_per_peer,
+        ),
+    ] {
+        if v == 0 {
+            problem(&mut out, path, "must be > 0");
+        }
+    }
+    if c.http.max_in_flight_bytes < c.http.max_body_bytes {
+        problem(
+            &mut out,
+            "http.max_in_flight_bytes",
+            "must be >= http.max_body_bytes (else a largest request could never be read)",
+        );
+    }
     if c.http.max_batch == 0 {
         problem(&mut out, "http.max_batch", "must be > 0");
     }
@@ -239,6 +263,13 @@ fn validate_mqtt(out: &mut Vec<ConfigProblem>, m: &MqttConfig) {
     }
     if m.max_payload_bytes == 0 {
         problem(out, "mqtt.max_payload_bytes", "must be > 0");
+    }
+    if m.max_unacked_bytes < m.max_payload_bytes || m.max_unacked_bytes > u32::MAX as usize {
+        problem(
+            out,
+            "mqtt.max_unacked_bytes",
+            "must be >= mqtt.max_payload_bytes and < 4 GiB",
+        );
     }
     if m.keep_alive_secs < 5 {
         problem(out, "mqtt.keep_alive_secs", "must be >= 5");

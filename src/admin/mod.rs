@@ -297,6 +297,7 @@ pub async fn start(
         .map_err(|e| format!("bind {}: {e}", cfg.admin.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(addr = %addr, chaos = cfg.admin.chaos, "admin API listening");
+    let ctx_metrics = handles.metrics.clone();
     let ctx = Arc::new(Ctx {
         handles,
         admin_hash,
@@ -325,12 +326,15 @@ pub async fn start(
         None => None,
     };
     let (tx, rx) = watch::channel(false);
+    let limits = edge_gateway_actors::serve::Limits {
+        listener: "admin",
+        header_read_timeout: Duration::from_millis(cfg.http.header_read_timeout_ms),
+        max_connections: cfg.admin.max_connections,
+        max_per_peer: cfg.admin.max_connections_per_peer,
+    };
+    let metrics = Some(ctx_metrics);
     tokio::spawn(edge_gateway_actors::serve::serve(
-        listener,
-        filter,
-        Duration::from_millis(cfg.http.header_read_timeout_ms),
-        tls,
-        rx,
+        listener, filter, limits, metrics, tls, rx,
     ));
     Ok(AdminServer { addr, shutdown: tx })
 }

@@ -8,8 +8,8 @@
 //! ├── storage   (one-for-one, 5 / 60 s)  └── wal
 //! ├── delivery  (one-for-one, 10 / 60 s) ├── sinks (one-for-one, 20 / 60 s) ── publisher:<name> …
 //! │                                      └── dispatcher
-//! └── ingest    (one-for-one, 10 / 60 s) ├── ingest_router
-//!                                        └── http_ingest
+//! └── ingest    (one-for-one, 10 / 60 s) ├── http_ingest
+//!                                        └── mqtt_session (if enabled)
 //! ```
 //! Start order is top to bottom (storage before anything that appends), stop order the
 //! reverse (ingest stops accepting first, storage closes last).

@@ -8,7 +8,7 @@ use edge_gateway_actors::ingest::http::{HttpIngest, HttpIngestArgs, HttpIngestMs
 use edge_gateway_actors::ingest::mqtt::{
     MqttSession, MqttSessionArgs, MqttSessionMsg, SessionStatus,
 };
-use edge_gateway_actors::ingest::router::{IngestRouter, IngestRouterArgs, IngestRouterMsg};
+use edge_gateway_actors::ingest::router::Router;
 use edge_gateway_actors::metrics::Metrics;
 use edge_gateway_actors::sinks::{Publisher, PublisherArgs, PublisherMsg};
 use edge_gateway_actors::wal::{Wal, WalArgs, WalLimits, WalMsg};
@@ -187,30 +187,14 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     );
 
     // ingest
-    let router = Addr::<IngestRouterMsg>::new("ingest_router", Some("ingest"));
-    let router_spec = {
-        let (a, m, w, gw, mb) = (
-            router.clone(),
-            metrics.clone(),
-            wal.clone(),
-            cfg.gateway_id.clone(),
-            cfg.http.max_batch,
-        );
-        child(&dir, router.clone(), move || {
-            (
-                IngestRouter,
-                IngestRouterArgs {
-                    gateway_id: gw.clone(),
-                    max_batch: mb,
-                    wal: w.clone(),
-                    addr: a.clone(),
-                    metrics: m.clone(),
-                },
-            )
-        })
+    // Not an actor: validation and enrichment run on each edge's own task (router.rs).
+    let router = Router {
+        gateway_id: cfg.gateway_id.clone(),
+        max_batch: cfg.http.max_batch,
+        wal: wal.clone(),
     };
     let http_bound = Arc::new(Mutex::new(None));
-    let mut ingest_children = vec![router_spec];
+    let mut ingest_children = Vec::new();
     if cfg.http.enabled {
         let addr = Addr::<HttpIngestMsg>::new("http_ingest", Some("ingest"));
         let (a, m, r, hc, b) = (

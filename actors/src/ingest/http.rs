@@ -6,9 +6,16 @@
 //!
 //! A request is answered 202 only after the WAL commit that holds its readings returned.
 //! Every other outcome is an error with a JSON body `{error, message, field?}`:
-//! 400 malformed/invalid (field named), 401/403 auth, 404/405 route, 411/413 size,
-//! 415 content type, 503 + Retry-After for backpressure (WAL full, too many requests in
-//! flight, WAL restarting or commit not confirmed in time).
+//! 400 malformed/invalid (field named), 401/403 auth, 404/405 route, 408 body too slow,
+//! 411/413 size, 415 content type, 503 + Retry-After for backpressure (WAL full, too many
+//! requests or body bytes in flight, WAL restarting or commit not confirmed in time).
+//!
+//! Order of a request, so no client can make the gateway hold more than its budgets:
+//! route and device id, auth, then `Content-Length` (required, at most
+//! `http.max_body_bytes`), then one of `http.max_in_flight` permits and `Content-Length`
+//! bytes of `http.max_in_flight_bytes` — all before a byte of the body is read; then the
+//! body, within the request deadline (`http.request_timeout_ms`, which also covers the
+//! commit); decoding on this connection's task (see `router.rs`).
 //!
 //! Failure: the listener is closed and the IngestSupervisor rebinds it; requests already
 //! accepted keep running against the router. The predecessor's listener closes
@@ -37,7 +44,7 @@ async fn bind_when_free(addr: std::net::SocketAddr) -> Result<tokio::net::TcpLis
     }
 }
 use super::parse::{Encoding, Rejection};
-use super::router::{IngestRequest, IngestRouterMsg};
+use super::router::{IngestRequest, Router};
 use crate::addr::{Addr, Failable};
 use crate::metrics::Metrics;
 use crate::wal::{AppendError, AppendOutcome, Source};
@@ -65,7 +72,7 @@ impl Failable for HttpIngestMsg {
 pub struct HttpIngestArgs {
     pub config: edge_gateway_config::HttpConfig,
     pub auth: Arc<Auth>,
-    pub router: Addr<IngestRouterMsg>,
+    pub router: Router,
     pub metrics: Arc<Metrics>,
     pub addr: Addr<HttpIngestMsg>,
     /// The address actually bound; kept across restarts so port 0 is chosen once.
@@ -81,9 +88,12 @@ pub struct HttpIngestState {
 struct Ctx {
     cfg: edge_gateway_config::HttpConfig,
     auth: Arc<Auth>,
-    router: Addr<IngestRouterMsg>,
+    router: Router,
     metrics: Arc<Metrics>,
+    /// Requests inside the gateway (`http.max_in_flight`).
     permits: Arc<Semaphore>,
+    /// Body bytes held by requests inside the gateway (`http.max_in_flight_bytes`).
+    body_bytes: Arc<Semaphore>,
 }
 
 #[derive(Debug)]
@@ -110,45 +120,95 @@ fn unavailable(code: &'static str, msg: impl Into<String>) -> Rejection {
     Rejection::new(503, code, None, msg)
 }
 
-async fn handle_ingest(
+#[allow(clippy::too_many_arguments)]
+async fn handle_ingest<S, B>(
     ctx: Arc<Ctx>,
     device_id: String,
     content_type: Option<String>,
     idempotency_key: Option<String>,
-    body: bytes::Bytes,
-) -> Result<warp::reply::Response, warp::Rejection> {
+    content_length: Option<u64>,
+    body: S,
+) -> Result<warp::reply::Response, warp::Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Send,
+    B: bytes::Buf,
+{
     let retry = ctx.cfg.retry_after_secs;
     let m = &ctx.metrics;
-    let Ok(_permit) = ctx.permits.clone().try_acquire_owned() else {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ctx.cfg.request_timeout_ms);
+    let len = match content_length {
+        None => {
+            return Err(warp::reject::custom(ApiError(Rejection::new(
+                411,
+                "length_required",
+                Some("content-length".into()),
+                "Content-Length is required",
+            ))))
+        }
+        Some(n) if n > ctx.cfg.max_body_bytes => {
+            return Err(warp::reject::custom(ApiError(too_large())))
+        }
+        Some(n) => n,
+    };
+    let overloaded = |what: &str| {
         m.ingest_rejections
             .with_label_values(&["http", "overloaded"])
             .inc();
-        return Ok(reply_rejection(
-            &unavailable("overloaded", "too many requests in flight; retry later"),
+        Ok(reply_rejection(
+            &unavailable(
+                "overloaded",
+                format!("too many {what} in flight; retry later"),
+            ),
             retry,
-        ));
+        ))
     };
-    let result = ingest(&ctx, device_id, content_type, idempotency_key, body).await;
+    let Ok(_permit) = ctx.permits.clone().try_acquire_owned() else {
+        return overloaded("requests");
+    };
+    // `len` <= max_body_bytes <= max_in_flight_bytes (validated), and both fit a u32 permit
+    // count on every platform we build for; a larger one is refused as too large above.
+    let Ok(_bytes) = ctx
+        .body_bytes
+        .clone()
+        .try_acquire_many_owned(u32::try_from(len).unwrap_or(u32::MAX))
+    else {
+        return overloaded("request bytes");
+    };
+    let body = match read_body(body, len, deadline).await {
+        Ok(b) => b,
+        Err(r) => {
+            m.ingest_rejections
+                .with_label_values(&["http", r.code])
+                .inc();
+            return Ok(reply_rejection(&r, retry));
+        }
+    };
+    let result = ingest(
+        &ctx,
+        device_id.clone(),
+        content_type,
+        idempotency_key,
+        body,
+        deadline,
+    )
+    .await;
     Ok(match result {
         Ok(outcomes) => {
+            m.count_appended("http", &device_id, &outcomes);
             let dups = outcomes
                 .iter()
                 .filter(|o| matches!(o, AppendOutcome::Duplicate { .. }))
                 .count();
-            m.ingest_records
-                .with_label_values(&["http", "accepted"])
-                .inc_by((outcomes.len() - dups) as u64);
-            if dups > 0 {
-                m.ingest_records
-                    .with_label_values(&["http", "duplicate"])
-                    .inc_by(dups as u64);
-                m.duplicates
-                    .with_label_values(&["http"])
-                    .inc_by(dups as u64);
-            }
             let records: Vec<_> = outcomes
                 .iter()
                 .map(|o| match o {
+                    AppendOutcome::Stored {
+                        correlation_id,
+                        key_conflict: true,
+                        ..
+                    } => {
+                        json!({"correlation_id": correlation_id, "duplicate": false, "key_conflict": true})
+                    }
                     AppendOutcome::Stored { correlation_id, .. } => {
                         json!({"correlation_id": correlation_id, "duplicate": false})
                     }
@@ -161,6 +221,9 @@ async fn handle_ingest(
             if records.len() == 1 {
                 body["correlation_id"] = records[0]["correlation_id"].clone();
                 body["duplicate"] = records[0]["duplicate"].clone();
+                if let Some(c) = records[0].get("key_conflict") {
+                    body["key_conflict"] = c.clone();
+                }
             }
             body["records"] = serde_json::Value::Array(records);
             warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response()
@@ -181,12 +244,68 @@ async fn handle_ingest(
     })
 }
 
+fn too_large() -> Rejection {
+    Rejection::new(
+        413,
+        "payload_too_large",
+        Some("body".into()),
+        "body exceeds http.max_body_bytes",
+    )
+}
+
+/// Reads exactly the announced body before `deadline` (hyper enforces the framing).
+async fn read_body<S, B>(
+    body: S,
+    len: u64,
+    deadline: tokio::time::Instant,
+) -> Result<bytes::Bytes, Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Send,
+    B: bytes::Buf,
+{
+    use futures::StreamExt;
+    let read = async {
+        let mut buf = bytes::BytesMut::with_capacity(len as usize);
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            let mut chunk = chunk.map_err(|e| {
+                Rejection::new(
+                    400,
+                    "bad_request",
+                    Some("body".into()),
+                    format!("reading the body: {e}"),
+                )
+            })?;
+            if (buf.len() + chunk.remaining()) as u64 > len {
+                return Err(too_large());
+            }
+            while chunk.has_remaining() {
+                let c = chunk.chunk();
+                buf.extend_from_slice(c);
+                let n = c.len();
+                chunk.advance(n);
+            }
+        }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(r) => r,
+        Err(_) => Err(Rejection::new(
+            408,
+            "body_timeout",
+            Some("body".into()),
+            "the body did not arrive within http.request_timeout_ms",
+        )),
+    }
+}
+
 async fn ingest(
     ctx: &Ctx,
     device_id: String,
     content_type: Option<String>,
     idempotency_key: Option<String>,
     body: bytes::Bytes,
+    deadline: tokio::time::Instant,
 ) -> Result<Vec<AppendOutcome>, Rejection> {
     let encoding = Encoding::from_content_type(content_type.as_deref())?;
     if let Some(k) = &idempotency_key {
@@ -199,8 +318,6 @@ async fn ingest(
             ));
         }
     }
-    let budget = Duration::from_millis(ctx.cfg.request_timeout_ms);
-    let deadline = tokio::time::Instant::now() + budget;
     let req = IngestRequest {
         device_id,
         source: Source::Http,
@@ -208,11 +325,7 @@ async fn ingest(
         encoding: Some(encoding),
         idempotency_key,
     };
-    let pending = ctx
-        .router
-        .call(|reply| IngestRouterMsg::Ingest { req, reply }, Some(budget))
-        .await
-        .map_err(|e| unavailable("unavailable", format!("ingest router: {e}")))??;
+    let pending = ctx.router.submit(req)?;
     match tokio::time::timeout_at(deadline, pending.commit).await {
         Ok(Ok(Ok(outcomes))) => Ok(outcomes),
         Ok(Ok(Err(AppendError::Full(f)))) => Err(unavailable("wal_full", format!("backpressure: {f}"))),
@@ -230,20 +343,8 @@ async fn recover(
 ) -> Result<warp::reply::Response, std::convert::Infallible> {
     let r = if let Some(ApiError(r)) = err.find::<ApiError>() {
         r.clone()
-    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
-        Rejection::new(
-            413,
-            "payload_too_large",
-            Some("body".into()),
-            "body exceeds http.max_body_bytes",
-        )
-    } else if err.find::<warp::reject::LengthRequired>().is_some() {
-        Rejection::new(
-            411,
-            "length_required",
-            Some("content-length".into()),
-            "Content-Length is required",
-        )
+    } else if err.find::<warp::reject::InvalidHeader>().is_some() {
+        Rejection::new(400, "invalid_header", None, format!("{err:?}"))
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
         Rejection::new(
             405,
@@ -270,7 +371,6 @@ fn routes(
         let ctx = ctx.clone();
         warp::any().map(move || ctx.clone())
     };
-    let max_body = ctx.cfg.max_body_bytes;
     let authorized = warp::path!("ingest" / String)
         .and(warp::post())
         .and(warp::header::optional::<String>("authorization"))
@@ -290,8 +390,8 @@ fn routes(
         .and(authorized)
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("idempotency-key"))
-        .and(warp::body::content_length_limit(max_body))
-        .and(warp::body::bytes())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
         .and_then(handle_ingest)
         .recover(move |e| recover(e, ctx.metrics.clone()))
         .unify()
@@ -318,6 +418,9 @@ impl Actor for HttpIngest {
         tracing::info!(addr = %local, tls = args.config.tls.is_some(), mtls = args.config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()), "http ingest listening");
         let ctx = Arc::new(Ctx {
             permits: Arc::new(Semaphore::new(args.config.max_in_flight)),
+            body_bytes: Arc::new(Semaphore::new(
+                usize::try_from(args.config.max_in_flight_bytes).unwrap_or(Semaphore::MAX_PERMITS),
+            )),
             cfg: args.config.clone(),
             auth: args.auth,
             router: args.router,
@@ -328,8 +431,21 @@ impl Actor for HttpIngest {
             None => None,
         };
         let (tx, rx) = watch::channel(false);
-        let hrt = Duration::from_millis(args.config.header_read_timeout_ms);
-        tokio::spawn(crate::serve::serve(listener, routes(ctx), hrt, tls, rx));
+        let limits = crate::serve::Limits {
+            listener: "ingest",
+            header_read_timeout: Duration::from_millis(args.config.header_read_timeout_ms),
+            max_connections: args.config.max_connections,
+            max_per_peer: args.config.max_connections_per_peer,
+        };
+        let metrics = Some(ctx.metrics.clone());
+        tokio::spawn(crate::serve::serve(
+            listener,
+            routes(ctx),
+            limits,
+            metrics,
+            tls,
+            rx,
+        ));
         Ok(HttpIngestState {
             addr: args.addr,
             shutdown: tx,

@@ -121,6 +121,46 @@ pub fn validate_device_id(id: &str) -> Result<(), Rejection> {
     }
 }
 
+/// Deepest nesting of maps and arrays inside one reading (the reading itself is level 1).
+/// Far below what the WAL's record decoder accepts (256 levels, with two more for the
+/// record around the reading), so nothing accepted can be undecodable later (issue 8).
+pub const MAX_NESTING: usize = 32;
+
+/// Nesting depth of a value, without recursion (a hostile body must not blow the stack).
+fn depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(a) => {
+                max = max.max(d);
+                stack.extend(a.iter().map(|x| (x, d + 1)));
+            }
+            Value::Object(m) => {
+                max = max.max(d);
+                stack.extend(m.values().map(|x| (x, d + 1)));
+            }
+            _ => max = max.max(d - 1),
+        }
+    }
+    max
+}
+
+fn check_nesting(m: &Map<String, Value>, field: impl FnOnce() -> String) -> Result<(), Rejection> {
+    let d = 1 + m.values().map(depth).max().unwrap_or(0);
+    if d > MAX_NESTING {
+        return Err(Rejection::new(
+            400,
+            "too_deep",
+            Some(field()),
+            format!(
+                "a reading may nest maps and arrays {MAX_NESTING} levels deep; this one nests {d}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes a body into its readings (one map, or an array of maps).
 pub fn decode(
     body: &[u8],
@@ -160,7 +200,10 @@ pub fn decode(
         })?,
     };
     match v {
-        Value::Object(m) => Ok(vec![m]),
+        Value::Object(m) => {
+            check_nesting(&m, || "body".into())?;
+            Ok(vec![m])
+        }
         Value::Array(items) => {
             if items.is_empty() {
                 return Err(Rejection::new(
@@ -185,7 +228,10 @@ pub fn decode(
                 .into_iter()
                 .enumerate()
                 .map(|(i, v)| match v {
-                    Value::Object(m) => Ok(m),
+                    Value::Object(m) => {
+                        check_nesting(&m, || format!("readings[{i}]"))?;
+                        Ok(m)
+                    }
                     other => Err(Rejection::new(
                         400,
                         "not_a_map",
@@ -299,10 +345,12 @@ pub fn to_records(
         };
         let correlation_id = new_id();
         // Key precedence: client header, then msg_id, then (device, seq); else the
-        // correlation id, which is stored and so stays stable across redeliveries.
+        // correlation id, which is stored and so stays stable across redeliveries. Every
+        // key a client chooses is scoped to the device it was sent for (device ids hold no
+        // `/`), so no client can name another device's reading (see `wal/idem.rs`).
         let idempotency_key = match (&env.idempotency_key, &msg_id, device_seq) {
-            (Some(h), _, _) if batch => format!("{h}#{i}"),
-            (Some(h), _, _) => h.clone(),
+            (Some(h), _, _) if batch => format!("{}/key/{h}#{i}", env.device_id),
+            (Some(h), _, _) => format!("{}/key/{h}", env.device_id),
             (None, Some(m), _) => format!("{}/msg/{m}", env.device_id),
             (None, None, Some(s)) => format!("{}/seq/{s}", env.device_id),
             (None, None, None) => correlation_id.clone(),
@@ -363,14 +411,14 @@ mod tests {
             ids(),
         )
         .unwrap();
-        assert_eq!(r[0].idempotency_key, "h#0");
+        assert_eq!(r[0].idempotency_key, "dev-1/key/h#0");
         let r = to_records(
             &env(Some("h")),
             decode(br#"{"a":1}"#, Encoding::Json, 10).unwrap(),
             ids(),
         )
         .unwrap();
-        assert_eq!(r[0].idempotency_key, "h");
+        assert_eq!(r[0].idempotency_key, "dev-1/key/h");
     }
 
     #[test]

@@ -1,28 +1,17 @@
-//! `IngestRouter` actor: one path from every ingest edge into the WAL.
+//! `Router`: one path from every ingest edge into the WAL — validate, normalise, enrich, hand
+//! over. Not an actor: it is called on the caller's task (each HTTP connection's, the MQTT
+//! session's), so decoding one large body never makes other devices' readings wait in a
+//! shared mailbox, and a router has no state to lose. (It was an actor until issue 8: every
+//! payload of every device waited in its single mailbox while one was decoded.)
 //!
-//! Mailbox:
-//! - `Ingest` <- HttpIngest (and later the MQTT session). Reply: a `PendingAppend` whose
-//!   receiver resolves after the WAL commit holding the records, or a `Rejection` naming
-//!   what is wrong with the input.
-//! - `Fail`   <- admin API chaos hook.
-//!
-//! The router validates, normalises and enriches, then hands the records to the WAL with a
-//! reply port that goes straight back to the caller: the router never waits for a commit, so
-//! it is never the bottleneck of group commit.
-//!
-//! Failure: stateless; IngestSupervisor restarts it. Callers whose request was in its mailbox
-//! get `SendError::NoReply` and answer 503: nothing was acknowledged.
+//! The router never waits for the WAL: it casts the records with a reply port that goes
+//! straight back to the caller, so the WAL sees many appends at once (group commit).
 
 use super::parse::{decode, to_records, validate_device_id, Encoding, Envelope, Rejection};
-use crate::addr::{Addr, Failable};
-use crate::metrics::Metrics;
-use crate::wal::{AppendReply, Source, WalMsg};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::sync::Arc;
+use crate::addr::Addr;
+use crate::wal::{AppendReply, Record, Source, WalMsg};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
-
-pub struct IngestRouter;
 
 /// One ingest request as the edge received it.
 #[derive(Debug)]
@@ -41,53 +30,33 @@ pub struct PendingAppend {
     pub readings: usize,
 }
 
-pub enum IngestRouterMsg {
-    Ingest {
-        req: IngestRequest,
-        reply: RpcReplyPort<Result<PendingAppend, Rejection>>,
-    },
-    Fail(String),
-}
-
-impl Failable for IngestRouterMsg {
-    fn fail(reason: String) -> Self {
-        IngestRouterMsg::Fail(reason)
-    }
-}
-
-pub struct IngestRouterArgs {
+/// Shared by the ingest edges (cheap to clone).
+#[derive(Clone)]
+pub struct Router {
     pub gateway_id: String,
     pub max_batch: usize,
     pub wal: Addr<WalMsg>,
-    pub addr: Addr<IngestRouterMsg>,
-    pub metrics: Arc<Metrics>,
 }
 
-pub struct IngestRouterState {
-    args: IngestRouterArgs,
-}
-
-impl IngestRouterState {
+impl Router {
     /// Validation and enrichment: everything but the hand-off to the WAL.
-    pub fn prepare(
-        &self,
-        req: IngestRequest,
-        now_ms: u64,
-    ) -> Result<Vec<crate::wal::Record>, Rejection> {
+    pub fn prepare(&self, req: IngestRequest, now_ms: u64) -> Result<Vec<Record>, Rejection> {
         validate_device_id(&req.device_id)?;
         let enc = req.encoding.unwrap_or_else(|| Encoding::sniff(&req.body));
-        let readings = decode(&req.body, enc, self.args.max_batch)?;
+        let readings = decode(&req.body, enc, self.max_batch)?;
         let env = Envelope {
             device_id: req.device_id,
             source: req.source,
-            gateway_id: self.args.gateway_id.clone(),
+            gateway_id: self.gateway_id.clone(),
             receive_ts_ms: now_ms,
             idempotency_key: req.idempotency_key,
         };
         to_records(&env, readings, || uuid::Uuid::new_v4().to_string())
     }
 
-    fn ingest(&self, req: IngestRequest) -> Result<PendingAppend, Rejection> {
+    /// Prepares the request and hands its records to the WAL. A 503 rejection means nothing
+    /// was handed over (the WAL is restarting): retry.
+    pub fn submit(&self, req: IngestRequest) -> Result<PendingAppend, Rejection> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -95,8 +64,7 @@ impl IngestRouterState {
         let records = self.prepare(req, now)?;
         let readings = records.len();
         let (tx, rx) = oneshot::channel();
-        self.args
-            .wal
+        self.wal
             .cast(WalMsg::Append {
                 records,
                 reply: tx.into(),
@@ -106,37 +74,5 @@ impl IngestRouterState {
             commit: rx,
             readings,
         })
-    }
-}
-
-impl Actor for IngestRouter {
-    type Msg = IngestRouterMsg;
-    type State = IngestRouterState;
-    type Arguments = IngestRouterArgs;
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<Self::Msg>,
-        args: IngestRouterArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(IngestRouterState { args })
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.args.addr.received();
-        match msg {
-            IngestRouterMsg::Ingest { req, reply } => {
-                // Refusals are counted by the edge that answers the device (it also refuses
-                // things the router never sees, e.g. auth), so each is counted once.
-                let _ = reply.send(state.ingest(req));
-                Ok(())
-            }
-            IngestRouterMsg::Fail(reason) => Err(format!("failure injected: {reason}").into()),
-        }
     }
 }

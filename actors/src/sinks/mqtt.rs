@@ -203,6 +203,7 @@ impl MqttSink {
             username: c.username.as_deref(),
             password_file: c.password_file.as_deref(),
             inflight: c.max_in_flight.unwrap_or(100),
+            max_incoming_packet: crate::mqtt_options::SINK_INCOMING_PACKET,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Write-ahead log.
 pub mod actor;
+pub mod idem;
 pub mod record;
 pub mod rejected;
 pub mod store;
@@ -12,5 +13,7 @@ pub use store::{
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod idem_tests;
 #[cfg(test)]
 mod tests;

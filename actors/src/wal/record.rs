@@ -64,12 +64,13 @@ pub enum AppendOutcome {
     Stored {
         seq: u64,
         correlation_id: String,
+        /// The key was taken, within the window, by a reading with other content (a device
+        /// whose counter restarted): stored under a derived key (see `idem.rs`).
+        key_conflict: bool,
     },
-    /// The idempotency key was seen within the window; nothing was stored.
-    Duplicate {
-        seq: u64,
-        correlation_id: String,
-    },
+    /// The idempotency key was seen within the window with the same content; nothing was
+    /// stored.
+    Duplicate { seq: u64, correlation_id: String },
 }
 
 /// How a sink's attempt at a record ended.

@@ -15,6 +15,7 @@
 //! - After `apply` fails the store is gone (it is consumed): redb answers `PreviousIo` after an
 //!   I/O error, so the only safe continuation is to reopen the file.
 
+use super::idem::{self, IDEM};
 use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, SinkStats, WalStats};
 use super::rejected::{Rejected, REJECTED};
 use redb::{
@@ -25,17 +26,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+#[cfg(test)]
+pub(super) const RECORDS_FOR_TESTS: TableDefinition<u64, &[u8]> = RECORDS;
 /// seq -> (rows that still name the record, receive_ts_ms).
 const REFS: TableDefinition<u64, (u32, u64)> = TableDefinition::new("refs");
 /// (sink, seq) -> attempts so far.
 const PENDING: TableDefinition<(&str, u64), u32> = TableDefinition::new("pending");
 /// (sink, seq) -> CBOR `DeadEntry`.
 const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
-/// (receive_ts_ms, idempotency key) -> (seq, correlation_id). Keyed by time so inserts are
-/// sequential and keys leave the window from the front; lookups by key go through the
-/// in-memory index `WalStore::idem` (a random-order B-tree keyed by the key itself halved
-/// append throughput with 100 devices interleaved: 130k -> 68k rec/s at 1,000 per commit).
-const IDEM: TableDefinition<(u64, &str), (u64, &str)> = TableDefinition::new("idem_by_ts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long
@@ -71,6 +69,24 @@ from_redb!(
     redb::CommitError,
     redb::SetDurabilityError
 );
+
+/// Drops the idempotency table of earlier versions (see `idem.rs`); `Some(keys)` if there
+/// was one.
+fn drop_v1_idempotency_table(
+    txn: &WriteTransaction,
+    meta: &mut Meta,
+) -> Result<Option<u64>, WalError> {
+    let Some(old) = txn
+        .list_tables()?
+        .find(|t| redb::TableHandle::name(t) == idem::IDEM_V1_NAME)
+    else {
+        return Ok(None);
+    };
+    txn.delete_table(old)?;
+    let dropped = meta.idem_keys;
+    meta.idem_keys = txn.open_table(IDEM)?.len()?;
+    Ok(Some(dropped))
+}
 
 /// The in-memory index's key for an idempotency key. Only compared within one process (the
 /// index is rebuilt from the rows at open), so the hasher need not be stable across releases.
@@ -277,7 +293,7 @@ impl Meta {
 /// The WAL file and the in-memory lease table.
 pub struct WalStore {
     /// Shared with [`WalReader`]s so inspection never waits for the writer.
-    db: std::sync::Arc<Database>,
+    pub(super) db: std::sync::Arc<Database>,
     path: PathBuf,
     sinks: Vec<String>,
     limits: WalLimits,
@@ -348,7 +364,8 @@ impl WalStore {
         txn.open_table(DEAD)?;
         txn.open_table(REJECTED)?;
         txn.open_table(IDEM)?;
-        let meta = Meta::load(&txn)?;
+        let mut meta = Meta::load(&txn)?;
+        let dropped = drop_v1_idempotency_table(&txn, &mut meta)?;
         meta.save(&txn)?;
         let mut idem = HashMap::new();
         for row in txn.open_table(IDEM)?.iter()? {
@@ -357,6 +374,15 @@ impl WalStore {
             idem.insert(key_hash(key), ts);
         }
         txn.commit()?;
+        if let Some(n) = dropped {
+            tracing::warn!(
+                keys = n,
+                "WAL upgraded: idempotency keys are now scoped to the device and checked \
+                 against the reading's content; the {n} keys of the old format were dropped \
+                 (a retry of a reading accepted before the upgrade is stored again: a \
+                 duplicate downstream, never a loss)"
+            );
+        }
         Ok(WalStore {
             db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
@@ -439,37 +465,64 @@ impl WalStore {
         &mut self,
         tx: &mut Tx<'_>,
         meta: &mut Meta,
-        records: Vec<Record>,
+        mut records: Vec<Record>,
         now: u64,
     ) -> Result<Result<Vec<AppendOutcome>, Full>, WalError> {
-        // Pass 1: classify without writing, so a refused append leaves nothing behind.
+        // Pass 1: classify without writing, so a refused append leaves nothing behind. `key`
+        // is the idempotency key as it arrived (see `idem.rs`); a conflicting reading is
+        // stored under a derived key, but its row in `IDEM` replaces the key's.
         enum Plan {
-            New(Vec<u8>),
+            New {
+                key: String,
+                fp: u64,
+                bytes: Vec<u8>,
+                conflict: bool,
+            },
             Dup(u64, String),
             DupInBatch(usize),
         }
         let mut plans = Vec::with_capacity(records.len());
-        let mut seen: HashMap<&str, usize> = HashMap::new();
+        // key -> (index of its latest new reading in this batch, fingerprint)
+        let mut seen: HashMap<String, (usize, u64)> = HashMap::new();
         let (mut new_count, mut new_bytes) = (0u64, 0u64);
-        for (i, r) in records.iter().enumerate() {
-            if let Some(&first) = seen.get(r.idempotency_key.as_str()) {
-                plans.push(Plan::DupInBatch(first));
-                continue;
-            }
-            if let Some(&ts) = self.idem.get(&key_hash(&r.idempotency_key)) {
-                if ts.saturating_add(self.limits.idempotency_window_ms) > now {
-                    if let Some(v) = tx.idem.get((ts, r.idempotency_key.as_str()))? {
-                        let (seq, corr) = v.value();
-                        plans.push(Plan::Dup(seq, corr.to_string()));
-                        continue;
-                    }
+        for (i, r) in records.iter_mut().enumerate() {
+            let fp = idem::fingerprint(r);
+            let key = r.idempotency_key.clone();
+            let verdict = match seen.get(&key) {
+                Some(&(first, f)) if f == fp => {
+                    plans.push(Plan::DupInBatch(first));
+                    continue;
                 }
-            }
-            seen.insert(&r.idempotency_key, i);
+                Some(_) => idem::Verdict::Conflict,
+                None => {
+                    let row = self.window_row(tx, &key, now)?;
+                    idem::classify(row.as_ref(), fp)
+                }
+            };
+            let conflict = match verdict {
+                idem::Verdict::Duplicate {
+                    seq,
+                    correlation_id,
+                } => {
+                    plans.push(Plan::Dup(seq, correlation_id));
+                    continue;
+                }
+                idem::Verdict::New => false,
+                idem::Verdict::Conflict => {
+                    r.idempotency_key = idem::conflict_key(&key, fp);
+                    true
+                }
+            };
+            seen.insert(key.clone(), (i, fp));
             let bytes = r.encode();
             new_count += 1;
             new_bytes += bytes.len() as u64;
-            plans.push(Plan::New(bytes));
+            plans.push(Plan::New {
+                key,
+                fp,
+                bytes,
+                conflict,
+            });
         }
         if new_count > 0
             && (meta.records + new_count > self.limits.max_records
@@ -494,6 +547,7 @@ impl WalStore {
                     AppendOutcome::Stored {
                         seq,
                         correlation_id,
+                        ..
                     }
                     | AppendOutcome::Duplicate {
                         seq,
@@ -503,7 +557,12 @@ impl WalStore {
                         correlation_id: correlation_id.clone(),
                     },
                 },
-                Plan::New(bytes) => {
+                Plan::New {
+                    key,
+                    fp,
+                    bytes,
+                    conflict,
+                } => {
                     let seq = meta.next_seq;
                     meta.next_seq += 1;
                     tx.records.insert(seq, bytes.as_slice())?;
@@ -513,34 +572,7 @@ impl WalStore {
                         tx.pending.insert((sink.as_str(), seq), 0u32)?;
                         meta.sink(sink).0 += 1;
                     }
-                    let key = r.idempotency_key.as_str();
-                    let h = key_hash(key);
-                    if let Some(old_ts) = self.idem.insert(h, r.receive_ts_ms) {
-                        // An expired key being reused (or a hash collision): drop its old row.
-                        if tx.idem.remove((old_ts, key))?.is_some() {
-                            meta.idem_keys = meta.idem_keys.saturating_sub(1);
-                        }
-                    }
-                    if tx
-                        .idem
-                        .insert((r.receive_ts_ms, key), (seq, r.correlation_id.as_str()))?
-                        .is_none()
-                    {
-                        meta.idem_keys += 1;
-                    }
-                    // Past the cap, forget the oldest key now: one delete at the front of the
-                    // table per insert, instead of a purge backlog competing with delivery.
-                    while meta.idem_keys > self.limits.idempotency_max_keys {
-                        let Some((k, _)) = tx.idem.pop_first()? else {
-                            break;
-                        };
-                        let (ts, old_key) = k.value();
-                        let h = key_hash(old_key);
-                        if self.idem.get(&h) == Some(&ts) {
-                            self.idem.remove(&h);
-                        }
-                        meta.idem_keys -= 1;
-                    }
+                    self.remember_key(tx, meta, &key, r, seq, fp)?;
                     meta.records += 1;
                     meta.live_bytes += bytes.len() as u64;
                     if self.sinks.is_empty() {
@@ -550,12 +582,73 @@ impl WalStore {
                     AppendOutcome::Stored {
                         seq,
                         correlation_id: r.correlation_id.clone(),
+                        key_conflict: conflict,
                     }
                 }
             };
             out.push(outcome);
         }
         Ok(Ok(out))
+    }
+
+    /// The row of `key` if it is still within the idempotency window.
+    fn window_row(&self, tx: &Tx<'_>, key: &str, now: u64) -> Result<Option<idem::Seen>, WalError> {
+        let Some(&ts) = self.idem.get(&key_hash(key)) else {
+            return Ok(None);
+        };
+        if ts.saturating_add(self.limits.idempotency_window_ms) <= now {
+            return Ok(None);
+        }
+        Ok(tx.idem.get((ts, key))?.map(|v| {
+            let (seq, corr, fingerprint) = v.value();
+            idem::Seen {
+                seq,
+                correlation_id: corr.to_string(),
+                fingerprint,
+            }
+        }))
+    }
+
+    /// `key` now names reading `seq`: its row (and index entry) replace any older one, and
+    /// past the cap the oldest key is forgotten.
+    fn remember_key(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        key: &str,
+        r: &Record,
+        seq: u64,
+        fp: u64,
+    ) -> Result<(), WalError> {
+        let h = key_hash(key);
+        if let Some(old_ts) = self.idem.insert(h, r.receive_ts_ms) {
+            // An expired or conflicting key being reused (or a hash collision): drop its
+            // old row.
+            if tx.idem.remove((old_ts, key))?.is_some() {
+                meta.idem_keys = meta.idem_keys.saturating_sub(1);
+            }
+        }
+        if tx
+            .idem
+            .insert((r.receive_ts_ms, key), (seq, r.correlation_id.as_str(), fp))?
+            .is_none()
+        {
+            meta.idem_keys += 1;
+        }
+        // Past the cap, forget the oldest key now: one delete at the front of the table per
+        // insert, instead of a purge backlog competing with delivery.
+        while meta.idem_keys > self.limits.idempotency_max_keys {
+            let Some((k, _)) = tx.idem.pop_first()? else {
+                break;
+            };
+            let (ts, old_key) = k.value();
+            let h = key_hash(old_key);
+            if self.idem.get(&h) == Some(&ts) {
+                self.idem.remove(&h);
+            }
+            meta.idem_keys -= 1;
+        }
+        Ok(())
     }
 
     fn lease(
@@ -1019,7 +1112,7 @@ struct Tx<'t> {
     refs: redb::Table<'t, u64, (u32, u64)>,
     pending: redb::Table<'t, (&'static str, u64), u32>,
     dead: redb::Table<'t, (&'static str, u64), &'static [u8]>,
-    idem: redb::Table<'t, (u64, &'static str), (u64, &'static str)>,
+    idem: redb::Table<'t, (u64, &'static str), (u64, &'static str, u64)>,
     rejected: redb::Table<'t, u64, &'static [u8]>,
 }
 

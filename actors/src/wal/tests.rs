@@ -74,15 +74,18 @@ fn group_commit_answers_each_op_in_order() {
         vec![
             AppendOutcome::Stored {
                 seq: 1,
-                correlation_id: "corr-k1".into()
+                correlation_id: "corr-k1".into(),
+                key_conflict: false,
             },
             AppendOutcome::Stored {
                 seq: 2,
-                correlation_id: "corr-k2".into()
+                correlation_id: "corr-k2".into(),
+                key_conflict: false,
             },
             AppendOutcome::Stored {
                 seq: 3,
-                correlation_id: "corr-k3".into()
+                correlation_id: "corr-k3".into(),
+                key_conflict: false,
             },
             AppendOutcome::Duplicate {
                 seq: 1,
@@ -108,7 +111,8 @@ fn duplicates_inside_one_request_are_stored_once() {
         OpResult::Appended(Ok(vec![
             AppendOutcome::Stored {
                 seq: 1,
-                correlation_id: "corr-x".into()
+                correlation_id: "corr-x".into(),
+                key_conflict: false,
             },
             AppendOutcome::Duplicate {
                 seq: 1,

@@ -3,8 +3,8 @@
 //!
 //! Mailbox:
 //! - `Message` <- its event-loop task (`poll.rs`): one PUBLISH with its un-acked permit.
-//!   The actor routes it (topic -> device id, then the ingest router, the same validation
-//!   and enrichment as HTTP; refused messages go to the WAL's rejected table with their
+//!   The actor routes it (topic -> device id, then the router: the same validation
+//!   and enrichment as HTTP, on this actor's task; refused messages go to the WAL's rejected table with their
 //!   payload and reason) and hands the pending commit to its ack task (`pipeline.rs`),
 //!   which acknowledges in arrival order.
 //! - `Fail`    <- admin API chaos hook.
@@ -24,7 +24,7 @@ mod poll;
 pub mod topics;
 
 use crate::addr::{Addr, Failable};
-use crate::ingest::router::IngestRouterMsg;
+use crate::ingest::router::Router;
 use crate::metrics::Metrics;
 use crate::mqtt_options::{options, ClientSettings};
 use crate::tasks::Tasks;
@@ -36,7 +36,7 @@ use rumqttc::{AsyncClient, Publish};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use topics::Subscriptions;
 
 pub struct MqttSession;
@@ -63,7 +63,7 @@ impl SessionStatus {
 }
 
 pub enum MqttSessionMsg {
-    Message(Box<(Publish, OwnedSemaphorePermit, u64)>),
+    Message(Box<(Publish, poll::Unacked, u64)>),
     Fail(String),
 }
 
@@ -76,7 +76,7 @@ impl Failable for MqttSessionMsg {
 pub struct MqttSessionArgs {
     pub config: MqttConfig,
     pub gateway_id: String,
-    pub router: Addr<IngestRouterMsg>,
+    pub router: Router,
     pub wal: Addr<WalMsg>,
     pub metrics: Arc<Metrics>,
     pub addr: Addr<MqttSessionMsg>,
@@ -125,6 +125,7 @@ impl Actor for MqttSession {
             username: cfg.username.as_deref(),
             password_file: cfg.password_file.as_deref(),
             inflight: 100,
+            max_incoming_packet: crate::mqtt_options::ingest_packet_limit(cfg.max_payload_bytes),
         })?;
         opts.set_manual_acks(true)
             .set_request_channel_capacity(cfg.max_unacked + 64);
@@ -152,11 +153,13 @@ impl Actor for MqttSession {
             myself,
             addr: args.addr.clone(),
             permits: Arc::new(Semaphore::new(cfg.max_unacked)),
+            bytes: Arc::new(Semaphore::new(cfg.max_unacked_bytes)),
             status: args.status.clone(),
             metrics: args.metrics.clone(),
             reconnect_initial: Duration::from_millis(cfg.reconnect_initial_ms),
             reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
             max_unacked: cfg.max_unacked,
+            bytes_budget: cfg.max_unacked_bytes,
             tls: cfg.broker.starts_with("mqtts://"),
             client_cert: tls.client_cert_file.is_some(),
         };

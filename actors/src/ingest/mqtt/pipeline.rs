@@ -1,15 +1,15 @@
-//! From a received PUBLISH to its PUBACK: submit to the router (or, refused, to the WAL's
+//! From a received PUBLISH to its PUBACK: submit through the router (or, refused, to the WAL's
 //! rejected table), wait for the commit, acknowledge — in arrival order.
 //!
 //! Invariants:
 //! - A message is acknowledged only after the commit that holds it (as records, or as a
-//!   rejected entry) returned. Anything else — WAL full, WAL or router restarting — leaves
+//!   rejected entry) returned. Anything else — WAL full or restarting — leaves
 //!   it un-acknowledged and retried from memory; the memory is bounded by the un-acked
 //!   permits (`mqtt.max_unacked`), and past that the broker holds the rest.
 //! - PUBACKs leave in the order the PUBLISHes arrived (MQTT 3.1.1, 4.6.0-2): one task
 //!   settles items strictly in order.
 //! - Commits keep arrival order across a refusal: once a message has to be retried (refused
-//!   at hand-over, e.g. the router restarting, or at commit, e.g. WAL full or restarting),
+//!   at hand-over, e.g. the WAL restarting, or at commit, e.g. WAL full or restarting),
 //!   `holding` is set and later arrivals are not submitted by the actor but `Held` for the ack
 //!   task, which submits them one by one behind the retried one; `holding` clears when the
 //!   ack task's queue is empty. (Messages already handed over when a *commit* is refused can
@@ -19,18 +19,18 @@
 use super::topics::Subscriptions;
 use crate::addr::Addr;
 use crate::ingest::parse::{Encoding, Rejection};
-use crate::ingest::router::{IngestRequest, IngestRouterMsg};
+use crate::ingest::router::{IngestRequest, Router};
 use crate::metrics::Metrics;
-use crate::wal::{AppendError, AppendOutcome, AppendReply, Rejected, Source, WalMsg};
+use crate::wal::{AppendError, AppendReply, Rejected, Source, WalMsg};
 use rumqttc::{AsyncClient, Publish};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot};
 
 /// What the pipeline needs, shared by the actor (first submit) and the ack task (retries).
 #[derive(Clone)]
 pub struct Ctx {
-    pub router: Addr<IngestRouterMsg>,
+    pub router: Router,
     pub wal: Addr<WalMsg>,
     pub subs: Arc<Subscriptions>,
     pub max_payload: usize,
@@ -42,8 +42,8 @@ pub struct Ctx {
 /// One received message on its way to its PUBACK.
 pub struct Item {
     pub publish: Publish,
-    /// Held until the PUBACK is queued: bounds messages in memory.
-    pub permit: OwnedSemaphorePermit,
+    /// Held until the PUBACK is queued: bounds messages and bytes in memory.
+    pub permit: super::poll::Unacked,
     pub received_ms: u64,
     pub pending: Pending,
 }
@@ -51,7 +51,7 @@ pub struct Item {
 pub enum Pending {
     Append(oneshot::Receiver<AppendReply>),
     Reject(oneshot::Receiver<Result<u64, AppendError>>, Rejection),
-    /// Not handed over (router or WAL not running, WAL full): submit again.
+    /// Not handed over (WAL not running, WAL full): submit again.
     Retry(String),
     /// Not submitted yet: it arrived behind a message that is being retried.
     Held,
@@ -64,7 +64,7 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Hands one message to the router; a refused one goes to the WAL's rejected table. A
+/// Hands one message to the WAL through the router; a refused one goes to the WAL's rejected table. A
 /// message that could not be handed over sets `holding` at once, so the actor holds the ones
 /// after it (the ack task may be busy with earlier commits for a while before it gets here).
 pub async fn submit(ctx: &Ctx, p: &Publish, received_ms: u64) -> Pending {
@@ -86,15 +86,10 @@ async fn try_submit(ctx: &Ctx, p: &Publish, received_ms: u64) -> Pending {
                 encoding,
                 idempotency_key: None,
             };
-            let r = ctx
-                .router
-                .call(|reply| IngestRouterMsg::Ingest { req, reply }, None)
-                .await;
-            match r {
-                Ok(Ok(pending)) => return Pending::Append(pending.commit),
-                Ok(Err(rej)) if rej.status == 503 => return Pending::Retry(rej.message),
-                Ok(Err(rej)) => rej,
-                Err(e) => return Pending::Retry(e.to_string()),
+            match ctx.router.submit(req) {
+                Ok(pending) => return Pending::Append(pending.commit),
+                Err(rej) if rej.status == 503 => return Pending::Retry(rej.message),
+                Err(rej) => rej,
             }
         }
     };
@@ -147,7 +142,12 @@ async fn settle(ctx: &Ctx, item: &mut Item) {
         let why = match pending {
             Pending::Append(rx) => match rx.await {
                 Ok(Ok(outcomes)) => {
-                    count_accepted(&ctx.metrics, &outcomes);
+                    let device = ctx
+                        .subs
+                        .route(&item.publish.topic)
+                        .map(|(d, _)| d)
+                        .unwrap_or_default();
+                    ctx.metrics.count_appended("mqtt", &device, &outcomes);
                     return;
                 }
                 Ok(Err(AppendError::Full(f))) => f.to_string(),
@@ -196,23 +196,6 @@ async fn settle(ctx: &Ctx, item: &mut Item) {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
         item.pending = submit(ctx, &item.publish, item.received_ms).await;
-    }
-}
-
-fn count_accepted(m: &Metrics, outcomes: &[AppendOutcome]) {
-    let dups = outcomes
-        .iter()
-        .filter(|o| matches!(o, AppendOutcome::Duplicate { .. }))
-        .count() as u64;
-    let total = outcomes.len() as u64;
-    m.ingest_records
-        .with_label_values(&["mqtt", "accepted"])
-        .inc_by(total - dups);
-    if dups > 0 {
-        m.ingest_records
-            .with_label_values(&["mqtt", "duplicate"])
-            .inc_by(dups);
-        m.duplicates.with_label_values(&["mqtt"]).inc_by(dups);
     }
 }
 

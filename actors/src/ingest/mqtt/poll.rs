@@ -7,7 +7,8 @@
 //! cannot leave (that deadlock was seen with mosquitto 2.0.11, which on a session resume
 //! sends every queued message at once, ignoring `max_inflight_messages`).
 //!
-//! Bounding un-acked messages ourselves: past `max_unacked` a message is *shed* — dropped
+//! Bounding un-acked messages ourselves: past `max_unacked` messages or `max_unacked_bytes`
+//! payload bytes a message is *shed* — dropped
 //! from memory without a PUBACK, and so is every message after it until the reconnect (so
 //! what is kept is a prefix of what the broker sent, and per-device order survives). The
 //! broker still owes them to us; once every message we kept has been acknowledged the poller
@@ -20,7 +21,13 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS, SubscribeReasonCode};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// One un-acknowledged message's share of the budgets, returned when its PUBACK is queued.
+pub struct Unacked {
+    _message: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
 
 pub struct Poller {
     pub events: EventLoop,
@@ -32,11 +39,14 @@ pub struct Poller {
     /// For mailbox-depth accounting.
     pub addr: Addr<MqttSessionMsg>,
     pub permits: Arc<Semaphore>,
+    /// Payload bytes of un-acked messages (`mqtt.max_unacked_bytes`).
+    pub bytes: Arc<Semaphore>,
     pub status: Arc<Mutex<SessionStatus>>,
     pub metrics: Arc<Metrics>,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
     pub max_unacked: usize,
+    pub bytes_budget: usize,
     /// TLS to the broker, and whether we present a client certificate (for hints).
     pub tls: bool,
     pub client_cert: bool,
@@ -52,6 +62,8 @@ pub fn hint(error: &str, tls: bool, client_cert: bool) -> Option<&'static str> {
         && (e.contains("reset by peer") || e.contains("handshake") || e.contains("certificate"))
     {
         Some("the broker may require a client certificate: set mqtt.tls.client_cert_file and mqtt.tls.client_key_file")
+    } else if e.contains("payloadsizelimitexceeded") {
+        Some("the broker sent a packet larger than mqtt.max_payload_bytes + 64 KiB: set the edge broker's max_packet_size below it (config/mosquitto/edge.conf)")
     } else if e.contains("connection refused (os error") {
         Some("nothing accepts connections at mqtt.broker")
     } else if e.contains("notauthorized") || e.contains("badusernamepassword") {
@@ -83,6 +95,23 @@ impl Poller {
         self.metrics
             .mqtt_session_up
             .set(i64::from(state == "connected"));
+    }
+
+    /// Both budgets for one message, or neither. A payload larger than the whole byte budget
+    /// (validation keeps `max_unacked_bytes >= max_payload_bytes`, so only an oversized
+    /// one, soon dead-lettered) waits for the budget to be whole rather than never fitting.
+    fn take(&self, payload: usize) -> Option<Unacked> {
+        let message = self.permits.clone().try_acquire_owned().ok()?;
+        let want = payload.min(self.bytes_budget);
+        let bytes = match u32::try_from(want) {
+            Ok(0) => None,
+            Ok(n) => Some(self.bytes.clone().try_acquire_many_owned(n).ok()?),
+            Err(_) => return None,
+        };
+        Some(Unacked {
+            _message: message,
+            _bytes: bytes,
+        })
     }
 
     pub async fn run(mut self) {
@@ -144,14 +173,15 @@ impl Poller {
                     // Once shedding, shed everything until the reconnect: what is kept
                     // stays a prefix of what the broker sent, so redelivery keeps the order.
                     let permit = match shed {
-                        0 => self.permits.clone().try_acquire_owned().ok(),
+                        0 => self.take(p.payload.len()),
                         _ => None,
                     };
                     let Some(permit) = permit else {
                         if shed == 0 {
                             tracing::warn!(
                                 max_unacked = self.max_unacked,
-                                "broker sent more un-acknowledged messages than mqtt.max_unacked; shedding until the kept ones are acknowledged"
+                                max_unacked_bytes = self.bytes_budget,
+                                "broker sent more un-acknowledged messages than mqtt.max_unacked / mqtt.max_unacked_bytes; shedding until the kept ones are acknowledged"
                             );
                         }
                         shed += 1;
