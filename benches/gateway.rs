@@ -129,6 +129,9 @@ fn wal_vs_redb() {
             max_attempts: 10,
             lease_ms: 60_000,
             cache_bytes: 32 << 20,
+            device_max: edge_gateway_actors::wal::Usage::default(),
+            device_fair_share: true,
+            max_dead_per_sink: u64::MAX,
         };
         let mut store =
             Some(WalStore::open(&dir.path().join("wal.redb"), vec!["s".into()], limits).unwrap());

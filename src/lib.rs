@@ -30,12 +30,56 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     edge_gateway_actors::ingest::auth::hash_token(token)
 }
 
+/// Creates the data directory owner-only (0700) if it does not exist; an existing one is
+/// the operator's (e.g. a container volume) and left as it is.
+fn create_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Deletes dead letters of `sink` matching `filter` from a WAL no process holds open (the
+/// CLI's `dead-letters purge`; a running gateway takes `DELETE /admin/dead-letters/{sink}`).
+pub fn purge_dead_letters(
+    cfg: &Config,
+    sink: &str,
+    filter: edge_gateway_actors::wal::DeadFilter,
+    limit: usize,
+) -> Result<usize, edge_gateway_actors::wal::WalError> {
+    use edge_gateway_actors::wal::{Op, OpResult, WalLimits, WalStore};
+    let sinks = cfg.sinks.iter().map(|s| s.name.clone()).collect();
+    let limits = WalLimits::from_config(&cfg.wal, &cfg.delivery);
+    let store = WalStore::open(&cfg.data_dir.join("wal.redb"), sinks, limits)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let op = Op::PurgeDead {
+        sink: sink.to_string(),
+        filter,
+        limit,
+    };
+    let (_, results) = store.apply(vec![op], now)?;
+    let purged = match results.first() {
+        Some(OpResult::Purged { purged, .. }) => *purged,
+        _ => 0,
+    };
+    tracing::warn!(sink, purged, "dead letters purged from the command line");
+    Ok(purged)
+}
+
 /// WAL counts from a file no process holds open.
 pub fn wal_stats(
     path: &std::path::Path,
 ) -> Result<edge_gateway_actors::wal::WalStats, edge_gateway_actors::wal::WalError> {
     edge_gateway_actors::wal::WalStore::offline_stats(path)
 }
+
+pub use edge_gateway_actors::wal::DeadFilter;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_COMMIT: &str = env!("EDGE_GATEWAY_GIT_COMMIT");
@@ -59,7 +103,7 @@ pub enum RunError {
 /// Runs the gateway until `shutdown` resolves, then stops it in order: ingest first, the WAL
 /// last. Returns an error if the tree gave up on its own.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    std::fs::create_dir_all(&config.data_dir)
+    create_data_dir(&config.data_dir)
         .map_err(|e| RunError::DataDir(config.data_dir.display().to_string(), e))?;
     let creds = resolve_credentials(&config)?;
     // Fail fast on unreadable certificates rather than in a restart loop of the listener.

@@ -30,6 +30,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: WalCmd,
     },
+    /// Dead letters: purge what will never be delivered (the gateway must be stopped; a
+    /// running one takes `DELETE /admin/dead-letters/{sink}`).
+    DeadLetters {
+        #[command(subcommand)]
+        cmd: DeadLettersCmd,
+    },
     /// Token tools.
     Token {
         #[command(subcommand)]
@@ -52,9 +58,31 @@ enum WalCmd {
 }
 
 #[derive(Subcommand)]
+enum DeadLettersCmd {
+    /// Delete a sink's dead letters (oldest first), counted and logged.
+    Purge {
+        /// The sink whose dead letters go.
+        #[arg(long)]
+        sink: String,
+        /// Only this reason class: expired, max_attempts, corrupt, invalid, rejected.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only those dead for longer than this (e.g. `7d`, `12h`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1_000_000)]
+        limit: usize,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenCmd {
-    /// Print the `sha256:` hash of a token, for `auth.devices` in the config.
-    Hash { token: String },
+    /// Print the `sha256:` hash of a token, for `auth.devices` in the config. Without
+    /// TOKEN it is read from standard input (keeps it out of shell history).
+    Hash { token: Option<String> },
 }
 
 #[derive(Args, Clone)]
@@ -74,6 +102,9 @@ struct ConfigArgs {
     /// Any setting: `--set section.key=value` (repeatable; highest priority).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Accept cleartext listeners on non-loopback addresses (`insecure_listen = true`).
+    #[arg(long)]
+    insecure_listen: bool,
 }
 
 impl ConfigArgs {
@@ -87,6 +118,9 @@ impl ConfigArgs {
         }
         if let Some(a) = &self.admin_listen {
             overrides.push(format!("admin.listen=\"{a}\""));
+        }
+        if self.insecure_listen {
+            overrides.push("insecure_listen=true".into());
         }
         overrides.extend(self.set.iter().cloned());
         let opts = LoadOptions {
@@ -113,9 +147,17 @@ fn init_logging(cfg: &Config) {
 
 fn redacted(cfg: &Config) -> Config {
     let mut c = cfg.clone();
+    // Every secret-bearing value: token hashes and credentials inside URLs. (Secrets
+    // themselves live in files; their paths are not secret.)
     for v in c.auth.devices.values_mut() {
         *v = "sha256:<redacted>".into();
     }
+    for s in &mut c.sinks {
+        if let Some(u) = &mut s.url {
+            *u = config::redact_url(u);
+        }
+    }
+    c.mqtt.broker = config::redact_url(&c.mqtt.broker);
     c
 }
 
@@ -145,6 +187,17 @@ fn main() -> anyhow::Result<()> {
         Cmd::Token {
             cmd: TokenCmd::Hash { token },
         } => {
+            let token = match token {
+                Some(t) => t,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the token from standard input")?;
+                    line.trim().to_string()
+                }
+            };
+            anyhow::ensure!(!token.is_empty(), "empty token");
             let hash: String = edge_gateway::token_hash(&token)
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -161,6 +214,47 @@ fn main() -> anyhow::Result<()> {
                 toml::to_string_pretty(&redacted(&cfg)).context("rendering config")?
             );
             eprintln!("config OK");
+            Ok(())
+        }
+        Cmd::DeadLetters {
+            cmd:
+                DeadLettersCmd::Purge {
+                    sink,
+                    reason,
+                    older_than,
+                    limit,
+                    config: a,
+                },
+        } => {
+            let cfg = a.load()?;
+            anyhow::ensure!(
+                cfg.sinks.iter().any(|s| s.name == sink),
+                "no sink named {sink:?} in the configuration"
+            );
+            if let Some(r) = &reason {
+                let classes = edge_gateway::DeadFilter::REASONS;
+                anyhow::ensure!(
+                    classes.contains(&r.as_str()),
+                    "--reason must be one of {classes:?}"
+                );
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            let filter = edge_gateway::DeadFilter {
+                reason,
+                dead_before_ms: older_than.map(|d| now.saturating_sub(d.as_millis() as u64)),
+            };
+            let n = edge_gateway::purge_dead_letters(&cfg, &sink, filter, limit).with_context(
+                || {
+                    format!(
+                        "purging dead letters in {} (is the gateway running? then use \
+                     DELETE /admin/dead-letters/{sink})",
+                        cfg.data_dir.join("wal.redb").display()
+                    )
+                },
+            )?;
+            println!("{}", serde_json::json!({"sink": sink, "purged": n}));
             Ok(())
         }
         Cmd::Wal {

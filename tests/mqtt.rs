@@ -126,7 +126,8 @@ async fn three_devices_reach_the_http_sink_and_the_upstream_broker() {
     );
     assert_eq!(metric(&m, "edge_gateway_mqtt_session_up"), Some(1.0));
     // Every message acknowledged to the broker once committed.
-    wait_metric(&gw, "edge_gateway_mqtt_unacked_messages", |v| v == 0.0).await;
+    gw.wait_metric("edge_gateway_mqtt_unacked_messages", |v| v == 0.0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +187,7 @@ async fn field_demo_upstream_outage_backlog_drains_in_order() {
     // as shipped (mTLS, per-device ACLs); the gateway forwards to an upstream broker.
     let dir = tempfile::tempdir().unwrap();
     let pki = common::pki::Pki::new(&dir.path().join("pki"));
-    for cn in ["edge-gateway", DEVICES[0], DEVICES[1], DEVICES[2]] {
+    for cn in ["gateway@edge-gateway", DEVICES[0], DEVICES[1], DEVICES[2]] {
         pki.client(cn);
     }
     let edge = mqtt::shipped_edge(&dir.path().join("edge"), &pki.dir);
@@ -196,8 +197,8 @@ async fn field_demo_upstream_outage_backlog_drains_in_order() {
     let tls = format!(
         "[mqtt.tls]\nca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}\n",
         pki.path("ca.pem").display().to_string(),
-        pki.path("edge-gateway.pem").display().to_string(),
-        pki.path("edge-gateway.key").display().to_string()
+        pki.path("gateway@edge-gateway.pem").display().to_string(),
+        pki.path("gateway@edge-gateway.key").display().to_string()
     );
     let gw = Gateway::start(&gateway_config(dir.path(), &edge, &sink, Some(&up), &tls));
     wait_ready(&gw).await;
@@ -403,22 +404,6 @@ async fn malformed_messages_are_kept_with_a_reason_counted_and_acknowledged() {
     );
 }
 
-async fn wait_metric(gw: &Gateway, name: &str, ok: impl Fn(f64) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = gw.metrics().await;
-        if metric(&m, name).is_some_and(&ok) {
-            return m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} = {:?}",
-            metric(&m, name)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_wal_withholds_pubacks_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
@@ -429,7 +414,10 @@ async fn a_full_wal_withholds_pubacks_and_nothing_is_lost() {
     let cfg = gateway_config(dir.path(), &edge, &sink, None, "max_unacked = 20\n")
         .display()
         .to_string();
-    let text = std::fs::read_to_string(&cfg).unwrap() + "[wal]\nmax_records = 50\n";
+    // The global limit, not the per-device share (three devices would stop at 75 %: that
+    // path is tests/security_mqtt.rs).
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + "[wal]\nmax_records = 50\ndevice_fair_share = false\n";
     let text = text.replace("[delivery]\n", "[delivery]\nmax_attempts = 1000\n");
     std::fs::write(&cfg, text).unwrap();
     let gw = Gateway::start(std::path::Path::new(&cfg));
@@ -443,9 +431,13 @@ async fn a_full_wal_withholds_pubacks_and_nothing_is_lost() {
         }
     }
     // The WAL fills, the session holds 20 messages un-acknowledged and sheds the rest.
-    wait_metric(&gw, "edge_gateway_backpressure_active", |v| v == 1.0).await;
-    wait_metric(&gw, "edge_gateway_mqtt_shed_total", |v| v > 0.0).await;
-    let m = wait_metric(&gw, "edge_gateway_mqtt_unacked_messages", |v| v >= 1.0).await;
+    gw.wait_metric("edge_gateway_backpressure_active", |v| v == 1.0)
+        .await;
+    gw.wait_metric("edge_gateway_mqtt_shed_total", |v| v > 0.0)
+        .await;
+    let m = gw
+        .wait_metric("edge_gateway_mqtt_unacked_messages", |v| v >= 1.0)
+        .await;
     assert!(metric(&m, "edge_gateway_mqtt_unacked_messages").unwrap() <= 20.0);
     assert_eq!(metric(&m, "edge_gateway_wal_live_records"), Some(50.0));
     assert!(gw.log().contains("holding its PUBACK"));

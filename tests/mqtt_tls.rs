@@ -61,7 +61,7 @@ async fn readyz(gw: &Gateway) -> (u16, serde_json::Value) {
 async fn mutual_tls_and_per_device_acls_on_the_shipped_edge_broker() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"));
-    for cn in ["edge-gateway", "device-a", "device-b"] {
+    for cn in ["gateway@edge-gateway", "device-a", "device-b"] {
         pki.client(cn);
     }
     let broker = mqtt::shipped_edge(&dir.path().join("edge"), &pki.dir);
@@ -109,7 +109,7 @@ async fn mutual_tls_and_per_device_acls_on_the_shipped_edge_broker() {
         &dir.path().join("g2"),
         &broker,
         &sink,
-        &tls_lines(&pki, "other-ca.pem", Some("edge-gateway")),
+        &tls_lines(&pki, "other-ca.pem", Some("gateway@edge-gateway")),
     ));
     let log = wait_log(&gw, "mqtt connection to the edge broker failed").await;
     let line = log
@@ -128,7 +128,7 @@ async fn mutual_tls_and_per_device_acls_on_the_shipped_edge_broker() {
         &dir.path().join("g3"),
         &broker,
         &sink,
-        &tls_lines(&pki, "ca.pem", Some("edge-gateway")),
+        &tls_lines(&pki, "ca.pem", Some("gateway@edge-gateway")),
     ));
     wait_log(&gw, "mqtt session subscribed").await;
     assert_eq!(readyz(&gw).await.0, 200);
@@ -197,12 +197,12 @@ async fn mutual_tls_and_per_device_acls_on_the_shipped_edge_broker() {
         &g4,
         &broker,
         &sink,
-        &tls_lines(&pki, "ca.pem", Some("edge-gateway")),
+        &tls_lines(&pki, "ca.pem", Some("gateway@edge-gateway")),
     );
     let text = std::fs::read_to_string(&cfg).unwrap()
         + &format!(
             "[[sinks]]\nname = \"upstream\"\ntype = \"mqtt\"\nurl = \"mqtts://127.0.0.1:{tls_port}\"\ntopic_prefix = \"up\"\n{}",
-            tls_lines(&pki, "ca.pem", Some("edge-gateway"))
+            tls_lines(&pki, "ca.pem", Some("gateway@edge-gateway"))
         );
     std::fs::write(&cfg, text).unwrap();
     let gw = Gateway::start(&cfg);

@@ -217,7 +217,7 @@ async fn mutual_tls_on_ingest_and_on_the_http_sink() {
 
     // Gateway A forwards to B through its http sink, with B's CA, a client cert and B's token.
     let dir_a = tempfile::tempdir().unwrap();
-    std::fs::write(dir_a.path().join("b.token"), &b.token).unwrap();
+    write_secret(&dir_a.path().join("b.token"), &b.token);
     let cfg_a = write_config(
         dir_a.path(),
         &format!(

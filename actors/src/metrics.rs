@@ -36,6 +36,8 @@ pub struct Metrics {
     pub publish_seconds: HistogramVec,
     pub retries: IntCounterVec,
     pub dead_lettered: IntCounterVec,
+    /// Dead letters deleted, by sink and why (`operator`, `budget`, `retention`).
+    pub dead_letters_purged: IntCounterVec,
     pub actor_mailbox_depth: IntGaugeVec,
     pub actor_mailbox_depth_max: IntGaugeVec,
     pub actor_restarts: IntCounterVec,
@@ -46,6 +48,8 @@ pub struct Metrics {
     pub mqtt_session_up: IntGauge,
     /// MQTT messages received and not yet acknowledged to the broker.
     pub mqtt_unacked: IntGauge,
+    /// MQTT messages held because their device is over its WAL share.
+    pub mqtt_held: IntGauge,
     /// Messages dropped unacknowledged past `mqtt.max_unacked` (the broker redelivers them).
     pub mqtt_shed: IntCounter,
     /// Failed MQTT connections, by client (`ingest` or the sink's name).
@@ -170,6 +174,17 @@ impl Metrics {
                          listener and reason",
                     ),
                     &["listener", "reason"],
+                )
+                .unwrap(),
+            ),
+            dead_letters_purged: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "dead_letters_purged_total",
+                        "Dead letters deleted, by sink and why (operator, budget, retention)",
+                    ),
+                    &["sink", "why"],
                 )
                 .unwrap(),
             ),
@@ -334,6 +349,14 @@ impl Metrics {
                 IntGauge::new(
                     "mqtt_session_up",
                     "1 while the MQTT ingest session is connected and subscribed",
+                )
+                .unwrap(),
+            ),
+            mqtt_held: reg(
+                &r,
+                IntGauge::new(
+                    "mqtt_held_messages",
+                    "MQTT messages held (PUBACK withheld) because their device is over its WAL share",
                 )
                 .unwrap(),
             ),

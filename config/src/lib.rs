@@ -17,7 +17,7 @@ mod validate;
 pub use layers::{apply_override, env_overrides, load, LoadOptions};
 pub use model::*;
 pub use mqtt::*;
-pub use validate::{ConfigError, ConfigProblem};
+pub use validate::{redact_url, url_userinfo, ConfigError, ConfigProblem};
 
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,10 @@ pub struct Config {
     pub mqtt: crate::mqtt::MqttConfig,
     pub sinks: Vec<SinkConfig>,
     pub log: LogConfig,
+    /// Accept a listener without TLS on an address other than loopback (`--insecure-listen`).
+    /// Off: such a config is refused at start, so cleartext tokens and readings never cross
+    /// a network by accident (the container image's default command included).
+    pub insecure_listen: bool,
 }
 
 impl Default for Config {
@@ -36,6 +40,7 @@ impl Default for Config {
             mqtt: crate::mqtt::MqttConfig::default(),
             sinks: vec![SinkConfig::default_file()],
             log: LogConfig::default(),
+            insecure_listen: false,
         }
     }
 }
@@ -168,6 +173,15 @@ pub struct WalConfig {
     pub maintenance_interval_ms: u64,
     /// redb page cache. Bounds the WAL's memory whatever the backlog (redb's default is 1 GiB).
     pub cache_bytes: u64,
+    /// Fair share: a device may hold at most as much of the WAL as is left free for the
+    /// others (HTTP 429 / MQTT PUBACK held for that device only). One flooding device thus
+    /// stops at half the WAL and the others keep being acknowledged.
+    pub device_fair_share: bool,
+    /// Absolute per-device caps on top (0 = none).
+    pub device_max_records: u64,
+    pub device_max_bytes: u64,
+    /// Dead letters kept per sink, at most; past it the oldest are purged (counted, logged).
+    pub max_dead_letters: u64,
 }
 
 impl Default for WalConfig {
@@ -183,6 +197,10 @@ impl Default for WalConfig {
             max_group: 4096,
             maintenance_interval_ms: 1_000,
             cache_bytes: 32 * 1024 * 1024,
+            device_fair_share: true,
+            device_max_records: 0,
+            device_max_bytes: 0,
+            max_dead_letters: 100_000,
         }
     }
 }
@@ -274,6 +292,11 @@ pub struct SinkConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// http, mqtt: send credentials (URL user info, bearer token, MQTT password) over plain
+    /// `http://` / `mqtt://`. Refused unless set: credentials in cleartext are readable by
+    /// anyone on the path.
+    #[serde(default)]
+    pub allow_insecure: bool,
 }
 
 /// MQTT protocol version of an mqtt sink.
@@ -312,6 +335,7 @@ impl SinkConfig {
             protocol: None,
             username: None,
             password_file: None,
+            allow_insecure: false,
         }
     }
 }

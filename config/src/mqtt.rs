@@ -23,6 +23,10 @@ pub struct MqttConfig {
     pub max_unacked: usize,
     /// Payload bytes of messages received and not yet acknowledged, at most (same shedding).
     pub max_unacked_bytes: usize,
+    /// Messages of one device held while it is over its WAL share (`wal.device_fair_share`),
+    /// at most; past it they are dead-lettered (`device_quota`, payload kept) and
+    /// acknowledged, so one device cannot fill the broker's in-flight window for all.
+    pub max_held_per_device: usize,
     /// Larger payloads are dead-lettered (`payload_too_large`), never parsed. The session
     /// reads packets up to this plus 64 KiB (topic and header); the edge broker's
     /// `max_packet_size` must stay below that (the shipped config does).
@@ -46,6 +50,7 @@ impl Default for MqttConfig {
             keep_alive_secs: 30,
             max_unacked: 32_768,
             max_unacked_bytes: 64 * 1024 * 1024,
+            max_held_per_device: 100,
             max_payload_bytes: 256 * 1024,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 30_000,

@@ -71,6 +71,27 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
             "must be >= http.max_body_bytes (else a largest request could never be read)",
         );
     }
+    for (path, enabled, listen, tls) in [
+        (
+            "http.listen",
+            c.http.enabled,
+            c.http.listen,
+            c.http.tls.is_some(),
+        ),
+        ("admin.listen", true, c.admin.listen, c.admin.tls.is_some()),
+    ] {
+        if enabled && !tls && !listen.ip().is_loopback() && !c.insecure_listen {
+            problem(
+                &mut out,
+                path,
+                format!(
+                    "{listen} is reachable from the network without TLS: configure TLS for it \
+                     (recommended), or accept cleartext with --insecure-listen \
+                     (insecure_listen = true)"
+                ),
+            );
+        }
+    }
     if c.http.max_batch == 0 {
         problem(&mut out, "http.max_batch", "must be > 0");
     }
@@ -183,11 +204,52 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
             }
             SinkKind::Mqtt => validate_mqtt_sink(&mut out, s, &at),
         }
+        if let Some(why) = cleartext_credentials(s) {
+            problem(&mut out, at("url"), why);
+        }
     }
     if c.mqtt.enabled {
         validate_mqtt(&mut out, &c.mqtt);
     }
     out
+}
+
+/// The user info of a URL (`user:pass@`), if any.
+pub fn url_userinfo(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.rsplit_once('@').map(|(u, _)| u)
+}
+
+/// The URL with its user info replaced, for printing.
+pub fn redact_url(url: &str) -> String {
+    match url_userinfo(url) {
+        Some(u) => url.replacen(&format!("{u}@"), "<redacted>@", 1),
+        None => url.to_string(),
+    }
+}
+
+/// A sink that would send credentials over plain http:// or mqtt:// without saying so.
+fn cleartext_credentials(s: &SinkConfig) -> Option<String> {
+    let url = s.url.as_deref()?;
+    let scheme = ["http://", "mqtt://"]
+        .into_iter()
+        .find(|p| url.starts_with(p))?;
+    let creds = url_userinfo(url).is_some()
+        || s.bearer_token_file.is_some()
+        || s.username.is_some()
+        || s.password_file.is_some();
+    (creds && !s.allow_insecure).then(|| {
+        format!(
+            "sends credentials in cleartext over {scheme}: use {} instead, or set \
+             allow_insecure = true on this sink",
+            if scheme == "http://" {
+                "https://"
+            } else {
+                "mqtts://"
+            }
+        )
+    })
 }
 
 fn validate_mqtt_sink(out: &mut Vec<ConfigProblem>, s: &SinkConfig, at: &dyn Fn(&str) -> String) {

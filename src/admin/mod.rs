@@ -12,7 +12,7 @@ mod tree;
 
 use edge_gateway_actors::addr::SendError;
 use edge_gateway_actors::ingest::auth::{ct_eq, hash_token, TokenHash};
-use edge_gateway_actors::wal::WalMsg;
+use edge_gateway_actors::wal::{DeadFilter, WalMsg};
 use edge_gateway_config::Config;
 use edge_gateway_supervisors::tree::Handles;
 use serde_json::json;
@@ -146,11 +146,97 @@ async fn route(
         }
         (_, ["admin", ..]) => match refused(&ctx, authz.as_deref()) {
             Some(r) => r,
+            None if method == warp::http::Method::DELETE => {
+                admin_delete(&ctx, &segs[1..], &query).await
+            }
             None => admin_route(&ctx, get, &segs[1..], &query).await,
         },
         _ => json_status(json!({"error": "not_found"}), StatusCode::NOT_FOUND),
     };
     Ok(resp)
+}
+
+/// Which dead letters a purge asks for: `reason` (a class as in the metrics), `older_than`
+/// (seconds), `limit`. Errors name the parameter.
+fn dead_filter(
+    query: &std::collections::HashMap<String, String>,
+    now_ms: u64,
+) -> Result<(DeadFilter, usize), (&'static str, String)> {
+    let classes = DeadFilter::REASONS;
+    let reason = match query.get("reason") {
+        None => None,
+        Some(r) if classes.contains(&r.as_str()) => Some(r.clone()),
+        Some(r) => return Err(("reason", format!("{r:?} is not one of {classes:?}"))),
+    };
+    let dead_before_ms = match query.get("older_than") {
+        None => None,
+        Some(s) => match s.parse::<u64>() {
+            Ok(secs) => Some(now_ms.saturating_sub(secs.saturating_mul(1000))),
+            Err(_) => return Err(("older_than", "must be whole seconds".into())),
+        },
+    };
+    let limit = match query.get("limit") {
+        None => 100_000,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if n > 0 => n.min(1_000_000),
+            _ => return Err(("limit", "must be a positive whole number".into())),
+        },
+    };
+    Ok((
+        DeadFilter {
+            reason,
+            dead_before_ms,
+        },
+        limit,
+    ))
+}
+
+/// `DELETE /admin/dead-letters/{sink}?reason=&older_than=&limit=`: the operator's purge,
+/// counted (`dead_letters_purged_total{why="operator"}`) and logged by the WAL.
+async fn admin_delete(
+    ctx: &Ctx,
+    segs: &[&str],
+    query: &std::collections::HashMap<String, String>,
+) -> warp::reply::Response {
+    let h = &ctx.handles;
+    let ["dead-letters", sink] = segs else {
+        return json_status(json!({"error": "not_found"}), StatusCode::NOT_FOUND);
+    };
+    if !h.sinks.iter().any(|s| s == sink) {
+        return json_status(
+            json!({"error": "unknown_sink", "field": "sink", "message": format!("no sink named {sink:?}")}),
+            StatusCode::NOT_FOUND,
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (filter, limit) = match dead_filter(query, now) {
+        Ok(f) => f,
+        Err((field, message)) => {
+            return json_status(
+                json!({"error": "invalid_query", "field": field, "message": message}),
+                StatusCode::BAD_REQUEST,
+            )
+        }
+    };
+    let sink = sink.to_string();
+    match h
+        .wal
+        .call(
+            |reply| WalMsg::PurgeDead {
+                sink,
+                filter,
+                limit,
+                reply,
+            },
+            Some(Duration::from_secs(60)),
+        )
+        .await
+    {
+        Ok(n) => json_status(json!({"purged": n}), StatusCode::OK),
+        Err(e) => unavailable(e),
+    }
 }
 
 async fn admin_route(

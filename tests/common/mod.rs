@@ -42,6 +42,13 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     p
 }
 
+/// Writes a secret file as an operator must: owner-only (the gateway refuses others).
+pub fn write_secret(path: &Path, secret: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, secret).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Appends TOML to a config written by [`write_config`].
 pub fn append_config(config: &Path, extra: &str) {
     let text = std::fs::read_to_string(config).unwrap() + extra;
@@ -153,6 +160,23 @@ impl Gateway {
             .json()
             .await
             .unwrap()
+    }
+
+    /// Waits (20 s at most) until metric `name` (with labels) satisfies `ok`; returns the text.
+    pub async fn wait_metric(&self, name: &str, ok: impl Fn(f64) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = self.metrics().await;
+            if metric(&m, name).is_some_and(&ok) {
+                return m;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} = {:?}",
+                metric(&m, name)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn metrics(&self) -> String {

@@ -30,10 +30,14 @@ pub fn ct_eq(a: &TokenHash, b: &TokenHash) -> bool {
 
 /// Reads a token file (trimmed), or creates it with a fresh random token, mode 0600.
 /// Returns the token and whether it was created.
+///
+/// Creation is atomic and never follows a link: the token is written to a fresh temporary
+/// file (`O_CREAT | O_EXCL`, which refuses any existing path, a symlink included), synced,
+/// then hard-linked to `path` — which fails if anything appeared there meanwhile, so a
+/// concurrent creator or a planted symlink is never overwritten or written through.
 pub fn load_or_create_token(path: &Path) -> std::io::Result<(String, bool)> {
-    match std::fs::read_to_string(path) {
-        Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_string(), false)),
-        Ok(_) => {}
+    match read_secret(path) {
+        Ok(s) => return Ok((s, false)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -43,22 +47,55 @@ pub fn load_or_create_token(path: &Path) -> std::io::Result<(String, bool)> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token = hex::encode(bytes);
+    let tmp = path.with_extension(format!("tmp-{}", hex::encode(&bytes[..4])));
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path)?;
-    f.write_all(token.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    Ok((token, true))
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok((token, true))
+        }
+        // Someone else created it first: theirs is the token.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok((read_secret(path)?, false)),
+        Err(e) => Err(e),
+    }
 }
 
-/// Reads a secret from a file, trimmed; empty is an error.
+/// Reads a secret from a file, trimmed; empty is an error, and so (on Unix) is a file that
+/// its group or others may read: a token anyone on the box can read is no credential. The
+/// error names the fix (`chmod 600`).
 pub fn read_secret(path: &Path) -> std::io::Result<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} may be read by its group or others (mode {:o}): refused; run `chmod 600 {}`",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                ),
+            ));
+        }
+    }
     let s = std::fs::read_to_string(path)?;
     let s = s.trim();
     if s.is_empty() {
@@ -150,5 +187,26 @@ mod tests {
             parse_hash(&format!("sha256:{}", hex::encode(hash_token("x")))),
             Some(hash_token("x"))
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn readable_secrets_and_planted_links_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(&p, "secret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_secret(&p).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secret(&p).unwrap(), "secret");
+        // A dangling symlink where the token should be created: never written through.
+        let target = dir.path().join("elsewhere");
+        let link = dir.path().join("ingest.token");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(load_or_create_token(&link).is_err());
+        assert!(!target.exists(), "the link was not followed");
     }
 }

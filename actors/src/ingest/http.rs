@@ -7,7 +7,8 @@
 //! A request is answered 202 only after the WAL commit that holds its readings returned.
 //! Every other outcome is an error with a JSON body `{error, message, field?}`:
 //! 400 malformed/invalid (field named), 401/403 auth, 404/405 route, 408 body too slow,
-//! 411/413 size, 415 content type, 503 + Retry-After for backpressure (WAL full, too many
+//! 411/413 size, 415 content type, 429 + Retry-After when this device holds its share of
+//! the WAL (`wal/quota.rs`; other devices unaffected), 503 + Retry-After for backpressure (WAL full, too many
 //! requests or body bytes in flight, WAL restarting or commit not confirmed in time).
 //!
 //! Order of a request, so no client can make the gateway hold more than its budgets:
@@ -104,7 +105,7 @@ fn reply_rejection(r: &Rejection, retry_after: u64) -> warp::reply::Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut resp =
         warp::reply::with_status(warp::reply::json(&r.to_json()), status).into_response();
-    if r.status == 503 {
+    if r.status == 503 || r.status == 429 {
         resp.headers_mut().insert("retry-after", retry_after.into());
     }
     if r.status == 401 {
@@ -229,7 +230,7 @@ where
             warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response()
         }
         Err(r) => {
-            let result = if r.status == 503 {
+            let result = if r.status == 503 || r.status == 429 {
                 "unavailable"
             } else {
                 "rejected"
@@ -329,6 +330,12 @@ async fn ingest(
     match tokio::time::timeout_at(deadline, pending.commit).await {
         Ok(Ok(Ok(outcomes))) => Ok(outcomes),
         Ok(Ok(Err(AppendError::Full(f)))) => Err(unavailable("wal_full", format!("backpressure: {f}"))),
+        Ok(Ok(Err(AppendError::DeviceQuota(q)))) => Err(Rejection::new(
+            429,
+            "device_quota",
+            Some("device_id".into()),
+            format!("backpressure for this device only: {q}"),
+        )),
         Ok(Ok(Err(AppendError::Unavailable(e)))) => Err(unavailable("unavailable", e)),
         Ok(Err(_)) => Err(unavailable("unavailable", "WAL restarted before the commit; nothing was acknowledged, retry")),
         Err(_) => Err(unavailable("commit_timeout",

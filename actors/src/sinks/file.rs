@@ -28,10 +28,12 @@ impl FileSink {
             if let Some(dir) = p.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&p)
+            let mut o = std::fs::OpenOptions::new();
+            o.create(true).append(true);
+            // Owner and group (a shipper reading it); never others.
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o640);
+            o.open(&p)
         })
         .await
         .map_err(|e| e.to_string())?

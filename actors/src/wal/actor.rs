@@ -1,8 +1,8 @@
 //! `Wal` actor: makes ingested records durable before anyone acknowledges them.
 //!
 //! Mailbox:
-//! - `Append`      <- IngestRouter (reply after the commit that holds the records: stored ids,
-//!   duplicates, or `Full` for backpressure)
+//! - `Append`      <- the ingest edges, through `Router` (reply after the commit that holds
+//!   the records: stored ids, duplicates, or `Full` / `DeviceQuota` for backpressure)
 //! - `Lease`       <- Dispatcher (reply: up to N Enqueued records of one sink, now InFlight)
 //! - `Settle`      <- Dispatcher (cast: Acked / Retry / Dead per record for one sink)
 //! - `Stats`, `DeadLetters` <- admin API (reply; dead letters are read on the blocking pool
@@ -11,6 +11,7 @@
 //! - `Reject`      <- MqttSession (reply after the commit that holds a refused message, so
 //!   it is acknowledged to the broker only once it is kept)
 //! - `Rejected`    <- admin API (reply: refused messages, newest first, read like dead letters)
+//! - `PurgeDead`   <- admin API (reply after the commit: dead letters deleted, counted, logged)
 //! - `ReleaseLeases` <- Dispatcher, when it starts (cast: every lease back to Enqueued)
 //! - `Maintain`    <- its own timer (retention sweep; also makes earlier settles durable)
 //! - `Committed`   <- its own commit task
@@ -25,9 +26,12 @@
 //! ack); the StorageSupervisor restarts it and `pre_start` reopens the file, which returns
 //! every InFlight lease to Enqueued.
 
+use super::quota::DeviceQuota;
 use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, WalStats};
 use super::rejected::Rejected;
-use super::store::{Full, Op, OpResult, WalError, WalLimits, WalReader, WalStore};
+use super::store::{
+    AppendRefused, DeadFilter, Full, Op, OpResult, WalError, WalLimits, WalReader, WalStore,
+};
 use crate::addr::{Addr, Failable};
 use crate::metrics::{reason_class, Metrics};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -44,8 +48,20 @@ pub struct Wal;
 pub enum AppendError {
     #[error(transparent)]
     Full(#[from] Full),
+    /// Only this device is refused; see `quota.rs`.
+    #[error(transparent)]
+    DeviceQuota(#[from] DeviceQuota),
     #[error("WAL unavailable: {0}")]
     Unavailable(String),
+}
+
+impl From<AppendRefused> for AppendError {
+    fn from(r: AppendRefused) -> Self {
+        match r {
+            AppendRefused::Full(f) => AppendError::Full(f),
+            AppendRefused::DeviceQuota(q) => AppendError::DeviceQuota(q),
+        }
+    }
 }
 
 pub type AppendReply = Result<Vec<AppendOutcome>, AppendError>;
@@ -83,6 +99,12 @@ pub enum WalMsg {
         limit: usize,
         reply: RpcReplyPort<Vec<(u64, Rejected)>>,
     },
+    PurgeDead {
+        sink: String,
+        filter: DeadFilter,
+        limit: usize,
+        reply: RpcReplyPort<usize>,
+    },
     ReleaseLeases,
     Maintain,
     Committed(Box<Committed>),
@@ -118,6 +140,7 @@ pub enum Waiter {
     Append(RpcReplyPort<AppendReply>),
     Lease(RpcReplyPort<Vec<Leased>>),
     Requeue(RpcReplyPort<usize>),
+    Purge(RpcReplyPort<usize>),
     Reject(RpcReplyPort<Result<u64, AppendError>>),
     Nobody,
 }
@@ -169,7 +192,9 @@ impl WalState {
                             }
                         }
                     }
-                    self.metrics.backpressure_active.set(i64::from(r.is_err()));
+                    self.metrics
+                        .backpressure_active
+                        .set(i64::from(matches!(r, Err(AppendRefused::Full(_)))));
                     let _ = reply.send(r.map_err(AppendError::from));
                 }
                 (Waiter::Lease(reply), OpResult::Leased(v)) => {
@@ -182,15 +207,25 @@ impl WalState {
                 (Waiter::Reject(reply), OpResult::Rejected(id)) => {
                     let _ = reply.send(Ok(id));
                 }
+                (Waiter::Purge(reply), OpResult::Purged { sink, purged }) => {
+                    self.metrics
+                        .dead_letters_purged
+                        .with_label_values(&[&sink, "operator"])
+                        .inc_by(purged as u64);
+                    tracing::warn!(sink = %sink, purged, "dead letters purged by the operator");
+                    let _ = reply.send(purged);
+                }
                 (_, OpResult::Settled { .. })
                 | (_, OpResult::Requeued(_))
                 | (_, OpResult::Rejected(_))
                 | (_, OpResult::LeasesReleased(_))
+                | (_, OpResult::Purged { .. })
                 | (_, OpResult::Maintained(_))
                 | (Waiter::Nobody, _) => {}
                 (Waiter::Append(..), _)
                 | (Waiter::Lease(_), _)
                 | (Waiter::Requeue(_), _)
+                | (Waiter::Purge(_), _)
                 | (Waiter::Reject(_), _) => {
                     unreachable!("results come back in the order of their operations")
                 }
@@ -423,6 +458,23 @@ impl Actor for Wal {
                             Waiter::Requeue(reply),
                         );
                     }
+                    WalMsg::PurgeDead {
+                        sink,
+                        filter,
+                        limit,
+                        reply,
+                    } => {
+                        Self::enqueue(
+                            &myself,
+                            state,
+                            Op::PurgeDead {
+                                sink,
+                                filter,
+                                limit,
+                            },
+                            Waiter::Purge(reply),
+                        );
+                    }
                     WalMsg::ReleaseLeases => {
                         Self::enqueue(&myself, state, Op::ReleaseLeases, Waiter::Nobody);
                     }
@@ -492,6 +544,21 @@ fn count_dead_letters(m: &Metrics, results: &[OpResult]) {
                 m.dead_lettered
                     .with_label_values(&["*", "expired"])
                     .inc_by(rep.expired);
+            }
+            for (sink, n) in &rep.dead_over_budget {
+                m.dead_letters_purged
+                    .with_label_values(&[sink, "budget"])
+                    .inc_by(*n);
+                tracing::warn!(
+                    sink = %sink,
+                    purged = n,
+                    "oldest dead letters purged: the sink holds more than wal.max_dead_letters"
+                );
+            }
+            if rep.dead_purged > 0 {
+                m.dead_letters_purged
+                    .with_label_values(&["*", "retention"])
+                    .inc_by(rep.dead_purged);
             }
         }
     }

@@ -1,19 +1,22 @@
 //! Write-ahead log.
 pub mod actor;
 pub mod idem;
+pub mod quota;
 pub mod record;
 pub mod rejected;
 pub mod store;
 pub use actor::{AppendError, AppendReply, Wal, WalArgs, WalMsg};
+pub use quota::{DeviceQuota, Usage};
 pub use record::*;
 pub use rejected::Rejected;
 pub use store::{
-    DeadLetter, Dump, Full, MaintainReport, Op, OpResult, WalError, WalLimits, WalReader, WalStore,
+    AppendRefused, DeadFilter, DeadLetter, Dump, Full, MaintainReport, Op, OpResult, WalError,
+    WalLimits, WalReader, WalStore,
 };
 
 #[cfg(test)]
-mod fault_tests;
+mod abuse_tests;
 #[cfg(test)]
-mod idem_tests;
+mod fault_tests;
 #[cfg(test)]
 mod tests;

@@ -106,6 +106,8 @@ pub struct WalStats {
     pub idempotency_keys: u64,
     /// Refused messages kept for inspection.
     pub rejected: u64,
+    /// Devices holding records (see `quota.rs`).
+    pub devices: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

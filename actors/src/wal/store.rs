@@ -16,6 +16,7 @@
 //!   I/O error, so the only safe continuation is to reopen the file.
 
 use super::idem::{self, IDEM};
+use super::quota::{self, DeviceQuota, Devices, QuotaLimits, Usage, DEVICE_USAGE};
 use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, SinkStats, WalStats};
 use super::rejected::{Rejected, REJECTED};
 use redb::{
@@ -122,6 +123,11 @@ pub struct WalLimits {
     pub lease_ms: u64,
     /// redb page cache size.
     pub cache_bytes: usize,
+    /// Per-device caps (0 = none) and the fair-share rule (see `quota.rs`).
+    pub device_max: Usage,
+    pub device_fair_share: bool,
+    /// Dead letters kept per sink, at most: past it the oldest are purged (counted).
+    pub max_dead_per_sink: u64,
 }
 
 impl WalLimits {
@@ -140,6 +146,23 @@ impl WalLimits {
             max_attempts: d.max_attempts,
             lease_ms: d.lease_timeout_ms,
             cache_bytes: usize::try_from(wal.cache_bytes).unwrap_or(usize::MAX),
+            device_max: Usage {
+                records: wal.device_max_records,
+                bytes: wal.device_max_bytes,
+            },
+            device_fair_share: wal.device_fair_share,
+            max_dead_per_sink: wal.max_dead_letters,
+        }
+    }
+
+    fn quota(&self) -> QuotaLimits {
+        QuotaLimits {
+            wal: Usage {
+                records: self.max_records,
+                bytes: self.max_bytes,
+            },
+            device_max: self.device_max,
+            fair_share: self.device_fair_share,
         }
     }
 }
@@ -168,6 +191,35 @@ pub enum Op {
     /// Every InFlight lease of every sink back to Enqueued (a new dispatcher starts: whoever
     /// held them is gone). Attempts already counted stay counted.
     ReleaseLeases,
+    /// The operator deletes up to `limit` of a sink's dead letters matching `filter`.
+    PurgeDead {
+        sink: String,
+        filter: DeadFilter,
+        limit: usize,
+    },
+}
+
+/// Which dead letters a purge takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadFilter {
+    /// Reason class as in metrics (`expired`, `max_attempts`, `corrupt`, `invalid`,
+    /// `rejected`); `None`: any.
+    pub reason: Option<String>,
+    /// Dead before this time (ms since the epoch); `None`: any time.
+    pub dead_before_ms: Option<u64>,
+}
+
+impl DeadFilter {
+    /// The reason classes a filter may name (`metrics::reason_class`).
+    pub const REASONS: [&'static str; 5] =
+        ["expired", "max_attempts", "corrupt", "invalid", "rejected"];
+
+    fn matches(&self, e: &DeadEntry) -> bool {
+        self.reason
+            .as_deref()
+            .is_none_or(|r| crate::metrics::reason_class(&e.reason) == r)
+            && self.dead_before_ms.is_none_or(|t| e.dead_at_ms < t)
+    }
 }
 
 impl Op {
@@ -176,7 +228,11 @@ impl Op {
     fn needs_durability(&self) -> bool {
         matches!(
             self,
-            Op::Append(_) | Op::Maintain | Op::Requeue { .. } | Op::Reject(_)
+            Op::Append(_)
+                | Op::Maintain
+                | Op::Requeue { .. }
+                | Op::Reject(_)
+                | Op::PurgeDead { .. }
         )
     }
 }
@@ -184,7 +240,7 @@ impl Op {
 /// The answer to one operation, in the same position as its `Op`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OpResult {
-    Appended(Result<Vec<AppendOutcome>, Full>),
+    Appended(Result<Vec<AppendOutcome>, AppendRefused>),
     Leased(Vec<Leased>),
     Settled {
         sink: String,
@@ -200,6 +256,22 @@ pub enum OpResult {
     Rejected(u64),
     /// Leases released.
     LeasesReleased(usize),
+    /// Dead letters purged by the operator.
+    Purged {
+        sink: String,
+        purged: usize,
+    },
+}
+
+/// Why an append was refused whole (nothing stored).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendRefused {
+    /// The WAL is over a limit: backpressure for everyone.
+    #[error(transparent)]
+    Full(#[from] Full),
+    /// This device is over its share: backpressure for it alone.
+    #[error(transparent)]
+    DeviceQuota(#[from] DeviceQuota),
 }
 
 /// The WAL is over a limit: the append was refused whole, nothing stored.
@@ -218,6 +290,8 @@ pub struct MaintainReport {
     pub dead_purged: u64,
     pub idempotency_purged: u64,
     pub rejected_purged: u64,
+    /// Dead letters purged because a sink held more than `max_dead_per_sink`, by sink.
+    pub dead_over_budget: Vec<(String, u64)>,
     /// A limit was hit: another sweep has work to do.
     pub more: bool,
 }
@@ -232,6 +306,8 @@ struct Meta {
     /// Next id in the rejected table, and rows in it.
     rejected_next: u64,
     rejected: u64,
+    /// 1 once `device_usage` is maintained for this file (older files are scanned once).
+    device_usage_v1: u64,
     /// Per sink: (pending, dead, acked_total).
     sinks: BTreeMap<String, (u64, u64, u64)>,
 }
@@ -253,6 +329,7 @@ impl Meta {
                 "idem_keys" => m.idem_keys = v,
                 "rejected_next" => m.rejected_next = v,
                 "rejected" => m.rejected = v,
+                "device_usage_v1" => m.device_usage_v1 = v,
                 other => {
                     if let Some((kind, sink)) = other.split_once('/') {
                         let e = m.sinks.entry(sink.to_string()).or_default();
@@ -277,6 +354,7 @@ impl Meta {
         t.insert("idem_keys", self.idem_keys)?;
         t.insert("rejected_next", self.rejected_next)?;
         t.insert("rejected", self.rejected)?;
+        t.insert("device_usage_v1", self.device_usage_v1)?;
         for (sink, (p, d, a)) in &self.sinks {
             t.insert(format!("pending/{sink}").as_str(), *p)?;
             t.insert(format!("dead/{sink}").as_str(), *d)?;
@@ -306,6 +384,8 @@ pub struct WalStore {
     /// collision can only make a duplicate look new (stored twice: allowed), never the reverse,
     /// because a hit is confirmed against the row's key.
     idem: HashMap<u64, u64>,
+    /// What each device holds (see `quota.rs`); saved in the same commit as the rows.
+    devices: Devices,
     /// Size of the file after the last commit.
     file_bytes: u64,
     /// Negative control for the power-loss tests only: commit appends without fsync, so the
@@ -331,6 +411,13 @@ impl WalStore {
             .set_cache_size(limits.cache_bytes)
             .create(path)
             .map_err(|e| open_error(path, e))?;
+        // Readings are the operator's data: owner only, whatever the umask.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| WalError::Storage(format!("chmod 600 {}: {e}", path.display())))?;
+        }
         Self::from_db(db, path, sinks, limits)
     }
 
@@ -364,8 +451,17 @@ impl WalStore {
         txn.open_table(DEAD)?;
         txn.open_table(REJECTED)?;
         txn.open_table(IDEM)?;
+        txn.open_table(DEVICE_USAGE)?;
         let mut meta = Meta::load(&txn)?;
         let dropped = drop_v1_idempotency_table(&txn, &mut meta)?;
+        let devices = if meta.device_usage_v1 == 1 {
+            Devices::load(&txn.open_table(DEVICE_USAGE)?)?
+        } else {
+            let mut d = Devices::scan(&txn.open_table(RECORDS)?)?;
+            d.save(&mut txn.open_table(DEVICE_USAGE)?)?;
+            meta.device_usage_v1 = 1;
+            d
+        };
         meta.save(&txn)?;
         let mut idem = HashMap::new();
         for row in txn.open_table(IDEM)?.iter()? {
@@ -392,6 +488,7 @@ impl WalStore {
             inflight: HashMap::new(),
             expiry_cursor: 0,
             idem,
+            devices,
             file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
             // Only in a build with the `negative-control` feature (never a default): the
             // chaos harness's proof that it can see loss.
@@ -443,6 +540,15 @@ impl WalStore {
                         self.inflight.clear();
                         OpResult::LeasesReleased(n)
                     }
+                    Op::PurgeDead {
+                        sink,
+                        filter,
+                        limit,
+                    } => {
+                        let purged = self
+                            .purge_dead(&mut tx, &mut meta, &sink, limit, |e| filter.matches(e))?;
+                        OpResult::Purged { sink, purged }
+                    }
                     Op::Reject(r) => {
                         let id = meta.rejected_next.max(1);
                         tx.rejected.insert(id, r.encode().as_slice())?;
@@ -453,6 +559,7 @@ impl WalStore {
                 };
                 results.push(r);
             }
+            self.devices.save(&mut tx.device_usage)?;
         }
         meta.save(&txn)?;
         txn.commit()?;
@@ -467,7 +574,7 @@ impl WalStore {
         meta: &mut Meta,
         mut records: Vec<Record>,
         now: u64,
-    ) -> Result<Result<Vec<AppendOutcome>, Full>, WalError> {
+    ) -> Result<Result<Vec<AppendOutcome>, AppendRefused>, WalError> {
         // Pass 1: classify without writing, so a refused append leaves nothing behind. `key`
         // is the idempotency key as it arrived (see `idem.rs`); a conflicting reading is
         // stored under a derived key, but its row in `IDEM` replaces the key's.
@@ -533,7 +640,28 @@ impl WalStore {
                 bytes: meta.live_bytes,
                 max_records: self.limits.max_records,
                 max_bytes: self.limits.max_bytes,
-            }));
+            }
+            .into()));
+        }
+        // Per-device share (one request holds one device's readings; checked per device
+        // all the same).
+        let mut adding: HashMap<&str, Usage> = HashMap::new();
+        for (r, plan) in records.iter().zip(&plans) {
+            if let Plan::New { bytes, .. } = plan {
+                let a = adding.entry(r.device_id.as_str()).or_default();
+                a.records += 1;
+                a.bytes += bytes.len() as u64;
+            }
+        }
+        let total = Usage {
+            records: meta.records,
+            bytes: meta.live_bytes,
+        };
+        let quota = self.limits.quota();
+        for (device, add) in adding {
+            if let Err(e) = quota::check(&quota, device, self.devices.get(device), add, total) {
+                return Ok(Err(e.into()));
+            }
         }
         // Pass 2: write.
         let mut out: Vec<AppendOutcome> = Vec::with_capacity(records.len());
@@ -575,6 +703,7 @@ impl WalStore {
                     self.remember_key(tx, meta, &key, r, seq, fp)?;
                     meta.records += 1;
                     meta.live_bytes += bytes.len() as u64;
+                    self.devices.add(&r.device_id, bytes.len() as u64);
                     if self.sinks.is_empty() {
                         // Nothing will ever need it; keep the idempotency key only.
                         self.unref(tx, meta, seq)?;
@@ -843,10 +972,52 @@ impl WalStore {
         }
         tx.refs.remove(seq)?;
         if let Some(body) = tx.records.remove(seq)? {
-            meta.live_bytes = meta.live_bytes.saturating_sub(body.value().len() as u64);
+            let body = body.value();
+            meta.live_bytes = meta.live_bytes.saturating_sub(body.len() as u64);
+            let device = quota::device_of(body).unwrap_or_default();
+            self.devices.remove(&device, body.len() as u64);
         }
         meta.records = meta.records.saturating_sub(1);
         Ok(())
+    }
+
+    /// Deletes up to `limit` of `sink`'s dead letters that `keep_going` accepts, oldest first.
+    fn purge_dead(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        sink: &str,
+        limit: usize,
+        matches: impl Fn(&DeadEntry) -> bool,
+    ) -> Result<usize, WalError> {
+        let mut seqs = Vec::new();
+        for row in tx.dead.range((sink, 0)..=(sink, u64::MAX))? {
+            if seqs.len() >= limit {
+                break;
+            }
+            let (k, v) = row?;
+            let entry: Option<DeadEntry> = ciborium::from_reader(v.value()).ok();
+            // An unreadable entry matches only an unfiltered purge.
+            if entry.as_ref().map_or_else(
+                || {
+                    matches(&DeadEntry {
+                        reason: String::new(),
+                        attempts: 0,
+                        dead_at_ms: 0,
+                    })
+                },
+                &matches,
+            ) {
+                seqs.push(k.value().1);
+            }
+        }
+        for &seq in &seqs {
+            tx.dead.remove((sink, seq))?;
+            let s = meta.sink(sink);
+            s.1 = s.1.saturating_sub(1);
+            self.unref(tx, meta, seq)?;
+        }
+        Ok(seqs.len())
     }
 
     fn maintain(
@@ -931,6 +1102,18 @@ impl WalStore {
                 report.dead_purged += 1;
             }
         }
+        // Dead letters over their budget, oldest first: a sink that dead-letters everything
+        // for days must not fill the WAL that live ingest needs.
+        for (sink, (_, dead, _)) in meta.sinks.clone() {
+            let excess = dead.saturating_sub(self.limits.max_dead_per_sink) as usize;
+            if excess == 0 {
+                continue;
+            }
+            let n = excess.min(SWEEP_LIMIT);
+            let purged = self.purge_dead(tx, meta, &sink, n, |_| true)?;
+            report.more |= excess > SWEEP_LIMIT;
+            report.dead_over_budget.push((sink, purged as u64));
+        }
         // Rejected messages past retention or over the count cap, oldest first.
         let excess = meta.rejected.saturating_sub(self.limits.max_rejected) as usize;
         let old: Vec<u64> = tx
@@ -958,7 +1141,14 @@ impl WalStore {
     /// Counts by state and sink, from the in-memory mirror: no I/O, safe on any thread (the
     /// file size is taken after each commit, on the thread that committed).
     pub fn stats(&self) -> WalStats {
-        stats_from(&self.meta, &self.inflight, self.file_bytes)
+        let mut s = stats_from(&self.meta, &self.inflight, self.file_bytes);
+        s.devices = self.devices.count();
+        s
+    }
+
+    /// What one device holds of the WAL.
+    pub fn device_usage(&self, device: &str) -> Usage {
+        self.devices.get(device)
     }
 
     /// Test-only: break durability on purpose (see `negative_control_non_durable`).
@@ -1092,6 +1282,7 @@ fn stats_from(
         file_bytes,
         idempotency_keys: meta.idem_keys,
         rejected: meta.rejected,
+        devices: 0,
         sinks: meta
             .sinks
             .iter()
@@ -1114,6 +1305,7 @@ struct Tx<'t> {
     dead: redb::Table<'t, (&'static str, u64), &'static [u8]>,
     idem: redb::Table<'t, (u64, &'static str), (u64, &'static str, u64)>,
     rejected: redb::Table<'t, u64, &'static [u8]>,
+    device_usage: redb::Table<'t, &'static str, (u64, u64)>,
 }
 
 impl<'t> Tx<'t> {
@@ -1125,6 +1317,7 @@ impl<'t> Tx<'t> {
             dead: txn.open_table(DEAD)?,
             idem: txn.open_table(IDEM)?,
             rejected: txn.open_table(REJECTED)?,
+            device_usage: txn.open_table(DEVICE_USAGE)?,
         })
     }
 }

@@ -18,6 +18,11 @@ pub(super) fn limits() -> WalLimits {
         max_attempts: 3,
         lease_ms: 100,
         cache_bytes: 4 << 20,
+        // The per-device share has its own tests (`quota.rs`, `idem_tests.rs`); the model
+        // here is the WAL without it.
+        device_max: Usage::default(),
+        device_fair_share: false,
+        max_dead_per_sink: u64::MAX,
     }
 }
 
@@ -188,7 +193,10 @@ fn full_wal_refuses_the_whole_append_and_writes_nothing() {
     let (s, _) = one(s, Op::Append(vec![rec("a", 0)]), 0);
     let (s, r) = one(s, Op::Append(vec![rec("b", 0), rec("c", 0)]), 0);
     assert!(
-        matches!(r, OpResult::Appended(Err(Full { records: 1, .. }))),
+        matches!(
+            r,
+            OpResult::Appended(Err(AppendRefused::Full(Full { records: 1, .. })))
+        ),
         "{r:?}"
     );
     assert_eq!(s.count_rows().unwrap().0, 1);

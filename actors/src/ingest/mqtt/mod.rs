@@ -19,6 +19,7 @@
 //! broker outage never stops the actor: the event-loop task reconnects with backoff while
 //! HTTP ingest carries on.
 
+mod held;
 mod pipeline;
 mod poll;
 pub mod topics;
@@ -137,6 +138,8 @@ impl Actor for MqttSession {
             max_payload: cfg.max_payload_bytes,
             metrics: args.metrics.clone(),
             holding: Arc::default(),
+            held_devices: Arc::default(),
+            max_held_per_device: cfg.max_held_per_device,
         };
         let (items_tx, items_rx) = mpsc::unbounded_channel();
         // Un-acked gauge restarts from zero with the session: what the old one held is
@@ -201,13 +204,17 @@ impl Actor for MqttSession {
         match msg {
             MqttSessionMsg::Message(m) => {
                 let (publish, permit, received_ms) = *m;
-                let pending = if state.ctx.holding.load(std::sync::atomic::Ordering::SeqCst) {
+                let device = state.ctx.subs.route(&publish.topic).ok().map(|(d, _)| d);
+                let pending = if state.ctx.holding.load(std::sync::atomic::Ordering::SeqCst)
+                    || state.ctx.is_held(device.as_deref())
+                {
                     pipeline::Pending::Held
                 } else {
                     pipeline::submit(&state.ctx, &publish, received_ms).await
                 };
                 let item = Item {
                     publish,
+                    device,
                     permit,
                     received_ms,
                     pending,

@@ -15,7 +15,12 @@
 //!   ack task's queue is empty. (Messages already handed over when a *commit* is refused can
 //!   still commit ahead of it if the WAL frees space or restarts in between — a window of one
 //!   group commit.)
+//! - A device over its WAL share (`wal/quota.rs`) is held alone (`held.rs`): its messages
+//!   wait, in order, and are retried; every other device's PUBACKs keep leaving. PUBACKs
+//!   then leave out of arrival order *across* devices, never within one (the order MQTT
+//!   promises is per topic; mosquitto matches PUBACKs by packet id).
 
+use super::held::{HeldQueues, Hold};
 use super::topics::Subscriptions;
 use crate::addr::Addr;
 use crate::ingest::parse::{Encoding, Rejection};
@@ -37,11 +42,24 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     /// Set while a message waits for a retry: later ones queue behind it (see above).
     pub holding: Arc<std::sync::atomic::AtomicBool>,
+    /// Devices whose messages are held (mirror of the ack task's `HeldQueues`): the actor
+    /// holds their later messages too instead of submitting them, so per-device order holds.
+    pub held_devices: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// `mqtt.max_held_per_device`.
+    pub max_held_per_device: usize,
+}
+
+impl Ctx {
+    pub fn is_held(&self, device: Option<&str>) -> bool {
+        device.is_some_and(|d| self.held_devices.lock().expect("held lock").contains(d))
+    }
 }
 
 /// One received message on its way to its PUBACK.
 pub struct Item {
     pub publish: Publish,
+    /// From the topic; `None` if it names no device (refused, never quota-held).
+    pub device: Option<String>,
     /// Held until the PUBACK is queued: bounds messages and bytes in memory.
     pub permit: super::poll::Unacked,
     pub received_ms: u64,
@@ -93,6 +111,11 @@ async fn try_submit(ctx: &Ctx, p: &Publish, received_ms: u64) -> Pending {
             }
         }
     };
+    reject(ctx, p, received_ms, refused)
+}
+
+/// Keeps a refused message in the WAL's rejected table (raw payload and reason).
+fn reject(ctx: &Ctx, p: &Publish, received_ms: u64, refused: Rejection) -> Pending {
     let mut refused = refused;
     if refused.field.as_deref() == Some("body") {
         refused.field = Some("payload".into()); // MQTT has payloads, not bodies
@@ -133,8 +156,16 @@ fn route(ctx: &Ctx, p: &Publish) -> Result<(String, Option<Encoding>), Rejection
     Ok(routed)
 }
 
-/// Waits for the item's commit, re-submitting until it holds. Returns once it is durable.
-async fn settle(ctx: &Ctx, item: &mut Item) {
+/// How waiting for an item's commit ended.
+enum Settled {
+    Durable,
+    /// Its device is over its WAL share: hold it (and its device's later messages).
+    DeviceQuota(String),
+}
+
+/// Waits for the item's commit, re-submitting until it holds — unless its device is over
+/// its share, which is for the caller to hold.
+async fn settle(ctx: &Ctx, item: &mut Item) -> Settled {
     let mut delay = Duration::from_millis(50);
     let mut attempts = 0u32;
     loop {
@@ -148,8 +179,9 @@ async fn settle(ctx: &Ctx, item: &mut Item) {
                         .map(|(d, _)| d)
                         .unwrap_or_default();
                     ctx.metrics.count_appended("mqtt", &device, &outcomes);
-                    return;
+                    return Settled::Durable;
                 }
+                Ok(Err(AppendError::DeviceQuota(q))) => return Settled::DeviceQuota(q.to_string()),
                 Ok(Err(AppendError::Full(f))) => f.to_string(),
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "WAL stopped before the commit".to_string(),
@@ -172,7 +204,7 @@ async fn settle(ctx: &Ctx, item: &mut Item) {
                         rejected_id = id,
                         "mqtt message refused; kept in the rejected table and acknowledged"
                     );
-                    return;
+                    return Settled::Durable;
                 }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "WAL stopped before the commit".to_string(),
@@ -199,21 +231,128 @@ async fn settle(ctx: &Ctx, item: &mut Item) {
     }
 }
 
-/// The ack task: settles items in arrival order and queues each PUBACK. Ends when the
-/// channel closes (the session stopped) or the client is gone.
-pub async fn ack_in_order(ctx: Ctx, mut items: mpsc::UnboundedReceiver<Item>, client: AsyncClient) {
-    while let Some(mut item) = items.recv().await {
-        settle(&ctx, &mut item).await;
-        // May wait for room in rumqttc's request channel; the event loop never waits on us,
-        // so it drains.
-        if client.ack(&item.publish).await.is_err() {
+/// One attempt for a held item: durable, or why not (it stays held).
+async fn retry_held(ctx: &Ctx, item: &mut Item) -> Result<(), String> {
+    if matches!(item.pending, Pending::Held | Pending::Retry(_)) {
+        item.pending = try_submit(ctx, &item.publish, item.received_ms).await;
+    }
+    match std::mem::replace(&mut item.pending, Pending::Held) {
+        Pending::Append(rx) => match rx.await {
+            Ok(Ok(outcomes)) => {
+                let device = item.device.as_deref().unwrap_or_default();
+                ctx.metrics.count_appended("mqtt", device, &outcomes);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("WAL stopped before the commit".into()),
+        },
+        other => {
+            // Refused on the way in (it was accepted before, so only by a restarting WAL):
+            // settle as any message.
+            item.pending = other;
+            match settle(ctx, item).await {
+                Settled::Durable => Ok(()),
+                Settled::DeviceQuota(why) => Err(why),
+            }
+        }
+    }
+}
+
+/// A held device's message past `max_held_per_device`: kept with its payload and the reason
+/// in the rejected table, so it can be acknowledged without filling the broker's window.
+async fn dead_letter_over_quota(ctx: &Ctx, item: &mut Item, why: &str) {
+    loop {
+        let refusal = Rejection::new(
+            429,
+            "device_quota",
+            Some("device_id".into()),
+            format!(
+                "more than mqtt.max_held_per_device ({}) messages of this device held: {why}",
+                ctx.max_held_per_device
+            ),
+        );
+        item.pending = reject(ctx, &item.publish, item.received_ms, refusal);
+        if let Settled::Durable = settle(ctx, item).await {
             return;
         }
-        ctx.metrics.mqtt_unacked.dec();
-        drop(item.permit);
-        if items.is_empty() {
-            ctx.holding
-                .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Queues the PUBACK of a durable item; false once the client is gone.
+async fn ack(ctx: &Ctx, client: &AsyncClient, item: Item) -> bool {
+    // May wait for room in rumqttc's request channel; the event loop never waits on us, so
+    // it drains.
+    if client.ack(&item.publish).await.is_err() {
+        return false;
+    }
+    ctx.metrics.mqtt_unacked.dec();
+    drop(item.permit);
+    true
+}
+
+fn mirror(ctx: &Ctx, held: &HeldQueues<Item>) {
+    let mut set = ctx.held_devices.lock().expect("held lock");
+    set.clear();
+    set.extend(held.devices());
+    ctx.metrics.mqtt_held.set(held.held() as i64);
+}
+
+/// The ack task: settles items in arrival order (per device when one is held) and queues
+/// each PUBACK. Ends when the channel closes (the session stopped) or the client is gone.
+pub async fn ack_in_order(ctx: Ctx, mut items: mpsc::UnboundedReceiver<Item>, client: AsyncClient) {
+    let mut held = HeldQueues::new(ctx.max_held_per_device);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick(), if !held.is_empty() => {
+                for device in held.devices() {
+                    while let Some(mut item) = held.pop_front(&device) {
+                        if retry_held(&ctx, &mut item).await.is_err() {
+                            held.hold_front(&device, item);
+                            break;
+                        }
+                        if !ack(&ctx, &client, item).await {
+                            return;
+                        }
+                    }
+                }
+                mirror(&ctx, &held);
+            }
+            next = items.recv() => {
+                let Some(mut item) = next else { return };
+                let device = item.device.clone().unwrap_or_default();
+                if held.is_held(&device) {
+                    if let Hold::Overflow(mut item) = held.hold(&device, item) {
+                        dead_letter_over_quota(&ctx, &mut item, "device over its WAL share").await;
+                        if !ack(&ctx, &client, item).await {
+                            return;
+                        }
+                    }
+                } else {
+                    match settle(&ctx, &mut item).await {
+                        Settled::Durable => {
+                            if !ack(&ctx, &client, item).await {
+                                return;
+                            }
+                        }
+                        Settled::DeviceQuota(why) => {
+                            tracing::warn!(
+                                device_id = %device,
+                                reason = %why,
+                                "device over its WAL share: holding its PUBACKs (other devices unaffected)"
+                            );
+                            item.pending = Pending::Held;
+                            let _ = held.hold(&device, item);
+                            mirror(&ctx, &held);
+                        }
+                    }
+                }
+                if items.is_empty() {
+                    ctx.holding
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
         }
     }
 }
