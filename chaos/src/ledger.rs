@@ -62,6 +62,11 @@ impl Ledger {
 
     /// A sink saw a record: its idempotency key, device, seq and value as delivered.
     pub fn delivered(&mut self, sink: &str, key: &str, device: &str, seq: u64, value: Option<f64>) {
+        // Abusers' readings are not the oracle's business (scenario `abuse`): only that
+        // theirs never cost an honest device one.
+        if device.starts_with(crate::abuse::ABUSER) {
+            return;
+        }
         let log = self.sinks.entry(sink.to_string()).or_default();
         let n = log.count.entry(key.to_string()).or_insert(0);
         *n += 1;

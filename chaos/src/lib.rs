@@ -9,8 +9,11 @@
 //! - [`sink`]: the recording HTTP analytics sink, with switchable faults.
 //! - [`broker`], [`gateway`]: the processes under test and their fault hooks.
 //! - [`devices`]: MQTT and HTTP devices numbering their readings with `seq`.
+//! - [`abuse`]: hostile clients (idle sockets, slow bodies, a flooding device, colliding
+//!   keys) for the `abuse` scenario, beside the honest devices.
 //! - [`run`]: the campaign: start, inject, drain, judge, report.
 
+pub mod abuse;
 pub mod broker;
 pub mod devices;
 pub mod gateway;

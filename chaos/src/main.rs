@@ -124,6 +124,9 @@ fn print_summary(r: &edge_gateway_chaos::run::Report) {
     }
     println!("lost (must be 0): {}", v.lost);
     println!("faults: {:?}", r.faults_injected);
+    if !r.abuse_outcomes.is_empty() {
+        println!("abuse outcomes: {:?}", r.abuse_outcomes);
+    }
     println!(
         "gateway kills survived: {}; actor restarts: {:?}",
         r.gateway_kills, r.actor_restarts

@@ -53,6 +53,8 @@ pub struct Report {
     pub max_mailbox_depth: BTreeMap<String, f64>,
     pub gateway_peak_rss_mib: f64,
     pub schedule: Vec<Planned>,
+    /// Scenario `abuse`: what the hostile clients saw, by `attack/outcome`.
+    pub abuse_outcomes: BTreeMap<String, u64>,
     pub gateway_log: String,
 }
 
@@ -108,6 +110,13 @@ impl Watch {
 
 const SINKS: [&str; 2] = ["analytics", "upstream"];
 
+fn attack_kind_overrun(f: &Fault) -> Duration {
+    match f {
+        Fault::Abuse { attack, .. } => attack.overrun(),
+        _ => Duration::ZERO,
+    }
+}
+
 pub async fn run(o: Options) -> anyhow::Result<Report> {
     let schedule = plan(o.scenario, o.duration, o.seed);
     let ledger = Arc::new(Mutex::new(Ledger::new(&SINKS)));
@@ -120,11 +129,14 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
          [mqtt]\nenabled = true\nbroker = \"{}\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 1000\n\
          [delivery]\nbackoff_initial_ms = 100\nbackoff_max_ms = 2000\nlease_timeout_ms = 5000\nmax_attempts = 100\n\
          [[sinks]]\nname = \"analytics\"\ntype = \"http\"\nurl = \"{}\"\ntimeout_ms = 2000\n\
-         [[sinks]]\nname = \"upstream\"\ntype = \"mqtt\"\nurl = \"{}\"\ntopic_prefix = \"chaos\"\ntimeout_ms = 5000\n",
+         [[sinks]]\nname = \"upstream\"\ntype = \"mqtt\"\nurl = \"{}\"\ntopic_prefix = \"chaos\"\ntimeout_ms = 5000\n{}",
         edge.url(),
         sink.url(),
-        upstream.url()
+        upstream.url(),
+        // A WAL small enough that a flooding device meets its share within a minute.
+        if o.scenario == Scenario::Abuse { "[wal]\nmax_records = 20000\n" } else { "" },
     );
+    let abuse_outcomes = crate::abuse::Outcomes::default();
     let mut gw = Gateway::start(&o.gateway_bin, &o.work_dir.join("gateway"), &extra)?;
     let http = reqwest::Client::new();
     wait_ready(&http, &gw).await;
@@ -200,6 +212,21 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
             Fault::EdgeBrokerRestart => {
                 edge.stop();
                 edge.start()?;
+            }
+            Fault::Abuse { attack, secs } => {
+                let target = crate::abuse::Target {
+                    http: format!("127.0.0.1:{}", gw.http_port).parse()?,
+                    token: gw.token.clone(),
+                };
+                let attack = tokio::spawn(crate::abuse::run(
+                    *attack,
+                    *secs,
+                    target,
+                    abuse_outcomes.clone(),
+                ));
+                sample_until(&http, &gw, &mut watch, Instant::now() + p.fault.duration()).await;
+                let overrun = attack_kind_overrun(&p.fault);
+                let _ = tokio::time::timeout(overrun + Duration::from_secs(10), attack).await;
             }
             Fault::Sink { fault, .. } => {
                 sink.set(Some(*fault));
@@ -286,6 +313,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         max_mailbox_depth: watch.mailbox,
         gateway_peak_rss_mib: watch.peak_rss,
         schedule,
+        abuse_outcomes: abuse_outcomes.snapshot(),
         gateway_log: log,
     })
 }

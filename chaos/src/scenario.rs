@@ -19,6 +19,9 @@ pub enum Scenario {
     SinkFlap,
     /// All of the above, plus graceful edge-broker restarts.
     Mixed,
+    /// Hostile clients beside the honest devices: idle sockets, slow bodies, a flooding
+    /// device, keys copied from other devices (issue 8).
+    Abuse,
 }
 
 impl std::str::FromStr for Scenario {
@@ -30,10 +33,11 @@ impl std::str::FromStr for Scenario {
             "kill-9" => Scenario::Kill9,
             "sink-flap" => Scenario::SinkFlap,
             "mixed" => Scenario::Mixed,
+            "abuse" => Scenario::Abuse,
             _ => {
                 return Err(format!(
-                    "unknown scenario {s:?}: field-demo, actor-storm, kill-9, sink-flap, mixed"
-                ))
+                "unknown scenario {s:?}: field-demo, actor-storm, kill-9, sink-flap, mixed, abuse"
+            ))
             }
         })
     }
@@ -66,9 +70,18 @@ pub enum SinkFault {
 pub enum Fault {
     FailActor(String),
     Kill9,
-    UpstreamOutage { secs: f64 },
+    UpstreamOutage {
+        secs: f64,
+    },
     EdgeBrokerRestart,
-    Sink { fault: SinkFault, secs: f64 },
+    Sink {
+        fault: SinkFault,
+        secs: f64,
+    },
+    Abuse {
+        attack: crate::abuse::Attack,
+        secs: f64,
+    },
 }
 
 impl Fault {
@@ -84,15 +97,16 @@ impl Fault {
                 SinkFault::Hang => "sink_hang".into(),
                 SinkFault::Reset => "sink_reset".into(),
             },
+            Fault::Abuse { attack, .. } => format!("abuse:{}", attack.name()),
         }
     }
 
     /// How long the fault lasts once injected (0 for instantaneous ones).
     pub fn duration(&self) -> Duration {
         match self {
-            Fault::UpstreamOutage { secs } | Fault::Sink { secs, .. } => {
-                Duration::from_secs_f64(*secs)
-            }
+            Fault::UpstreamOutage { secs }
+            | Fault::Sink { secs, .. }
+            | Fault::Abuse { secs, .. } => Duration::from_secs_f64(*secs),
             _ => Duration::ZERO,
         }
     }
@@ -122,6 +136,7 @@ impl Scenario {
             Scenario::Kill9 => 4.0,
             Scenario::SinkFlap => 2.0,
             Scenario::Mixed => 2.5,
+            Scenario::Abuse => 2.0,
         }
     }
 
@@ -149,6 +164,13 @@ impl Scenario {
             Scenario::ActorStorm => actor(rng),
             Scenario::Kill9 => Fault::Kill9,
             Scenario::SinkFlap => sink(rng),
+            Scenario::Abuse => {
+                let all = crate::abuse::Attack::ALL;
+                Fault::Abuse {
+                    attack: all[rng.random_range(0..all.len())],
+                    secs: round(rng.random_range(6.0..15.0)),
+                }
+            }
             Scenario::Mixed => match rng.random_range(0..10) {
                 0..=3 => actor(rng),
                 4 | 5 => Fault::Kill9,
@@ -173,7 +195,11 @@ pub fn plan(scenario: Scenario, duration: Duration, seed: u64) -> Vec<Planned> {
     let mut out = Vec::new();
     loop {
         t += round(rng.random_range(0.5..1.5) * scenario.mean_gap());
-        let fault = scenario.pick(&mut rng);
+        let mut fault = scenario.pick(&mut rng);
+        if let Fault::Abuse { attack, .. } = &mut fault {
+            // Every attack in turn, so a short campaign sees each of them.
+            *attack = crate::abuse::Attack::ALL[out.len() % crate::abuse::Attack::ALL.len()];
+        }
         if t + fault.duration().as_secs_f64() >= end {
             break;
         }
@@ -189,6 +215,13 @@ pub fn plan(scenario: Scenario, duration: Duration, seed: u64) -> Vec<Planned> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_one_minute_abuse_campaign_mounts_every_attack() {
+        let p = plan(Scenario::Abuse, Duration::from_secs(60), 42);
+        let kinds: std::collections::BTreeSet<String> = p.iter().map(|p| p.fault.kind()).collect();
+        assert_eq!(kinds.len(), crate::abuse::Attack::ALL.len(), "{kinds:?}");
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_schedule() {
