@@ -21,6 +21,20 @@ fn run(args: &[&str], config: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
+/// `run` on loopback ports, for a start that is expected to fail.
+fn start_on_loopback(config: &std::path::Path) -> std::process::Output {
+    run(
+        &[
+            "run",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        config,
+    )
+}
+
 /// A token file others may read is refused at start, naming the fix; the honest setup
 /// (0600) starts, and everything the gateway writes is private.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,16 +50,7 @@ async fn readable_secrets_are_refused_and_written_files_are_private() {
             token.display().to_string()
         ),
     );
-    let out = run(
-        &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        &cfg,
-    );
+    let out = start_on_loopback(&cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -84,16 +89,7 @@ async fn a_planted_symlink_is_not_followed_when_creating_tokens() {
     let victim = dir.path().join("victim-file");
     std::os::unix::fs::symlink(&victim, data.join("admin.token")).unwrap();
     let cfg = write_config(dir.path(), "");
-    let out = run(
-        &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        &cfg,
-    );
+    let out = start_on_loopback(&cfg);
     assert!(!out.status.success());
     assert!(
         !victim.exists(),

@@ -355,7 +355,7 @@ pub fn to_records(
             (None, None, Some(s)) => format!("{}/seq/{s}", env.device_id),
             (None, None, None) => correlation_id.clone(),
         };
-        out.push(Record {
+        let mut record = Record {
             device_id: env.device_id.clone(),
             idempotency_key,
             correlation_id,
@@ -367,7 +367,11 @@ pub fn to_records(
             device_seq,
             device_ts,
             data,
-        });
+            fingerprint: Default::default(),
+        };
+        // Last, once the content is final; on this (the caller's) task, not the WAL's.
+        record.fingerprint.0 = Some(crate::wal::idem::fingerprint(&record));
+        out.push(record);
     }
     Ok(out)
 }

@@ -270,28 +270,7 @@ fn a_flooding_device_is_held_at_its_share_and_others_are_not() {
     let s = open_with(&path, fair(100));
     assert_eq!(s.device_usage("flooder").records, 47);
     assert_eq!(s.stats().devices, 2);
-    let (s, r) = s
-        .apply(
-            vec![Op::Lease {
-                sink: "a".into(),
-                max: 100,
-            }],
-            6,
-        )
-        .unwrap();
-    let OpResult::Leased(leased) = &r[0] else {
-        panic!()
-    };
-    let acks = leased.iter().map(|l| (l.seq, Outcome::Acked)).collect();
-    let (s, _) = s
-        .apply(
-            vec![Op::Settle {
-                sink: "a".into(),
-                outcomes: acks,
-            }],
-            6,
-        )
-        .unwrap();
+    let s = settle_all(s, Outcome::Acked, 6);
     assert_eq!(s.device_usage("flooder"), Usage::default());
     assert_eq!(s.stats().devices, 0);
     let (_, r) = try_append(s, vec![reading("flooder", 999, 1.0, 7)], 7);
@@ -337,7 +316,8 @@ fn device_usage_is_rebuilt_for_an_older_file() {
     assert_eq!(s.device_usage("b").records, 1);
 }
 
-fn kill_all(s: WalStore, reason: &str, now: u64) -> WalStore {
+/// Leases everything of sink `a` and settles each lease with `outcome`.
+fn settle_all(s: WalStore, outcome: Outcome, now: u64) -> WalStore {
     let (s, r) = s
         .apply(
             vec![Op::Lease {
@@ -348,21 +328,22 @@ fn kill_all(s: WalStore, reason: &str, now: u64) -> WalStore {
         )
         .unwrap();
     let OpResult::Leased(leased) = &r[0] else {
-        panic!()
+        panic!("{r:?}")
     };
-    let dead = leased
-        .iter()
-        .map(|l| (l.seq, Outcome::Dead(reason.into())))
-        .collect();
+    let outcomes = leased.iter().map(|l| (l.seq, outcome.clone())).collect();
     s.apply(
         vec![Op::Settle {
             sink: "a".into(),
-            outcomes: dead,
+            outcomes,
         }],
         now,
     )
     .unwrap()
     .0
+}
+
+fn kill_all(s: WalStore, reason: &str, now: u64) -> WalStore {
+    settle_all(s, Outcome::Dead(reason.into()), now)
 }
 
 #[test]

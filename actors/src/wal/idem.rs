@@ -31,13 +31,33 @@ pub const IDEM: TableDefinition<(u64, &str), (u64, &str, u64)> = TableDefinition
 /// The table of earlier versions, dropped on open.
 pub const IDEM_V1_NAME: &str = "idem_by_ts";
 
-/// What the device sent, hashed: stable across processes and releases (it is stored).
+/// The record's fingerprint: cached by the ingest edge, else computed.
+pub fn fingerprint_of(r: &Record) -> u64 {
+    r.fingerprint.0.unwrap_or_else(|| fingerprint(r))
+}
+
+/// What the device sent, hashed: stable across processes and releases (it is stored). The
+/// CBOR is written straight into the hasher (no buffer).
 pub fn fingerprint(r: &Record) -> u64 {
     let content = (r.schema, &r.msg_id, r.device_seq, &r.device_ts, &r.data);
-    let mut buf = Vec::with_capacity(128);
-    ciborium::into_writer(&content, &mut buf).expect("encoding to a Vec cannot fail");
-    let digest = Sha256::digest(&buf);
+    let mut h = HashWriter(Sha256::new());
+    ciborium::into_writer(&content, &mut h).expect("hashing cannot fail");
+    let digest = h.0.finalize();
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes of a 32-byte digest"))
+}
+
+/// Feeds written bytes to the hash.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The downstream key of a reading whose key was already taken by other content.
@@ -95,6 +115,7 @@ mod tests {
             device_seq: Some(seq),
             device_ts: Some(serde_json::json!(ts)),
             data,
+            fingerprint: Default::default(),
         }
     }
 

@@ -104,15 +104,56 @@ pub fn check(
     Ok(())
 }
 
-/// The device id of an encoded record, without decoding the rest into values.
+/// The device id of an encoded record. Runs once per deleted record, so it reads only the
+/// first entry of the record's CBOR map — `device_id` is `Record`'s first field — and falls
+/// back to a full decode if the bytes are shaped otherwise.
 pub fn device_of(record: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct DeviceOnly {
-        device_id: String,
+    device_of_prefix(record).or_else(|| {
+        #[derive(Deserialize)]
+        struct DeviceOnly {
+            device_id: String,
+        }
+        ciborium::from_reader::<DeviceOnly, _>(record)
+            .ok()
+            .map(|d| d.device_id)
+    })
+}
+
+/// `{ "device_id": <text>, ...` at the start of a CBOR map (definite or indefinite length).
+fn device_of_prefix(b: &[u8]) -> Option<String> {
+    /// A definite-length text string at `b[at..]`: (its bytes, the offset after it).
+    fn text(b: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let head = *b.get(at)?;
+        if head >> 5 != 3 {
+            return None;
+        }
+        let (len, start) = match head & 0x1f {
+            n @ 0..=23 => (n as usize, at + 1),
+            24 => (*b.get(at + 1)? as usize, at + 2),
+            25 => (
+                u16::from_be_bytes(b.get(at + 1..at + 3)?.try_into().ok()?) as usize,
+                at + 3,
+            ),
+            _ => return None,
+        };
+        Some((b.get(start..start + len)?, start + len))
     }
-    ciborium::from_reader::<DeviceOnly, _>(record)
-        .ok()
-        .map(|d| d.device_id)
+    let head = *b.first()?;
+    if head >> 5 != 5 {
+        return None;
+    }
+    let at = match head & 0x1f {
+        0..=23 | 31 => 1,
+        24 => 2,
+        25 => 3,
+        _ => return None,
+    };
+    let (key, at) = text(b, at)?;
+    if key != b"device_id" {
+        return None;
+    }
+    let (value, _) = text(b, at)?;
+    String::from_utf8(value.to_vec()).ok()
 }
 
 /// What every device holds, mirrored in memory; see the module doc.
@@ -310,8 +351,22 @@ mod tests {
 
     #[test]
     fn device_of_reads_the_id_only() {
-        let r = crate::wal::tests::rec("k", 1);
-        assert_eq!(device_of(&r.encode()).as_deref(), Some("dev-1"));
+        let mut r = crate::wal::tests::rec("k", 1);
+        let bytes = r.encode();
+        assert_eq!(
+            device_of_prefix(&bytes).as_deref(),
+            Some("dev-1"),
+            "the fast path"
+        );
+        assert_eq!(device_of(&bytes).as_deref(), Some("dev-1"));
+        r.device_id = "d".repeat(128); // longest id: a one-byte length
+        assert_eq!(device_of_prefix(&r.encode()), Some(r.device_id.clone()));
         assert_eq!(device_of(b"garbage"), None);
+        assert_eq!(device_of(&[]), None);
+        // Another shape (fields in another order): the full decode answers.
+        let mut other = Vec::new();
+        ciborium::into_writer(&serde_json::json!({"a": 1, "device_id": "x"}), &mut other).unwrap();
+        assert_eq!(device_of_prefix(&other), None);
+        assert_eq!(device_of(&other).as_deref(), Some("x"));
     }
 }

@@ -35,6 +35,22 @@ pub struct Record {
     pub device_ts: Option<serde_json::Value>,
     /// Every other field of the reading, kept as sent.
     pub data: serde_json::Map<String, serde_json::Value>,
+    /// Cache of the content fingerprint (`wal/idem.rs`), filled by the ingest edge on its own
+    /// task so the WAL's serial commit path does not compute it. Never stored.
+    #[serde(skip)]
+    pub fingerprint: FingerprintCache,
+}
+
+/// A cached `idem::fingerprint` of the record it sits in (`None`: compute it). It must be
+/// filled only once the content fields are final (`ingest::parse::to_records` does it last).
+/// Equal to any other: it caches the fields, it is not one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FingerprintCache(pub Option<u64>);
+
+impl PartialEq for FingerprintCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Record {

@@ -575,61 +575,73 @@ impl WalStore {
         mut records: Vec<Record>,
         now: u64,
     ) -> Result<Result<Vec<AppendOutcome>, AppendRefused>, WalError> {
-        // Pass 1: classify without writing, so a refused append leaves nothing behind. `key`
-        // is the idempotency key as it arrived (see `idem.rs`); a conflicting reading is
-        // stored under a derived key, but its row in `IDEM` replaces the key's.
+        // Pass 1: classify without writing, so a refused append leaves nothing behind. Keys
+        // are borrowed from the records (no copies on this serial path); the fingerprint is
+        // normally cached by the ingest edge.
+        enum Class {
+            New(u64),
+            Conflict(u64),
+            Dup(u64, String),
+            DupInBatch(usize),
+        }
+        let mut classes = Vec::with_capacity(records.len());
+        {
+            // key -> (index of its latest new reading in this batch, fingerprint)
+            let mut seen: HashMap<&str, (usize, u64)> = HashMap::new();
+            for (i, r) in records.iter().enumerate() {
+                let fp = idem::fingerprint_of(r);
+                let key = r.idempotency_key.as_str();
+                let class = match seen.get(key) {
+                    Some(&(first, f)) if f == fp => Class::DupInBatch(first),
+                    Some(_) => Class::Conflict(fp),
+                    None => match idem::classify(self.window_row(tx, key, now)?.as_ref(), fp) {
+                        idem::Verdict::New => Class::New(fp),
+                        idem::Verdict::Conflict => Class::Conflict(fp),
+                        idem::Verdict::Duplicate {
+                            seq,
+                            correlation_id,
+                        } => Class::Dup(seq, correlation_id),
+                    },
+                };
+                if let Class::New(_) | Class::Conflict(_) = class {
+                    seen.insert(key, (i, fp));
+                }
+                classes.push(class);
+            }
+        }
+        // A conflicting reading is stored under a derived key (`idem.rs`), but its row in
+        // `IDEM` replaces the row of the key it arrived with (`arrived`).
         enum Plan {
             New {
-                key: String,
                 fp: u64,
+                arrived: Option<String>,
                 bytes: Vec<u8>,
-                conflict: bool,
             },
             Dup(u64, String),
             DupInBatch(usize),
         }
-        let mut plans = Vec::with_capacity(records.len());
-        // key -> (index of its latest new reading in this batch, fingerprint)
-        let mut seen: HashMap<String, (usize, u64)> = HashMap::new();
         let (mut new_count, mut new_bytes) = (0u64, 0u64);
-        for (i, r) in records.iter_mut().enumerate() {
-            let fp = idem::fingerprint(r);
-            let key = r.idempotency_key.clone();
-            let verdict = match seen.get(&key) {
-                Some(&(first, f)) if f == fp => {
+        let mut plans = Vec::with_capacity(records.len());
+        for (r, class) in records.iter_mut().zip(classes) {
+            let (fp, arrived) = match class {
+                Class::Dup(seq, corr) => {
+                    plans.push(Plan::Dup(seq, corr));
+                    continue;
+                }
+                Class::DupInBatch(first) => {
                     plans.push(Plan::DupInBatch(first));
                     continue;
                 }
-                Some(_) => idem::Verdict::Conflict,
-                None => {
-                    let row = self.window_row(tx, &key, now)?;
-                    idem::classify(row.as_ref(), fp)
+                Class::New(fp) => (fp, None),
+                Class::Conflict(fp) => {
+                    let derived = idem::conflict_key(&r.idempotency_key, fp);
+                    (fp, Some(std::mem::replace(&mut r.idempotency_key, derived)))
                 }
             };
-            let conflict = match verdict {
-                idem::Verdict::Duplicate {
-                    seq,
-                    correlation_id,
-                } => {
-                    plans.push(Plan::Dup(seq, correlation_id));
-                    continue;
-                }
-                idem::Verdict::New => false,
-                idem::Verdict::Conflict => {
-                    r.idempotency_key = idem::conflict_key(&key, fp);
-                    true
-                }
-            };
-            seen.insert(key.clone(), (i, fp));
             let bytes = r.encode();
             new_count += 1;
             new_bytes += bytes.len() as u64;
-            plans.push(Plan::New {
-                key,
-                fp,
-                bytes,
-                conflict,
-            });
+            plans.push(Plan::New { fp, arrived, bytes });
         }
         if new_count > 0
             && (meta.records + new_count > self.limits.max_records
@@ -685,12 +697,7 @@ impl WalStore {
                         correlation_id: correlation_id.clone(),
                     },
                 },
-                Plan::New {
-                    key,
-                    fp,
-                    bytes,
-                    conflict,
-                } => {
+                Plan::New { fp, arrived, bytes } => {
                     let seq = meta.next_seq;
                     meta.next_seq += 1;
                     tx.records.insert(seq, bytes.as_slice())?;
@@ -700,7 +707,8 @@ impl WalStore {
                         tx.pending.insert((sink.as_str(), seq), 0u32)?;
                         meta.sink(sink).0 += 1;
                     }
-                    self.remember_key(tx, meta, &key, r, seq, fp)?;
+                    let key = arrived.as_deref().unwrap_or(&r.idempotency_key);
+                    self.remember_key(tx, meta, key, r, seq, fp)?;
                     meta.records += 1;
                     meta.live_bytes += bytes.len() as u64;
                     self.devices.add(&r.device_id, bytes.len() as u64);
@@ -711,7 +719,7 @@ impl WalStore {
                     AppendOutcome::Stored {
                         seq,
                         correlation_id: r.correlation_id.clone(),
-                        key_conflict: conflict,
+                        key_conflict: arrived.is_some(),
                     }
                 }
             };

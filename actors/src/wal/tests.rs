@@ -39,6 +39,7 @@ pub(super) fn rec(key: &str, ts: u64) -> Record {
         device_seq: None,
         device_ts: None,
         data: serde_json::Map::new(),
+        fingerprint: Default::default(),
     }
 }
 
