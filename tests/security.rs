@@ -119,6 +119,70 @@ async fn a_key_sent_for_one_device_never_hides_another_devices_reading() {
         .unwrap();
 }
 
+/// The same with per-device tokens: a device's token opens only its own id, and its keys
+/// name only its own readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_token_cannot_hide_another_devices_reading_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = RecordingSink::start().await;
+    let hash = |t: &str| {
+        use sha2::Digest;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(t.as_bytes())))
+    };
+    let gw = Gateway::start(&config(
+        dir.path(),
+        &sink,
+        &format!(
+            "[auth.devices]\nattacker = \"{}\"\nvictim = \"{}\"\n",
+            hash("attacker-token"),
+            hash("victim-token")
+        ),
+    ));
+    let c = client();
+    let send = |device: &str, token: &str, key: Option<&str>, body: Value| {
+        let mut r = c
+            .post(gw.url(&format!("/ingest/{device}")))
+            .bearer_auth(token)
+            .json(&body);
+        if let Some(k) = key {
+            r = r.header("idempotency-key", k);
+        }
+        r.send()
+    };
+    let r = send(
+        "attacker",
+        "attacker-token",
+        Some("victim/seq/5"),
+        json!({"x": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = send("victim", "attacker-token", None, json!({"seq": 5}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "the attacker's token does not open the victim"
+    );
+    let r = send("victim", "victim-token", None, json!({"seq": 5, "temp": 1}))
+        .await
+        .unwrap();
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        (b["accepted"].as_u64(), &b["duplicate"]),
+        (Some(1), &json!(false)),
+        "{b}"
+    );
+    let want: HashSet<String> = ["victim/seq/5", "attacker/key/victim/seq/5"]
+        .map(String::from)
+        .into();
+    sink.wait_for_keys(&want, Duration::from_secs(20))
+        .await
+        .unwrap();
+}
+
 /// Issue 8 / RELIABILITY.md field condition: a device rebooted and its counter restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebooted_device_counter_is_stored_not_dropped() {

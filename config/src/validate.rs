@@ -44,8 +44,8 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
     if c.gateway_id.trim().is_empty() {
         problem(&mut out, "gateway_id", "must not be empty");
     }
-    if c.http.max_body_bytes == 0 {
-        problem(&mut out, "http.max_body_bytes", "must be > 0");
+    if c.http.max_body_bytes == 0 || c.http.max_body_bytes > u64::from(u32::MAX) {
+        problem(&mut out, "http.max_body_bytes", "must be > 0 and < 4 GiB");
     }
     for (path, v) in [
         ("http.max_in_flight", c.http.max_in_flight),

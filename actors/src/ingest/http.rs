@@ -121,7 +121,6 @@ fn unavailable(code: &'static str, msg: impl Into<String>) -> Rejection {
     Rejection::new(503, code, None, msg)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn handle_ingest<S, B>(
     ctx: Arc<Ctx>,
     device_id: String,
@@ -166,8 +165,8 @@ where
     let Ok(_permit) = ctx.permits.clone().try_acquire_owned() else {
         return overloaded("requests");
     };
-    // `len` <= max_body_bytes <= max_in_flight_bytes (validated), and both fit a u32 permit
-    // count on every platform we build for; a larger one is refused as too large above.
+    // `len` <= max_body_bytes <= max_in_flight_bytes, and max_body_bytes < 4 GiB (both
+    // validated), so it fits the u32 permit count and the budget.
     let Ok(_bytes) = ctx
         .body_bytes
         .clone()
@@ -426,7 +425,9 @@ impl Actor for HttpIngest {
         let ctx = Arc::new(Ctx {
             permits: Arc::new(Semaphore::new(args.config.max_in_flight)),
             body_bytes: Arc::new(Semaphore::new(
-                usize::try_from(args.config.max_in_flight_bytes).unwrap_or(Semaphore::MAX_PERMITS),
+                usize::try_from(args.config.max_in_flight_bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
             )),
             cfg: args.config.clone(),
             auth: args.auth,
