@@ -90,6 +90,7 @@ fn rec(i: u64) -> Record {
         device_seq: Some(i),
         device_ts: None,
         data,
+        clock_synced: true,
         fingerprint: Default::default(),
     };
     // As the ingest edge does, on its own task: the WAL's commit path finds it cached.

@@ -55,9 +55,8 @@ pub fn purge_dead_letters(
     let sinks = cfg.sinks.iter().map(|s| s.name.clone()).collect();
     let limits = WalLimits::from_config(&cfg.wal, &cfg.delivery);
     let store = WalStore::open(&cfg.data_dir.join("wal.redb"), sinks, limits)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    // WAL time (ages never follow the wall clock): where the gateway's clock stopped.
+    let now = store.clock_ms();
     let op = Op::PurgeDead {
         sink: sink.to_string(),
         filter,

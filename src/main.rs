@@ -238,12 +238,9 @@ fn main() -> anyhow::Result<()> {
                     "--reason must be one of {classes:?}"
                 );
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_millis() as u64;
             let filter = edge_gateway::DeadFilter {
                 reason,
-                dead_before_ms: older_than.map(|d| now.saturating_sub(d.as_millis() as u64)),
+                older_than_ms: older_than.map(|d| d.as_millis() as u64),
             };
             let n = edge_gateway::purge_dead_letters(&cfg, &sink, filter, limit).with_context(
                 || {

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub key_conflicts: IntCounterVec,
     /// Open connections by listener (`ingest`, `admin`).
     pub connections_open: IntGaugeVec,
+    /// Steps of the system clock of a minute or more seen by the WAL.
+    pub clock_jumps: IntCounter,
     /// Connections closed at accept by listener and limit reached.
     pub connections_refused: IntCounterVec,
     /// Records by `state` (`enqueued`, `in_flight`, `dead`) and `sink`.
@@ -154,6 +156,14 @@ impl Metrics {
                          window, by a reading with other content (e.g. a device counter reset)",
                     ),
                     &["source"],
+                )
+                .unwrap(),
+            ),
+            clock_jumps: reg(
+                &r,
+                IntCounter::new(
+                    "clock_jumps_total",
+                    "System clock steps of a minute or more (ages follow the WAL's monotonic clock)",
                 )
                 .unwrap(),
             ),

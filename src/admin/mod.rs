@@ -160,7 +160,6 @@ async fn route(
 /// (seconds), `limit`. Errors name the parameter.
 fn dead_filter(
     query: &std::collections::HashMap<String, String>,
-    now_ms: u64,
 ) -> Result<(DeadFilter, usize), (&'static str, String)> {
     let classes = DeadFilter::REASONS;
     let reason = match query.get("reason") {
@@ -168,10 +167,10 @@ fn dead_filter(
         Some(r) if classes.contains(&r.as_str()) => Some(r.clone()),
         Some(r) => return Err(("reason", format!("{r:?} is not one of {classes:?}"))),
     };
-    let dead_before_ms = match query.get("older_than") {
+    let older_than_ms = match query.get("older_than") {
         None => None,
         Some(s) => match s.parse::<u64>() {
-            Ok(secs) => Some(now_ms.saturating_sub(secs.saturating_mul(1000))),
+            Ok(secs) => Some(secs.saturating_mul(1000)),
             Err(_) => return Err(("older_than", "must be whole seconds".into())),
         },
     };
@@ -185,7 +184,7 @@ fn dead_filter(
     Ok((
         DeadFilter {
             reason,
-            dead_before_ms,
+            older_than_ms,
         },
         limit,
     ))
@@ -208,10 +207,7 @@ async fn admin_delete(
             StatusCode::NOT_FOUND,
         );
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let (filter, limit) = match dead_filter(query, now) {
+    let (filter, limit) = match dead_filter(query) {
         Ok(f) => f,
         Err((field, message)) => {
             return json_status(

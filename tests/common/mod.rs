@@ -58,6 +58,11 @@ pub fn append_config(config: &Path, extra: &str) {
 impl Gateway {
     /// Starts the binary with `config` and waits for its "edge-gateway ready" line.
     pub fn start(config: &Path) -> Gateway {
+        Gateway::start_with_env(config, &[])
+    }
+
+    /// `start` with extra environment variables (e.g. libfaketime's).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(BIN)
             .args([
                 "run",
@@ -68,6 +73,7 @@ impl Gateway {
                 "--config",
             ])
             .arg(config)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

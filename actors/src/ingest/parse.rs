@@ -367,6 +367,7 @@ pub fn to_records(
             device_seq,
             device_ts,
             data,
+            clock_synced: env.receive_ts_ms >= crate::wal::CLOCK_FLOOR_MS,
             fingerprint: Default::default(),
         };
         // Last, once the content is final; on this (the caller's) task, not the WAL's.
@@ -423,6 +424,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r[0].idempotency_key, "dev-1/key/h");
+    }
+
+    #[test]
+    fn readings_taken_before_the_clock_floor_are_marked() {
+        let body = br#"{"seq":1}"#;
+        let mut e = env(None);
+        e.receive_ts_ms = 1_577_836_800_000; // 2020
+        let r = to_records(&e, decode(body, Encoding::Json, 10).unwrap(), ids()).unwrap();
+        assert!(!r[0].clock_synced);
+        e.receive_ts_ms = crate::wal::CLOCK_FLOOR_MS;
+        let r = to_records(&e, decode(body, Encoding::Json, 10).unwrap(), ids()).unwrap();
+        assert!(r[0].clock_synced);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub struct PublisherState {
 pub fn record_json(l: &Leased) -> Value {
     let r = &l.record;
     let ts = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.receive_ts_ms);
-    json!({
+    let mut v = json!({
         "idempotency_key": r.idempotency_key,
         "device_id": r.device_id,
         "gateway_id": r.gateway_id,
@@ -107,7 +107,12 @@ pub fn record_json(l: &Leased) -> Value {
         "data": r.data,
         "wal_seq": l.seq,
         "attempt": l.attempts,
-    })
+    });
+    // Only when false, so every other record reads as it always did.
+    if !r.clock_synced {
+        v["clock_synced"] = false.into();
+    }
+    v
 }
 
 impl Actor for Publisher {

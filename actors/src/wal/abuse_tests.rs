@@ -391,7 +391,7 @@ fn the_operator_purges_dead_letters_by_reason_and_age() {
         .apply(
             vec![purge(DeadFilter {
                 reason: Some("expired".into()),
-                dead_before_ms: Some(25),
+                older_than_ms: Some(15),
             })],
             40,
         )
@@ -408,7 +408,7 @@ fn the_operator_purges_dead_letters_by_reason_and_age() {
         .apply(
             vec![purge(DeadFilter {
                 reason: Some("invalid".into()),
-                dead_before_ms: None,
+                older_than_ms: None,
             })],
             40,
         )
@@ -437,4 +437,37 @@ fn the_operator_purges_dead_letters_by_reason_and_age() {
     );
     assert_eq!(s.stats().records, 0);
     assert_eq!(s.stats().sinks[0].dead, 0);
+}
+
+/// Issue 9 / RELIABILITY.md field condition: a board booted with a 2020 clock, took readings,
+/// then NTP set it to 2026. Ages follow WAL time (the `now` the actor passes, monotonic), not
+/// the readings' wall-clock `receive_ts_ms`: nothing expires because the clock jumped.
+#[test]
+fn ages_follow_wal_time_not_the_readings_wall_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = limits();
+    l.max_age_ms = 60_000;
+    let s = open_with(&dir.path().join("wal.redb"), l);
+    let t = 1_000_000;
+    let mut r = reading("d", 1, 1.0, 1_577_836_800_000); // 2020-01-01, a clock not yet set
+    r.clock_synced = false;
+    let (s, _) = append(s, vec![r], t);
+    // Minutes later in WAL time: not expired, whatever the readings' dates say.
+    let (s, res) = s.apply(vec![Op::Maintain], t + 30_000).unwrap();
+    assert!(
+        matches!(&res[0], OpResult::Maintained(m) if m.expired == 0),
+        "{res:?}"
+    );
+    // The idempotency window too: a retry within it is still a duplicate.
+    let mut retry = reading("d", 1, 1.0, 1_767_225_600_000);
+    retry.clock_synced = true;
+    let (s, out) = append(s, vec![retry], t + 40_000);
+    assert!(matches!(out[0], AppendOutcome::Duplicate { .. }), "{out:?}");
+    // Expiry still happens, after max_age of WAL time.
+    let (s, res) = s.apply(vec![Op::Maintain], t + 61_000).unwrap();
+    assert!(
+        matches!(&res[0], OpResult::Maintained(m) if m.expired == 1),
+        "{res:?}"
+    );
+    assert!(s.clock_ms() >= t + 61_000, "WAL time is committed");
 }

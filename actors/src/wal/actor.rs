@@ -157,6 +157,43 @@ pub struct WalState {
     addr: Addr<WalMsg>,
     commits: watch::Sender<u64>,
     timer: Option<tokio::task::JoinHandle<()>>,
+    clock: WalClock,
+}
+
+/// WAL time (see `store.rs`, "Time"): the store's last committed time, advanced by the
+/// monotonic clock since the store was opened. Also watches the wall clock, to say when it
+/// jumped (the jump moves no age, but an operator wants to know).
+#[derive(Debug, Clone, Copy)]
+pub struct WalClock {
+    base_ms: u64,
+    opened: tokio::time::Instant,
+    /// Wall-clock ms minus WAL ms at the last look.
+    wall_offset_ms: i64,
+}
+
+/// A wall-clock step this large (either way) between two commits is reported.
+const JUMP_MS: i64 = 60_000;
+
+impl WalClock {
+    pub fn new(base_ms: u64, wall_ms: u64) -> Self {
+        WalClock {
+            base_ms,
+            opened: tokio::time::Instant::now(),
+            wall_offset_ms: wall_ms as i64 - base_ms as i64,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.base_ms + self.opened.elapsed().as_millis() as u64
+    }
+
+    /// Compares the wall clock with WAL time; `Some(step)` if it jumped since the last look.
+    pub fn observe_wall(&mut self, wall_ms: u64) -> Option<i64> {
+        let offset = wall_ms as i64 - self.now_ms() as i64;
+        let step = offset - self.wall_offset_ms;
+        self.wall_offset_ms = offset;
+        (step.abs() >= JUMP_MS).then_some(step)
+    }
 }
 
 impl WalState {
@@ -293,11 +330,21 @@ impl Wal {
             return;
         };
         state.metrics.wal_commit_ops.observe(ops.len() as f64);
+        let now = state.clock.now_ms();
+        if let Some(step) = state.clock.observe_wall(now_ms()) {
+            state.metrics.clock_jumps.inc();
+            tracing::warn!(
+                step_ms = step,
+                "the system clock jumped; ages (expiry, leases, idempotency window, retention) \
+                 follow the WAL's monotonic clock and are unaffected; readings taken while it \
+                 read before the release's floor are marked clock_synced: false"
+            );
+        }
         let me = myself.clone();
         let addr = state.addr.clone();
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let joined = tokio::task::spawn_blocking(move || store.apply(ops, now_ms())).await;
+            let joined = tokio::task::spawn_blocking(move || store.apply(ops, now)).await;
             let result =
                 joined.unwrap_or_else(|e| Err(WalError::Storage(format!("commit task: {e}"))));
             addr.note_sent();
@@ -330,6 +377,7 @@ impl Actor for Wal {
         let stats = store.stats();
         args.metrics.observe_wal(&stats);
         tracing::info!(path = %store.path().display(), records = stats.records, "WAL open");
+        let clock = WalClock::new(store.clock_ms(), now_ms());
         let me = myself.clone();
         let addr = args.addr.clone();
         let period = args.maintenance_interval;
@@ -358,6 +406,7 @@ impl Actor for Wal {
             addr: args.addr,
             commits: args.commits,
             timer: Some(timer),
+            clock,
         })
     }
 
@@ -561,5 +610,31 @@ fn count_dead_letters(m: &Metrics, results: &[OpResult]) {
                     .inc_by(rep.dead_purged);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::WalClock;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn wal_time_is_monotonic_and_jumps_are_seen_not_followed() {
+        let wall = 1_577_836_800_000; // a board that booted thinking it is 2020
+        let mut c = WalClock::new(5_000, wall);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(c.now_ms(), 15_000);
+        assert_eq!(
+            c.observe_wall(wall + 10_000),
+            None,
+            "wall and WAL time moved together"
+        );
+        // NTP steps the wall clock six years forward: seen, and WAL time does not follow.
+        let six_years = 6 * 365 * 86_400_000;
+        let step = c.observe_wall(wall + 10_000 + six_years);
+        assert_eq!(step, Some(six_years as i64));
+        assert_eq!(c.now_ms(), 15_000);
+        // And backwards.
+        assert_eq!(c.observe_wall(wall + 10_000), Some(-(six_years as i64)));
     }
 }

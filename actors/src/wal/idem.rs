@@ -115,6 +115,7 @@ mod tests {
             device_seq: Some(seq),
             device_ts: Some(serde_json::json!(ts)),
             data,
+            clock_synced: true,
             fingerprint: Default::default(),
         }
     }

@@ -35,10 +35,27 @@ pub struct Record {
     pub device_ts: Option<serde_json::Value>,
     /// Every other field of the reading, kept as sent.
     pub data: serde_json::Map<String, serde_json::Value>,
+    /// False when the gateway's wall clock read earlier than this release could run
+    /// ([`CLOCK_FLOOR_MS`]) at receipt: `receive_ts_ms` is then not a real date (a board that
+    /// booted without a battery-backed clock, before NTP). Stored only when false.
+    #[serde(default = "synced", skip_serializing_if = "is_synced")]
+    pub clock_synced: bool,
     /// Cache of the content fingerprint (`wal/idem.rs`), filled by the ingest edge on its own
     /// task so the WAL's serial commit path does not compute it. Never stored.
     #[serde(skip)]
     pub fingerprint: FingerprintCache,
+}
+
+/// No wall clock running this release can read earlier than 2026-01-01T00:00:00Z; one that
+/// does has not been set yet. (Raise it with each release.)
+pub const CLOCK_FLOOR_MS: u64 = 1_767_225_600_000;
+
+fn synced() -> bool {
+    true
+}
+
+fn is_synced(v: &bool) -> bool {
+    *v
 }
 
 /// A cached `idem::fingerprint` of the record it sits in (`None`: compute it). It must be

@@ -32,6 +32,10 @@ pub struct Rejected {
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     pub payload_len: u64,
+    /// WAL time (`store.rs`, "Time") when it was kept: retention follows this, not the wall
+    /// clock. 0 in entries from before it existed (then `received_ms` is used).
+    #[serde(default)]
+    pub kept_ms: u64,
 }
 
 impl Rejected {
@@ -54,6 +58,7 @@ impl Rejected {
             message,
             payload: payload[..payload.len().min(MAX_KEPT_PAYLOAD)].to_vec(),
             payload_len: payload.len() as u64,
+            kept_ms: 0,
         }
     }
 

@@ -14,6 +14,15 @@
 //! - Counters in `meta` change in the same transaction as the rows they count.
 //! - After `apply` fails the store is gone (it is consumed): redb answers `PreviousIo` after an
 //!   I/O error, so the only safe continuation is to reopen the file.
+//!
+//! Time: every age the store computes (expiry, leases, idempotency window, dead-letter and
+//! rejected retention) is in *WAL time*, the `now` its caller passes, never a record's
+//! wall-clock `receive_ts_ms`. The actor derives WAL time from a monotonic clock, based at
+//! [`WalStore::clock_ms`] — the last WAL time committed, saved in `meta` at every commit — so
+//! a wall clock that jumps (a board without a battery-backed clock, then NTP) moves no age,
+//! across restarts too. Time while the gateway is stopped does not count. A file without
+//! that counter (new, or from an older release, whose rows hold wall times) starts it at the
+//! wall clock, so its old rows compare as before.
 
 use super::idem::{self, IDEM};
 use super::quota::{self, DeviceQuota, Devices, QuotaLimits, Usage, DEVICE_USAGE};
@@ -29,7 +38,7 @@ use std::path::{Path, PathBuf};
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 #[cfg(test)]
 pub(super) const RECORDS_FOR_TESTS: TableDefinition<u64, &[u8]> = RECORDS;
-/// seq -> (rows that still name the record, receive_ts_ms).
+/// seq -> (rows that still name the record, WAL time of its append).
 const REFS: TableDefinition<u64, (u32, u64)> = TableDefinition::new("refs");
 /// (sink, seq) -> attempts so far.
 const PENDING: TableDefinition<(&str, u64), u32> = TableDefinition::new("pending");
@@ -205,8 +214,8 @@ pub struct DeadFilter {
     /// Reason class as in metrics (`expired`, `max_attempts`, `corrupt`, `invalid`,
     /// `rejected`); `None`: any.
     pub reason: Option<String>,
-    /// Dead before this time (ms since the epoch); `None`: any time.
-    pub dead_before_ms: Option<u64>,
+    /// Dead for at least this long (WAL time, see "Time"); `None`: any age.
+    pub older_than_ms: Option<u64>,
 }
 
 impl DeadFilter {
@@ -214,11 +223,13 @@ impl DeadFilter {
     pub const REASONS: [&'static str; 5] =
         ["expired", "max_attempts", "corrupt", "invalid", "rejected"];
 
-    fn matches(&self, e: &DeadEntry) -> bool {
+    fn matches(&self, e: &DeadEntry, now: u64) -> bool {
         self.reason
             .as_deref()
             .is_none_or(|r| crate::metrics::reason_class(&e.reason) == r)
-            && self.dead_before_ms.is_none_or(|t| e.dead_at_ms < t)
+            && self
+                .older_than_ms
+                .is_none_or(|age| e.dead_at_ms.saturating_add(age) <= now)
     }
 }
 
@@ -308,6 +319,8 @@ struct Meta {
     rejected: u64,
     /// 1 once `device_usage` is maintained for this file (older files are scanned once).
     device_usage_v1: u64,
+    /// The latest WAL time committed (see "Time" above).
+    clock_ms: u64,
     /// Per sink: (pending, dead, acked_total).
     sinks: BTreeMap<String, (u64, u64, u64)>,
 }
@@ -330,6 +343,7 @@ impl Meta {
                 "rejected_next" => m.rejected_next = v,
                 "rejected" => m.rejected = v,
                 "device_usage_v1" => m.device_usage_v1 = v,
+                "clock_ms" => m.clock_ms = v,
                 other => {
                     if let Some((kind, sink)) = other.split_once('/') {
                         let e = m.sinks.entry(sink.to_string()).or_default();
@@ -355,6 +369,7 @@ impl Meta {
         t.insert("rejected_next", self.rejected_next)?;
         t.insert("rejected", self.rejected)?;
         t.insert("device_usage_v1", self.device_usage_v1)?;
+        t.insert("clock_ms", self.clock_ms)?;
         for (sink, (p, d, a)) in &self.sinks {
             t.insert(format!("pending/{sink}").as_str(), *p)?;
             t.insert(format!("dead/{sink}").as_str(), *d)?;
@@ -462,6 +477,11 @@ impl WalStore {
             meta.device_usage_v1 = 1;
             d
         };
+        if meta.clock_ms == 0 {
+            meta.clock_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64);
+        }
         meta.save(&txn)?;
         let mut idem = HashMap::new();
         for row in txn.open_table(IDEM)?.iter()? {
@@ -500,6 +520,11 @@ impl WalStore {
         &self.path
     }
 
+    /// The latest WAL time committed: where the actor's clock resumes after a (re)open.
+    pub fn clock_ms(&self) -> u64 {
+        self.meta.clock_ms
+    }
+
     /// Applies `ops` in one transaction, durable (fsync) if any op needs it, and answers each.
     /// Consumes the store: on error it is dropped and must be reopened.
     pub fn apply(
@@ -515,6 +540,7 @@ impl WalStore {
             Durability::None
         })?;
         let mut meta = self.meta.clone();
+        meta.clock_ms = meta.clock_ms.max(now_ms);
         let mut results = Vec::with_capacity(ops.len());
         {
             let mut tx = Tx::open(&txn)?;
@@ -545,11 +571,13 @@ impl WalStore {
                         filter,
                         limit,
                     } => {
-                        let purged = self
-                            .purge_dead(&mut tx, &mut meta, &sink, limit, |e| filter.matches(e))?;
+                        let purged = self.purge_dead(&mut tx, &mut meta, &sink, limit, |e| {
+                            filter.matches(e, now_ms)
+                        })?;
                         OpResult::Purged { sink, purged }
                     }
-                    Op::Reject(r) => {
+                    Op::Reject(mut r) => {
+                        r.kept_ms = now_ms;
                         let id = meta.rejected_next.max(1);
                         tx.rejected.insert(id, r.encode().as_slice())?;
                         meta.rejected_next = id + 1;
@@ -701,14 +729,19 @@ impl WalStore {
                     let seq = meta.next_seq;
                     meta.next_seq += 1;
                     tx.records.insert(seq, bytes.as_slice())?;
-                    tx.refs
-                        .insert(seq, (self.sinks.len() as u32, r.receive_ts_ms))?;
+                    tx.refs.insert(seq, (self.sinks.len() as u32, now))?;
                     for sink in &self.sinks {
                         tx.pending.insert((sink.as_str(), seq), 0u32)?;
                         meta.sink(sink).0 += 1;
                     }
                     let key = arrived.as_deref().unwrap_or(&r.idempotency_key);
-                    self.remember_key(tx, meta, key, r, seq, fp)?;
+                    let row = IdemRow {
+                        at: now,
+                        seq,
+                        correlation_id: &r.correlation_id,
+                        fp,
+                    };
+                    self.remember_key(tx, meta, key, row)?;
                     meta.records += 1;
                     meta.live_bytes += bytes.len() as u64;
                     self.devices.add(&r.device_id, bytes.len() as u64);
@@ -746,19 +779,23 @@ impl WalStore {
         }))
     }
 
-    /// `key` now names reading `seq`: its row (and index entry) replace any older one, and
+    /// `key` now names `row`'s reading: its row (and index entry) replace any older one, and
     /// past the cap the oldest key is forgotten.
     fn remember_key(
         &mut self,
         tx: &mut Tx<'_>,
         meta: &mut Meta,
         key: &str,
-        r: &Record,
-        seq: u64,
-        fp: u64,
+        row: IdemRow<'_>,
     ) -> Result<(), WalError> {
+        let IdemRow {
+            at: now,
+            seq,
+            correlation_id,
+            fp,
+        } = row;
         let h = key_hash(key);
-        if let Some(old_ts) = self.idem.insert(h, r.receive_ts_ms) {
+        if let Some(old_ts) = self.idem.insert(h, now) {
             // An expired or conflicting key being reused (or a hash collision): drop its
             // old row.
             if tx.idem.remove((old_ts, key))?.is_some() {
@@ -767,7 +804,7 @@ impl WalStore {
         }
         if tx
             .idem
-            .insert((r.receive_ts_ms, key), (seq, r.correlation_id.as_str(), fp))?
+            .insert((now, key), (seq, correlation_id, fp))?
             .is_none()
         {
             meta.idem_keys += 1;
@@ -1131,7 +1168,14 @@ impl WalStore {
             .take_while(|(i, r)| {
                 *i < excess
                     || r.as_ref().is_ok_and(|(_, v)| {
-                        Rejected::decode(v.value()).map_or(true, |e| e.received_ms < dead_cutoff)
+                        Rejected::decode(v.value()).map_or(true, |e| {
+                            let kept = if e.kept_ms > 0 {
+                                e.kept_ms
+                            } else {
+                                e.received_ms
+                            };
+                            kept < dead_cutoff
+                        })
                     })
             })
             .take(SWEEP_LIMIT)
@@ -1303,6 +1347,14 @@ fn stats_from(
             })
             .collect(),
     }
+}
+
+/// What an idempotency row holds, and when (WAL time) it was written.
+struct IdemRow<'a> {
+    at: u64,
+    seq: u64,
+    correlation_id: &'a str,
+    fp: u64,
 }
 
 /// The tables of one write transaction, opened once per group.

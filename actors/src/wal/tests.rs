@@ -39,6 +39,7 @@ pub(super) fn rec(key: &str, ts: u64) -> Record {
         device_seq: None,
         device_ts: None,
         data: serde_json::Map::new(),
+        clock_synced: true,
         fingerprint: Default::default(),
     }
 }
@@ -494,9 +495,10 @@ fn rejected_messages_are_kept_newest_first_and_bounded_by_count_and_age() {
     };
     let (s, r) = one(s, rej(1, 0), 0);
     assert_eq!(r, OpResult::Rejected(1));
-    let (mut s, _) = s
-        .apply(vec![rej(2, 10), rej(3, 20), rej(4, 900)], 900)
-        .unwrap();
+    // Retention follows WAL time of keeping (the `now` of the commit), not `received_ms`.
+    let (s, _) = one(s, rej(2, 10), 10);
+    let (s, _) = one(s, rej(3, 20), 20);
+    let (mut s, _) = one(s, rej(4, 900), 900);
     assert_eq!(s.stats().rejected, 4);
     // Over the cap: the oldest goes first.
     (s, _) = one(s, Op::Maintain, 900);
