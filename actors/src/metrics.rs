@@ -21,6 +21,10 @@ pub struct Metrics {
     pub connections_open: IntGaugeVec,
     /// Steps of the system clock of a minute or more seen by the WAL.
     pub clock_jumps: IntCounter,
+    /// 1 while appends are refused because the WAL's filesystem is nearly full.
+    pub wal_disk_full: IntGauge,
+    /// Commits that met a full disk (ENOSPC) and reopened the store in place.
+    pub wal_enospc: IntCounter,
     /// Connections closed at accept by listener and limit reached.
     pub connections_refused: IntCounterVec,
     /// Records by `state` (`enqueued`, `in_flight`, `dead`) and `sink`.
@@ -156,6 +160,22 @@ impl Metrics {
                          window, by a reading with other content (e.g. a device counter reset)",
                     ),
                     &["source"],
+                )
+                .unwrap(),
+            ),
+            wal_disk_full: reg(
+                &r,
+                IntGauge::new(
+                    "wal_disk_full",
+                    "1 while appends are refused because the WAL's filesystem is nearly full",
+                )
+                .unwrap(),
+            ),
+            wal_enospc: reg(
+                &r,
+                IntCounter::new(
+                    "wal_enospc_total",
+                    "WAL commits that met a full disk and reopened the store in place",
                 )
                 .unwrap(),
             ),

@@ -182,6 +182,13 @@ pub struct WalConfig {
     pub device_max_bytes: u64,
     /// Dead letters kept per sink, at most; past it the oldest are purged (counted, logged).
     pub max_dead_letters: u64,
+    /// Appends are refused (503 `disk_full`, MQTT PUBACKs held) while the WAL's filesystem
+    /// has less free than this, so settles, deletes and maintenance — which free space —
+    /// always find room. 0: no check.
+    pub min_free_bytes: u64,
+    /// A file of this size kept beside the WAL and deleted if a commit still meets a full
+    /// disk (another process filled it), so delivery can go on; recreated once space is back.
+    pub reserve_bytes: u64,
 }
 
 impl Default for WalConfig {
@@ -201,6 +208,8 @@ impl Default for WalConfig {
             device_max_records: 0,
             device_max_bytes: 0,
             max_dead_letters: 100_000,
+            min_free_bytes: 64 * 1024 * 1024,
+            reserve_bytes: 16 * 1024 * 1024,
         }
     }
 }

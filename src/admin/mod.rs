@@ -74,6 +74,14 @@ fn readiness(h: &Handles) -> (bool, serde_json::Value) {
             json!(if running { "running" } else { "down" }),
         );
     }
+    // Not ready to take readings while the disk is nearly full (delivery goes on).
+    if h.metrics.wal_disk_full.get() == 1 {
+        ready = false;
+        comps.insert(
+            "wal_disk".into(),
+            json!("full: appends refused until delivery frees space (wal.min_free_bytes)"),
+        );
+    }
     if let Some(m) = &h.mqtt {
         let st = m.lock().expect("status lock").clone();
         ready &= st.state == "connected";

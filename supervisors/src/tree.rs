@@ -109,6 +109,8 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
                     metrics: m.clone(),
                     addr: wal_addr.clone(),
                     commits: tx.clone(),
+                    reserve_bytes: cfg.wal.reserve_bytes,
+                    min_free_bytes: cfg.wal.min_free_bytes,
                 },
             )
         })

@@ -329,6 +329,7 @@ async fn ingest(
     match tokio::time::timeout_at(deadline, pending.commit).await {
         Ok(Ok(Ok(outcomes))) => Ok(outcomes),
         Ok(Ok(Err(AppendError::Full(f)))) => Err(unavailable("wal_full", format!("backpressure: {f}"))),
+        Ok(Ok(Err(AppendError::DiskFull(d)))) => Err(unavailable("disk_full", format!("backpressure: {d}"))),
         Ok(Ok(Err(AppendError::DeviceQuota(q)))) => Err(Rejection::new(
             429,
             "device_quota",

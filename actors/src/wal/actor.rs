@@ -14,6 +14,7 @@
 //! - `PurgeDead`   <- admin API (reply after the commit: dead letters deleted, counted, logged)
 //! - `ReleaseLeases` <- Dispatcher, when it starts (cast: every lease back to Enqueued)
 //! - `Maintain`    <- its own timer (retention sweep; also makes earlier settles durable)
+//! - `ReserveMade` <- its own reserve task (the reserve file is back, or not yet)
 //! - `Committed`   <- its own commit task
 //! - `Fail`        <- admin API chaos hook
 //!
@@ -25,12 +26,21 @@
 //! Failure: a storage error fails the actor (every queued caller gets an error, none an
 //! ack); the StorageSupervisor restarts it and `pre_start` reopens the file, which returns
 //! every InFlight lease to Enqueued.
+//!
+//! A full disk is not a failure (issue 9, part 7): appends are refused before it fills
+//! (`wal.min_free_bytes`, 503 `disk_full`), and if a commit still meets ENOSPC (another
+//! process filled the disk), the actor deletes its reserve file (`wal.reserve_bytes`, kept
+//! beside the WAL), reopens the store in place — its callers get an error, never an ack — and
+//! carries on, so settles and deletes, which free space, keep committing. No restart is
+//! counted, so a full disk never exhausts a restart budget. The reserve is recreated once
+//! the filesystem has room again.
 
 use super::quota::DeviceQuota;
 use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, WalStats};
 use super::rejected::Rejected;
 use super::store::{
-    AppendRefused, DeadFilter, Full, Op, OpResult, WalError, WalLimits, WalReader, WalStore,
+    AppendRefused, DeadFilter, DiskFull, Full, Op, OpResult, WalError, WalLimits, WalReader,
+    WalStore,
 };
 use crate::addr::{Addr, Failable};
 use crate::metrics::{reason_class, Metrics};
@@ -51,6 +61,8 @@ pub enum AppendError {
     /// Only this device is refused; see `quota.rs`.
     #[error(transparent)]
     DeviceQuota(#[from] DeviceQuota),
+    #[error(transparent)]
+    DiskFull(#[from] DiskFull),
     #[error("WAL unavailable: {0}")]
     Unavailable(String),
 }
@@ -60,6 +72,7 @@ impl From<AppendRefused> for AppendError {
         match r {
             AppendRefused::Full(f) => AppendError::Full(f),
             AppendRefused::DeviceQuota(q) => AppendError::DeviceQuota(q),
+            AppendRefused::DiskFull(d) => AppendError::DiskFull(d),
         }
     }
 }
@@ -107,6 +120,8 @@ pub enum WalMsg {
     },
     ReleaseLeases,
     Maintain,
+    /// Its own reserve task: whether the reserve file is in place again.
+    ReserveMade(bool),
     Committed(Box<Committed>),
     Fail(String),
 }
@@ -133,6 +148,10 @@ pub struct WalArgs {
     /// A mark bumped by every commit that gives a sink new work (appends, requeues, reopen);
     /// the dispatcher watches it to wake at once.
     pub commits: watch::Sender<u64>,
+    /// Size of the reserve file kept beside the WAL (0: none).
+    pub reserve_bytes: u64,
+    /// Free space the filesystem must keep before the reserve is recreated.
+    pub min_free_bytes: u64,
 }
 
 /// Who waits for an operation's result.
@@ -158,6 +177,69 @@ pub struct WalState {
     commits: watch::Sender<u64>,
     timer: Option<tokio::task::JoinHandle<()>>,
     clock: WalClock,
+    /// What reopening the store in place needs (ENOSPC).
+    open: OpenArgs,
+    /// The reserve was deleted (or could not be made): recreate it when there is room.
+    reserve_missing: bool,
+    tasks: crate::tasks::Tasks,
+}
+
+/// Everything needed to (re)open the store and keep its reserve file.
+#[derive(Clone)]
+struct OpenArgs {
+    path: PathBuf,
+    sinks: Vec<String>,
+    limits: WalLimits,
+    reserve_bytes: u64,
+    min_free_bytes: u64,
+}
+
+impl OpenArgs {
+    fn reserve_path(&self) -> PathBuf {
+        self.path.with_extension("reserve")
+    }
+}
+
+/// Makes the reserve file if it is missing and the filesystem can spare it with
+/// `min_free_bytes` to go; true if it is in place. Blocking.
+fn ensure_reserve(o: &OpenArgs) -> bool {
+    use std::io::Write;
+    if o.reserve_bytes == 0 {
+        return true;
+    }
+    let path = o.reserve_path();
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() >= o.reserve_bytes) {
+        return true;
+    }
+    let dir = o
+        .path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let free = (super::store::free_space_of(dir))().unwrap_or(0);
+    if free < o.reserve_bytes.saturating_add(o.min_free_bytes) {
+        return false;
+    }
+    let made = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        // Blocks reserved without writing them, where the filesystem can; else zeros.
+        let flags = rustix::fs::FallocateFlags::empty();
+        if rustix::fs::fallocate(&f, flags, 0, o.reserve_bytes).is_ok() {
+            return f.sync_all();
+        }
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = o.reserve_bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    made.is_ok()
 }
 
 /// WAL time (see `store.rs`, "Time"): the store's last committed time, advanced by the
@@ -306,7 +388,7 @@ fn now_ms() -> u64 {
 }
 
 /// Opens the store on the blocking pool, waiting out a predecessor that is still closing.
-async fn open_store(args: &WalArgs) -> Result<WalStore, WalError> {
+async fn open_store(args: &OpenArgs) -> Result<WalStore, WalError> {
     let mut delay = Duration::from_millis(10);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -371,7 +453,24 @@ impl Actor for Wal {
         myself: ActorRef<WalMsg>,
         args: WalArgs,
     ) -> Result<WalState, ActorProcessingErr> {
-        let store = open_store(&args).await?;
+        let open = OpenArgs {
+            path: args.path.clone(),
+            sinks: args.sinks.clone(),
+            limits: args.limits.clone(),
+            reserve_bytes: args.reserve_bytes,
+            min_free_bytes: args.min_free_bytes,
+        };
+        let store = open_store(&open).await?;
+        let o = open.clone();
+        let reserve_missing = !tokio::task::spawn_blocking(move || ensure_reserve(&o))
+            .await
+            .unwrap_or(false);
+        if reserve_missing {
+            tracing::warn!(
+                path = %open.reserve_path().display(),
+                "no room for the WAL's reserve file yet; it is made once the disk has room"
+            );
+        }
         let reader = store.reader();
         args.metrics.wal_opens.inc();
         let stats = store.stats();
@@ -407,6 +506,9 @@ impl Actor for Wal {
             commits: args.commits,
             timer: Some(timer),
             clock,
+            open,
+            reserve_missing,
+            tasks: crate::tasks::Tasks::default(),
         })
     }
 
@@ -438,11 +540,31 @@ impl Actor for Wal {
                 match c.result {
                     Ok((store, results)) => {
                         count_dead_letters(&state.metrics, &results);
+                        note_disk(&myself, state, &results);
                         if sweep_has_more(&results) {
                             state.queue.push_back((Op::Maintain, Waiter::Nobody));
                         }
                         state.finish(store, results);
                         Self::start_commit(&myself, state);
+                        Ok(())
+                    }
+                    Err(e) if e.is_no_space() => {
+                        // Not the store's fault: reopen in place and carry on delivering.
+                        state.fail_waiters("disk full: not committed, retry");
+                        state.metrics.wal_disk_full.set(1);
+                        state.metrics.wal_enospc.inc();
+                        let reserve = state.open.reserve_path();
+                        let released = std::fs::remove_file(&reserve).is_ok();
+                        state.reserve_missing = true;
+                        tracing::error!(
+                            error = %e,
+                            reserve_released = released,
+                            "WAL commit met a full disk; reopening in place: ingest waits, delivery goes on"
+                        );
+                        state.store = Some(open_store(&state.open).await?);
+                        state
+                            .commits
+                            .send_modify(|mark| *mark = mark.wrapping_add(1));
                         Ok(())
                     }
                     Err(e) => {
@@ -454,6 +576,13 @@ impl Actor for Wal {
             }
             WalMsg::Maintain => {
                 Self::enqueue(&myself, state, Op::Maintain, Waiter::Nobody);
+                Ok(())
+            }
+            WalMsg::ReserveMade(made) => {
+                state.reserve_missing = !made;
+                if made {
+                    tracing::info!(path = %state.open.reserve_path().display(), "WAL reserve file in place again");
+                }
                 Ok(())
             }
             other => {
@@ -544,11 +673,38 @@ impl Actor for Wal {
                     WalMsg::Fail(reason) => {
                         return Err(format!("failure injected: {reason}").into());
                     }
-                    WalMsg::Committed(_) | WalMsg::Maintain => unreachable!("matched above"),
+                    WalMsg::Committed(_) | WalMsg::Maintain | WalMsg::ReserveMade(_) => {
+                        unreachable!("matched above")
+                    }
                 }
                 Ok(())
             }
         }
+    }
+}
+
+/// Disk state after a commit: the gauge, and a try at the reserve once there is room again
+/// (on the blocking pool; the answer comes back as `ReserveMade`).
+fn note_disk(myself: &ActorRef<WalMsg>, state: &mut WalState, results: &[OpResult]) {
+    for r in results {
+        if let OpResult::Appended(a) = r {
+            state
+                .metrics
+                .wal_disk_full
+                .set(i64::from(matches!(a, Err(AppendRefused::DiskFull(_)))));
+        }
+    }
+    let maintained = results.iter().any(|r| matches!(r, OpResult::Maintained(_)));
+    if state.reserve_missing && maintained {
+        state.reserve_missing = false; // one try in flight at a time
+        let (o, me, addr) = (state.open.clone(), myself.clone(), state.addr.clone());
+        state.tasks.push(tokio::spawn(async move {
+            let made = tokio::task::spawn_blocking(move || ensure_reserve(&o))
+                .await
+                .unwrap_or(false);
+            addr.note_sent();
+            let _ = me.cast(WalMsg::ReserveMade(made));
+        }));
     }
 }
 
@@ -610,6 +766,30 @@ fn count_dead_letters(m: &Metrics, results: &[OpResult]) {
                     .inc_by(rep.dead_purged);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod reserve_tests {
+    use super::{ensure_reserve, OpenArgs};
+
+    #[test]
+    fn the_reserve_is_made_only_with_room_to_spare() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = OpenArgs {
+            path: dir.path().join("wal.redb"),
+            sinks: vec![],
+            limits: crate::wal::tests::limits(),
+            reserve_bytes: 3 << 20,
+            min_free_bytes: 0,
+        };
+        assert!(ensure_reserve(&o));
+        assert_eq!(std::fs::metadata(o.reserve_path()).unwrap().len(), 3 << 20);
+        assert!(ensure_reserve(&o), "already there");
+        std::fs::remove_file(o.reserve_path()).unwrap();
+        o.min_free_bytes = u64::MAX / 2; // no filesystem has that much to spare
+        assert!(!ensure_reserve(&o));
+        assert!(!o.reserve_path().exists());
     }
 }
 

@@ -10,12 +10,14 @@ pub use quota::{DeviceQuota, Usage};
 pub use record::*;
 pub use rejected::Rejected;
 pub use store::{
-    AppendRefused, DeadFilter, DeadLetter, Dump, Full, MaintainReport, Op, OpResult, WalError,
-    WalLimits, WalReader, WalStore,
+    free_space_of, AppendRefused, DeadFilter, DeadLetter, DiskFull, Dump, FreeSpace, Full,
+    MaintainReport, Op, OpResult, WalError, WalLimits, WalReader, WalStore,
 };
 
 #[cfg(test)]
 mod abuse_tests;
+#[cfg(test)]
+mod disk_tests;
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]

@@ -65,6 +65,18 @@ pub enum WalError {
     Storage(String),
 }
 
+impl WalError {
+    /// The filesystem is full (ENOSPC): the store must be reopened, but nothing is wrong
+    /// with it, and delivery must go on (see the WAL actor).
+    pub fn is_no_space(&self) -> bool {
+        let s = match self {
+            WalError::Storage(s) => s.as_str(),
+            _ => return false,
+        };
+        s.contains("os error 28") || s.contains("No space left") || s.contains("no storage space")
+    }
+}
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for WalError {
@@ -137,6 +149,8 @@ pub struct WalLimits {
     pub device_fair_share: bool,
     /// Dead letters kept per sink, at most: past it the oldest are purged (counted).
     pub max_dead_per_sink: u64,
+    /// Appends are refused while the filesystem has less free than this (0: no check).
+    pub min_free_bytes: u64,
 }
 
 impl WalLimits {
@@ -161,6 +175,7 @@ impl WalLimits {
             },
             device_fair_share: wal.device_fair_share,
             max_dead_per_sink: wal.max_dead_letters,
+            min_free_bytes: wal.min_free_bytes,
         }
     }
 
@@ -274,9 +289,32 @@ pub enum OpResult {
     },
 }
 
+/// The filesystem holding the WAL is nearly full: appends wait, delivery goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("disk nearly full: {free} bytes free, wal.min_free_bytes is {min_free}; appends resume once delivery frees space")]
+pub struct DiskFull {
+    pub free: u64,
+    pub min_free: u64,
+}
+
+/// Free bytes of the WAL's filesystem (`None`: unknown, no check).
+pub type FreeSpace = std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// `statvfs` of `dir`: bytes an unprivileged writer may still use.
+pub fn free_space_of(dir: PathBuf) -> FreeSpace {
+    std::sync::Arc::new(move || {
+        rustix::fs::statvfs(&dir)
+            .ok()
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+    })
+}
+
 /// Why an append was refused whole (nothing stored).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppendRefused {
+    /// The filesystem is nearly full: backpressure for everyone, delivery unaffected.
+    #[error(transparent)]
+    DiskFull(#[from] DiskFull),
     /// The WAL is over a limit: backpressure for everyone.
     #[error(transparent)]
     Full(#[from] Full),
@@ -401,6 +439,8 @@ pub struct WalStore {
     idem: HashMap<u64, u64>,
     /// What each device holds (see `quota.rs`); saved in the same commit as the rows.
     devices: Devices,
+    /// Free bytes of the WAL's filesystem, asked once per commit that appends.
+    free_space: FreeSpace,
     /// Size of the file after the last commit.
     file_bytes: u64,
     /// Negative control for the power-loss tests only: commit appends without fsync, so the
@@ -509,6 +549,7 @@ impl WalStore {
             expiry_cursor: 0,
             idem,
             devices,
+            free_space: free_space_of(path.parent().unwrap_or(Path::new(".")).to_path_buf()),
             file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
             // Only in a build with the `negative-control` feature (never a default): the
             // chaos harness's proof that it can see loss.
@@ -518,6 +559,11 @@ impl WalStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Replaces the free-space probe (tests: a disk that fills on demand).
+    pub fn set_free_space(&mut self, probe: FreeSpace) {
+        self.free_space = probe;
     }
 
     /// The latest WAL time committed: where the actor's clock resumes after a (re)open.
@@ -541,11 +587,26 @@ impl WalStore {
         })?;
         let mut meta = self.meta.clone();
         meta.clock_ms = meta.clock_ms.max(now_ms);
+        // Once per commit that appends: is there room to take more in?
+        let disk_full =
+            if self.limits.min_free_bytes > 0 && ops.iter().any(|o| matches!(o, Op::Append(_))) {
+                (self.free_space)()
+                    .filter(|free| *free < self.limits.min_free_bytes)
+                    .map(|free| DiskFull {
+                        free,
+                        min_free: self.limits.min_free_bytes,
+                    })
+            } else {
+                None
+            };
         let mut results = Vec::with_capacity(ops.len());
         {
             let mut tx = Tx::open(&txn)?;
             for op in ops {
                 let r = match op {
+                    Op::Append(_) if disk_full.is_some() => {
+                        OpResult::Appended(Err(disk_full.clone().expect("checked").into()))
+                    }
                     Op::Append(records) => {
                         OpResult::Appended(self.append(&mut tx, &mut meta, records, now_ms)?)
                     }

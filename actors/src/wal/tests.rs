@@ -23,6 +23,7 @@ pub(super) fn limits() -> WalLimits {
         device_max: Usage::default(),
         device_fair_share: false,
         max_dead_per_sink: u64::MAX,
+        min_free_bytes: 0,
     }
 }
 
