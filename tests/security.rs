@@ -70,10 +70,22 @@ async fn honest(gw: &Gateway, device: &str, from: u64, n: u64) -> HashSet<String
     acked
 }
 
+/// POSTs `body` for `device` with the fleet token.
 async fn post(gw: &Gateway, device: &str, headers: &[(&str, &str)], body: &Value) -> (u16, Value) {
+    post_as(gw, &gw.token, device, headers, body).await
+}
+
+/// POSTs `body` for `device` with `token`; returns the status and the JSON answer.
+async fn post_as(
+    gw: &Gateway,
+    token: &str,
+    device: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (u16, Value) {
     let mut r = client()
         .post(gw.url(&format!("/ingest/{device}")))
-        .bearer_auth(&gw.token)
+        .bearer_auth(token)
         .json(body);
     for (k, v) in headers {
         r = r.header(*k, *v);
@@ -138,38 +150,14 @@ async fn a_device_token_cannot_hide_another_devices_reading_either() {
             hash("victim-token")
         ),
     ));
-    let c = client();
-    let send = |device: &str, token: &str, key: Option<&str>, body: Value| {
-        let mut r = c
-            .post(gw.url(&format!("/ingest/{device}")))
-            .bearer_auth(token)
-            .json(&body);
-        if let Some(k) = key {
-            r = r.header("idempotency-key", k);
-        }
-        r.send()
-    };
-    let r = send(
-        "attacker",
-        "attacker-token",
-        Some("victim/seq/5"),
-        json!({"x": 1}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 202);
-    let r = send("victim", "attacker-token", None, json!({"seq": 5}))
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        403,
-        "the attacker's token does not open the victim"
-    );
-    let r = send("victim", "victim-token", None, json!({"seq": 5, "temp": 1}))
-        .await
-        .unwrap();
-    let b: Value = r.json().await.unwrap();
+    let key = [("idempotency-key", "victim/seq/5")];
+    let (s, _) = post_as(&gw, "attacker-token", "attacker", &key, &json!({"x": 1})).await;
+    assert_eq!(s, 202);
+    let (s, _) = post_as(&gw, "attacker-token", "victim", &[], &json!({"seq": 5})).await;
+    assert_eq!(s, 403, "the attacker's token does not open the victim");
+    let body = json!({"seq": 5, "temp": 1});
+    let (s, b) = post_as(&gw, "victim-token", "victim", &[], &body).await;
+    assert_eq!(s, 202);
     assert_eq!(
         (b["accepted"].as_u64(), &b["duplicate"]),
         (Some(1), &json!(false)),
