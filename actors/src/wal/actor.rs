@@ -242,7 +242,7 @@ fn ensure_reserve(o: &OpenArgs) -> bool {
     made.is_ok()
 }
 
-/// WAL time (see `store.rs`, "Time"): the store's last committed time, advanced by the
+/// WAL time (see `store/mod.rs`, "Time"): the store's last committed time, advanced by the
 /// monotonic clock since the store was opened. Also watches the wall clock, to say when it
 /// jumped (the jump moves no age, but an operator wants to know).
 #[derive(Debug, Clone, Copy)]

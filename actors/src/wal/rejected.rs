@@ -32,7 +32,7 @@ pub struct Rejected {
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     pub payload_len: u64,
-    /// WAL time (`store.rs`, "Time") when it was kept: retention follows this, not the wall
+    /// WAL time (`store/mod.rs`, "Time") when it was kept: retention follows this, not the wall
     /// clock. 0 in entries from before it existed (then `received_ms` is used).
     #[serde(default)]
     pub kept_ms: u64,

@@ -1,0 +1,211 @@
+//! Delivery: leases, settles, requeues, dead letters, and deleting what no sink needs.
+
+use super::*;
+
+impl WalStore {
+    pub(super) fn lease(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        sink: &str,
+        max: usize,
+        now: u64,
+    ) -> Result<Vec<Leased>, WalError> {
+        let leased_now = {
+            let inflight = self.inflight.entry(sink.to_string()).or_default();
+            inflight.retain(|_, deadline| *deadline > now);
+            let mut picked = Vec::new();
+            for row in tx.pending.range((sink, 0)..=(sink, u64::MAX))? {
+                let (k, v) = row?;
+                let seq = k.value().1;
+                if inflight.contains_key(&seq) {
+                    continue;
+                }
+                picked.push((seq, v.value()));
+                if picked.len() >= max {
+                    break;
+                }
+            }
+            picked
+        };
+        let mut out = Vec::with_capacity(leased_now.len());
+        for (seq, attempts) in leased_now {
+            if attempts >= self.limits.max_attempts {
+                // Leased that often without a settle: its publisher keeps dying on it.
+                let reason =
+                    format!("max attempts ({attempts}) reached without a settled delivery");
+                self.kill(tx, meta, sink, seq, attempts, reason, now)?;
+                continue;
+            }
+            let body = tx.records.get(seq)?.map(|b| Record::decode(b.value()));
+            let record = match body {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    self.kill(
+                        tx,
+                        meta,
+                        sink,
+                        seq,
+                        attempts,
+                        format!("corrupt record: {e}"),
+                        now,
+                    )?;
+                    continue;
+                }
+                None => {
+                    self.kill(
+                        tx,
+                        meta,
+                        sink,
+                        seq,
+                        attempts,
+                        "record body missing".into(),
+                        now,
+                    )?;
+                    continue;
+                }
+            };
+            tx.pending.insert((sink, seq), attempts + 1)?;
+            self.inflight
+                .entry(sink.to_string())
+                .or_default()
+                .insert(seq, now.saturating_add(self.limits.lease_ms));
+            out.push(Leased {
+                seq,
+                attempts: attempts + 1,
+                record,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn settle(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        sink: &str,
+        outcomes: Vec<(u64, Outcome)>,
+        now: u64,
+    ) -> Result<OpResult, WalError> {
+        let (mut acked, mut dead, mut retried, mut exhausted) = (0, 0, 0, 0);
+        for (seq, outcome) in outcomes {
+            if let Some(m) = self.inflight.get_mut(sink) {
+                m.remove(&seq);
+            }
+            let Some(attempts) = tx.pending.get((sink, seq))?.map(|v| v.value()) else {
+                continue; // already settled by an earlier lease of the same record
+            };
+            match outcome {
+                Outcome::Acked => {
+                    tx.pending.remove((sink, seq))?;
+                    let s = meta.sink(sink);
+                    s.0 -= 1;
+                    s.2 += 1;
+                    self.unref(tx, meta, seq)?;
+                    acked += 1;
+                }
+                Outcome::Retry(reason) if attempts >= self.limits.max_attempts => {
+                    let reason = format!("max attempts ({attempts}) reached; last error: {reason}");
+                    self.kill(tx, meta, sink, seq, attempts, reason, now)?;
+                    dead += 1;
+                    exhausted += 1;
+                }
+                Outcome::Retry(_) => retried += 1,
+                Outcome::Release => {
+                    tx.pending.insert((sink, seq), attempts.saturating_sub(1))?;
+                    retried += 1;
+                }
+                Outcome::Dead(reason) => {
+                    self.kill(tx, meta, sink, seq, attempts, reason, now)?;
+                    dead += 1;
+                }
+            }
+        }
+        Ok(OpResult::Settled {
+            sink: sink.to_string(),
+            acked,
+            dead,
+            retried,
+            exhausted,
+        })
+    }
+
+    pub(super) fn requeue(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        sink: &str,
+        limit: usize,
+    ) -> Result<usize, WalError> {
+        let seqs: Vec<u64> = tx
+            .dead
+            .range((sink, 0)..=(sink, u64::MAX))?
+            .take(limit)
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for &seq in &seqs {
+            // The dead row's reference passes to the pending row: `refs` is unchanged.
+            tx.dead.remove((sink, seq))?;
+            tx.pending.insert((sink, seq), 0u32)?;
+            let s = meta.sink(sink);
+            s.1 = s.1.saturating_sub(1);
+            s.0 += 1;
+        }
+        Ok(seqs.len())
+    }
+
+    /// Pending -> Dead for one sink. The dead row keeps the record referenced.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn kill(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        sink: &str,
+        seq: u64,
+        attempts: u32,
+        reason: String,
+        now: u64,
+    ) -> Result<(), WalError> {
+        tx.pending.remove((sink, seq))?;
+        if let Some(m) = self.inflight.get_mut(sink) {
+            m.remove(&seq);
+        }
+        let entry = DeadEntry {
+            reason,
+            attempts,
+            dead_at_ms: now,
+        };
+        let mut buf = Vec::new();
+        ciborium::into_writer(&entry, &mut buf).expect("encoding to a Vec cannot fail");
+        tx.dead.insert((sink, seq), buf.as_slice())?;
+        let s = meta.sink(sink);
+        s.0 -= 1;
+        s.1 += 1;
+        Ok(())
+    }
+
+    /// One row fewer names `seq`; the last one out deletes the record.
+    pub(super) fn unref(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        seq: u64,
+    ) -> Result<(), WalError> {
+        let Some((n, ts)) = tx.refs.get(seq)?.map(|v| v.value()) else {
+            return Ok(());
+        };
+        if n > 1 {
+            tx.refs.insert(seq, (n - 1, ts))?;
+            return Ok(());
+        }
+        tx.refs.remove(seq)?;
+        if let Some(body) = tx.records.remove(seq)? {
+            let body = body.value();
+            meta.live_bytes = meta.live_bytes.saturating_sub(body.len() as u64);
+            let device = quota::device_of(body).unwrap_or_default();
+            self.devices.remove(&device, body.len() as u64);
+        }
+        meta.records = meta.records.saturating_sub(1);
+        Ok(())
+    }
+}

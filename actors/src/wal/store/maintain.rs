@@ -1,0 +1,169 @@
+//! Retention and purges: expiry, the idempotency window, dead-letter and rejected budgets.
+
+use super::*;
+
+impl WalStore {
+    /// Deletes up to `limit` of `sink`'s dead letters that `keep_going` accepts, oldest first.
+    pub(super) fn purge_dead(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        sink: &str,
+        limit: usize,
+        matches: impl Fn(&DeadEntry) -> bool,
+    ) -> Result<usize, WalError> {
+        let mut seqs = Vec::new();
+        for row in tx.dead.range((sink, 0)..=(sink, u64::MAX))? {
+            if seqs.len() >= limit {
+                break;
+            }
+            let (k, v) = row?;
+            let entry: Option<DeadEntry> = ciborium::from_reader(v.value()).ok();
+            // An unreadable entry matches only an unfiltered purge.
+            if entry.as_ref().map_or_else(
+                || {
+                    matches(&DeadEntry {
+                        reason: String::new(),
+                        attempts: 0,
+                        dead_at_ms: 0,
+                    })
+                },
+                &matches,
+            ) {
+                seqs.push(k.value().1);
+            }
+        }
+        for &seq in &seqs {
+            tx.dead.remove((sink, seq))?;
+            let s = meta.sink(sink);
+            s.1 = s.1.saturating_sub(1);
+            self.unref(tx, meta, seq)?;
+        }
+        Ok(seqs.len())
+    }
+
+    pub(super) fn maintain(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        now: u64,
+    ) -> Result<MaintainReport, WalError> {
+        let mut report = MaintainReport::default();
+        // Idempotency keys that left the window (the count cap is kept by `append`; `excess`
+        // only covers a cap lowered in the config since the last run).
+        let cutoff = now.saturating_sub(self.limits.idempotency_window_ms);
+        let excess = meta
+            .idem_keys
+            .saturating_sub(self.limits.idempotency_max_keys) as usize;
+        let old: Vec<(u64, String)> = tx
+            .idem
+            .iter()?
+            .enumerate()
+            .take_while(|(i, r)| *i < excess || r.as_ref().is_ok_and(|(k, _)| k.value().0 < cutoff))
+            .map(|(_, r)| r)
+            .take(SWEEP_LIMIT)
+            .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+            .collect::<Result<_, _>>()?;
+        report.more |= old.len() >= SWEEP_LIMIT;
+        for (ts, key) in old {
+            tx.idem.remove((ts, key.as_str()))?;
+            let h = key_hash(&key);
+            if self.idem.get(&h) == Some(&ts) {
+                self.idem.remove(&h);
+            }
+            meta.idem_keys = meta.idem_keys.saturating_sub(1);
+            report.idempotency_purged += 1;
+        }
+        // Undelivered records past max age: Dead with reason `expired`, per sink still pending.
+        let age_cutoff = now.saturating_sub(self.limits.max_age_ms);
+        let candidates: Vec<(u64, u64)> = tx
+            .refs
+            .range(self.expiry_cursor..)?
+            .map(|r| r.map(|(k, v)| (k.value(), v.value().1)))
+            .take_while(|r| r.as_ref().map_or(true, |(_, ts)| *ts < age_cutoff))
+            .take(SWEEP_LIMIT)
+            .collect::<Result<_, _>>()?;
+        report.more |= candidates.len() >= SWEEP_LIMIT;
+        for (seq, ts) in candidates {
+            if ts >= age_cutoff {
+                break;
+            }
+            for sink in self.sinks.clone() {
+                let attempts = tx.pending.get((sink.as_str(), seq))?.map(|v| v.value());
+                if let Some(attempts) = attempts {
+                    self.kill(tx, meta, &sink, seq, attempts, "expired".into(), now)?;
+                    report.expired += 1;
+                }
+            }
+            self.expiry_cursor = seq + 1;
+        }
+        // Dead letters past their retention.
+        let dead_cutoff = now.saturating_sub(self.limits.dead_retention_ms);
+        for sink in meta.sinks.keys().cloned().collect::<Vec<_>>() {
+            let rows: Vec<(u64, u64)> = tx
+                .dead
+                .range((sink.as_str(), 0)..=(sink.as_str(), u64::MAX))?
+                .take(SWEEP_LIMIT)
+                .map(|r| {
+                    r.map(|(k, v)| {
+                        let at = ciborium::from_reader::<DeadEntry, _>(v.value())
+                            .map(|d| d.dead_at_ms)
+                            .unwrap_or(0);
+                        (k.value().1, at)
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            for (seq, at) in rows {
+                if at >= dead_cutoff {
+                    break;
+                }
+                tx.dead.remove((sink.as_str(), seq))?;
+                let s = meta.sink(&sink);
+                s.1 = s.1.saturating_sub(1);
+                self.unref(tx, meta, seq)?;
+                report.dead_purged += 1;
+            }
+        }
+        // Dead letters over their budget, oldest first: a sink that dead-letters everything
+        // for days must not fill the WAL that live ingest needs.
+        for (sink, (_, dead, _)) in meta.sinks.clone() {
+            let excess = dead.saturating_sub(self.limits.max_dead_per_sink) as usize;
+            if excess == 0 {
+                continue;
+            }
+            let n = excess.min(SWEEP_LIMIT);
+            let purged = self.purge_dead(tx, meta, &sink, n, |_| true)?;
+            report.more |= excess > SWEEP_LIMIT;
+            report.dead_over_budget.push((sink, purged as u64));
+        }
+        // Rejected messages past retention or over the count cap, oldest first.
+        let excess = meta.rejected.saturating_sub(self.limits.max_rejected) as usize;
+        let old: Vec<u64> = tx
+            .rejected
+            .iter()?
+            .enumerate()
+            .take_while(|(i, r)| {
+                *i < excess
+                    || r.as_ref().is_ok_and(|(_, v)| {
+                        Rejected::decode(v.value()).map_or(true, |e| {
+                            let kept = if e.kept_ms > 0 {
+                                e.kept_ms
+                            } else {
+                                e.received_ms
+                            };
+                            kept < dead_cutoff
+                        })
+                    })
+            })
+            .take(SWEEP_LIMIT)
+            .map(|(_, r)| r.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()?;
+        report.more |= old.len() >= SWEEP_LIMIT;
+        for id in old {
+            tx.rejected.remove(id)?;
+            meta.rejected = meta.rejected.saturating_sub(1);
+            report.rejected_purged += 1;
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,420 @@
+//! `WalStore`: the WAL's state machine over redb, with no runtime in sight.
+//!
+//! Layout: this file holds the store, its opening and the commit (`apply`); `types.rs` the
+//! operations, results, limits and errors; `meta.rs` the counters; `write.rs` appends and
+//! the idempotency rows; `deliver.rs` leases and settles; `maintain.rs` retention and purges;
+//! `reader.rs` read-only access.
+//!
+//! Every operation is applied inside one write transaction per group ([`WalStore::apply`]);
+//! the actor decides the grouping. Invariants:
+//! - A record's per-sink state is: Enqueued (a `pending` row, not leased), InFlight (a
+//!   `pending` row whose seq is in `inflight` with a deadline in the future), Acked (no row:
+//!   the sink is done with it) or Dead (a `dead` row with the reason).
+//! - `refs[seq].0` counts the `pending` plus `dead` rows naming `seq`; at zero the record is
+//!   deleted. So a record lives exactly as long as some sink may still need it or show it.
+//! - `attempts` is incremented durably-on-next-commit when a record is *leased*, not when it
+//!   is settled, so a record that crashes its publisher cannot be redelivered forever.
+//! - InFlight exists only in memory: reopening the store returns every lease to Enqueued,
+//!   attempts preserved.
+//! - Counters in `meta` change in the same transaction as the rows they count.
+//! - After `apply` fails the store is gone (it is consumed): redb answers `PreviousIo` after an
+//!   I/O error, so the only safe continuation is to reopen the file.
+//!
+//! Time: every age the store computes (expiry, leases, idempotency window, dead-letter and
+//! rejected retention) is in *WAL time*, the `now` its caller passes, never a record's
+//! wall-clock `receive_ts_ms`. The actor derives WAL time from a monotonic clock, based at
+//! [`WalStore::clock_ms`] — the last WAL time committed, saved in `meta` at every commit — so
+//! a wall clock that jumps (a board without a battery-backed clock, then NTP) moves no age,
+//! across restarts too. Time while the gateway is stopped does not count. A file without
+//! that counter (new, or from an older release, whose rows hold wall times) starts it at the
+//! wall clock, so its old rows compare as before.
+
+use super::idem::{self, IDEM};
+use super::quota::{self, DeviceQuota, Devices, QuotaLimits, Usage, DEVICE_USAGE};
+use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, SinkStats, WalStats};
+use super::rejected::{Rejected, REJECTED};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+mod deliver;
+mod maintain;
+mod meta;
+mod reader;
+mod types;
+mod write;
+
+use meta::Meta;
+pub use reader::{DeadLetter, Dump, WalReader};
+pub use types::*;
+
+const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+#[cfg(test)]
+pub(super) const RECORDS_FOR_TESTS: TableDefinition<u64, &[u8]> = RECORDS;
+/// seq -> (rows that still name the record, WAL time of its append).
+const REFS: TableDefinition<u64, (u32, u64)> = TableDefinition::new("refs");
+/// (sink, seq) -> attempts so far.
+const PENDING: TableDefinition<(&str, u64), u32> = TableDefinition::new("pending");
+/// (sink, seq) -> CBOR `DeadEntry`.
+const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long
+/// (a sweep shares its commit with appends). When a sweep hits the limit it reports `more`
+/// and the actor sweeps again right away, between groups of appends.
+const SWEEP_LIMIT: usize = 2_000;
+
+/// Drops the idempotency table of earlier versions (see `idem.rs`); `Some(keys)` if there
+/// was one.
+fn drop_v1_idempotency_table(
+    txn: &WriteTransaction,
+    meta: &mut Meta,
+) -> Result<Option<u64>, WalError> {
+    let Some(old) = txn
+        .list_tables()?
+        .find(|t| redb::TableHandle::name(t) == idem::IDEM_V1_NAME)
+    else {
+        return Ok(None);
+    };
+    txn.delete_table(old)?;
+    let dropped = meta.idem_keys;
+    meta.idem_keys = txn.open_table(IDEM)?.len()?;
+    Ok(Some(dropped))
+}
+
+/// The in-memory index's key for an idempotency key. Only compared within one process (the
+/// index is rebuilt from the rows at open), so the hasher need not be stable across releases.
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+fn open_error(path: &Path, source: redb::DatabaseError) -> WalError {
+    match source {
+        redb::DatabaseError::DatabaseAlreadyOpen => WalError::AlreadyOpen,
+        source => WalError::Open {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+/// The WAL file and the in-memory lease table.
+pub struct WalStore {
+    /// Shared with [`WalReader`]s so inspection never waits for the writer.
+    pub(super) db: std::sync::Arc<Database>,
+    path: PathBuf,
+    sinks: Vec<String>,
+    limits: WalLimits,
+    meta: Meta,
+    /// sink -> seq -> lease deadline (ms). Memory only, by design (see module doc).
+    inflight: HashMap<String, BTreeMap<u64, u64>>,
+    /// Records below this seq were already examined for age expiry since open.
+    expiry_cursor: u64,
+    /// hash(idempotency key) -> receive_ts_ms of its row in `IDEM`. Rebuilt on open. A hash
+    /// collision can only make a duplicate look new (stored twice: allowed), never the reverse,
+    /// because a hit is confirmed against the row's key.
+    idem: HashMap<u64, u64>,
+    /// What each device holds (see `quota.rs`); saved in the same commit as the rows.
+    devices: Devices,
+    /// Free bytes of the WAL's filesystem, asked once per commit that appends.
+    free_space: FreeSpace,
+    /// Size of the file after the last commit.
+    file_bytes: u64,
+    /// Negative control for the power-loss tests only: commit appends without fsync, so the
+    /// test can show it would catch an ack-before-durable bug.
+    negative_control_non_durable: bool,
+}
+
+impl std::fmt::Debug for WalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WalStore {
+    /// Opens (creating if needed) the WAL at `path`. Blocking: call from a blocking thread.
+    pub fn open(path: &Path, sinks: Vec<String>, limits: WalLimits) -> Result<WalStore, WalError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| WalError::Storage(e.to_string()))?;
+        }
+        let db = Database::builder()
+            .set_cache_size(limits.cache_bytes)
+            .create(path)
+            .map_err(|e| open_error(path, e))?;
+        // Readings are the operator's data: owner only, whatever the umask.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| WalError::Storage(format!("chmod 600 {}: {e}", path.display())))?;
+        }
+        Self::from_db(db, path, sinks, limits)
+    }
+
+    /// Opens over a caller-supplied storage backend (fault-injection tests); `path` is only
+    /// reported in stats.
+    #[doc(hidden)]
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        path: &Path,
+        sinks: Vec<String>,
+        limits: WalLimits,
+    ) -> Result<WalStore, WalError> {
+        let db = Database::builder()
+            .set_cache_size(limits.cache_bytes)
+            .create_with_backend(backend)
+            .map_err(|e| open_error(path, e))?;
+        Self::from_db(db, path, sinks, limits)
+    }
+
+    fn from_db(
+        db: Database,
+        path: &Path,
+        sinks: Vec<String>,
+        limits: WalLimits,
+    ) -> Result<WalStore, WalError> {
+        let txn = db.begin_write()?;
+        // Create every table so readers never meet a missing one.
+        txn.open_table(RECORDS)?;
+        txn.open_table(REFS)?;
+        txn.open_table(PENDING)?;
+        txn.open_table(DEAD)?;
+        txn.open_table(REJECTED)?;
+        txn.open_table(IDEM)?;
+        txn.open_table(DEVICE_USAGE)?;
+        let mut meta = Meta::load(&txn)?;
+        let dropped = drop_v1_idempotency_table(&txn, &mut meta)?;
+        let devices = if meta.device_usage_v1 == 1 {
+            Devices::load(&txn.open_table(DEVICE_USAGE)?)?
+        } else {
+            let mut d = Devices::scan(&txn.open_table(RECORDS)?)?;
+            d.save(&mut txn.open_table(DEVICE_USAGE)?)?;
+            meta.device_usage_v1 = 1;
+            d
+        };
+        if meta.clock_ms == 0 {
+            meta.clock_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64);
+        }
+        meta.save(&txn)?;
+        let mut idem = HashMap::new();
+        for row in txn.open_table(IDEM)?.iter()? {
+            let (k, _) = row?;
+            let (ts, key) = k.value();
+            idem.insert(key_hash(key), ts);
+        }
+        txn.commit()?;
+        if let Some(n) = dropped {
+            tracing::warn!(
+                keys = n,
+                "WAL upgraded: idempotency keys are now scoped to the device and checked \
+                 against the reading's content; the {n} keys of the old format were dropped \
+                 (a retry of a reading accepted before the upgrade is stored again: a \
+                 duplicate downstream, never a loss)"
+            );
+        }
+        Ok(WalStore {
+            db: std::sync::Arc::new(db),
+            path: path.to_path_buf(),
+            sinks,
+            limits,
+            meta,
+            inflight: HashMap::new(),
+            expiry_cursor: 0,
+            idem,
+            devices,
+            free_space: free_space_of(path.parent().unwrap_or(Path::new(".")).to_path_buf()),
+            file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+            // Only in a build with the `negative-control` feature (never a default): the
+            // chaos harness's proof that it can see loss.
+            negative_control_non_durable: cfg!(feature = "negative-control"),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the free-space probe (tests: a disk that fills on demand).
+    pub fn set_free_space(&mut self, probe: FreeSpace) {
+        self.free_space = probe;
+    }
+
+    /// The latest WAL time committed: where the actor's clock resumes after a (re)open.
+    pub fn clock_ms(&self) -> u64 {
+        self.meta.clock_ms
+    }
+
+    /// Applies `ops` in one transaction, durable (fsync) if any op needs it, and answers each.
+    /// Consumes the store: on error it is dropped and must be reopened.
+    pub fn apply(
+        mut self,
+        ops: Vec<Op>,
+        now_ms: u64,
+    ) -> Result<(WalStore, Vec<OpResult>), WalError> {
+        let durable = ops.iter().any(Op::needs_durability) && !self.negative_control_non_durable;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        let mut meta = self.meta.clone();
+        meta.clock_ms = meta.clock_ms.max(now_ms);
+        // Once per commit that appends: is there room to take more in?
+        let disk_full =
+            if self.limits.min_free_bytes > 0 && ops.iter().any(|o| matches!(o, Op::Append(_))) {
+                (self.free_space)()
+                    .filter(|free| *free < self.limits.min_free_bytes)
+                    .map(|free| DiskFull {
+                        free,
+                        min_free: self.limits.min_free_bytes,
+                    })
+            } else {
+                None
+            };
+        let mut results = Vec::with_capacity(ops.len());
+        {
+            let mut tx = Tx::open(&txn)?;
+            for op in ops {
+                let r = match op {
+                    Op::Append(_) if disk_full.is_some() => {
+                        OpResult::Appended(Err(disk_full.clone().expect("checked").into()))
+                    }
+                    Op::Append(records) => {
+                        OpResult::Appended(self.append(&mut tx, &mut meta, records, now_ms)?)
+                    }
+                    Op::Lease { sink, max } => {
+                        OpResult::Leased(self.lease(&mut tx, &mut meta, &sink, max, now_ms)?)
+                    }
+                    Op::Settle { sink, outcomes } => {
+                        self.settle(&mut tx, &mut meta, &sink, outcomes, now_ms)?
+                    }
+                    Op::Maintain => {
+                        OpResult::Maintained(self.maintain(&mut tx, &mut meta, now_ms)?)
+                    }
+                    Op::Requeue { sink, limit } => {
+                        OpResult::Requeued(self.requeue(&mut tx, &mut meta, &sink, limit)?)
+                    }
+                    Op::ReleaseLeases => {
+                        let n = self.inflight.values().map(BTreeMap::len).sum();
+                        self.inflight.clear();
+                        OpResult::LeasesReleased(n)
+                    }
+                    Op::PurgeDead {
+                        sink,
+                        filter,
+                        limit,
+                    } => {
+                        let purged = self.purge_dead(&mut tx, &mut meta, &sink, limit, |e| {
+                            filter.matches(e, now_ms)
+                        })?;
+                        OpResult::Purged { sink, purged }
+                    }
+                    Op::Reject(mut r) => {
+                        r.kept_ms = now_ms;
+                        let id = meta.rejected_next.max(1);
+                        tx.rejected.insert(id, r.encode().as_slice())?;
+                        meta.rejected_next = id + 1;
+                        meta.rejected += 1;
+                        OpResult::Rejected(id)
+                    }
+                };
+                results.push(r);
+            }
+            self.devices.save(&mut tx.device_usage)?;
+        }
+        meta.save(&txn)?;
+        txn.commit()?;
+        self.meta = meta;
+        self.file_bytes = std::fs::metadata(&self.path).map_or(self.file_bytes, |m| m.len());
+        Ok((self, results))
+    }
+
+    /// Counts by state and sink, from the in-memory mirror: no I/O, safe on any thread (the
+    /// file size is taken after each commit, on the thread that committed).
+    pub fn stats(&self) -> WalStats {
+        let mut s = stats_from(&self.meta, &self.inflight, self.file_bytes);
+        s.devices = self.devices.count();
+        s
+    }
+
+    /// What one device holds of the WAL.
+    pub fn device_usage(&self, device: &str) -> Usage {
+        self.devices.get(device)
+    }
+
+    /// Test-only: break durability on purpose (see `negative_control_non_durable`).
+    #[cfg(test)]
+    pub(crate) fn break_durability_for_negative_control(&mut self) {
+        self.negative_control_non_durable = true;
+    }
+}
+
+fn stats_from(
+    meta: &Meta,
+    inflight: &HashMap<String, BTreeMap<u64, u64>>,
+    file_bytes: u64,
+) -> WalStats {
+    WalStats {
+        records: meta.records,
+        live_bytes: meta.live_bytes,
+        file_bytes,
+        idempotency_keys: meta.idem_keys,
+        rejected: meta.rejected,
+        devices: 0,
+        sinks: meta
+            .sinks
+            .iter()
+            .map(|(sink, (p, d, a))| SinkStats {
+                sink: sink.clone(),
+                pending: *p,
+                in_flight: inflight.get(sink).map(|m| m.len() as u64).unwrap_or(0),
+                dead: *d,
+                acked_total: *a,
+            })
+            .collect(),
+    }
+}
+
+/// What an idempotency row holds, and when (WAL time) it was written.
+struct IdemRow<'a> {
+    at: u64,
+    seq: u64,
+    correlation_id: &'a str,
+    fp: u64,
+}
+
+/// The tables of one write transaction, opened once per group.
+struct Tx<'t> {
+    records: redb::Table<'t, u64, &'static [u8]>,
+    refs: redb::Table<'t, u64, (u32, u64)>,
+    pending: redb::Table<'t, (&'static str, u64), u32>,
+    dead: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    idem: redb::Table<'t, (u64, &'static str), (u64, &'static str, u64)>,
+    rejected: redb::Table<'t, u64, &'static [u8]>,
+    device_usage: redb::Table<'t, &'static str, (u64, u64)>,
+}
+
+impl<'t> Tx<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Tx<'t>, WalError> {
+        Ok(Tx {
+            records: txn.open_table(RECORDS)?,
+            refs: txn.open_table(REFS)?,
+            pending: txn.open_table(PENDING)?,
+            dead: txn.open_table(DEAD)?,
+            idem: txn.open_table(IDEM)?,
+            rejected: txn.open_table(REJECTED)?,
+            device_usage: txn.open_table(DEVICE_USAGE)?,
+        })
+    }
+}

@@ -1,0 +1,118 @@
+//! Read-only access: inspection from other threads, offline stats, test dumps.
+
+use super::*;
+
+impl WalStore {
+    /// A read-only handle for inspection from other threads.
+    pub fn reader(&self) -> WalReader {
+        WalReader(self.db.clone())
+    }
+
+    /// Dead-lettered entries of a sink, oldest first (for inspection).
+    pub fn dead_letters(&self, sink: &str, limit: usize) -> Result<Vec<DeadLetter>, WalError> {
+        self.reader().dead_letters(sink, limit)
+    }
+
+    /// Stats of a WAL file that no process holds open (`edge-gateway wal stats`).
+    pub fn offline_stats(path: &Path) -> Result<WalStats, WalError> {
+        let db = Database::open(path).map_err(|e| open_error(path, e))?;
+        let txn = db.begin_write()?;
+        let meta = Meta::load(&txn)?;
+        txn.abort()?;
+        let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        Ok(stats_from(&meta, &HashMap::new(), file_bytes))
+    }
+
+    /// Every row's key, for model-based tests: pending (with attempts), dead, records, keys.
+    #[doc(hidden)]
+    pub fn dump(&self) -> Result<Dump, WalError> {
+        let txn = self.db.begin_read()?;
+        let mut d = Dump::default();
+        for row in txn.open_table(PENDING)?.iter()? {
+            let (k, v) = row?;
+            d.pending
+                .insert((k.value().0.to_string(), k.value().1), v.value());
+        }
+        for row in txn.open_table(DEAD)?.iter()? {
+            let (k, _) = row?;
+            d.dead.insert((k.value().0.to_string(), k.value().1));
+        }
+        for row in txn.open_table(RECORDS)?.iter()? {
+            d.records.insert(row?.0.value());
+        }
+        for row in txn.open_table(IDEM)?.iter()? {
+            d.idem.insert(row?.0.value().1.to_string());
+        }
+        Ok(d)
+    }
+
+    /// Row counts straight from the tables, for tests that check the counters.
+    pub fn count_rows(&self) -> Result<(u64, u64, u64), WalError> {
+        let txn = self.db.begin_read()?;
+        Ok((
+            txn.open_table(RECORDS)?.len()?,
+            txn.open_table(PENDING)?.len()?,
+            txn.open_table(DEAD)?.len()?,
+        ))
+    }
+}
+
+/// A dead letter: its WAL seq, why and when it died, and the record (if still readable).
+pub type DeadLetter = (u64, DeadEntry, Option<Record>);
+
+/// Read-only access to the WAL (redb readers never block the writer). Blocking: call from a
+/// blocking thread.
+#[derive(Clone)]
+pub struct WalReader(std::sync::Arc<Database>);
+
+impl WalReader {
+    /// Dead-lettered entries of a sink, oldest first (for inspection).
+    pub fn dead_letters(
+        &self,
+        sink: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeadEntry, Option<Record>)>, WalError> {
+        let txn = self.0.begin_read()?;
+        let dead = txn.open_table(DEAD)?;
+        let records = txn.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for row in dead.range((sink, 0)..=(sink, u64::MAX))?.take(limit) {
+            let (k, v) = row?;
+            let seq = k.value().1;
+            let entry: DeadEntry =
+                ciborium::from_reader(v.value()).map_err(|e| WalError::Storage(e.to_string()))?;
+            let rec = records
+                .get(seq)?
+                .and_then(|b| Record::decode(b.value()).ok());
+            out.push((seq, entry, rec));
+        }
+        Ok(out)
+    }
+}
+
+impl WalReader {
+    /// Rejected messages, newest first.
+    pub fn rejected(&self, limit: usize) -> Result<Vec<(u64, Rejected)>, WalError> {
+        let txn = self.0.begin_read()?;
+        let t = txn.open_table(REJECTED)?;
+        let mut out = Vec::new();
+        for row in t.iter()?.rev().take(limit) {
+            let (k, v) = row?;
+            out.push((
+                k.value(),
+                Rejected::decode(v.value()).map_err(WalError::Storage)?,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// All rows of a store, by key (see [`WalStore::dump`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dump {
+    pub pending: BTreeMap<(String, u64), u32>,
+    pub dead: std::collections::BTreeSet<(String, u64)>,
+    pub records: std::collections::BTreeSet<u64>,
+    pub idem: std::collections::BTreeSet<String>,
+}

@@ -1,0 +1,260 @@
+//! What crosses the store's interface: operations, their results, limits, errors.
+
+use super::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("cannot open WAL {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("WAL database is already open (another gateway process, or a previous instance still closing)")]
+    AlreadyOpen,
+    #[error("WAL storage error: {0}")]
+    Storage(String),
+}
+
+impl WalError {
+    /// The filesystem is full (ENOSPC): the store must be reopened, but nothing is wrong
+    /// with it, and delivery must go on (see the WAL actor).
+    pub fn is_no_space(&self) -> bool {
+        let s = match self {
+            WalError::Storage(s) => s.as_str(),
+            _ => return false,
+        };
+        s.contains("os error 28") || s.contains("No space left") || s.contains("no storage space")
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for WalError {
+            fn from(e: $t) -> Self { WalError::Storage(e.to_string()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Limits and retention, in WAL units (milliseconds, bytes).
+#[derive(Debug, Clone)]
+pub struct WalLimits {
+    pub max_bytes: u64,
+    pub max_records: u64,
+    pub max_age_ms: u64,
+    pub idempotency_window_ms: u64,
+    pub idempotency_max_keys: u64,
+    pub dead_retention_ms: u64,
+    /// Rejected messages kept for inspection, at most.
+    pub max_rejected: u64,
+    pub max_attempts: u32,
+    pub lease_ms: u64,
+    /// redb page cache size.
+    pub cache_bytes: usize,
+    /// Per-device caps (0 = none) and the fair-share rule (see `quota.rs`).
+    pub device_max: Usage,
+    pub device_fair_share: bool,
+    /// Dead letters kept per sink, at most: past it the oldest are purged (counted).
+    pub max_dead_per_sink: u64,
+    /// Appends are refused while the filesystem has less free than this (0: no check).
+    pub min_free_bytes: u64,
+}
+
+impl WalLimits {
+    pub fn from_config(
+        wal: &edge_gateway_config::WalConfig,
+        d: &edge_gateway_config::DeliveryConfig,
+    ) -> Self {
+        WalLimits {
+            max_bytes: wal.max_bytes,
+            max_records: wal.max_records,
+            max_age_ms: wal.max_age_secs.saturating_mul(1000),
+            idempotency_window_ms: wal.idempotency_window_secs.saturating_mul(1000),
+            idempotency_max_keys: wal.idempotency_max_keys,
+            dead_retention_ms: wal.dead_retention_secs.saturating_mul(1000),
+            max_rejected: wal.max_rejected,
+            max_attempts: d.max_attempts,
+            lease_ms: d.lease_timeout_ms,
+            cache_bytes: usize::try_from(wal.cache_bytes).unwrap_or(usize::MAX),
+            device_max: Usage {
+                records: wal.device_max_records,
+                bytes: wal.device_max_bytes,
+            },
+            device_fair_share: wal.device_fair_share,
+            max_dead_per_sink: wal.max_dead_letters,
+            min_free_bytes: wal.min_free_bytes,
+        }
+    }
+
+    pub(super) fn quota(&self) -> QuotaLimits {
+        QuotaLimits {
+            wal: Usage {
+                records: self.max_records,
+                bytes: self.max_bytes,
+            },
+            device_max: self.device_max,
+            fair_share: self.device_fair_share,
+        }
+    }
+}
+
+/// One operation of a commit group.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Append(Vec<Record>),
+    Lease {
+        sink: String,
+        max: usize,
+    },
+    Settle {
+        sink: String,
+        outcomes: Vec<(u64, Outcome)>,
+    },
+    Maintain,
+    /// Dead -> Enqueued (attempts reset) for up to `limit` of a sink's dead letters, oldest
+    /// first: the operator's replay after fixing what made the sink refuse them.
+    Requeue {
+        sink: String,
+        limit: usize,
+    },
+    /// Keep a refused message for inspection (see `rejected.rs`).
+    Reject(Rejected),
+    /// Every InFlight lease of every sink back to Enqueued (a new dispatcher starts: whoever
+    /// held them is gone). Attempts already counted stay counted.
+    ReleaseLeases,
+    /// The operator deletes up to `limit` of a sink's dead letters matching `filter`.
+    PurgeDead {
+        sink: String,
+        filter: DeadFilter,
+        limit: usize,
+    },
+}
+
+/// Which dead letters a purge takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadFilter {
+    /// Reason class as in metrics (`expired`, `max_attempts`, `corrupt`, `invalid`,
+    /// `rejected`); `None`: any.
+    pub reason: Option<String>,
+    /// Dead for at least this long (WAL time, see "Time"); `None`: any age.
+    pub older_than_ms: Option<u64>,
+}
+
+impl DeadFilter {
+    /// The reason classes a filter may name (`metrics::reason_class`).
+    pub const REASONS: [&'static str; 5] =
+        ["expired", "max_attempts", "corrupt", "invalid", "rejected"];
+
+    pub(super) fn matches(&self, e: &DeadEntry, now: u64) -> bool {
+        self.reason
+            .as_deref()
+            .is_none_or(|r| crate::metrics::reason_class(&e.reason) == r)
+            && self
+                .older_than_ms
+                .is_none_or(|age| e.dead_at_ms.saturating_add(age) <= now)
+    }
+}
+
+impl Op {
+    /// Appends must be durable before they are answered; maintenance makes earlier
+    /// non-durable settles durable at a bounded interval.
+    pub(super) fn needs_durability(&self) -> bool {
+        matches!(
+            self,
+            Op::Append(_)
+                | Op::Maintain
+                | Op::Requeue { .. }
+                | Op::Reject(_)
+                | Op::PurgeDead { .. }
+        )
+    }
+}
+
+/// The answer to one operation, in the same position as its `Op`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpResult {
+    Appended(Result<Vec<AppendOutcome>, AppendRefused>),
+    Leased(Vec<Leased>),
+    Settled {
+        sink: String,
+        acked: usize,
+        dead: usize,
+        retried: usize,
+        /// Of `dead`: retries that used up `max_attempts`.
+        exhausted: usize,
+    },
+    Maintained(MaintainReport),
+    Requeued(usize),
+    /// The id the rejected message was stored under.
+    Rejected(u64),
+    /// Leases released.
+    LeasesReleased(usize),
+    /// Dead letters purged by the operator.
+    Purged {
+        sink: String,
+        purged: usize,
+    },
+}
+
+/// The filesystem holding the WAL is nearly full: appends wait, delivery goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("disk nearly full: {free} bytes free, wal.min_free_bytes is {min_free}; appends resume once delivery frees space")]
+pub struct DiskFull {
+    pub free: u64,
+    pub min_free: u64,
+}
+
+/// Free bytes of the WAL's filesystem (`None`: unknown, no check).
+pub type FreeSpace = std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// `statvfs` of `dir`: bytes an unprivileged writer may still use.
+pub fn free_space_of(dir: PathBuf) -> FreeSpace {
+    std::sync::Arc::new(move || {
+        rustix::fs::statvfs(&dir)
+            .ok()
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+    })
+}
+
+/// Why an append was refused whole (nothing stored).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendRefused {
+    /// The filesystem is nearly full: backpressure for everyone, delivery unaffected.
+    #[error(transparent)]
+    DiskFull(#[from] DiskFull),
+    /// The WAL is over a limit: backpressure for everyone.
+    #[error(transparent)]
+    Full(#[from] Full),
+    /// This device is over its share: backpressure for it alone.
+    #[error(transparent)]
+    DeviceQuota(#[from] DeviceQuota),
+}
+
+/// The WAL is over a limit: the append was refused whole, nothing stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("WAL full: {records} records / {bytes} bytes live (limits {max_records} / {max_bytes})")]
+pub struct Full {
+    pub records: u64,
+    pub bytes: u64,
+    pub max_records: u64,
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintainReport {
+    pub expired: u64,
+    pub dead_purged: u64,
+    pub idempotency_purged: u64,
+    pub rejected_purged: u64,
+    /// Dead letters purged because a sink held more than `max_dead_per_sink`, by sink.
+    pub dead_over_budget: Vec<(String, u64)>,
+    /// A limit was hit: another sweep has work to do.
+    pub more: bool,
+}

@@ -1,0 +1,239 @@
+//! Appends: classification against the idempotency window, quotas, the rows written.
+
+use super::*;
+
+impl WalStore {
+    pub(super) fn append(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        mut records: Vec<Record>,
+        now: u64,
+    ) -> Result<Result<Vec<AppendOutcome>, AppendRefused>, WalError> {
+        // Pass 1: classify without writing, so a refused append leaves nothing behind. Keys
+        // are borrowed from the records (no copies on this serial path); the fingerprint is
+        // normally cached by the ingest edge.
+        enum Class {
+            New(u64),
+            Conflict(u64),
+            Dup(u64, String),
+            DupInBatch(usize),
+        }
+        let mut classes = Vec::with_capacity(records.len());
+        {
+            // key -> (index of its latest new reading in this batch, fingerprint)
+            let mut seen: HashMap<&str, (usize, u64)> = HashMap::new();
+            for (i, r) in records.iter().enumerate() {
+                let fp = idem::fingerprint_of(r);
+                let key = r.idempotency_key.as_str();
+                let class = match seen.get(key) {
+                    Some(&(first, f)) if f == fp => Class::DupInBatch(first),
+                    Some(_) => Class::Conflict(fp),
+                    None => match idem::classify(self.window_row(tx, key, now)?.as_ref(), fp) {
+                        idem::Verdict::New => Class::New(fp),
+                        idem::Verdict::Conflict => Class::Conflict(fp),
+                        idem::Verdict::Duplicate {
+                            seq,
+                            correlation_id,
+                        } => Class::Dup(seq, correlation_id),
+                    },
+                };
+                if let Class::New(_) | Class::Conflict(_) = class {
+                    seen.insert(key, (i, fp));
+                }
+                classes.push(class);
+            }
+        }
+        // A conflicting reading is stored under a derived key (`idem.rs`), but its row in
+        // `IDEM` replaces the row of the key it arrived with (`arrived`).
+        enum Plan {
+            New {
+                fp: u64,
+                arrived: Option<String>,
+                bytes: Vec<u8>,
+            },
+            Dup(u64, String),
+            DupInBatch(usize),
+        }
+        let (mut new_count, mut new_bytes) = (0u64, 0u64);
+        let mut plans = Vec::with_capacity(records.len());
+        for (r, class) in records.iter_mut().zip(classes) {
+            let (fp, arrived) = match class {
+                Class::Dup(seq, corr) => {
+                    plans.push(Plan::Dup(seq, corr));
+                    continue;
+                }
+                Class::DupInBatch(first) => {
+                    plans.push(Plan::DupInBatch(first));
+                    continue;
+                }
+                Class::New(fp) => (fp, None),
+                Class::Conflict(fp) => {
+                    let derived = idem::conflict_key(&r.idempotency_key, fp);
+                    (fp, Some(std::mem::replace(&mut r.idempotency_key, derived)))
+                }
+            };
+            let bytes = r.encode();
+            new_count += 1;
+            new_bytes += bytes.len() as u64;
+            plans.push(Plan::New { fp, arrived, bytes });
+        }
+        if new_count > 0
+            && (meta.records + new_count > self.limits.max_records
+                || meta.live_bytes + new_bytes > self.limits.max_bytes)
+        {
+            return Ok(Err(Full {
+                records: meta.records,
+                bytes: meta.live_bytes,
+                max_records: self.limits.max_records,
+                max_bytes: self.limits.max_bytes,
+            }
+            .into()));
+        }
+        // Per-device share (one request holds one device's readings; checked per device
+        // all the same).
+        let mut adding: HashMap<&str, Usage> = HashMap::new();
+        for (r, plan) in records.iter().zip(&plans) {
+            if let Plan::New { bytes, .. } = plan {
+                let a = adding.entry(r.device_id.as_str()).or_default();
+                a.records += 1;
+                a.bytes += bytes.len() as u64;
+            }
+        }
+        let total = Usage {
+            records: meta.records,
+            bytes: meta.live_bytes,
+        };
+        let quota = self.limits.quota();
+        for (device, add) in adding {
+            if let Err(e) = quota::check(&quota, device, self.devices.get(device), add, total) {
+                return Ok(Err(e.into()));
+            }
+        }
+        // Pass 2: write.
+        let mut out: Vec<AppendOutcome> = Vec::with_capacity(records.len());
+        for (r, plan) in records.iter().zip(plans) {
+            let outcome = match plan {
+                Plan::Dup(seq, correlation_id) => AppendOutcome::Duplicate {
+                    seq,
+                    correlation_id,
+                },
+                Plan::DupInBatch(first) => match &out[first] {
+                    AppendOutcome::Stored {
+                        seq,
+                        correlation_id,
+                        ..
+                    }
+                    | AppendOutcome::Duplicate {
+                        seq,
+                        correlation_id,
+                    } => AppendOutcome::Duplicate {
+                        seq: *seq,
+                        correlation_id: correlation_id.clone(),
+                    },
+                },
+                Plan::New { fp, arrived, bytes } => {
+                    let seq = meta.next_seq;
+                    meta.next_seq += 1;
+                    tx.records.insert(seq, bytes.as_slice())?;
+                    tx.refs.insert(seq, (self.sinks.len() as u32, now))?;
+                    for sink in &self.sinks {
+                        tx.pending.insert((sink.as_str(), seq), 0u32)?;
+                        meta.sink(sink).0 += 1;
+                    }
+                    let key = arrived.as_deref().unwrap_or(&r.idempotency_key);
+                    let row = IdemRow {
+                        at: now,
+                        seq,
+                        correlation_id: &r.correlation_id,
+                        fp,
+                    };
+                    self.remember_key(tx, meta, key, row)?;
+                    meta.records += 1;
+                    meta.live_bytes += bytes.len() as u64;
+                    self.devices.add(&r.device_id, bytes.len() as u64);
+                    if self.sinks.is_empty() {
+                        // Nothing will ever need it; keep the idempotency key only.
+                        self.unref(tx, meta, seq)?;
+                    }
+                    AppendOutcome::Stored {
+                        seq,
+                        correlation_id: r.correlation_id.clone(),
+                        key_conflict: arrived.is_some(),
+                    }
+                }
+            };
+            out.push(outcome);
+        }
+        Ok(Ok(out))
+    }
+
+    /// The row of `key` if it is still within the idempotency window.
+    pub(super) fn window_row(
+        &self,
+        tx: &Tx<'_>,
+        key: &str,
+        now: u64,
+    ) -> Result<Option<idem::Seen>, WalError> {
+        let Some(&ts) = self.idem.get(&key_hash(key)) else {
+            return Ok(None);
+        };
+        if ts.saturating_add(self.limits.idempotency_window_ms) <= now {
+            return Ok(None);
+        }
+        Ok(tx.idem.get((ts, key))?.map(|v| {
+            let (seq, corr, fingerprint) = v.value();
+            idem::Seen {
+                seq,
+                correlation_id: corr.to_string(),
+                fingerprint,
+            }
+        }))
+    }
+
+    /// `key` now names `row`'s reading: its row (and index entry) replace any older one, and
+    /// past the cap the oldest key is forgotten.
+    pub(super) fn remember_key(
+        &mut self,
+        tx: &mut Tx<'_>,
+        meta: &mut Meta,
+        key: &str,
+        row: IdemRow<'_>,
+    ) -> Result<(), WalError> {
+        let IdemRow {
+            at: now,
+            seq,
+            correlation_id,
+            fp,
+        } = row;
+        let h = key_hash(key);
+        if let Some(old_ts) = self.idem.insert(h, now) {
+            // An expired or conflicting key being reused (or a hash collision): drop its
+            // old row.
+            if tx.idem.remove((old_ts, key))?.is_some() {
+                meta.idem_keys = meta.idem_keys.saturating_sub(1);
+            }
+        }
+        if tx
+            .idem
+            .insert((now, key), (seq, correlation_id, fp))?
+            .is_none()
+        {
+            meta.idem_keys += 1;
+        }
+        // Past the cap, forget the oldest key now: one delete at the front of the table per
+        // insert, instead of a purge backlog competing with delivery.
+        while meta.idem_keys > self.limits.idempotency_max_keys {
+            let Some((k, _)) = tx.idem.pop_first()? else {
+                break;
+            };
+            let (ts, old_key) = k.value();
+            let h = key_hash(old_key);
+            if self.idem.get(&h) == Some(&ts) {
+                self.idem.remove(&h);
+            }
+            meta.idem_keys -= 1;
+        }
+        Ok(())
+    }
+}
