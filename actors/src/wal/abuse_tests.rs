@@ -471,3 +471,31 @@ fn ages_follow_wal_time_not_the_readings_wall_clock() {
     );
     assert!(s.clock_ms() >= t + 61_000, "WAL time is committed");
 }
+
+/// Dead letters are counted from what the commit did (STYLE: count after the fact),
+/// including the ones killed at lease time, which were never counted before.
+#[test]
+fn every_dead_letter_is_reported_once_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = limits();
+    l.max_attempts = 1;
+    let s = open_with(&dir.path().join("wal.redb"), l);
+    let (s, _) = append(s, (1..=3).map(|i| reading("d", i, 1.0, 5)).collect(), 5);
+    // Leased once and never settled: the next lease kills them (attempts used up).
+    let lease = || Op::Lease {
+        sink: "a".into(),
+        max: 10,
+    };
+    let (s, _) = s.apply(vec![lease()], 6).unwrap();
+    let (mut s, r) = s.apply(vec![Op::ReleaseLeases, lease()], 7).unwrap();
+    assert!(
+        matches!(&r[1], OpResult::Leased(v) if v.is_empty()),
+        "{r:?}"
+    );
+    let events = s.take_dead_events();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(events
+        .iter()
+        .all(|(sink, reason)| sink == "a" && reason.starts_with("max attempts")));
+    assert!(s.take_dead_events().is_empty(), "reported once");
+}

@@ -538,7 +538,15 @@ impl Actor for Wal {
                     .wal_commit_seconds
                     .observe(c.elapsed.as_secs_f64());
                 match c.result {
-                    Ok((store, results)) => {
+                    Ok((mut store, results)) => {
+                        // Counted after the fact: what the commit made Dead, however.
+                        for (sink, reason) in store.take_dead_events() {
+                            state
+                                .metrics
+                                .dead_lettered
+                                .with_label_values(&[&sink, reason_class(&reason)])
+                                .inc();
+                        }
                         count_dead_letters(&state.metrics, &results);
                         note_disk(&myself, state, &results);
                         if sweep_has_more(&results) {
@@ -716,13 +724,6 @@ fn note_settles(m: &Metrics, sink: &str, outcomes: &[(u64, Outcome)]) {
     if retries > 0 {
         m.retries.with_label_values(&[sink]).inc_by(retries as u64);
     }
-    for (_, o) in outcomes {
-        if let Outcome::Dead(reason) = o {
-            m.dead_lettered
-                .with_label_values(&[sink, reason_class(reason)])
-                .inc();
-        }
-    }
 }
 
 /// True when a sweep in `results` left work for another one.
@@ -732,24 +733,11 @@ fn sweep_has_more(results: &[OpResult]) -> bool {
         .any(|r| matches!(r, OpResult::Maintained(rep) if rep.more))
 }
 
+/// Purges reported by a maintenance commit (dead letters are counted from the store's
+/// events, see `Committed`).
 fn count_dead_letters(m: &Metrics, results: &[OpResult]) {
     for r in results {
-        if let OpResult::Settled {
-            sink, exhausted, ..
-        } = r
-        {
-            if *exhausted > 0 {
-                m.dead_lettered
-                    .with_label_values(&[sink, "max_attempts"])
-                    .inc_by(*exhausted as u64);
-            }
-        }
         if let OpResult::Maintained(rep) = r {
-            if rep.expired > 0 {
-                m.dead_lettered
-                    .with_label_values(&["*", "expired"])
-                    .inc_by(rep.expired);
-            }
             for (sink, n) in &rep.dead_over_budget {
                 m.dead_letters_purged
                     .with_label_values(&[sink, "budget"])

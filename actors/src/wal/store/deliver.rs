@@ -170,6 +170,7 @@ impl WalStore {
         if let Some(m) = self.inflight.get_mut(sink) {
             m.remove(&seq);
         }
+        self.dead_events.push((sink.to_string(), reason.clone()));
         let entry = DeadEntry {
             reason,
             attempts,

@@ -126,6 +126,9 @@ pub struct WalStore {
     free_space: FreeSpace,
     /// Size of the file after the last commit.
     file_bytes: u64,
+    /// (sink, reason) of every record made Dead by the last commits, for the caller to count
+    /// once they are committed (`take_dead_events`); gone with the store if a commit fails.
+    dead_events: Vec<(String, String)>,
     /// Negative control for the power-loss tests only: commit appends without fsync, so the
     /// test can show it would catch an ack-before-durable bug.
     negative_control_non_durable: bool,
@@ -234,6 +237,7 @@ impl WalStore {
             devices,
             free_space: free_space_of(path.parent().unwrap_or(Path::new(".")).to_path_buf()),
             file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+            dead_events: Vec::new(),
             // Only in a build with the `negative-control` feature (never a default): the
             // chaos harness's proof that it can see loss.
             negative_control_non_durable: cfg!(feature = "negative-control"),
@@ -346,6 +350,12 @@ impl WalStore {
         let mut s = stats_from(&self.meta, &self.inflight, self.file_bytes);
         s.devices = self.devices.count();
         s
+    }
+
+    /// (sink, reason) of every record made Dead since the last call: settles, expiry, and the
+    /// ones killed at lease time (attempts used up without a settle, a corrupt record).
+    pub fn take_dead_events(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.dead_events)
     }
 
     /// What one device holds of the WAL.
