@@ -275,7 +275,8 @@ async fn admin_route(
                 )
                 .await
             {
-                Ok(rows) => {
+                Ok(Err(why)) => read_failed(why),
+                Ok(Ok(rows)) => {
                     let items: Vec<_> = rows
                         .into_iter()
                         .map(|(seq, d, r)| json!({"wal_seq": seq, "reason": d.reason, "attempts": d.attempts, "dead_at_ms": d.dead_at_ms,
@@ -300,7 +301,8 @@ async fn admin_route(
                 )
                 .await
             {
-                Ok(rows) => {
+                Ok(Err(why)) => read_failed(why),
+                Ok(Ok(rows)) => {
                     let items: Vec<_> = rows.iter().map(|(id, r)| r.to_json(*id)).collect();
                     json_status(json!({"rejected": items}), StatusCode::OK)
                 }
@@ -367,6 +369,14 @@ async fn admin_route(
         }
         _ => json_status(json!({"error": "not_found"}), StatusCode::NOT_FOUND),
     }
+}
+
+/// The WAL could not read what was asked: a 503 with the reason, never an empty 200.
+fn read_failed(why: String) -> warp::reply::Response {
+    json_status(
+        json!({"error": "unavailable", "message": format!("WAL read failed: {why}")}),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
 }
 
 fn unavailable(e: SendError) -> warp::reply::Response {

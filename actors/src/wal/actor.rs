@@ -36,7 +36,7 @@
 //! the filesystem has room again.
 
 use super::quota::DeviceQuota;
-use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, WalStats};
+use super::record::{AppendOutcome, Leased, Outcome, Record, WalStats};
 use super::rejected::Rejected;
 use super::store::{
     AppendRefused, DeadFilter, DiskFull, Full, Op, OpResult, WalError, WalLimits, WalReader,
@@ -97,7 +97,8 @@ pub enum WalMsg {
     DeadLetters {
         sink: String,
         limit: usize,
-        reply: RpcReplyPort<Vec<(u64, DeadEntry, Option<Record>)>>,
+        /// An error is an answer (the caller says 503), never an empty list.
+        reply: RpcReplyPort<Result<Vec<super::store::DeadLetter>, String>>,
     },
     Requeue {
         sink: String,
@@ -110,7 +111,7 @@ pub enum WalMsg {
     },
     Rejected {
         limit: usize,
-        reply: RpcReplyPort<Vec<(u64, Rejected)>>,
+        reply: RpcReplyPort<Result<Vec<(u64, Rejected)>, String>>,
     },
     PurgeDead {
         sink: String,
@@ -625,16 +626,13 @@ impl Actor for Wal {
                     }
                     WalMsg::DeadLetters { sink, limit, reply } => {
                         let reader = state.reader.clone();
-                        tokio::spawn(async move {
+                        state.tasks.push(tokio::spawn(async move {
                             let rows = tokio::task::spawn_blocking(move || {
                                 reader.dead_letters(&sink, limit)
                             })
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                            .unwrap_or_default();
-                            let _ = reply.send(rows);
-                        });
+                            .await;
+                            let _ = reply.send(read_answer(rows));
+                        }));
                     }
                     WalMsg::Requeue { sink, limit, reply } => {
                         Self::enqueue(
@@ -669,14 +667,11 @@ impl Actor for Wal {
                     }
                     WalMsg::Rejected { limit, reply } => {
                         let reader = state.reader.clone();
-                        tokio::spawn(async move {
-                            let rows = tokio::task::spawn_blocking(move || reader.rejected(limit))
-                                .await
-                                .ok()
-                                .and_then(Result::ok)
-                                .unwrap_or_default();
-                            let _ = reply.send(rows);
-                        });
+                        state.tasks.push(tokio::spawn(async move {
+                            let rows =
+                                tokio::task::spawn_blocking(move || reader.rejected(limit)).await;
+                            let _ = reply.send(read_answer(rows));
+                        }));
                     }
                     WalMsg::Fail(reason) => {
                         return Err(format!("failure injected: {reason}").into());
@@ -688,6 +683,17 @@ impl Actor for Wal {
                 Ok(())
             }
         }
+    }
+}
+
+/// A read on the blocking pool, as an answer: its rows or why there are none.
+fn read_answer<T>(
+    joined: Result<Result<T, WalError>, tokio::task::JoinError>,
+) -> Result<T, String> {
+    match joined {
+        Ok(Ok(rows)) => Ok(rows),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("read task: {e}")),
     }
 }
 
@@ -754,6 +760,25 @@ fn count_dead_letters(m: &Metrics, results: &[OpResult]) {
                     .inc_by(rep.dead_purged);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::{read_answer, WalError};
+
+    #[tokio::test]
+    async fn a_failed_read_is_an_answer_not_an_empty_list() {
+        let ok = tokio::task::spawn_blocking(|| Ok::<_, WalError>(vec![1])).await;
+        assert_eq!(read_answer(ok), Ok(vec![1]));
+        let failed = tokio::task::spawn_blocking(|| {
+            Err::<Vec<u8>, _>(WalError::Storage("I/O error: Input/output error".into()))
+        })
+        .await;
+        assert_eq!(
+            read_answer(failed),
+            Err("WAL storage error: I/O error: Input/output error".to_string())
+        );
     }
 }
 
