@@ -40,28 +40,12 @@ impl WalStore {
             let body = tx.records.get(seq)?.map(|b| Record::decode(b.value()));
             let record = match body {
                 Some(Ok(r)) => r,
-                Some(Err(e)) => {
-                    self.kill(
-                        tx,
-                        meta,
-                        sink,
-                        seq,
-                        attempts,
-                        format!("corrupt record: {e}"),
-                        now,
-                    )?;
-                    continue;
-                }
-                None => {
-                    self.kill(
-                        tx,
-                        meta,
-                        sink,
-                        seq,
-                        attempts,
-                        "record body missing".into(),
-                        now,
-                    )?;
+                unreadable => {
+                    let reason = match unreadable {
+                        Some(Err(e)) => format!("corrupt record: {e}"),
+                        _ => "record body missing".into(),
+                    };
+                    self.kill(tx, meta, sink, seq, attempts, reason, now)?;
                     continue;
                 }
             };
