@@ -160,12 +160,7 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     );
     let dispatcher = {
         let addr = Addr::<DispatcherMsg>::new("dispatcher", Some("delivery"));
-        let (a, m, w, d) = (
-            addr.clone(),
-            metrics.clone(),
-            wal.clone(),
-            cfg.delivery.clone(),
-        );
+        let (a, w, d) = (addr.clone(), wal.clone(), cfg.delivery.clone());
         child(&dir, addr, move || {
             (
                 Dispatcher,
@@ -174,7 +169,6 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
                     wal: w.clone(),
                     commits: commits_rx.clone(),
                     config: d.clone(),
-                    metrics: m.clone(),
                     addr: a.clone(),
                 },
             )
