@@ -47,7 +47,7 @@ macro_rules! delegate_locks {
 }
 
 #[derive(Debug)]
-struct Faulty {
+pub(super) struct Faulty {
     inner: FileBackend,
     fail_sync: Arc<AtomicBool>,
     /// Writes and growth fail like ENOSPC.
@@ -96,7 +96,8 @@ fn rec(key: &str) -> Record {
     super::tests::rec(key, 1)
 }
 
-fn open_faulty(path: &std::path::Path) -> (WalStore, Arc<AtomicBool>, Arc<AtomicBool>) {
+/// A backend over the file at `path`, and its switches: (fail fsync, disk full).
+pub(super) fn faulty(path: &std::path::Path) -> (Faulty, Arc<AtomicBool>, Arc<AtomicBool>) {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -113,6 +114,11 @@ fn open_faulty(path: &std::path::Path) -> (WalStore, Arc<AtomicBool>, Arc<Atomic
         fail_sync: fail_sync.clone(),
         disk_full: disk_full.clone(),
     };
+    (backend, fail_sync, disk_full)
+}
+
+fn open_faulty(path: &std::path::Path) -> (WalStore, Arc<AtomicBool>, Arc<AtomicBool>) {
+    let (backend, fail_sync, disk_full) = faulty(path);
     let store = WalStore::open_with_backend(backend, path, vec!["s".into()], limits()).unwrap();
     (store, fail_sync, disk_full)
 }

@@ -11,7 +11,7 @@ pub use record::*;
 pub use rejected::Rejected;
 pub use store::{
     free_space_of, AppendRefused, DeadFilter, DeadLetter, DiskFull, Dump, FreeSpace, Full,
-    MaintainReport, Op, OpResult, WalError, WalLimits, WalReader, WalStore,
+    MaintainReport, Op, OpResult, WalError, WalLimits, WalReader, WalStore, FORMAT_VERSION,
 };
 
 #[cfg(test)]
@@ -22,3 +22,5 @@ mod disk_tests;
 mod fault_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upgrade_tests;

@@ -5,6 +5,8 @@ use super::*;
 /// Counters kept in `meta`; mirrored in memory between commits.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Meta {
+    /// The file's format ([`super::FORMAT_VERSION`]); 0 in files of format 1, which had none.
+    pub(super) format_version: u64,
     pub(super) next_seq: u64,
     pub(super) live_bytes: u64,
     pub(super) records: u64,
@@ -31,6 +33,7 @@ impl Meta {
             let (k, v) = row?;
             let (k, v) = (k.value().to_string(), v.value());
             match k.as_str() {
+                "format_version" => m.format_version = v,
                 "next_seq" => m.next_seq = v,
                 "live_bytes" => m.live_bytes = v,
                 "records" => m.records = v,
@@ -57,6 +60,7 @@ impl Meta {
 
     pub(super) fn save(&self, txn: &WriteTransaction) -> Result<(), WalError> {
         let mut t = txn.open_table(META)?;
+        t.insert("format_version", self.format_version)?;
         t.insert("next_seq", self.next_seq)?;
         t.insert("live_bytes", self.live_bytes)?;
         t.insert("records", self.records)?;

@@ -62,6 +62,18 @@ const PENDING: TableDefinition<(&str, u64), u32> = TableDefinition::new("pending
 const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// The WAL file's format, saved in `meta` as `format_version`.
+///
+/// - 1: the releases up to commit 7c6a1e7 (no version in `meta`; idempotency in
+///   `idem_by_ts`; no `device_usage`; ages from wall-clock times).
+/// - 2: idempotency keys scoped to the device (`idem_v2`), `device_usage`, the WAL clock
+///   (`meta.clock_ms`).
+///
+/// Opening migrates an older file in the same write transaction that stamps the new version
+/// (redb commits it whole or not at all, so a crash during the migration leaves format 1, and
+/// the next open migrates again). A newer version is refused ([`WalError::NewerFormat`]).
+pub const FORMAT_VERSION: u64 = 2;
+
 /// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long
 /// (a sweep shares its commit with appends). When a sweep hits the limit it reports `more`
 /// and the actor sweeps again right away, between groups of appends.
@@ -194,6 +206,22 @@ impl WalStore {
         txn.open_table(IDEM)?;
         txn.open_table(DEVICE_USAGE)?;
         let mut meta = Meta::load(&txn)?;
+        if meta.format_version > FORMAT_VERSION {
+            txn.abort()?;
+            return Err(WalError::NewerFormat {
+                path: path.to_path_buf(),
+                found: meta.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        // A file with records but no version is format 1; an empty new file needs no words.
+        let migrated_from = match meta.format_version {
+            0 if meta.next_seq > 1 => Some(1),
+            0 => None,
+            v if v < FORMAT_VERSION => Some(v),
+            _ => None,
+        };
+        meta.format_version = FORMAT_VERSION;
         let dropped = drop_v1_idempotency_table(&txn, &mut meta)?;
         let devices = if meta.device_usage_v1 == 1 {
             Devices::load(&txn.open_table(DEVICE_USAGE)?)?
@@ -216,6 +244,15 @@ impl WalStore {
             idem.insert(key_hash(key), ts);
         }
         txn.commit()?;
+        if let Some(from) = migrated_from {
+            tracing::warn!(
+                from,
+                to = FORMAT_VERSION,
+                records = meta.records,
+                "WAL migrated to the new format; the backlog and dead letters are kept (an \
+                 older release can no longer open this file)"
+            );
+        }
         if let Some(n) = dropped {
             tracing::warn!(
                 keys = n,

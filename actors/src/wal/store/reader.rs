@@ -19,6 +19,13 @@ impl WalStore {
         let txn = db.begin_write()?;
         let meta = Meta::load(&txn)?;
         txn.abort()?;
+        if meta.format_version > FORMAT_VERSION {
+            return Err(WalError::NewerFormat {
+                path: path.to_path_buf(),
+                found: meta.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
         let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         Ok(stats_from(&meta, &HashMap::new(), file_bytes))
     }

@@ -14,6 +14,18 @@ pub enum WalError {
     AlreadyOpen,
     #[error("WAL storage error: {0}")]
     Storage(String),
+    /// Written by a newer release: refused rather than misread (an upgrade is one-way; keep
+    /// the newer binary, or restore the backup taken before the upgrade).
+    #[error(
+        "WAL {path} has format version {found}, newer than this gateway's {supported}: it was \
+         written by a newer release; run that release (or restore a backup of the WAL taken \
+         before the upgrade)"
+    )]
+    NewerFormat {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
 }
 
 impl WalError {
