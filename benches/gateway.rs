@@ -138,6 +138,7 @@ fn wal_vs_redb() {
             device_fair_share: true,
             max_dead_per_sink: u64::MAX,
             min_free_bytes: 0,
+            compact_min_bytes: 0,
         };
         let mut store =
             Some(WalStore::open(&dir.path().join("wal.redb"), vec!["s".into()], limits).unwrap());

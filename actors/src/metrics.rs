@@ -25,6 +25,8 @@ pub struct Metrics {
     pub wal_disk_full: IntGauge,
     /// Commits that met a full disk (ENOSPC) and reopened the store in place.
     pub wal_enospc: IntCounter,
+    pub wal_compactions: IntCounter,
+    pub wal_compacted_bytes: IntCounter,
     /// Connections closed at accept by listener and limit reached.
     pub connections_refused: IntCounterVec,
     /// Records by `state` (`enqueued`, `in_flight`, `dead`) and `sink`.
@@ -176,6 +178,22 @@ impl Metrics {
                 IntCounter::new(
                     "wal_enospc_total",
                     "WAL commits that met a full disk and reopened the store in place",
+                )
+                .unwrap(),
+            ),
+            wal_compactions: reg(
+                &r,
+                IntCounter::new(
+                    "wal_compactions_total",
+                    "Times the WAL file was compacted after a backlog drained",
+                )
+                .unwrap(),
+            ),
+            wal_compacted_bytes: reg(
+                &r,
+                IntCounter::new(
+                    "wal_compacted_bytes_total",
+                    "Bytes the WAL file gave back to the filesystem by compaction",
                 )
                 .unwrap(),
             ),

@@ -189,6 +189,9 @@ pub struct WalConfig {
     /// A file of this size kept beside the WAL and deleted if a commit still meets a full
     /// disk (another process filled it), so delivery can go on; recreated once space is back.
     pub reserve_bytes: u64,
+    /// The WAL file is compacted (given back to the filesystem) once it is at least this big
+    /// and more than twice what its rows occupy, e.g. after a backlog drained. 0: never.
+    pub compact_min_bytes: u64,
 }
 
 impl Default for WalConfig {
@@ -210,6 +213,7 @@ impl Default for WalConfig {
             max_dead_letters: 100_000,
             min_free_bytes: 64 * 1024 * 1024,
             reserve_bytes: 16 * 1024 * 1024,
+            compact_min_bytes: 16 * 1024 * 1024,
         }
     }
 }

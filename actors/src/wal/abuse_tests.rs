@@ -45,7 +45,7 @@ fn append(s: WalStore, records: Vec<Record>, now: u64) -> (WalStore, Vec<AppendO
 
 fn stored_keys(s: &WalStore) -> Vec<String> {
     let mut s2 = Vec::new();
-    let txn = s.db.begin_read().unwrap();
+    let txn = s.db.read().unwrap().begin_read().unwrap();
     for row in txn
         .open_table(super::store::RECORDS_FOR_TESTS)
         .unwrap()
@@ -209,7 +209,7 @@ fn a_file_with_the_old_idempotency_table_opens_and_drops_it() {
     }
     let s = open(&path);
     assert_eq!(s.stats().records, 1);
-    let txn = s.db.begin_read().unwrap();
+    let txn = s.db.read().unwrap().begin_read().unwrap();
     assert!(!txn
         .list_tables()
         .unwrap()

@@ -548,7 +548,7 @@ impl Actor for Wal {
                                 .with_label_values(&[&sink, reason_class(&reason)])
                                 .inc();
                         }
-                        count_dead_letters(&state.metrics, &results);
+                        note_maintenance(&state.metrics, &results);
                         note_disk(&myself, state, &results);
                         if sweep_has_more(&results) {
                             state.queue.push_back((Op::Maintain, Waiter::Nobody));
@@ -739,9 +739,9 @@ fn sweep_has_more(results: &[OpResult]) -> bool {
         .any(|r| matches!(r, OpResult::Maintained(rep) if rep.more))
 }
 
-/// Purges reported by a maintenance commit (dead letters are counted from the store's
-/// events, see `Committed`).
-fn count_dead_letters(m: &Metrics, results: &[OpResult]) {
+/// What a maintenance commit reports: purges (dead letters are counted from the store's
+/// events, see `Committed`) and compactions.
+fn note_maintenance(m: &Metrics, results: &[OpResult]) {
     for r in results {
         if let OpResult::Maintained(rep) = r {
             for (sink, n) in &rep.dead_over_budget {
@@ -752,6 +752,17 @@ fn count_dead_letters(m: &Metrics, results: &[OpResult]) {
                     sink = %sink,
                     purged = n,
                     "oldest dead letters purged: the sink holds more than wal.max_dead_letters"
+                );
+            }
+            if let Some(c) = rep.compacted {
+                m.wal_compactions.inc();
+                m.wal_compacted_bytes
+                    .inc_by(c.before.saturating_sub(c.after));
+                tracing::info!(
+                    before = c.before,
+                    after = c.after,
+                    millis = c.millis,
+                    "WAL file compacted"
                 );
             }
             if rep.dead_purged > 0 {

@@ -188,10 +188,36 @@ fn a_full_disk_refuses_appends_without_acking_and_recovers_after_reopen() {
 /// and makes the device dead until reopened from the file. It models losing *all* unsynced
 /// writes, not a torn or reordered subset of them.
 #[derive(Debug)]
-struct PowerCut {
+pub(super) struct PowerCut {
     inner: FileBackend,
     volatile: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
     cut: Arc<AtomicBool>,
+    /// Syncs allowed before the power goes by itself, at the start of the next one (negative:
+    /// no limit).
+    syncs_left: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// A power-loss disk over the file at `path`: (backend, cut switch, syncs left before the
+/// power goes by itself; -1 = never).
+pub(super) fn power_cut(
+    path: &std::path::Path,
+) -> (PowerCut, Arc<AtomicBool>, Arc<std::sync::atomic::AtomicI64>) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let syncs_left = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    let backend = PowerCut {
+        inner: FileBackend::new(file).unwrap(),
+        volatile: Default::default(),
+        cut: cut.clone(),
+        syncs_left: syncs_left.clone(),
+    };
+    (backend, cut, syncs_left)
 }
 
 impl PowerCut {
@@ -230,6 +256,16 @@ impl StorageBackend for PowerCut {
     }
     fn sync_data(&self) -> Result<(), std::io::Error> {
         self.dead()?;
+        if self.syncs_left.load(Ordering::SeqCst) == 0 {
+            self.cut.store(true, Ordering::SeqCst);
+            self.volatile.lock().unwrap().clear();
+            return self.dead();
+        }
+        let _ = self
+            .syncs_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n > 0).then(|| n - 1)
+            });
         let pending = std::mem::take(&mut *self.volatile.lock().unwrap());
         for (o, d) in pending {
             self.inner.write(o, &d)?;
@@ -256,19 +292,7 @@ fn power_cut_run(seed: u64, cut_after: usize, break_durability: bool) -> (usize,
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wal.redb");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .unwrap();
-    let cut = Arc::new(AtomicBool::new(false));
-    let backend = PowerCut {
-        inner: FileBackend::new(file).unwrap(),
-        volatile: Default::default(),
-        cut: cut.clone(),
-    };
+    let (backend, cut, _) = power_cut(&path);
     let mut store =
         WalStore::open_with_backend(backend, &path, vec!["s".into()], limits()).unwrap();
     if break_durability {

@@ -10,12 +10,14 @@ pub use quota::{DeviceQuota, Usage};
 pub use record::*;
 pub use rejected::Rejected;
 pub use store::{
-    free_space_of, AppendRefused, DeadFilter, DeadLetter, DiskFull, Dump, FreeSpace, Full,
-    MaintainReport, Op, OpResult, WalError, WalLimits, WalReader, WalStore, FORMAT_VERSION,
+    free_space_of, AppendRefused, Compacted, DeadFilter, DeadLetter, DiskFull, Dump, FreeSpace,
+    Full, MaintainReport, Op, OpResult, WalError, WalLimits, WalReader, WalStore, FORMAT_VERSION,
 };
 
 #[cfg(test)]
 mod abuse_tests;
+#[cfg(test)]
+mod compact_tests;
 #[cfg(test)]
 mod disk_tests;
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub(super) fn limits() -> WalLimits {
         device_fair_share: false,
         max_dead_per_sink: u64::MAX,
         min_free_bytes: 0,
+        compact_min_bytes: 0,
     }
 }
 

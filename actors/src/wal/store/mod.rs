@@ -3,7 +3,7 @@
 //! Layout: this file holds the store, its opening and the commit (`apply`); `types.rs` the
 //! operations, results, limits and errors; `meta.rs` the counters; `write.rs` appends and
 //! the idempotency rows; `deliver.rs` leases and settles; `maintain.rs` retention and purges;
-//! `reader.rs` read-only access.
+//! `compact.rs` giving space back; `reader.rs` read-only access.
 //!
 //! Every operation is applied inside one write transaction per group ([`WalStore::apply`]);
 //! the actor decides the grouping. Invariants:
@@ -40,6 +40,7 @@ use redb::{
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+mod compact;
 mod deliver;
 mod maintain;
 mod meta;
@@ -116,10 +117,20 @@ fn open_error(path: &Path, source: redb::DatabaseError) -> WalError {
     }
 }
 
+/// The database, shared by the store and its readers (see [`WalStore::db`]).
+pub(super) type Shared = std::sync::Arc<std::sync::RwLock<Database>>;
+
+/// Reads the shared database (a poisoned lock only means a reader panicked mid-read).
+pub(super) fn read_db(db: &Shared) -> std::sync::RwLockReadGuard<'_, Database> {
+    db.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The WAL file and the in-memory lease table.
 pub struct WalStore {
-    /// Shared with [`WalReader`]s so inspection never waits for the writer.
-    pub(super) db: std::sync::Arc<Database>,
+    /// Shared with [`WalReader`]s so inspection never waits for the writer (redb readers
+    /// run beside it). Readers hold the read lock for the whole of their read; the store takes
+    /// the write lock only to compact, which needs the database to itself.
+    pub(super) db: Shared,
     path: PathBuf,
     sinks: Vec<String>,
     limits: WalLimits,
@@ -138,6 +149,8 @@ pub struct WalStore {
     free_space: FreeSpace,
     /// Size of the file after the last commit.
     file_bytes: u64,
+    /// Size the last compaction left the file at: no new attempt until it grows past it.
+    compact_floor: u64,
     /// (sink, reason) of every record made Dead by the last commits, for the caller to count
     /// once they are committed (`take_dead_events`); gone with the store if a commit fails.
     dead_events: Vec<(String, String)>,
@@ -263,7 +276,7 @@ impl WalStore {
             );
         }
         Ok(WalStore {
-            db: std::sync::Arc::new(db),
+            db: std::sync::Arc::new(std::sync::RwLock::new(db)),
             path: path.to_path_buf(),
             sinks,
             limits,
@@ -274,6 +287,7 @@ impl WalStore {
             devices,
             free_space: free_space_of(path.parent().unwrap_or(Path::new(".")).to_path_buf()),
             file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+            compact_floor: 0,
             dead_events: Vec::new(),
             // Only in a build with the `negative-control` feature (never a default): the
             // chaos harness's proof that it can see loss.
@@ -303,7 +317,7 @@ impl WalStore {
         now_ms: u64,
     ) -> Result<(WalStore, Vec<OpResult>), WalError> {
         let durable = ops.iter().any(Op::needs_durability) && !self.negative_control_non_durable;
-        let mut txn = self.db.begin_write()?;
+        let mut txn = read_db(&self.db).begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -378,6 +392,13 @@ impl WalStore {
         txn.commit()?;
         self.meta = meta;
         self.file_bytes = std::fs::metadata(&self.path).map_or(self.file_bytes, |m| m.len());
+        // After a sweep: give space back if the file is mostly empty (see `compact.rs`).
+        if let Some(OpResult::Maintained(report)) = results
+            .iter_mut()
+            .find(|r| matches!(r, OpResult::Maintained(_)))
+        {
+            report.compacted = self.maybe_compact();
+        }
         Ok((self, results))
     }
 

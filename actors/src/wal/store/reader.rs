@@ -33,7 +33,8 @@ impl WalStore {
     /// Every row's key, for model-based tests: pending (with attempts), dead, records, keys.
     #[doc(hidden)]
     pub fn dump(&self) -> Result<Dump, WalError> {
-        let txn = self.db.begin_read()?;
+        let db = read_db(&self.db);
+        let txn = db.begin_read()?;
         let mut d = Dump::default();
         for row in txn.open_table(PENDING)?.iter()? {
             let (k, v) = row?;
@@ -55,7 +56,8 @@ impl WalStore {
 
     /// Row counts straight from the tables, for tests that check the counters.
     pub fn count_rows(&self) -> Result<(u64, u64, u64), WalError> {
-        let txn = self.db.begin_read()?;
+        let db = read_db(&self.db);
+        let txn = db.begin_read()?;
         Ok((
             txn.open_table(RECORDS)?.len()?,
             txn.open_table(PENDING)?.len()?,
@@ -70,7 +72,7 @@ pub type DeadLetter = (u64, DeadEntry, Option<Record>);
 /// Read-only access to the WAL (redb readers never block the writer). Blocking: call from a
 /// blocking thread.
 #[derive(Clone)]
-pub struct WalReader(std::sync::Arc<Database>);
+pub struct WalReader(Shared);
 
 impl WalReader {
     /// Dead-lettered entries of a sink, oldest first (for inspection).
@@ -79,7 +81,9 @@ impl WalReader {
         sink: &str,
         limit: usize,
     ) -> Result<Vec<(u64, DeadEntry, Option<Record>)>, WalError> {
-        let txn = self.0.begin_read()?;
+        // The guard lives as long as the read: a compaction waits for it.
+        let db = read_db(&self.0);
+        let txn = db.begin_read()?;
         let dead = txn.open_table(DEAD)?;
         let records = txn.open_table(RECORDS)?;
         let mut out = Vec::new();
@@ -100,7 +104,9 @@ impl WalReader {
 impl WalReader {
     /// Rejected messages, newest first.
     pub fn rejected(&self, limit: usize) -> Result<Vec<(u64, Rejected)>, WalError> {
-        let txn = self.0.begin_read()?;
+        // The guard lives as long as the read: a compaction waits for it.
+        let db = read_db(&self.0);
+        let txn = db.begin_read()?;
         let t = txn.open_table(REJECTED)?;
         let mut out = Vec::new();
         for row in t.iter()?.rev().take(limit) {

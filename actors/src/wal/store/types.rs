@@ -77,6 +77,8 @@ pub struct WalLimits {
     pub max_dead_per_sink: u64,
     /// Appends are refused while the filesystem has less free than this (0: no check).
     pub min_free_bytes: u64,
+    /// Compact the file once it is at least this big and more than twice its rows (0: never).
+    pub compact_min_bytes: u64,
 }
 
 impl WalLimits {
@@ -102,6 +104,7 @@ impl WalLimits {
             device_fair_share: wal.device_fair_share,
             max_dead_per_sink: wal.max_dead_letters,
             min_free_bytes: wal.min_free_bytes,
+            compact_min_bytes: wal.compact_min_bytes,
         }
     }
 
@@ -269,4 +272,14 @@ pub struct MaintainReport {
     pub dead_over_budget: Vec<(String, u64)>,
     /// A limit was hit: another sweep has work to do.
     pub more: bool,
+    /// The file was compacted after this sweep's commit.
+    pub compacted: Option<Compacted>,
+}
+
+/// A compaction: the file's size before and after, and how long the WAL was busy with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub before: u64,
+    pub after: u64,
+    pub millis: u64,
 }
