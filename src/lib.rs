@@ -78,7 +78,7 @@ pub fn wal_stats(
     edge_gateway_actors::wal::WalStore::offline_stats(path)
 }
 
-pub use edge_gateway_actors::wal::DeadFilter;
+pub use edge_gateway_actors::wal::{DeadClass, DeadFilter};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_COMMIT: &str = env!("EDGE_GATEWAY_GIT_COMMIT");

@@ -231,13 +231,17 @@ fn main() -> anyhow::Result<()> {
                 cfg.sinks.iter().any(|s| s.name == sink),
                 "no sink named {sink:?} in the configuration"
             );
-            if let Some(r) = &reason {
-                let classes = edge_gateway::DeadFilter::REASONS;
-                anyhow::ensure!(
-                    classes.contains(&r.as_str()),
-                    "--reason must be one of {classes:?}"
-                );
-            }
+            let reason = match reason
+                .as_deref()
+                .map(|r| (r, edge_gateway::DeadClass::parse(r)))
+            {
+                None => None,
+                Some((_, Some(class))) => Some(class),
+                Some((r, None)) => {
+                    let classes = edge_gateway::DeadClass::ALL.map(edge_gateway::DeadClass::as_str);
+                    anyhow::bail!("--reason {r:?} must be one of {classes:?}")
+                }
+            };
             let filter = edge_gateway::DeadFilter {
                 reason,
                 older_than_ms: older_than.map(|d| d.as_millis() as u64),

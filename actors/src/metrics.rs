@@ -1,7 +1,7 @@
 //! Prometheus metrics, in one injected registry (never the global one).
 //!
 //! Every metric is prefixed `edge_gateway_`. Label values are bounded sets: sink names
-//! come from config, reasons are categories (see [`reason_class`]), never free text.
+//! come from config, reasons are categories (see `wal::DeadClass`), never free text.
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -473,20 +473,5 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// A dead-letter reason reduced to a bounded label value.
-pub fn reason_class(reason: &str) -> &'static str {
-    if reason == "expired" {
-        "expired"
-    } else if reason.starts_with("max attempts") {
-        "max_attempts"
-    } else if reason.starts_with("corrupt") || reason.starts_with("record body") {
-        "corrupt"
-    } else if reason.starts_with("invalid") {
-        "invalid"
-    } else {
-        "rejected"
     }
 }

@@ -12,7 +12,7 @@ mod tree;
 
 use edge_gateway_actors::addr::SendError;
 use edge_gateway_actors::ingest::auth::{ct_eq, hash_token, TokenHash};
-use edge_gateway_actors::wal::{DeadFilter, WalMsg};
+use edge_gateway_actors::wal::{DeadClass, DeadFilter, WalMsg};
 use edge_gateway_config::Config;
 use edge_gateway_supervisors::tree::Handles;
 use serde_json::json;
@@ -169,11 +169,13 @@ async fn route(
 fn dead_filter(
     query: &std::collections::HashMap<String, String>,
 ) -> Result<(DeadFilter, usize), (&'static str, String)> {
-    let classes = DeadFilter::REASONS;
-    let reason = match query.get("reason") {
+    let reason = match query.get("reason").map(|r| (r, DeadClass::parse(r))) {
         None => None,
-        Some(r) if classes.contains(&r.as_str()) => Some(r.clone()),
-        Some(r) => return Err(("reason", format!("{r:?} is not one of {classes:?}"))),
+        Some((_, Some(class))) => Some(class),
+        Some((r, None)) => {
+            let classes = DeadClass::ALL.map(DeadClass::as_str);
+            return Err(("reason", format!("{r:?} is not one of {classes:?}")));
+        }
     };
     let older_than_ms = match query.get("older_than") {
         None => None,

@@ -381,7 +381,7 @@ fn the_operator_purges_dead_letters_by_reason_and_age() {
     let (s, _) = append(s, (1..=2).map(|i| reading("d", i, 1.0, 5)).collect(), 5);
     let s = kill_all(s, "invalid payload", 10);
     let (s, _) = append(s, (3..=4).map(|i| reading("d", i, 1.0, 20)).collect(), 20);
-    let s = kill_all(s, "expired", 30);
+    let s = kill_all(s, "HTTP 422", 30);
     let purge = |filter: DeadFilter| Op::PurgeDead {
         sink: "a".into(),
         filter,
@@ -390,8 +390,8 @@ fn the_operator_purges_dead_letters_by_reason_and_age() {
     let (s, r) = s
         .apply(
             vec![purge(DeadFilter {
-                reason: Some("expired".into()),
-                older_than_ms: Some(15),
+                reason: Some(DeadClass::Expired),
+                older_than_ms: None,
             })],
             40,
         )
@@ -402,13 +402,13 @@ fn the_operator_purges_dead_letters_by_reason_and_age() {
             sink: "a".into(),
             purged: 0
         },
-        "expired ones died at 30"
+        "none expired: the sink refused them all"
     );
     let (s, r) = s
         .apply(
             vec![purge(DeadFilter {
-                reason: Some("invalid".into()),
-                older_than_ms: None,
+                reason: Some(DeadClass::Rejected),
+                older_than_ms: Some(15),
             })],
             40,
         )
@@ -496,6 +496,6 @@ fn every_dead_letter_is_reported_once_with_its_reason() {
     assert_eq!(events.len(), 3, "{events:?}");
     assert!(events
         .iter()
-        .all(|(sink, reason)| sink == "a" && reason.starts_with("max attempts")));
+        .all(|(sink, class)| sink == "a" && *class == DeadClass::MaxAttempts));
     assert!(s.take_dead_events().is_empty(), "reported once");
 }

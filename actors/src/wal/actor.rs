@@ -43,7 +43,7 @@ use super::store::{
     WalStore,
 };
 use crate::addr::{Addr, Failable};
-use crate::metrics::{reason_class, Metrics};
+use crate::metrics::Metrics;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -541,11 +541,11 @@ impl Actor for Wal {
                 match c.result {
                     Ok((mut store, results)) => {
                         // Counted after the fact: what the commit made Dead, however.
-                        for (sink, reason) in store.take_dead_events() {
+                        for (sink, class) in store.take_dead_events() {
                             state
                                 .metrics
                                 .dead_lettered
-                                .with_label_values(&[&sink, reason_class(&reason)])
+                                .with_label_values(&[&sink, class.as_str()])
                                 .inc();
                         }
                         note_maintenance(&state.metrics, &results);

@@ -112,19 +112,137 @@ pub enum Outcome {
     Acked,
     /// Transient failure: back to Enqueued, unless attempts are used up (then Dead).
     Retry(String),
-    /// Permanent failure: Dead with this reason.
+    /// Refused by the sink for good: Dead, [`DeadReason::Refused`] with the sink's answer.
     Dead(String),
     /// Never sent (held back behind a failed batch): back to Enqueued and the lease's attempt
     /// is given back.
     Release,
 }
 
+/// Why a record was dead-lettered for a sink: decided where it happens, stored with its class,
+/// shown as text, counted by class — never parsed back from the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadReason {
+    /// Older than `wal.max_age_secs` and still not delivered.
+    Expired,
+    /// Leased `attempts` times without a delivery; the last failure, if the sink gave one
+    /// (none: its publisher kept dying on it).
+    MaxAttempts {
+        attempts: u32,
+        last_error: Option<String>,
+    },
+    /// The record's bytes no longer decode, or are missing.
+    Corrupt(String),
+    /// The sink refused it for good (an answer that blames the record, e.g. HTTP 400).
+    Refused(String),
+}
+
+impl DeadReason {
+    pub fn class(&self) -> DeadClass {
+        match self {
+            DeadReason::Expired => DeadClass::Expired,
+            DeadReason::MaxAttempts { .. } => DeadClass::MaxAttempts,
+            DeadReason::Corrupt(_) => DeadClass::Corrupt,
+            DeadReason::Refused(_) => DeadClass::Rejected,
+        }
+    }
+}
+
+impl std::fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadReason::Expired => f.write_str("expired"),
+            DeadReason::MaxAttempts {
+                attempts,
+                last_error: Some(e),
+            } => write!(f, "max attempts ({attempts}) reached; last error: {e}"),
+            DeadReason::MaxAttempts {
+                attempts,
+                last_error: None,
+            } => write!(
+                f,
+                "max attempts ({attempts}) reached without a settled delivery"
+            ),
+            DeadReason::Corrupt(e) => f.write_str(e),
+            DeadReason::Refused(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The bounded set of dead-letter classes: metric label values and purge filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadClass {
+    Expired,
+    MaxAttempts,
+    Corrupt,
+    /// Refused by the sink.
+    Rejected,
+}
+
+impl DeadClass {
+    pub const ALL: [DeadClass; 4] = [
+        DeadClass::Expired,
+        DeadClass::MaxAttempts,
+        DeadClass::Corrupt,
+        DeadClass::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadClass::Expired => "expired",
+            DeadClass::MaxAttempts => "max_attempts",
+            DeadClass::Corrupt => "corrupt",
+            DeadClass::Rejected => "rejected",
+        }
+    }
+
+    /// The class a filter names (`expired`, `max_attempts`, `corrupt`, `rejected`).
+    pub fn parse(s: &str) -> Option<DeadClass> {
+        DeadClass::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Rows written before the class was stored (WAL format 1) carry only the text, whose
+    /// forms were fixed; read once, here, for them alone.
+    fn of_format_1_text(reason: &str) -> DeadClass {
+        if reason == "expired" {
+            DeadClass::Expired
+        } else if reason.starts_with("max attempts") {
+            DeadClass::MaxAttempts
+        } else if reason.starts_with("corrupt") || reason.starts_with("record body") {
+            DeadClass::Corrupt
+        } else {
+            DeadClass::Rejected
+        }
+    }
+}
+
 /// A dead-lettered record's entry for one sink.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeadEntry {
+    /// The reason as text ([`DeadReason`]'s `Display`).
     pub reason: String,
     pub attempts: u32,
     pub dead_at_ms: u64,
+    /// The reason's class; absent in rows of WAL format 1 (see [`DeadEntry::class`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<DeadClass>,
+}
+
+impl DeadEntry {
+    pub fn new(reason: &DeadReason, attempts: u32, dead_at_ms: u64) -> DeadEntry {
+        DeadEntry {
+            reason: reason.to_string(),
+            attempts,
+            dead_at_ms,
+            class: Some(reason.class()),
+        }
+    }
+
+    pub fn class(&self) -> DeadClass {
+        self.class
+            .unwrap_or_else(|| DeadClass::of_format_1_text(&self.reason))
+    }
 }
 
 /// Counts by state and sink, as the WAL holds them.

@@ -32,8 +32,10 @@ impl WalStore {
         for (seq, attempts) in leased_now {
             if attempts >= self.limits.max_attempts {
                 // Leased that often without a settle: its publisher keeps dying on it.
-                let reason =
-                    format!("max attempts ({attempts}) reached without a settled delivery");
+                let reason = DeadReason::MaxAttempts {
+                    attempts,
+                    last_error: None,
+                };
                 self.kill(tx, meta, sink, seq, attempts, reason, now)?;
                 continue;
             }
@@ -42,8 +44,8 @@ impl WalStore {
                 Some(Ok(r)) => r,
                 unreadable => {
                     let reason = match unreadable {
-                        Some(Err(e)) => format!("corrupt record: {e}"),
-                        _ => "record body missing".into(),
+                        Some(Err(e)) => DeadReason::Corrupt(format!("corrupt record: {e}")),
+                        _ => DeadReason::Corrupt("record body missing".into()),
                     };
                     self.kill(tx, meta, sink, seq, attempts, reason, now)?;
                     continue;
@@ -89,7 +91,10 @@ impl WalStore {
                     acked += 1;
                 }
                 Outcome::Retry(reason) if attempts >= self.limits.max_attempts => {
-                    let reason = format!("max attempts ({attempts}) reached; last error: {reason}");
+                    let reason = DeadReason::MaxAttempts {
+                        attempts,
+                        last_error: Some(reason),
+                    };
                     self.kill(tx, meta, sink, seq, attempts, reason, now)?;
                     dead += 1;
                     exhausted += 1;
@@ -100,6 +105,7 @@ impl WalStore {
                     retried += 1;
                 }
                 Outcome::Dead(reason) => {
+                    let reason = DeadReason::Refused(reason);
                     self.kill(tx, meta, sink, seq, attempts, reason, now)?;
                     dead += 1;
                 }
@@ -147,19 +153,15 @@ impl WalStore {
         sink: &str,
         seq: u64,
         attempts: u32,
-        reason: String,
+        reason: DeadReason,
         now: u64,
     ) -> Result<(), WalError> {
         tx.pending.remove((sink, seq))?;
         if let Some(m) = self.inflight.get_mut(sink) {
             m.remove(&seq);
         }
-        self.dead_events.push((sink.to_string(), reason.clone()));
-        let entry = DeadEntry {
-            reason,
-            attempts,
-            dead_at_ms: now,
-        };
+        self.dead_events.push((sink.to_string(), reason.class()));
+        let entry = DeadEntry::new(&reason, attempts, now);
         let mut buf = Vec::new();
         ciborium::into_writer(&entry, &mut buf).expect("encoding to a Vec cannot fail");
         tx.dead.insert((sink, seq), buf.as_slice())?;

@@ -3,14 +3,15 @@
 use super::*;
 
 impl WalStore {
-    /// Deletes up to `limit` of `sink`'s dead letters that `keep_going` accepts, oldest first.
+    /// Deletes up to `limit` of `sink`'s dead letters that `matches` accepts, oldest first
+    /// (`None`: an entry that no longer decodes).
     pub(super) fn purge_dead(
         &mut self,
         tx: &mut Tx<'_>,
         meta: &mut Meta,
         sink: &str,
         limit: usize,
-        matches: impl Fn(&DeadEntry) -> bool,
+        matches: impl Fn(Option<&DeadEntry>) -> bool,
     ) -> Result<usize, WalError> {
         let mut seqs = Vec::new();
         for row in tx.dead.range((sink, 0)..=(sink, u64::MAX))? {
@@ -19,17 +20,7 @@ impl WalStore {
             }
             let (k, v) = row?;
             let entry: Option<DeadEntry> = ciborium::from_reader(v.value()).ok();
-            // An unreadable entry matches only an unfiltered purge.
-            if entry.as_ref().map_or_else(
-                || {
-                    matches(&DeadEntry {
-                        reason: String::new(),
-                        attempts: 0,
-                        dead_at_ms: 0,
-                    })
-                },
-                &matches,
-            ) {
+            if matches(entry.as_ref()) {
                 seqs.push(k.value().1);
             }
         }
@@ -91,7 +82,7 @@ impl WalStore {
             for sink in self.sinks.clone() {
                 let attempts = tx.pending.get((sink.as_str(), seq))?.map(|v| v.value());
                 if let Some(attempts) = attempts {
-                    self.kill(tx, meta, &sink, seq, attempts, "expired".into(), now)?;
+                    self.kill(tx, meta, &sink, seq, attempts, DeadReason::Expired, now)?;
                     report.expired += 1;
                 }
             }

@@ -31,7 +31,9 @@
 
 use super::idem::{self, IDEM};
 use super::quota::{self, DeviceQuota, Devices, QuotaLimits, Usage, DEVICE_USAGE};
-use super::record::{AppendOutcome, DeadEntry, Leased, Outcome, Record, SinkStats, WalStats};
+use super::record::{
+    AppendOutcome, DeadClass, DeadEntry, DeadReason, Leased, Outcome, Record, SinkStats, WalStats,
+};
 use super::rejected::{Rejected, REJECTED};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -151,9 +153,9 @@ pub struct WalStore {
     file_bytes: u64,
     /// Size the last compaction left the file at: no new attempt until it grows past it.
     compact_floor: u64,
-    /// (sink, reason) of every record made Dead by the last commits, for the caller to count
+    /// (sink, class) of every record made Dead by the last commits, for the caller to count
     /// once they are committed (`take_dead_events`); gone with the store if a commit fails.
-    dead_events: Vec<(String, String)>,
+    dead_events: Vec<(String, DeadClass)>,
     /// Negative control for the power-loss tests only: commit appends without fsync, so the
     /// test can show it would catch an ack-before-durable bug.
     negative_control_non_durable: bool,
@@ -412,7 +414,7 @@ impl WalStore {
 
     /// (sink, reason) of every record made Dead since the last call: settles, expiry, and the
     /// ones killed at lease time (attempts used up without a settle, a corrupt record).
-    pub fn take_dead_events(&mut self) -> Vec<(String, String)> {
+    pub fn take_dead_events(&mut self) -> Vec<(String, DeadClass)> {
         std::mem::take(&mut self.dead_events)
     }
 

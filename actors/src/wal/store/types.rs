@@ -155,22 +155,19 @@ pub enum Op {
 /// Which dead letters a purge takes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadFilter {
-    /// Reason class as in metrics (`expired`, `max_attempts`, `corrupt`, `invalid`,
-    /// `rejected`); `None`: any.
-    pub reason: Option<String>,
+    /// Reason class, as in the metrics; `None`: any.
+    pub reason: Option<DeadClass>,
     /// Dead for at least this long (WAL time, see "Time"); `None`: any age.
     pub older_than_ms: Option<u64>,
 }
 
 impl DeadFilter {
-    /// The reason classes a filter may name (`metrics::reason_class`).
-    pub const REASONS: [&'static str; 5] =
-        ["expired", "max_attempts", "corrupt", "invalid", "rejected"];
-
-    pub(super) fn matches(&self, e: &DeadEntry, now: u64) -> bool {
-        self.reason
-            .as_deref()
-            .is_none_or(|r| crate::metrics::reason_class(&e.reason) == r)
+    /// An entry that no longer decodes (`None`) matches only a filter without conditions.
+    pub(super) fn matches(&self, e: Option<&DeadEntry>, now: u64) -> bool {
+        let Some(e) = e else {
+            return self.reason.is_none() && self.older_than_ms.is_none();
+        };
+        self.reason.is_none_or(|r| e.class() == r)
             && self
                 .older_than_ms
                 .is_none_or(|age| e.dead_at_ms.saturating_add(age) <= now)
