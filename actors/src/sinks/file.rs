@@ -3,7 +3,7 @@
 //! The embedded default, so the gateway does its whole job on one machine. A crash between
 //! write and settle repeats lines on redelivery; `idempotency_key` tells them apart.
 
-use super::{record_json, PublishResult};
+use super::{json::write_record, PublishResult};
 use crate::wal::Leased;
 use edge_gateway_config::SinkConfig;
 use std::io::Write;
@@ -47,7 +47,7 @@ impl FileSink {
     pub async fn publish(&mut self, batch: &[Leased]) -> PublishResult {
         let mut buf = Vec::with_capacity(batch.len() * 256);
         for l in batch {
-            serde_json::to_writer(&mut buf, &record_json(l)).expect("JSON values always serialise");
+            write_record(&mut buf, l);
             buf.push(b'\n');
         }
         let file = self.file.clone();

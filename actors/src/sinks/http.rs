@@ -5,13 +5,19 @@
 //! 2xx delivered; connect errors unreachable (no attempt used up); timeouts, 408, 429 and 5xx
 //! transient; any other status permanent. Redirects are not followed (a 3xx is permanent: the URL is wrong).
 
-use super::{record_json, PublishResult};
+use super::{json::RecordsJson, PublishResult};
 use crate::ingest::auth::read_secret;
 use crate::wal::Leased;
 use edge_gateway_config::SinkConfig;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
+
+/// The request body, serialised in one pass.
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    gateway_id: &'a str,
+    records: RecordsJson<'a>,
+}
 
 pub struct HttpSink {
     client: reqwest::Client,
@@ -64,15 +70,17 @@ impl HttpSink {
             h.update([0u8]);
         }
         let key = hex::encode(h.finalize());
-        let body = json!({
-            "gateway_id": self.gateway_id,
-            "records": batch.iter().map(record_json).collect::<Vec<_>>(),
-        });
+        let body = Body {
+            gateway_id: &self.gateway_id,
+            records: RecordsJson(batch),
+        };
+        let body = serde_json::to_vec(&body).expect("records always serialise to JSON");
         let mut req = self
             .client
             .post(&self.url)
             .header("idempotency-key", key)
-            .json(&body);
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(t) = &self.bearer {
             req = req.bearer_auth(t);
         }

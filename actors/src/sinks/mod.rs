@@ -19,6 +19,7 @@
 
 pub mod file;
 pub mod http;
+pub mod json;
 pub mod mqtt;
 
 use crate::addr::{Addr, Failable};
@@ -26,7 +27,6 @@ use crate::metrics::Metrics;
 use crate::wal::Leased;
 use edge_gateway_config::{SinkConfig, SinkKind};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -86,33 +86,6 @@ pub struct PublisherState {
     addr: Addr<PublisherMsg>,
     /// A batch failed and no `Resume` came since.
     holding: bool,
-}
-
-/// The JSON every sink receives for a record. `idempotency_key` is stable across
-/// redeliveries: downstream de-duplicates on it.
-pub fn record_json(l: &Leased) -> Value {
-    let r = &l.record;
-    let ts = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.receive_ts_ms);
-    let mut v = json!({
-        "idempotency_key": r.idempotency_key,
-        "device_id": r.device_id,
-        "gateway_id": r.gateway_id,
-        "correlation_id": r.correlation_id,
-        "receive_ts": humantime::format_rfc3339_millis(ts).to_string(),
-        "source": r.source,
-        "schema": r.schema,
-        "msg_id": r.msg_id,
-        "seq": r.device_seq,
-        "ts": r.device_ts,
-        "data": r.data,
-        "wal_seq": l.seq,
-        "attempt": l.attempts,
-    });
-    // Only when false, so every other record reads as it always did.
-    if !r.clock_synced {
-        v["clock_synced"] = false.into();
-    }
-    v
 }
 
 impl Actor for Publisher {

@@ -16,7 +16,7 @@
 //! session), so no acknowledgement from an earlier connection can be taken for a later
 //! publish.
 
-use super::{record_json, PublishResult};
+use super::{json::write_record, PublishResult};
 use crate::mqtt_options::{options, options_v5, ClientSettings};
 use crate::wal::Leased;
 use edge_gateway_config::{render_topic, MqttProtocol, SinkConfig, DEFAULT_SINK_TOPIC};
@@ -295,7 +295,8 @@ impl MqttSink {
                 &l.record.device_id,
                 &self.gateway_id,
             );
-            let payload = serde_json::to_vec(&record_json(l)).map_err(|e| e.to_string())?;
+            let mut payload = Vec::with_capacity(256);
+            write_record(&mut payload, l);
             let queued = tokio::time::timeout_at(
                 deadline,
                 conn.client

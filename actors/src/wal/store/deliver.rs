@@ -28,6 +28,9 @@ impl WalStore {
             }
             picked
         };
+        // The bodies, read in key order: one range scan over the record table when the leased
+        // seqs are dense (a backlog), lookups when they are sparse (records other sinks hold).
+        let mut bodies = bodies_of(tx, &leased_now)?;
         let mut out = Vec::with_capacity(leased_now.len());
         for (seq, attempts) in leased_now {
             if attempts >= self.limits.max_attempts {
@@ -39,7 +42,7 @@ impl WalStore {
                 self.kill(tx, meta, sink, seq, attempts, reason, now)?;
                 continue;
             }
-            let body = tx.records.get(seq)?.map(|b| Record::decode(b.value()));
+            let body = bodies.remove(&seq).map(|b| Record::decode(&b));
             let record = match body {
                 Some(Ok(r)) => r,
                 unreadable => {
@@ -195,4 +198,36 @@ impl WalStore {
         meta.records = meta.records.saturating_sub(1);
         Ok(())
     }
+}
+
+/// The encoded records of `picked` (ascending seqs), by seq; a missing one is absent.
+fn bodies_of(
+    tx: &Tx<'_>,
+    picked: &[(u64, u32)],
+) -> Result<HashMap<u64, Vec<u8>>, WalError> {
+    let mut out = HashMap::with_capacity(picked.len());
+    let (Some(&(first, _)), Some(&(last, _))) = (picked.first(), picked.last()) else {
+        return Ok(out);
+    };
+    if last - first < 2 * picked.len() as u64 {
+        let mut want = picked.iter().map(|p| p.0).peekable();
+        for row in tx.records.range(first..=last)? {
+            let (k, v) = row?;
+            let seq = k.value();
+            while want.peek().is_some_and(|w| *w < seq) {
+                want.next();
+            }
+            if want.peek() == Some(&seq) {
+                out.insert(seq, v.value().to_vec());
+                want.next();
+            }
+        }
+    } else {
+        for &(seq, _) in picked {
+            if let Some(b) = tx.records.get(seq)? {
+                out.insert(seq, b.value().to_vec());
+            }
+        }
+    }
+    Ok(out)
 }
