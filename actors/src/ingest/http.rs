@@ -105,7 +105,7 @@ fn reply_rejection(r: &Rejection, retry_after: u64) -> warp::reply::Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut resp =
         warp::reply::with_status(warp::reply::json(&r.to_json()), status).into_response();
-    if r.status == 503 || r.status == 429 {
+    if r.kind.is_retryable() {
         resp.headers_mut().insert("retry-after", retry_after.into());
     }
     if r.status == 401 {
@@ -118,7 +118,7 @@ fn reply_rejection(r: &Rejection, retry_after: u64) -> warp::reply::Response {
 }
 
 fn unavailable(code: &'static str, msg: impl Into<String>) -> Rejection {
-    Rejection::new(503, code, None, msg)
+    Rejection::unavailable(code, msg)
 }
 
 async fn handle_ingest<S, B>(
@@ -229,7 +229,7 @@ where
             warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response()
         }
         Err(r) => {
-            let result = if r.status == 503 || r.status == 429 {
+            let result = if r.kind.is_retryable() {
                 "unavailable"
             } else {
                 "rejected"
@@ -330,12 +330,9 @@ async fn ingest(
         Ok(Ok(Ok(outcomes))) => Ok(outcomes),
         Ok(Ok(Err(AppendError::Full(f)))) => Err(unavailable("wal_full", format!("backpressure: {f}"))),
         Ok(Ok(Err(AppendError::DiskFull(d)))) => Err(unavailable("disk_full", format!("backpressure: {d}"))),
-        Ok(Ok(Err(AppendError::DeviceQuota(q)))) => Err(Rejection::new(
-            429,
-            "device_quota",
-            Some("device_id".into()),
-            format!("backpressure for this device only: {q}"),
-        )),
+        Ok(Ok(Err(AppendError::DeviceQuota(q)))) => Err(Rejection::over_quota(format!(
+            "backpressure for this device only: {q}"
+        ))),
         Ok(Ok(Err(AppendError::Unavailable(e)))) => Err(unavailable("unavailable", e)),
         Ok(Err(_)) => Err(unavailable("unavailable", "WAL restarted before the commit; nothing was acknowledged, retry")),
         Err(_) => Err(unavailable("commit_timeout",

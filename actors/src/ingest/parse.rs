@@ -10,9 +10,31 @@ use serde_json::{Map, Value};
 /// Schema versions this gateway understands.
 pub const SCHEMAS: &[u64] = &[1];
 
+/// What a refusal means for the sender, whatever the transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The message is at fault: retrying it cannot help (HTTP 4xx; MQTT: kept in the
+    /// rejected table with the reason and acknowledged).
+    Invalid,
+    /// The gateway cannot take it now (WAL full, disk full, WAL restarting): try again later
+    /// (HTTP 503 + Retry-After; MQTT: the PUBACK is withheld and the message retried).
+    Unavailable,
+    /// This device holds its share of the WAL; others are unaffected (HTTP 429 +
+    /// Retry-After; MQTT: held, then kept in the rejected table past the per-device limit).
+    OverQuota,
+}
+
+impl RefusalKind {
+    /// Worth sending again later (the client should retry, with the same key).
+    pub fn is_retryable(self) -> bool {
+        !matches!(self, RefusalKind::Invalid)
+    }
+}
+
 /// A refusal, with what the client needs to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    pub kind: RefusalKind,
     /// HTTP status for HTTP clients; MQTT uses `code` and `message` as the dead-letter reason.
     pub status: u16,
     pub code: &'static str,
@@ -22,16 +44,44 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// The message is at fault: a 4xx `status` naming the field.
     pub fn new(
         status: u16,
         code: &'static str,
         field: Option<String>,
         message: impl Into<String>,
     ) -> Self {
+        debug_assert!(
+            (400..500).contains(&status) && status != 429,
+            "a client error; use unavailable/over_quota"
+        );
         Rejection {
+            kind: RefusalKind::Invalid,
             status,
             code,
             field,
+            message: message.into(),
+        }
+    }
+
+    /// The gateway cannot take it now (503).
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Rejection {
+            kind: RefusalKind::Unavailable,
+            status: 503,
+            code,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    /// This device holds its share of the WAL (429).
+    pub fn over_quota(message: impl Into<String>) -> Self {
+        Rejection {
+            kind: RefusalKind::OverQuota,
+            status: 429,
+            code: "device_quota",
+            field: Some("device_id".into()),
             message: message.into(),
         }
     }

@@ -54,7 +54,7 @@ impl Router {
         to_records(&env, readings, || uuid::Uuid::new_v4().to_string())
     }
 
-    /// Prepares the request and hands its records to the WAL. A 503 rejection means nothing
+    /// Prepares the request and hands its records to the WAL. An `Unavailable` rejection means nothing
     /// was handed over (the WAL is restarting): retry.
     pub fn submit(&self, req: IngestRequest) -> Result<PendingAppend, Rejection> {
         let now = SystemTime::now()
@@ -69,7 +69,7 @@ impl Router {
                 records,
                 reply: tx.into(),
             })
-            .map_err(|e| Rejection::new(503, "unavailable", None, e.to_string()))?;
+            .map_err(|e| Rejection::unavailable("unavailable", e.to_string()))?;
         Ok(PendingAppend {
             commit: rx,
             readings,

@@ -23,7 +23,7 @@
 use super::held::{HeldQueues, Hold};
 use super::topics::Subscriptions;
 use crate::addr::Addr;
-use crate::ingest::parse::{Encoding, Rejection};
+use crate::ingest::parse::{Encoding, RefusalKind, Rejection};
 use crate::ingest::router::{IngestRequest, Router};
 use crate::metrics::Metrics;
 use crate::wal::{AppendError, AppendReply, Rejected, Source, WalMsg};
@@ -106,7 +106,9 @@ async fn try_submit(ctx: &Ctx, p: &Publish, received_ms: u64) -> Pending {
             };
             match ctx.router.submit(req) {
                 Ok(pending) => return Pending::Append(pending.commit),
-                Err(rej) if rej.status == 503 => return Pending::Retry(rej.message),
+                Err(rej) if rej.kind == RefusalKind::Unavailable => {
+                    return Pending::Retry(rej.message)
+                }
                 Err(rej) => rej,
             }
         }
@@ -262,15 +264,10 @@ async fn retry_held(ctx: &Ctx, item: &mut Item) -> Result<(), String> {
 /// in the rejected table, so it can be acknowledged without filling the broker's window.
 async fn dead_letter_over_quota(ctx: &Ctx, item: &mut Item, why: &str) {
     loop {
-        let refusal = Rejection::new(
-            429,
-            "device_quota",
-            Some("device_id".into()),
-            format!(
-                "more than mqtt.max_held_per_device ({}) messages of this device held: {why}",
-                ctx.max_held_per_device
-            ),
-        );
+        let refusal = Rejection::over_quota(format!(
+            "more than mqtt.max_held_per_device ({}) messages of this device held: {why}",
+            ctx.max_held_per_device
+        ));
         item.pending = reject(ctx, &item.publish, item.received_ms, refusal);
         if let Settled::Durable = settle(ctx, item).await {
             return;

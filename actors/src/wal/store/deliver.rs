@@ -201,10 +201,7 @@ impl WalStore {
 }
 
 /// The encoded records of `picked` (ascending seqs), by seq; a missing one is absent.
-fn bodies_of(
-    tx: &Tx<'_>,
-    picked: &[(u64, u32)],
-) -> Result<HashMap<u64, Vec<u8>>, WalError> {
+fn bodies_of(tx: &Tx<'_>, picked: &[(u64, u32)]) -> Result<HashMap<u64, Vec<u8>>, WalError> {
     let mut out = HashMap::with_capacity(picked.len());
     let (Some(&(first, _)), Some(&(last, _))) = (picked.first(), picked.last()) else {
         return Ok(out);
