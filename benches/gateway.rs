@@ -139,6 +139,7 @@ fn wal_vs_redb() {
             max_dead_per_sink: u64::MAX,
             min_free_bytes: 0,
             compact_min_bytes: 0,
+            max_file_bytes: 0,
         };
         let mut store =
             Some(WalStore::open(&dir.path().join("wal.redb"), vec!["s".into()], limits).unwrap());

@@ -192,6 +192,10 @@ pub struct WalConfig {
     /// The WAL file is compacted (given back to the filesystem) once it is at least this big
     /// and more than twice what its rows occupy, e.g. after a backlog drained. 0: never.
     pub compact_min_bytes: u64,
+    /// Appends are refused (503 `wal_full`, MQTT PUBACKs held) while the WAL *file* is at
+    /// least this big, whatever its rows hold: the file is what the disk pays for. Delivery
+    /// frees pages and compaction gives them back, then appends resume. 0: no limit.
+    pub max_file_bytes: u64,
 }
 
 impl Default for WalConfig {
@@ -214,6 +218,7 @@ impl Default for WalConfig {
             min_free_bytes: 64 * 1024 * 1024,
             reserve_bytes: 16 * 1024 * 1024,
             compact_min_bytes: 16 * 1024 * 1024,
+            max_file_bytes: 2 << 30,
         }
     }
 }

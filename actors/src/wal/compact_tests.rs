@@ -149,3 +149,42 @@ fn power_lost_at_any_step_of_a_compaction_loses_nothing_committed() {
         k += 1;
     }
 }
+
+/// `wal.max_file_bytes` follows the file, not the rows: at the limit appends are refused
+/// (nothing stored, nothing acknowledged) while delivery goes on; once the backlog drained
+/// and the sweep compacted the file, appends are taken again.
+#[test]
+fn a_file_at_its_limit_refuses_appends_until_compaction_gives_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    let limits = WalLimits {
+        max_file_bytes: 3 << 20,
+        ..limits_compacting()
+    };
+    let mut store = WalStore::open(&path, vec!["s".into()], limits.clone()).unwrap();
+    let mut i = 0;
+    let refused = loop {
+        let mut r = rec(&format!("k{i}"), 1);
+        r.data.insert("pad".into(), "x".repeat(1000).into());
+        let (s, res) = store.apply(vec![Op::Append(vec![r])], 1).unwrap();
+        store = s;
+        match &res[0] {
+            OpResult::Appended(Ok(_)) => i += 1,
+            OpResult::Appended(Err(AppendRefused::Full(f))) => break f.clone(),
+            other => panic!("{other:?}"),
+        }
+        assert!(i < 100_000, "never refused");
+    };
+    assert!(refused.file_bytes >= 3 << 20, "{refused}");
+    assert!(refused.to_string().contains("file"), "{refused}");
+    let stored = store.stats().records;
+    assert_eq!(stored, i as u64, "nothing of the refused append stored");
+    // Delivery is not refused: the backlog drains, the sweep compacts, appends resume.
+    let store = drain(store);
+    let (store, done) = maintain(store);
+    assert!(done.is_some_and(|c| c.after < 3 << 20), "{done:?}");
+    let (_, res) = store
+        .apply(vec![Op::Append(vec![rec("after", 1)])], 1)
+        .unwrap();
+    assert!(matches!(&res[0], OpResult::Appended(Ok(_))), "{res:?}");
+}

@@ -79,6 +79,8 @@ pub struct WalLimits {
     pub min_free_bytes: u64,
     /// Compact the file once it is at least this big and more than twice its rows (0: never).
     pub compact_min_bytes: u64,
+    /// Appends are refused while the file is at least this big (0: no limit).
+    pub max_file_bytes: u64,
 }
 
 impl WalLimits {
@@ -105,6 +107,7 @@ impl WalLimits {
             max_dead_per_sink: wal.max_dead_letters,
             min_free_bytes: wal.min_free_bytes,
             compact_min_bytes: wal.compact_min_bytes,
+            max_file_bytes: wal.max_file_bytes,
         }
     }
 
@@ -251,12 +254,17 @@ pub enum AppendRefused {
 
 /// The WAL is over a limit: the append was refused whole, nothing stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("WAL full: {records} records / {bytes} bytes live (limits {max_records} / {max_bytes})")]
+#[error(
+    "WAL full: {records} records / {bytes} bytes live, file {file_bytes} bytes (limits \
+     {max_records} / {max_bytes} / file {max_file_bytes})"
+)]
 pub struct Full {
     pub records: u64,
     pub bytes: u64,
     pub max_records: u64,
     pub max_bytes: u64,
+    pub file_bytes: u64,
+    pub max_file_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

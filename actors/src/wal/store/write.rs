@@ -78,15 +78,20 @@ impl WalStore {
             new_bytes += bytes.len() as u64;
             plans.push(Plan::New { fp, arrived, bytes });
         }
+        let file_full =
+            self.limits.max_file_bytes > 0 && self.file_bytes >= self.limits.max_file_bytes;
         if new_count > 0
             && (meta.records + new_count > self.limits.max_records
-                || meta.live_bytes + new_bytes > self.limits.max_bytes)
+                || meta.live_bytes + new_bytes > self.limits.max_bytes
+                || file_full)
         {
             return Ok(Err(Full {
                 records: meta.records,
                 bytes: meta.live_bytes,
                 max_records: self.limits.max_records,
                 max_bytes: self.limits.max_bytes,
+                file_bytes: self.file_bytes,
+                max_file_bytes: self.limits.max_file_bytes,
             }
             .into()));
         }
