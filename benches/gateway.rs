@@ -11,6 +11,8 @@
 //! - `mqtt`:  durable MQTT ingest (PUBACK after commit) beside mosquitto's own rate to an
 //!   ack-only subscriber, as a ratio (`BENCH_MQTT_MESSAGES`, default 100,000); and the drain
 //!   of a backlog to an upstream mosquitto (`BENCH_MQTT_BACKLOG`, default 100,000).
+//! - `forward`: end to end through two mosquitto brokers, the gateway beside a mosquitto
+//!   bridge (persistence on) in the same run (`BENCH_FORWARD_MESSAGES`, default 50,000).
 //! - `steady`: sustained ingest with delivery keeping up (`BENCH_STEADY_SECS`, default 60):
 //!   the WAL file size and RSS sampled over time, to show they level off.
 
@@ -62,6 +64,9 @@ fn main() {
     if want("mqtt") {
         rt.block_on(mqtt::ingest());
         rt.block_on(mqtt::upstream_drain());
+    }
+    if want("forward") {
+        rt.block_on(mqtt::forward());
     }
     if want("steady") {
         rt.block_on(steady());
@@ -556,6 +561,7 @@ async fn drain() {
     let gw = Gw::start(&format!("[http]\nmax_batch = 1000\n[delivery]\nbatch_size = 1000\nbackoff_initial_ms = 100\nbackoff_max_ms = 200\n[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"http://{sink}/\"\n"));
     let c = reqwest::Client::new();
     let rss0 = gw.rss_kib();
+    let idle_file = gw.wal(&c).await["file_bytes"].as_f64().unwrap();
     let start = Instant::now();
     ingest_batches(&gw, n, 8, 1).await;
     let ingest_s = start.elapsed().as_secs_f64();
@@ -572,6 +578,24 @@ async fn drain() {
         if wal["sinks"][0]["pending"].as_u64() == Some(0) {
             let s = start.elapsed().as_secs_f64();
             println!("drained {n} in {s:.1} s ({:.0} rec/s); peak RSS while draining {:.1} MiB; WAL file after drain {:.1} MiB", n as f64 / s, peak_rss as f64 / 1024.0, wal["file_bytes"].as_f64().unwrap() / 1048576.0);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Space given back: the file within 2x of its idle size, within a minute, no restart.
+    let drained = Instant::now();
+    loop {
+        let file = gw.wal(&c).await["file_bytes"].as_f64().unwrap();
+        let waited = drained.elapsed();
+        if file <= 2.0 * idle_file.max(1.0) || waited >= Duration::from_secs(60) {
+            println!(
+                "WAL file {:.1} s after the drain: {:.1} MiB (idle {:.1} MiB, compactions {:.0}); RSS {:.1} MiB",
+                waited.as_secs_f64(),
+                file / 1048576.0,
+                idle_file / 1048576.0,
+                mqtt::metric(&gw, "edge_gateway_wal_compactions_total").await,
+                gw.rss_kib() as f64 / 1024.0
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -106,7 +106,8 @@ async fn ack_only_subscriber(
     h
 }
 
-async fn metric(gw: &Gw, name: &str) -> f64 {
+/// One un-labelled metric of the gateway (0 when absent).
+pub async fn metric(gw: &Gw, name: &str) -> f64 {
     let text = reqwest::get(format!("http://{}/metrics", gw.admin))
         .await
         .unwrap()
@@ -228,5 +229,66 @@ pub async fn upstream_drain() {
         "drained {n} upstream in {s:.1} s ({:.0} msg/s, max_in_flight {inflight}, QoS 1); gateway RSS {:.1} MiB",
         n as f64 / s,
         gw.rss_kib() as f64 / 1024.0
+    );
+}
+
+/// End to end, device -> edge mosquitto -> forwarder -> upstream mosquitto -> subscriber, with
+/// the forwarder being (a) a mosquitto bridge with persistence on — what users deploy instead —
+/// and (b) the gateway (PUBACK after the WAL commit, mqtt sink to the upstream broker). Same
+/// publishers, payloads and subscriber, same run (`BENCH_FORWARD_MESSAGES`, default 50,000).
+pub async fn forward() {
+    let n: usize = std::env::var("BENCH_FORWARD_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let clients = 4;
+    println!("\n## Forward: {n} QoS 1 messages device -> edge mosquitto -> forwarder -> upstream mosquitto -> subscriber");
+    // Publishers alone, to an ack-only subscriber on one broker: the bound they set.
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let b = Broker::plain(&dir.path().join("alone"), false, "").expect("mosquitto");
+    let sub = ack_only_subscriber(b.port, "devices/+/telemetry", "fwd-alone", true, n).await;
+    let start = Instant::now();
+    publish(b.port, n, clients).await;
+    let alone = n as f64 / (sub.await.unwrap() - start).as_secs_f64();
+    drop(b);
+
+    // (a) mosquitto bridge, persistence on at both ends.
+    let up = Broker::plain(&dir.path().join("bridge-up"), true, "").expect("mosquitto");
+    let sub = ack_only_subscriber(up.port, "devices/+/telemetry", "fwd-bridge", true, n).await;
+    let bridge_conf = format!(
+        "connection upstream\naddress 127.0.0.1:{}\ntopic devices/# out 1\ncleansession false\n\
+         bridge_protocol_version mqttv311\nbridge_max_packet_size 0\n",
+        up.port
+    );
+    let edge =
+        Broker::plain(&dir.path().join("bridge-edge"), true, &bridge_conf).expect("mosquitto");
+    // Published before the bridge is up, messages wait in the edge broker's queue for it.
+    let start = Instant::now();
+    publish(edge.port, n, clients).await;
+    let bridge = n as f64 / (sub.await.unwrap() - start).as_secs_f64();
+    drop((edge, up));
+
+    // (b) the gateway between the two brokers.
+    let up = Broker::plain(&dir.path().join("gw-up"), true, "").expect("mosquitto");
+    let edge = Broker::plain(&dir.path().join("gw-edge"), false, "").expect("mosquitto");
+    let sub = ack_only_subscriber(up.port, "site/#", "fwd-gw", true, n).await;
+    let gw = Gw::start(&format!(
+        "[mqtt]\nenabled = true\nbroker = \"mqtt://127.0.0.1:{}\"\n[delivery]\nbatch_size = 500\n\
+         [[sinks]]\nname = \"up\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic_prefix = \"site\"\n",
+        edge.port, up.port
+    ));
+    while metric(&gw, "edge_gateway_mqtt_session_up").await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = Instant::now();
+    publish(edge.port, n, clients).await;
+    let gateway = n as f64 / (sub.await.unwrap() - start).as_secs_f64();
+    println!("| forwarder | msg/s end to end | vs bridge |");
+    println!("|---|---|---|");
+    println!("| (publishers to one broker, no forwarder) | {alone:.0} | |");
+    println!("| mosquitto bridge, persistence on | {bridge:.0} | 100 % |");
+    println!(
+        "| edge-gateway (durable WAL, PUBACK after commit) | {gateway:.0} | {:.0} % |",
+        100.0 * gateway / bridge
     );
 }
