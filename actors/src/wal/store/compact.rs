@@ -2,26 +2,39 @@
 //!
 //! redb never returns freed pages in the middle of its file to the filesystem; a 1 M-record
 //! backlog leaves a file of hundreds of MiB that no longer holds anything. After a maintenance
-//! commit, when the file is at least `compact_min_bytes` and more than twice what its pages
-//! hold, the store runs redb's `compact()`: a series of ordinary two-phase commits that move
-//! live pages down and truncate the file. Each step commits whole or not at all, so a crash
-//! during compaction leaves a file that opens with every committed row (`tests/crash.rs`
-//! kills the gateway while it compacts).
+//! commit the store runs redb's `compact()` — a series of ordinary two-phase commits that move
+//! live pages down and truncate the file — when all of these hold:
+//! - the file is at least `compact_min_bytes`, and at least twice the size the last
+//!   compaction left (compacting leaves no free pages, so the next commits grow the file again
+//!   a little: without this, compaction would chase its own tail);
+//! - the backlog has drained: the live record bytes are at most 1/16 of the file (compacting
+//!   *during* a drain moved the backlog's pages for seconds while delivery waited);
+//! - the file's pages are less than half in use;
+//! - the last attempt was at least [`COMPACT_PAUSE_MS`] ago (WAL time).
+//!
+//! Each step commits whole or not at all, so a crash during compaction leaves a file that
+//! opens with every committed row (`compact_tests` cuts the power at every step;
+//! `tests/crash.rs` kills the gateway while it compacts).
 //!
 //! Compaction needs the database to itself: it takes the write lock of the shared handle,
 //! so it waits for a `WalReader` read in progress (an admin read, bounded) and readers wait
-//! for it. It runs on the WAL's blocking thread, so appends wait meanwhile; the precondition
-//! (rows a small part of the file) keeps that short. After an attempt (given back or not),
-//! the next waits until the file grew again.
+//! for it. It runs on the WAL's blocking thread, so appends wait meanwhile (tens to a few
+//! hundred ms after a 1 M backlog: docs/benchmarks.md).
 
 use super::*;
+
+/// Least WAL time between two attempts (ms).
+pub(super) const COMPACT_PAUSE_MS: u64 = 30_000;
 
 impl WalStore {
     /// Compacts the file if the conditions above hold; `None` if it did not run. A failed
     /// compaction is logged, not returned: the commit before it stands, and an I/O error
     /// that broke the file shows at the next commit, which reopens the store.
-    pub(super) fn maybe_compact(&mut self) -> Option<Compacted> {
-        match self.try_compact() {
+    pub(super) fn maybe_compact(&mut self, now: u64) -> Option<Compacted> {
+        if now < self.compact_after_ms {
+            return None;
+        }
+        match self.try_compact(now) {
             Ok(done) => done,
             Err(e) => {
                 tracing::warn!(error = %e, "WAL compaction failed; tried again once the file grows");
@@ -31,15 +44,15 @@ impl WalStore {
         }
     }
 
-    fn try_compact(&mut self) -> Result<Option<Compacted>, WalError> {
+    fn try_compact(&mut self, now: u64) -> Result<Option<Compacted>, WalError> {
         let min = self.limits.compact_min_bytes;
         let before = self.file_bytes;
-        if min == 0 || before < min || before <= self.compact_floor {
+        if min == 0 || before < min || before < self.compact_floor.saturating_mul(2) {
             return Ok(None);
         }
-        // Cheap first: the record bytes alone must be a small part of the file before the
-        // page count (a walk of the trees) is worth taking.
-        if self.meta.live_bytes.saturating_mul(4) > before {
+        // Cheap first: the backlog must have drained before the page count (a walk of the
+        // trees) is worth taking.
+        if self.meta.live_bytes.saturating_mul(16) > before {
             return Ok(None);
         }
         let used = {
@@ -48,6 +61,7 @@ impl WalStore {
             txn.abort()?;
             st.allocated_pages() * st.page_size() as u64
         };
+        self.compact_after_ms = now.saturating_add(COMPACT_PAUSE_MS);
         if used.saturating_mul(2) >= before {
             return Ok(None);
         }
@@ -60,7 +74,7 @@ impl WalStore {
         let millis = started.elapsed().as_millis() as u64;
         let after = std::fs::metadata(&self.path).map_or(before, |m| m.len());
         self.file_bytes = after;
-        // Nothing to give back until the file grows past where this attempt left it.
+        // Nothing to give back until the file doubles from where this attempt left it.
         self.compact_floor = after;
         Ok(Some(Compacted {
             before,

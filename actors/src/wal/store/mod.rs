@@ -151,8 +151,10 @@ pub struct WalStore {
     free_space: FreeSpace,
     /// Size of the file after the last commit.
     file_bytes: u64,
-    /// Size the last compaction left the file at: no new attempt until it grows past it.
+    /// Size the last compaction left the file at, and when (WAL time) the next attempt may be
+    /// (see `compact.rs`).
     compact_floor: u64,
+    compact_after_ms: u64,
     /// (sink, class) of every record made Dead by the last commits, for the caller to count
     /// once they are committed (`take_dead_events`); gone with the store if a commit fails.
     dead_events: Vec<(String, DeadClass)>,
@@ -290,6 +292,7 @@ impl WalStore {
             free_space: free_space_of(path.parent().unwrap_or(Path::new(".")).to_path_buf()),
             file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
             compact_floor: 0,
+            compact_after_ms: 0,
             dead_events: Vec::new(),
             // Only in a build with the `negative-control` feature (never a default): the
             // chaos harness's proof that it can see loss.
@@ -399,7 +402,7 @@ impl WalStore {
             .iter_mut()
             .find(|r| matches!(r, OpResult::Maintained(_)))
         {
-            report.compacted = self.maybe_compact();
+            report.compacted = self.maybe_compact(now_ms);
         }
         Ok((self, results))
     }
