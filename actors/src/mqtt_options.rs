@@ -141,6 +141,17 @@ fn common(s: &ClientSettings<'_>) -> Result<Common, MqttSetupError> {
     })
 }
 
+/// Socket options of every MQTT connection: Nagle's algorithm off (rumqttc leaves it on), so a
+/// small QoS 1 publish or PUBACK is never held back to be coalesced with a later one. (On
+/// loopback it changed no figure of the upstream drain: docs/benchmarks.md.) MQTT 3.1.1
+/// clients take these on their event loop ([`rumqttc::EventLoop::set_network_options`]),
+/// MQTT 5 ones in their options.
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
 /// MQTT 3.1.1 options for `s`. Manual acks are set by the caller that needs them.
 pub fn options(s: &ClientSettings<'_>) -> Result<MqttOptions, MqttSetupError> {
     let c = common(s)?;
@@ -165,7 +176,8 @@ pub fn options_v5(s: &ClientSettings<'_>) -> Result<rumqttc::v5::MqttOptions, Mq
     o.set_keep_alive(s.keep_alive)
         .set_clean_start(s.clean_session)
         .set_max_packet_size(Some(s.max_incoming_packet.min(MQTT_MAX_PACKET) as u32))
-        .set_outgoing_inflight_upper_limit(s.inflight.max(1));
+        .set_outgoing_inflight_upper_limit(s.inflight.max(1))
+        .set_network_options(network_options());
     if let Some(t) = c.transport {
         o.set_transport(t);
     }

@@ -143,7 +143,11 @@ async fn max_commit(gw: &Gw) -> f64 {
 
 pub async fn ingest() {
     let n = messages();
-    let clients = 4;
+    // `BENCH_MQTT_CLIENTS`: publisher connections (default 4; 1 shows one connection's bound).
+    let clients: usize = std::env::var("BENCH_MQTT_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     println!("\n## MQTT ingest: {n} QoS 1 messages from {clients} publishers through mosquitto");
     let dir = tempfile::tempdir_in(".").unwrap();
     let broker = Broker::plain(dir.path(), false, "").expect("mosquitto");

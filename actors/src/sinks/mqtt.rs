@@ -238,6 +238,7 @@ impl MqttSink {
             let mut o = options(&self.settings()).map_err(|e| e.to_string())?;
             o.set_request_channel_capacity(self.batch_capacity);
             let (client, mut events) = AsyncClient::new(o, self.batch_capacity);
+            events.set_network_options(crate::mqtt_options::network_options());
             let note_of = |ev: Event| match ev {
                 Event::Outgoing(Outgoing::Publish(pkid)) => Some(Note::Sent(pkid)),
                 Event::Incoming(Packet::PubAck(a)) => Some(Note::Acked(a.pkid)),

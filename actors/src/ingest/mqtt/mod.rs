@@ -130,7 +130,8 @@ impl Actor for MqttSession {
         })?;
         opts.set_manual_acks(true)
             .set_request_channel_capacity(cfg.max_unacked + 64);
-        let (client, events) = AsyncClient::new(opts, cfg.max_unacked + 64);
+        let (client, mut events) = AsyncClient::new(opts, cfg.max_unacked + 64);
+        events.set_network_options(crate::mqtt_options::network_options());
         let ctx = Ctx {
             router: args.router,
             wal: args.wal,
