@@ -281,7 +281,7 @@ async fn mutual_tls_on_ingest_and_on_the_http_sink() {
         let m = c.metrics().await;
         if metric(
             &m,
-            "edge_gateway_publish_batches_total{result=\"transient_error\",sink=\"upstream\"}",
+            "edge_gateway_publish_batches_total{result=\"outage\",sink=\"upstream\"}",
         )
         .unwrap_or(0.0)
             >= 1.0

@@ -22,6 +22,12 @@ pub enum Behaviour {
     FailEvery(u16, usize),
     /// Never answer.
     Hang,
+    /// Answer every batch `302 Found` to a login page (a captive portal, a moved API).
+    Redirect,
+    /// Answer every batch `200 OK` with an HTML login page (something in front of the API).
+    HtmlPage,
+    /// Answer `status` with `Retry-After: secs` to every batch.
+    RetryAfter(u16, u64),
 }
 
 #[derive(Default)]
@@ -61,6 +67,32 @@ impl RecordingSink {
                         g.batches
                     };
                     let b = behaviour.lock().unwrap().clone();
+                    let intercepted = match b {
+                        Behaviour::Redirect => Some(
+                            warp::http::Response::builder()
+                                .status(302)
+                                .header("location", "https://portal.example/login")
+                                .body("moved".to_string()),
+                        ),
+                        Behaviour::HtmlPage => Some(
+                            warp::http::Response::builder()
+                                .status(200)
+                                .header("content-type", "text/html; charset=utf-8")
+                                .body("<html><body>Please log in</body></html>".to_string()),
+                        ),
+                        Behaviour::RetryAfter(s, secs) => Some(
+                            warp::http::Response::builder()
+                                .status(s)
+                                .header("retry-after", secs.to_string())
+                                .body("later".to_string()),
+                        ),
+                        _ => None,
+                    };
+                    if let Some(resp) = intercepted {
+                        let resp = resp.unwrap();
+                        inner.lock().unwrap().statuses.push(resp.status().as_u16());
+                        return Ok::<_, warp::Rejection>(resp);
+                    }
                     let fail = match b {
                         Behaviour::Ok => None,
                         Behaviour::FailNext(s, n) => {
@@ -77,15 +109,17 @@ impl RecordingSink {
                             futures::future::pending::<()>().await;
                             None
                         }
+                        Behaviour::Redirect | Behaviour::HtmlPage | Behaviour::RetryAfter(..) => {
+                            unreachable!("answered above")
+                        }
                     };
                     let mut g = inner.lock().unwrap();
                     if let Some(s) = fail {
                         g.statuses.push(s);
-                        let code = warp::http::StatusCode::from_u16(s).unwrap();
-                        return Ok::<_, warp::Rejection>(warp::reply::with_status(
-                            "failing on purpose",
-                            code,
-                        ));
+                        return Ok(warp::http::Response::builder()
+                            .status(s)
+                            .body("failing on purpose".to_string())
+                            .unwrap());
                     }
                     g.statuses.push(200);
                     g.batch_keys.push(batch_key.unwrap_or_default());
@@ -101,7 +135,11 @@ impl RecordingSink {
                     let n = g.keys.len();
                     drop(g);
                     tx.send_replace(n);
-                    Ok(warp::reply::with_status("ok", warp::http::StatusCode::OK))
+                    Ok(warp::http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body("{\"ok\":true}".to_string())
+                        .unwrap())
                 }
             });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

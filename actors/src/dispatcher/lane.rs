@@ -76,6 +76,9 @@ pub enum Pause {
     Short,
     /// The sink failed: the next step of its jittered exponential backoff.
     Backoff,
+    /// The sink asked for this long (ms; its `Retry-After`): the backoff's next step, but at
+    /// least this.
+    RetryAfter(u64),
 }
 
 #[derive(Debug, PartialEq)]
@@ -316,10 +319,10 @@ impl<B: Batch> Lane<B> {
                         self.pause(out);
                         (Outcome::Retry(reason), false)
                     }
-                    // Nothing reached the sink: the attempt is given back.
-                    PublishResult::Unreachable(_) => {
+                    // The sink took nothing and blamed nothing: the attempt is given back.
+                    PublishResult::Outage { retry_after_ms, .. } => {
                         self.new_epoch();
-                        self.pause(out);
+                        self.pause_at_least(retry_after_ms, out);
                         (Outcome::Release, false)
                     }
                 };
@@ -339,9 +342,16 @@ impl<B: Batch> Lane<B> {
     }
 
     fn pause(&mut self, out: &mut Vec<Action<B>>) {
+        self.pause_at_least(None, out);
+    }
+
+    fn pause_at_least(&mut self, retry_after_ms: Option<u64>, out: &mut Vec<Action<B>>) {
         if !self.paused {
             self.paused = true;
-            out.push(Action::Pause(Pause::Backoff));
+            out.push(Action::Pause(match retry_after_ms {
+                Some(ms) => Pause::RetryAfter(ms),
+                None => Pause::Backoff,
+            }));
         }
     }
 }

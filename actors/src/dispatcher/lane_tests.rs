@@ -180,8 +180,10 @@ fn endings_are_taken_in_cycle_order_whatever_order_answers_arrive_in() {
     assert_eq!(lane.on(Event::PauseOver), vec![Action::Lease { cycle: 2 }]);
 }
 
+/// An outage (unreachable, 5xx from a load balancer, 429, a redirect…) blames no record: the
+/// attempt is given back, and the sink waits at least what it asked for (issue 10).
 #[test]
-fn an_unreachable_sink_pauses_and_gives_the_attempt_back() {
+fn an_outage_pauses_honours_retry_after_and_gives_the_attempt_back() {
     let mut lane = Lane::<Seqs>::new(10);
     lane.on(Event::Wake { commit: 1 });
     lane.on(Event::Leased {
@@ -190,7 +192,7 @@ fn an_unreachable_sink_pauses_and_gives_the_attempt_back() {
     });
     let out = lane.on(Event::Published {
         cycle: 0,
-        result: PublishResult::Unreachable("connection refused".into()),
+        result: PublishResult::outage("connection refused"),
     });
     assert_eq!(
         out,
@@ -200,6 +202,25 @@ fn an_unreachable_sink_pauses_and_gives_the_attempt_back() {
         ]
     );
     assert_eq!(lane.epoch(), 1);
+    assert_eq!(lane.on(Event::PauseOver), vec![Action::Lease { cycle: 1 }]);
+    lane.on(Event::Leased {
+        cycle: 1,
+        batch: Ok(seqs(7..8)),
+    });
+    let out = lane.on(Event::Published {
+        cycle: 1,
+        result: PublishResult::Outage {
+            reason: "HTTP 503".into(),
+            retry_after_ms: Some(30_000),
+        },
+    });
+    assert_eq!(
+        out,
+        vec![
+            Action::Pause(Pause::RetryAfter(30_000)),
+            settle(1, 7..8, Outcome::Release)
+        ]
+    );
 }
 
 #[test]

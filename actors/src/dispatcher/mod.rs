@@ -98,6 +98,9 @@ fn backoff(c: &DeliveryConfig) -> ExponentialBackoff {
         .build()
 }
 
+/// The longest `Retry-After` a sink's answer can make it wait.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
 /// Even an idle sink is asked again this often, so expired leases are picked up.
 const IDLE_RECHECK: Duration = Duration::from_secs(2);
 
@@ -253,6 +256,12 @@ impl DispatcherState {
                         .backoff
                         .next()
                         .unwrap_or(Duration::from_millis(self.config.backoff_max_ms)),
+                    // Honoured, up to MAX_RETRY_AFTER: a sink cannot park delivery for a day.
+                    Pause::RetryAfter(ms) => s
+                        .backoff
+                        .next()
+                        .unwrap_or(Duration::from_millis(self.config.backoff_max_ms))
+                        .max(Duration::from_millis(ms).min(MAX_RETRY_AFTER)),
                 };
                 s.paused_until = Some(Instant::now() + d);
                 None

@@ -61,7 +61,8 @@ impl FileSink {
         .await;
         match written {
             Ok(Ok(())) => PublishResult::Delivered,
-            Ok(Err(e)) => PublishResult::Transient(format!("write {}: {e}", self.path.display())),
+            // A disk that refuses the write blames no record.
+            Ok(Err(e)) => PublishResult::outage(format!("write {}: {e}", self.path.display())),
             Err(e) => PublishResult::Transient(format!("write task: {e}")),
         }
     }

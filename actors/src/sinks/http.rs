@@ -1,9 +1,12 @@
 //! HTTP sink: POSTs a batch as JSON to the analytics API.
 //!
 //! Body: `{"gateway_id": …, "records": [record, …]}`; header `Idempotency-Key` is a hash of
-//! the batch's record keys, so a retried batch carries the same key. Classification:
-//! 2xx delivered; connect errors unreachable (no attempt used up); timeouts, 408, 429 and 5xx
-//! transient; any other status permanent. Redirects are not followed (a 3xx is permanent: the URL is wrong).
+//! the batch's record keys, so a retried batch carries the same key. Classification
+//! ([`classify`]): a 2xx is a delivery — unless its body is an HTML page, which is something
+//! in front of the API (a captive portal, a proxy's login) and an outage; 408, 429, 5xx,
+//! connect errors and timeouts are outages (no attempt used up; `Retry-After` in seconds is
+//! honoured); a 3xx is an outage of the sink's address (redirects are not followed: a moved API
+//! or a login page must not swallow readings); any other status blames the batch (permanent).
 
 use super::{json::RecordsJson, PublishResult};
 use crate::ingest::auth::read_secret;
@@ -85,22 +88,64 @@ impl HttpSink {
             req = req.bearer_auth(t);
         }
         match req.send().await {
-            Ok(resp) => classify(resp.status().as_u16()),
-            // Refused, unroutable or timed out while connecting: nothing of the request left.
-            Err(e) if e.is_connect() => PublishResult::Unreachable(format!("connect: {e}")),
-            Err(e) if e.is_timeout() => PublishResult::Transient(format!("timeout: {e}")),
-            Err(e) => PublishResult::Transient(format!("request failed: {e}")),
+            Ok(resp) => {
+                let header = |h: reqwest::header::HeaderName| {
+                    resp.headers().get(h).and_then(|v| v.to_str().ok())
+                };
+                classify(
+                    resp.status().as_u16(),
+                    &Headers {
+                        content_type: header(reqwest::header::CONTENT_TYPE),
+                        location: header(reqwest::header::LOCATION),
+                        retry_after: header(reqwest::header::RETRY_AFTER),
+                    },
+                )
+            }
+            // Refused, unroutable, reset or timed out: the sink's trouble, not the records'.
+            Err(e) if e.is_connect() => PublishResult::outage(format!("connect: {e}")),
+            Err(e) if e.is_timeout() => PublishResult::outage(format!("timeout: {e}")),
+            Err(e) => PublishResult::outage(format!("request failed: {e}")),
         }
     }
 }
 
-/// The retry policy by status code.
-pub fn classify(status: u16) -> PublishResult {
+/// The answer's headers that decide what it means.
+#[derive(Debug, Default)]
+pub struct Headers<'a> {
+    pub content_type: Option<&'a str>,
+    pub location: Option<&'a str>,
+    pub retry_after: Option<&'a str>,
+}
+
+/// What an answer means for the batch (see the module doc).
+pub fn classify(status: u16, h: &Headers<'_>) -> PublishResult {
     match status {
+        200..=299 if h.content_type.is_some_and(is_html) => PublishResult::outage(format!(
+            "HTTP {status} with an HTML page: something in front of the API answered (a captive \
+             portal or a proxy's login?), not the API; held until the API answers"
+        )),
         200..=299 => PublishResult::Delivered,
-        408 | 429 | 500..=599 => PublishResult::Transient(format!("HTTP {status}")),
+        300..=399 => PublishResult::outage(format!(
+            "HTTP {status} redirect to {}: the sink's URL does not answer itself (the API moved, \
+             or a login page?); held until it does — fix `url` if it moved",
+            h.location.unwrap_or("(no Location)")
+        )),
+        408 | 429 | 500..=599 => PublishResult::Outage {
+            reason: format!("HTTP {status}"),
+            retry_after_ms: h.retry_after.and_then(retry_after_ms),
+        },
         _ => PublishResult::Permanent(format!("HTTP {status}")),
     }
+}
+
+fn is_html(content_type: &str) -> bool {
+    let ct = content_type.trim_start().to_ascii_lowercase();
+    ct.starts_with("text/html") || ct.starts_with("application/xhtml")
+}
+
+/// `Retry-After` in its seconds form (an HTTP date is ignored: the backoff applies).
+fn retry_after_ms(v: &str) -> Option<u64> {
+    v.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
 }
 
 #[cfg(test)]
@@ -108,13 +153,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_classes() {
-        assert_eq!(classify(202), PublishResult::Delivered);
-        for s in [408, 429, 500, 503] {
-            assert!(matches!(classify(s), PublishResult::Transient(_)), "{s}");
+    fn what_an_answer_means() {
+        let none = Headers::default();
+        assert_eq!(classify(202, &none), PublishResult::Delivered);
+        let json = Headers {
+            content_type: Some("application/json"),
+            ..Default::default()
+        };
+        assert_eq!(classify(200, &json), PublishResult::Delivered);
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(
+                classify(s, &none),
+                PublishResult::Outage {
+                    reason: format!("HTTP {s}"),
+                    retry_after_ms: None
+                },
+                "{s}: an outage, not the records' fault"
+            );
         }
-        for s in [301, 400, 401, 404, 422] {
-            assert!(matches!(classify(s), PublishResult::Permanent(_)), "{s}");
+        let later = Headers {
+            retry_after: Some("120"),
+            ..Default::default()
+        };
+        assert!(matches!(
+            classify(429, &later),
+            PublishResult::Outage {
+                retry_after_ms: Some(120_000),
+                ..
+            }
+        ));
+        let portal = Headers {
+            content_type: Some("text/html; charset=utf-8"),
+            ..Default::default()
+        };
+        assert!(
+            matches!(classify(200, &portal), PublishResult::Outage { reason, .. } if reason.contains("HTML")),
+            "a login page is not a delivery"
+        );
+        let moved = Headers {
+            location: Some("https://login.example/"),
+            ..Default::default()
+        };
+        assert!(
+            matches!(classify(302, &moved), PublishResult::Outage { reason, .. } if reason.contains("login.example")),
+            "a redirect holds the sink, it does not dead-letter"
+        );
+        for s in [400, 401, 404, 422] {
+            assert!(
+                matches!(classify(s, &none), PublishResult::Permanent(_)),
+                "{s}"
+            );
         }
     }
 }

@@ -34,16 +34,31 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishResult {
     Delivered,
-    /// Worth retrying: connect errors, timeouts, 408/429/5xx.
+    /// Failed in a way that may blame the batch (a request that broke part way, a publisher
+    /// that crashed or stopped answering while holding it): retried, and the attempt counts.
     Transient(String),
     /// Will fail again: other 4xx. The records are dead-lettered with this reason.
     Permanent(String),
     /// Held back behind a failed batch; never sent.
     NotSent,
-    /// The sink could not be reached (connection refused, broker down): nothing was
-    /// delivered or refused, so no delivery attempt is used up. The sink backs off and the
-    /// records wait in the WAL (until `wal.max_age_secs`) however long the outage lasts.
-    Unreachable(String),
+    /// The sink is not taking anything — unreachable, timing out, answering 408/429/5xx (a
+    /// load balancer with nothing behind it), redirecting, or answered by something that is
+    /// not the API (an HTML page with a 2xx: a captive portal). Nothing blames the records, so
+    /// no attempt is used up: the sink backs off (at least `retry_after_ms` when the sink said
+    /// so) and the records wait in the WAL (until `wal.max_age_secs`) however long it lasts.
+    Outage {
+        reason: String,
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl PublishResult {
+    pub fn outage(reason: impl Into<String>) -> Self {
+        PublishResult::Outage {
+            reason: reason.into(),
+            retry_after_ms: None,
+        }
+    }
 }
 
 pub enum PublisherMsg {
@@ -146,7 +161,7 @@ impl Actor for Publisher {
                 let label = match &result {
                     PublishResult::Delivered => "delivered",
                     PublishResult::NotSent => "not_sent",
-                    PublishResult::Unreachable(_) => "unreachable",
+                    PublishResult::Outage { .. } => "outage",
                     PublishResult::Transient(_) => "transient_error",
                     PublishResult::Permanent(_) => "permanent_error",
                 };

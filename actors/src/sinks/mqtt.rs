@@ -9,10 +9,9 @@
 //! `max_in_flight` awaiting PUBACK (rumqttc holds the rest), so a returning broker sees a
 //! bounded stream in WAL order, not a flood.
 //!
-//! A broker that cannot be reached before anything was sent makes the batch `Unreachable`
-//! (no delivery attempt used up: an outage of any length only delays). A connection lost
-//! after publishes left, or a PUBACK missing past `timeout_ms`, fails the batch as transient.
-//! Either way the connection is dropped: the next batch starts on a fresh one (clean
+//! A broker that cannot be reached, a connection lost after publishes left, or a PUBACK
+//! missing past `timeout_ms` make the batch an `Outage` (no delivery attempt used up: an
+//! outage of any length only delays; issue 10). Either way the connection is dropped: the next batch starts on a fresh one (clean
 //! session), so no acknowledgement from an earlier connection can be taken for a later
 //! publish.
 
@@ -262,13 +261,11 @@ impl MqttSink {
                 self.conn = None;
                 PublishResult::Permanent(why)
             }
+            // A broker that is down, drops the connection or withholds PUBACKs blames no
+            // record: an outage, whether or not publishes had left.
             Err(Failure::Retry(why)) => {
                 self.conn = None;
-                if sent == 0 {
-                    PublishResult::Unreachable(why)
-                } else {
-                    PublishResult::Transient(why)
-                }
+                PublishResult::outage(why)
             }
         }
     }

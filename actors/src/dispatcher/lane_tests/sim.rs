@@ -212,7 +212,10 @@ impl World {
                     PublishResult::Transient("HTTP 503".into())
                 }
                 7 => PublishResult::Permanent("HTTP 400".into()),
-                8 => PublishResult::Unreachable("refused".into()),
+                8 => PublishResult::Outage {
+                    reason: "HTTP 503".into(),
+                    retry_after_ms: rng.random_bool(0.5).then_some(1000),
+                },
                 _ => {
                     // Crashes part way through the batch.
                     let sent = rng.random_range(0..=batch.0.len());
