@@ -254,7 +254,7 @@ async fn field_demo_upstream_outage_backlog_drains_in_order() {
     assert!(
         metric(
             &m,
-            "edge_gateway_publish_batches_total{result=\"unreachable\",sink=\"upstream\"}"
+            "edge_gateway_publish_batches_total{result=\"outage\",sink=\"upstream\"}"
         )
         .unwrap_or(0.0)
             >= 1.0,
