@@ -29,7 +29,12 @@ use std::time::{Duration, Instant};
 #[path = "support/mqtt.rs"]
 mod mqtt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_edge-gateway");
+/// The gateway binary: the one built with this bench, or `BENCH_GATEWAY` (another build, e.g.
+/// an older commit's, so two binaries are measured by the same harness in the same run; the
+/// `wal` section always measures the store linked into this harness).
+fn bin() -> String {
+    std::env::var("BENCH_GATEWAY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_edge-gateway").into())
+}
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -42,7 +47,7 @@ fn main() {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
-        BIN
+        bin()
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -183,7 +188,7 @@ impl Gw {
         let dir = tempfile::tempdir_in(".").unwrap();
         let cfg = dir.path().join("g.toml");
         std::fs::write(&cfg, format!("data_dir = {:?}\n[log]\nlevel = \"warn,edge_gateway=info,edge_gateway_actors::ingest=info\"\n{extra}", dir.path().join("data").display().to_string())).unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args([
                 "run",
                 "--http-listen",
