@@ -315,7 +315,15 @@ pub struct SinkConfig {
     /// anyone on the path.
     #[serde(default)]
     pub allow_insecure: bool,
+    /// http: the largest request body sent, in bytes (default [`DEFAULT_HTTP_MAX_BATCH_BYTES`],
+    /// under nginx's default 1 MiB `client_max_body_size`). A batch over it is split; one
+    /// record alone over it is dead-lettered, its size named.
+    #[serde(default)]
+    pub max_batch_bytes: Option<u64>,
 }
+
+/// Default `max_batch_bytes` of an http sink: 900 KiB.
+pub const DEFAULT_HTTP_MAX_BATCH_BYTES: u64 = 900 * 1024;
 
 /// MQTT protocol version of an mqtt sink.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -354,6 +362,7 @@ impl SinkConfig {
             username: None,
             password_file: None,
             allow_insecure: false,
+            max_batch_bytes: None,
         }
     }
 }

@@ -161,6 +161,7 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
                     ("ca_file", s.ca_file.is_some()),
                     ("client_cert_file", s.client_cert_file.is_some()),
                     ("client_key_file", s.client_key_file.is_some()),
+                    ("max_batch_bytes", s.max_batch_bytes.is_some()),
                 ] {
                     if set {
                         problem(&mut out, at(k), "does not apply to a file sink");
@@ -200,6 +201,9 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
                 }
                 if s.timeout_ms == 0 {
                     problem(&mut out, at("timeout_ms"), "must be > 0");
+                }
+                if s.max_batch_bytes == Some(0) {
+                    problem(&mut out, at("max_batch_bytes"), "must be > 0");
                 }
             }
             SinkKind::Mqtt => validate_mqtt_sink(&mut out, s, &at),
@@ -268,9 +272,14 @@ fn validate_mqtt_sink(out: &mut Vec<ConfigProblem>, s: &SinkConfig, at: &dyn Fn(
     for (k, set) in [
         ("path", s.path.is_some()),
         ("bearer_token_file", s.bearer_token_file.is_some()),
+        ("max_batch_bytes", s.max_batch_bytes.is_some()),
     ] {
         if set {
-            problem(out, at(k), "does not apply to an mqtt sink");
+            problem(
+                out,
+                at(k),
+                "does not apply to an mqtt sink (not yet: issue 10)",
+            );
         }
     }
     if let Some(t) = &s.topic {

@@ -28,6 +28,10 @@ pub enum Behaviour {
     HtmlPage,
     /// Answer `status` with `Retry-After: secs` to every batch.
     RetryAfter(u16, u64),
+    /// A proxy's body limit: `413` for a request body over this many bytes, else `Ok`.
+    BodyLimit(u64),
+    /// `400` for a batch holding a record whose data has `"poison": true`, else `Ok`.
+    Poison,
 }
 
 #[derive(Default)]
@@ -57,91 +61,113 @@ impl RecordingSink {
         let (i2, b2) = (inner.clone(), behaviour.clone());
         let route = warp::post()
             .and(warp::header::optional::<String>("idempotency-key"))
+            .and(warp::header::optional::<u64>("content-length"))
             .and(warp::body::json())
-            .and_then(move |batch_key: Option<String>, body: Value| {
-                let (inner, behaviour, tx) = (i2.clone(), b2.clone(), tx.clone());
-                async move {
-                    let nth = {
+            .and_then(
+                move |batch_key: Option<String>, length: Option<u64>, body: Value| {
+                    let (inner, behaviour, tx) = (i2.clone(), b2.clone(), tx.clone());
+                    async move {
+                        let nth = {
+                            let mut g = inner.lock().unwrap();
+                            g.batches += 1;
+                            g.batches
+                        };
+                        let b = behaviour.lock().unwrap().clone();
+                        let intercepted = match b {
+                            Behaviour::Redirect => Some(
+                                warp::http::Response::builder()
+                                    .status(302)
+                                    .header("location", "https://portal.example/login")
+                                    .body("moved".to_string()),
+                            ),
+                            Behaviour::HtmlPage => Some(
+                                warp::http::Response::builder()
+                                    .status(200)
+                                    .header("content-type", "text/html; charset=utf-8")
+                                    .body("<html><body>Please log in</body></html>".to_string()),
+                            ),
+                            Behaviour::RetryAfter(s, secs) => Some(
+                                warp::http::Response::builder()
+                                    .status(s)
+                                    .header("retry-after", secs.to_string())
+                                    .body("later".to_string()),
+                            ),
+                            Behaviour::BodyLimit(max) if length.unwrap_or(0) > max => Some(
+                                warp::http::Response::builder()
+                                    .status(413)
+                                    .body("413 Request Entity Too Large".to_string()),
+                            ),
+                            Behaviour::Poison
+                                if body["records"].as_array().is_some_and(|rs| {
+                                    rs.iter().any(|r| r["data"]["poison"] == Value::Bool(true))
+                                }) =>
+                            {
+                                Some(
+                                    warp::http::Response::builder()
+                                        .status(400)
+                                        .body("bad record".to_string()),
+                                )
+                            }
+                            _ => None,
+                        };
+                        if let Some(resp) = intercepted {
+                            let resp = resp.unwrap();
+                            inner.lock().unwrap().statuses.push(resp.status().as_u16());
+                            return Ok::<_, warp::Rejection>(resp);
+                        }
+                        let fail = match b {
+                            Behaviour::Ok | Behaviour::BodyLimit(_) | Behaviour::Poison => None,
+                            Behaviour::FailNext(s, n) => {
+                                *behaviour.lock().unwrap() = if n <= 1 {
+                                    Behaviour::Ok
+                                } else {
+                                    Behaviour::FailNext(s, n - 1)
+                                };
+                                Some(s)
+                            }
+                            Behaviour::Always(s) => Some(s),
+                            Behaviour::FailEvery(s, n) => (nth % n == 0).then_some(s),
+                            Behaviour::Hang => {
+                                futures::future::pending::<()>().await;
+                                None
+                            }
+                            Behaviour::Redirect
+                            | Behaviour::HtmlPage
+                            | Behaviour::RetryAfter(..) => {
+                                unreachable!("answered above")
+                            }
+                        };
                         let mut g = inner.lock().unwrap();
-                        g.batches += 1;
-                        g.batches
-                    };
-                    let b = behaviour.lock().unwrap().clone();
-                    let intercepted = match b {
-                        Behaviour::Redirect => Some(
-                            warp::http::Response::builder()
-                                .status(302)
-                                .header("location", "https://portal.example/login")
-                                .body("moved".to_string()),
-                        ),
-                        Behaviour::HtmlPage => Some(
-                            warp::http::Response::builder()
-                                .status(200)
-                                .header("content-type", "text/html; charset=utf-8")
-                                .body("<html><body>Please log in</body></html>".to_string()),
-                        ),
-                        Behaviour::RetryAfter(s, secs) => Some(
-                            warp::http::Response::builder()
+                        if let Some(s) = fail {
+                            g.statuses.push(s);
+                            return Ok(warp::http::Response::builder()
                                 .status(s)
-                                .header("retry-after", secs.to_string())
-                                .body("later".to_string()),
-                        ),
-                        _ => None,
-                    };
-                    if let Some(resp) = intercepted {
-                        let resp = resp.unwrap();
-                        inner.lock().unwrap().statuses.push(resp.status().as_u16());
-                        return Ok::<_, warp::Rejection>(resp);
+                                .body("failing on purpose".to_string())
+                                .unwrap());
+                        }
+                        g.statuses.push(200);
+                        g.batch_keys.push(batch_key.unwrap_or_default());
+                        for r in body["records"].as_array().cloned().unwrap_or_default() {
+                            g.deliveries += 1;
+                            if let Some(k) = r["idempotency_key"].as_str() {
+                                g.keys.insert(k.to_string());
+                            }
+                            if let (Some(d), Some(s)) = (r["device_id"].as_str(), r["seq"].as_u64())
+                            {
+                                g.by_device.entry(d.to_string()).or_default().push(s);
+                            }
+                        }
+                        let n = g.keys.len();
+                        drop(g);
+                        tx.send_replace(n);
+                        Ok(warp::http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/json")
+                            .body("{\"ok\":true}".to_string())
+                            .unwrap())
                     }
-                    let fail = match b {
-                        Behaviour::Ok => None,
-                        Behaviour::FailNext(s, n) => {
-                            *behaviour.lock().unwrap() = if n <= 1 {
-                                Behaviour::Ok
-                            } else {
-                                Behaviour::FailNext(s, n - 1)
-                            };
-                            Some(s)
-                        }
-                        Behaviour::Always(s) => Some(s),
-                        Behaviour::FailEvery(s, n) => (nth % n == 0).then_some(s),
-                        Behaviour::Hang => {
-                            futures::future::pending::<()>().await;
-                            None
-                        }
-                        Behaviour::Redirect | Behaviour::HtmlPage | Behaviour::RetryAfter(..) => {
-                            unreachable!("answered above")
-                        }
-                    };
-                    let mut g = inner.lock().unwrap();
-                    if let Some(s) = fail {
-                        g.statuses.push(s);
-                        return Ok(warp::http::Response::builder()
-                            .status(s)
-                            .body("failing on purpose".to_string())
-                            .unwrap());
-                    }
-                    g.statuses.push(200);
-                    g.batch_keys.push(batch_key.unwrap_or_default());
-                    for r in body["records"].as_array().cloned().unwrap_or_default() {
-                        g.deliveries += 1;
-                        if let Some(k) = r["idempotency_key"].as_str() {
-                            g.keys.insert(k.to_string());
-                        }
-                        if let (Some(d), Some(s)) = (r["device_id"].as_str(), r["seq"].as_u64()) {
-                            g.by_device.entry(d.to_string()).or_default().push(s);
-                        }
-                    }
-                    let n = g.keys.len();
-                    drop(g);
-                    tx.send_replace(n);
-                    Ok(warp::http::Response::builder()
-                        .status(200)
-                        .header("content-type", "application/json")
-                        .body("{\"ok\":true}".to_string())
-                        .unwrap())
-                }
-            });
+                },
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(route).incoming(listener).run());

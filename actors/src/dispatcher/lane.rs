@@ -34,6 +34,9 @@ use std::collections::BTreeMap;
 /// Lease-publish cycles in flight per lane: the next lease overlaps the current publish.
 pub const PIPELINE: usize = 2;
 
+/// Deliveries in a row at a reduced lease limit before it doubles again.
+pub const GOOD_BEFORE_GROWING: u32 = 8;
+
 /// What the lane needs to know of a leased batch.
 pub trait Batch {
     /// WAL sequence numbers, in the order leased.
@@ -83,9 +86,10 @@ pub enum Pause {
 
 #[derive(Debug, PartialEq)]
 pub enum Action<B> {
-    /// Cast a lease of up to `batch_size` records to the WAL.
+    /// Cast a lease of up to `max` records to the WAL.
     Lease {
         cycle: u64,
+        max: usize,
     },
     /// Tell the publisher to stop holding; always just ahead of a `Forward`.
     Resume,
@@ -119,6 +123,8 @@ enum Ending {
 #[derive(Debug)]
 struct Issued {
     epoch: u64,
+    /// Records asked for: a batch this long is full.
+    max: usize,
     /// The commit mark known when the lease was issued: an empty answer means nothing was
     /// leasable up to it.
     commit: u64,
@@ -127,6 +133,11 @@ struct Issued {
 #[derive(Debug)]
 pub struct Lane<B> {
     batch_size: usize,
+    /// Records per lease now: `batch_size`, or less after the sink refused a batch as a whole
+    /// (too big, or one bad record in it): halved until the refusal is down to one record,
+    /// doubled again after [`GOOD_BEFORE_GROWING`] deliveries in a row.
+    limit: usize,
+    delivered_at_limit: u32,
     /// Cycles issued and not yet ended.
     in_flight: usize,
     paused: bool,
@@ -151,6 +162,8 @@ impl<B: Batch> Lane<B> {
     pub fn new(batch_size: usize) -> Self {
         Lane {
             batch_size: batch_size.max(1),
+            limit: batch_size.max(1),
+            delivered_at_limit: 0,
             in_flight: 0,
             paused: false,
             idle_at: None,
@@ -237,10 +250,14 @@ impl<B: Batch> Lane<B> {
         self.in_flight += 1;
         let issued = Issued {
             epoch: self.epoch,
+            max: self.limit,
             commit: self.commit,
         };
         self.issued.insert(cycle, issued);
-        out.push(Action::Lease { cycle });
+        out.push(Action::Lease {
+            cycle,
+            max: self.limit,
+        });
     }
 
     /// Forwards every lease answer that is now next in cycle order.
@@ -248,13 +265,16 @@ impl<B: Batch> Lane<B> {
         while let Some(answer) = self.leased.remove(&self.next_forward) {
             let cycle = self.next_forward;
             self.next_forward += 1;
-            let epoch = self.issued.get(&cycle).map_or(0, |i| i.epoch);
+            let (epoch, max) = self
+                .issued
+                .get(&cycle)
+                .map_or((0, self.batch_size), |i| (i.epoch, i.max));
             match answer {
                 Err(_) => self.end(cycle, Ending::LeaseFailed, out),
                 Ok(batch) if batch.is_empty() => self.end(cycle, Ending::Empty, out),
                 Ok(batch) => {
                     let seqs = batch.seqs();
-                    let full = batch.len() >= self.batch_size;
+                    let full = batch.len() >= max;
                     if epoch < self.epoch {
                         // Leased before an outcome that was not a delivery: must not overtake
                         // that batch, whose records are going back to the WAL.
@@ -301,9 +321,20 @@ impl<B: Batch> Lane<B> {
                 let (outcome, again) = match result {
                     PublishResult::Delivered => {
                         out.push(Action::Recovered);
+                        self.delivered();
                         (Outcome::Acked, full)
                     }
-                    PublishResult::Permanent(reason) => {
+                    // Refused as a whole — too big, or something in it is bad: never the
+                    // neighbours' fault. Back to the WAL, and the next leases are half as
+                    // long, down to the one record that is refused alone (dead-lettered with
+                    // the sink's reason); the others go on, in order.
+                    PublishResult::Permanent(_) | PublishResult::TooBig(_) if seqs.len() > 1 => {
+                        self.new_epoch();
+                        self.limit = (seqs.len() / 2).max(1);
+                        self.delivered_at_limit = 0;
+                        (Outcome::Release, true)
+                    }
+                    PublishResult::Permanent(reason) | PublishResult::TooBig(reason) => {
                         self.new_epoch();
                         (Outcome::Dead(reason), true)
                     }
@@ -334,6 +365,21 @@ impl<B: Batch> Lane<B> {
         if again && self.has_room() {
             self.lease(out);
         }
+    }
+
+    /// A delivery at the current limit; enough of them in a row and the limit grows back.
+    fn delivered(&mut self) {
+        if self.limit < self.batch_size {
+            self.delivered_at_limit += 1;
+            if self.delivered_at_limit >= GOOD_BEFORE_GROWING {
+                self.limit = (self.limit * 2).min(self.batch_size);
+                self.delivered_at_limit = 0;
+            }
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     fn new_epoch(&mut self) {

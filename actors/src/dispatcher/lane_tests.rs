@@ -13,7 +13,7 @@
 
 mod sim;
 
-use super::lane::{Action, Batch, Event, Lane, Pause, PIPELINE};
+use super::lane::{Action, Batch, Event, Lane, Pause, GOOD_BEFORE_GROWING, PIPELINE};
 use crate::sinks::PublishResult;
 use crate::wal::Outcome;
 use rand::rngs::StdRng;
@@ -57,7 +57,7 @@ fn not_sent_then_a_late_lease_answer_is_released_not_forwarded() {
     let mut lane = Lane::<Seqs>::new(3);
     assert_eq!(
         lane.on(Event::Wake { commit: 1 }),
-        vec![Action::Lease { cycle: 0 }]
+        vec![Action::Lease { cycle: 0, max: 3 }]
     );
     let first = lane.on(Event::Leased {
         cycle: 0,
@@ -75,7 +75,7 @@ fn not_sent_then_a_late_lease_answer_is_released_not_forwarded() {
     );
     assert_eq!(
         lane.on(Event::Wake { commit: 1 }),
-        vec![Action::Lease { cycle: 1 }]
+        vec![Action::Lease { cycle: 1, max: 3 }]
     );
     // The publisher restarted: its new instance holds.
     let held = lane.on(Event::Published {
@@ -91,7 +91,7 @@ fn not_sent_then_a_late_lease_answer_is_released_not_forwarded() {
         late,
         vec![
             settle(1, 3..6, Outcome::Release),
-            Action::Lease { cycle: 2 }
+            Action::Lease { cycle: 2, max: 3 }
         ],
         "cycle 1 was leased before cycle 0 was held back: released, and 0..3 leased first"
     );
@@ -151,7 +151,7 @@ fn endings_are_taken_in_cycle_order_whatever_order_answers_arrive_in() {
     });
     assert_eq!(
         lane.on(Event::Wake { commit: 1 }),
-        vec![Action::Lease { cycle: 1 }]
+        vec![Action::Lease { cycle: 1, max: 2 }]
     );
     lane.on(Event::Leased {
         cycle: 1,
@@ -177,7 +177,10 @@ fn endings_are_taken_in_cycle_order_whatever_order_answers_arrive_in() {
     );
     assert!(lane.is_paused());
     assert_eq!(lane.on(Event::Wake { commit: 2 }), vec![], "paused");
-    assert_eq!(lane.on(Event::PauseOver), vec![Action::Lease { cycle: 2 }]);
+    assert_eq!(
+        lane.on(Event::PauseOver),
+        vec![Action::Lease { cycle: 2, max: 2 }]
+    );
 }
 
 /// An outage (unreachable, 5xx from a load balancer, 429, a redirect…) blames no record: the
@@ -202,7 +205,10 @@ fn an_outage_pauses_honours_retry_after_and_gives_the_attempt_back() {
         ]
     );
     assert_eq!(lane.epoch(), 1);
-    assert_eq!(lane.on(Event::PauseOver), vec![Action::Lease { cycle: 1 }]);
+    assert_eq!(
+        lane.on(Event::PauseOver),
+        vec![Action::Lease { cycle: 1, max: 10 }]
+    );
     lane.on(Event::Leased {
         cycle: 1,
         batch: Ok(seqs(7..8)),
@@ -239,7 +245,7 @@ fn permanent_failure_dead_letters_and_goes_on_at_once() {
         out,
         vec![
             settle(0, 5..6, Outcome::Dead("HTTP 400".into())),
-            Action::Lease { cycle: 1 }
+            Action::Lease { cycle: 1, max: 10 }
         ]
     );
 }
@@ -262,14 +268,17 @@ fn an_empty_lane_waits_for_a_newer_commit_or_the_recheck() {
     );
     assert_eq!(
         lane.on(Event::Wake { commit: 8 }),
-        vec![Action::Lease { cycle: 1 }],
+        vec![Action::Lease { cycle: 1, max: 10 }],
         "a commit wakes it"
     );
     lane.on(Event::Leased {
         cycle: 1,
         batch: Ok(Seqs(vec![])),
     });
-    assert_eq!(lane.on(Event::Recheck), vec![Action::Lease { cycle: 2 }]);
+    assert_eq!(
+        lane.on(Event::Recheck),
+        vec![Action::Lease { cycle: 2, max: 10 }]
+    );
 }
 
 #[test]
@@ -281,7 +290,10 @@ fn a_failed_lease_pauses_briefly_and_a_full_batch_goes_again_at_once() {
         batch: Err("WAL stopped".into()),
     });
     assert_eq!(out, vec![Action::Pause(Pause::Short)]);
-    assert_eq!(lane.on(Event::PauseOver), vec![Action::Lease { cycle: 1 }]);
+    assert_eq!(
+        lane.on(Event::PauseOver),
+        vec![Action::Lease { cycle: 1, max: 2 }]
+    );
     lane.on(Event::Leased {
         cycle: 1,
         batch: Ok(seqs(0..2)),
@@ -295,7 +307,7 @@ fn a_failed_lease_pauses_briefly_and_a_full_batch_goes_again_at_once() {
         vec![
             Action::Recovered,
             settle(1, 0..2, Outcome::Acked),
-            Action::Lease { cycle: 2 }
+            Action::Lease { cycle: 2, max: 2 }
         ]
     );
     assert_eq!(
@@ -364,4 +376,74 @@ fn the_order_check_sees_an_inversion() {
         seen.is_err(),
         "an inversion of first deliveries must fail the check"
     );
+}
+
+/// Issue 10: a batch refused as a whole (one bad record in it, or too big) is never the
+/// neighbours' fault. The lane halves its leases until the refused record is alone; only that
+/// one is dead-lettered, the rest are delivered in order, and the lease size grows back after
+/// enough deliveries.
+#[test]
+fn a_refused_batch_is_bisected_down_to_the_record_refused_alone() {
+    let mut lane = Lane::<Seqs>::new(4);
+    assert_eq!(
+        lane.on(Event::Wake { commit: 1 }),
+        vec![Action::Lease { cycle: 0, max: 4 }]
+    );
+    // Delivers `cycle`'s batch with `result`; returns what the lane does next.
+    let mut step = |cycle: u64, batch: std::ops::Range<u64>, result: PublishResult| {
+        let fwd = lane.on(Event::Leased {
+            cycle,
+            batch: Ok(seqs(batch)),
+        });
+        assert!(
+            matches!(fwd.last(), Some(Action::Forward { .. })),
+            "{fwd:?}"
+        );
+        lane.on(Event::Published { cycle, result })
+    };
+    let bad = || PublishResult::Permanent("HTTP 400".into());
+    assert_eq!(
+        step(0, 0..4, bad()),
+        vec![
+            settle(0, 0..4, Outcome::Release),
+            Action::Lease { cycle: 1, max: 2 }
+        ],
+        "not dead: split"
+    );
+    assert_eq!(
+        step(1, 0..2, PublishResult::Delivered),
+        vec![
+            Action::Recovered,
+            settle(1, 0..2, Outcome::Acked),
+            Action::Lease { cycle: 2, max: 2 }
+        ]
+    );
+    assert_eq!(
+        step(2, 2..4, PublishResult::TooBig("HTTP 413".into())),
+        vec![
+            settle(2, 2..4, Outcome::Release),
+            Action::Lease { cycle: 3, max: 1 }
+        ]
+    );
+    assert_eq!(
+        step(3, 2..3, bad()),
+        vec![
+            settle(3, 2..3, Outcome::Dead("HTTP 400".into())),
+            Action::Lease { cycle: 4, max: 1 }
+        ],
+        "refused alone: dead with the sink's reason"
+    );
+    let good = u64::from(GOOD_BEFORE_GROWING);
+    for (cycle, q) in (4..).zip(3..3 + good) {
+        let out = step(cycle, q..q + 1, PublishResult::Delivered);
+        let max = if q + 1 == 3 + good { 2 } else { 1 };
+        assert_eq!(
+            out.last(),
+            Some(&Action::Lease {
+                cycle: cycle + 1,
+                max
+            }),
+            "grows back after {GOOD_BEFORE_GROWING} deliveries"
+        );
+    }
 }

@@ -176,11 +176,11 @@ impl DispatcherState {
     ) -> Option<Event<Vec<Leased>>> {
         let s = &mut self.sinks[i];
         match action {
-            Action::Lease { cycle } => {
+            Action::Lease { cycle, max } => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let lease = WalMsg::Lease {
                     sink: s.name.clone(),
-                    max: self.config.batch_size,
+                    max,
                     reply: tx.into(),
                 };
                 let sent = self.wal.cast(lease).map_err(|e| e.to_string());

@@ -5,7 +5,8 @@
 //! ([`classify`]): a 2xx is a delivery — unless its body is an HTML page, which is something
 //! in front of the API (a captive portal, a proxy's login) and an outage; 408, 429, 5xx,
 //! connect errors and timeouts are outages (no attempt used up; `Retry-After` in seconds is
-//! honoured); a 3xx is an outage of the sink's address (redirects are not followed: a moved API
+//! honoured); 413/414/431, or a body over `max_batch_bytes` (checked before sending), is "too
+//! big": the lane splits the batch; a 3xx is an outage of the sink's address (redirects are not followed: a moved API
 //! or a login page must not swallow readings); any other status blames the batch (permanent).
 
 use super::{json::RecordsJson, PublishResult};
@@ -27,6 +28,7 @@ pub struct HttpSink {
     url: String,
     bearer: Option<String>,
     gateway_id: String,
+    max_batch_bytes: u64,
 }
 
 impl HttpSink {
@@ -63,6 +65,9 @@ impl HttpSink {
             url,
             bearer,
             gateway_id: gateway_id.to_string(),
+            max_batch_bytes: cfg
+                .max_batch_bytes
+                .unwrap_or(edge_gateway_config::DEFAULT_HTTP_MAX_BATCH_BYTES),
         })
     }
 
@@ -78,6 +83,10 @@ impl HttpSink {
             records: RecordsJson(batch),
         };
         let body = serde_json::to_vec(&body).expect("records always serialise to JSON");
+        // Too big for this sink: the lane splits the batch; a record alone too big is dead.
+        if body.len() as u64 > self.max_batch_bytes {
+            return PublishResult::TooBig(too_big(batch.len(), body.len(), "max_batch_bytes"));
+        }
         let mut req = self
             .client
             .post(&self.url)
@@ -130,11 +139,21 @@ pub fn classify(status: u16, h: &Headers<'_>) -> PublishResult {
              or a login page?); held until it does — fix `url` if it moved",
             h.location.unwrap_or("(no Location)")
         )),
+        413 | 414 | 431 => PublishResult::TooBig(format!("HTTP {status}: refused as too large")),
         408 | 429 | 500..=599 => PublishResult::Outage {
             reason: format!("HTTP {status}"),
             retry_after_ms: h.retry_after.and_then(retry_after_ms),
         },
         _ => PublishResult::Permanent(format!("HTTP {status}")),
+    }
+}
+
+/// The reason a batch (or a record alone) is too big, naming its size.
+fn too_big(records: usize, bytes: usize, limit: &str) -> String {
+    if records == 1 {
+        format!("record too large: {bytes} bytes as JSON, over the sink's {limit}")
+    } else {
+        format!("batch of {records} records is {bytes} bytes, over the sink's {limit}")
     }
 }
 
@@ -202,6 +221,12 @@ mod tests {
             assert!(
                 matches!(classify(s, &none), PublishResult::Permanent(_)),
                 "{s}"
+            );
+        }
+        for s in [413, 414, 431] {
+            assert!(
+                matches!(classify(s, &none), PublishResult::TooBig(_)),
+                "{s}: split, not bad"
             );
         }
     }

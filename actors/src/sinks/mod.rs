@@ -37,8 +37,12 @@ pub enum PublishResult {
     /// Failed in a way that may blame the batch (a request that broke part way, a publisher
     /// that crashed or stopped answering while holding it): retried, and the attempt counts.
     Transient(String),
-    /// Will fail again: other 4xx. The records are dead-lettered with this reason.
+    /// Will fail again: other 4xx. A single record is dead-lettered with this reason; a batch
+    /// is split until the refused record is alone (the lane bisects).
     Permanent(String),
+    /// Too big as a whole (413/414/431, over the sink's `max_batch_bytes`): split; a single
+    /// record still too big is dead-lettered with this reason, which names the size.
+    TooBig(String),
     /// Held back behind a failed batch; never sent.
     NotSent,
     /// The sink is not taking anything — unreachable, timing out, answering 408/429/5xx (a
@@ -162,6 +166,7 @@ impl Actor for Publisher {
                     PublishResult::Delivered => "delivered",
                     PublishResult::NotSent => "not_sent",
                     PublishResult::Outage { .. } => "outage",
+                    PublishResult::TooBig(_) => "too_big",
                     PublishResult::Transient(_) => "transient_error",
                     PublishResult::Permanent(_) => "permanent_error",
                 };

@@ -171,7 +171,9 @@ pub struct WalState {
     queue: VecDeque<(Op, Waiter)>,
     in_commit: Vec<Waiter>,
     last_stats: WalStats,
-    reader: WalReader,
+    /// Shares the store's database for reads; `None` while the store is being reopened (the
+    /// file lock goes with the last handle, so a reopen must not keep one).
+    reader: Option<WalReader>,
     max_group: usize,
     metrics: Arc<Metrics>,
     addr: Addr<WalMsg>,
@@ -218,7 +220,13 @@ fn ensure_reserve(o: &OpenArgs) -> bool {
         .unwrap_or(std::path::Path::new("."))
         .to_path_buf();
     let free = (super::store::free_space_of(dir))().unwrap_or(0);
-    if free < o.reserve_bytes.saturating_add(o.min_free_bytes) {
+    // Room for the reserve and as much again beyond `min_free_bytes`: made back the moment
+    // its own size is free, it would take again exactly what its release gave delivery.
+    if free
+        < o.reserve_bytes
+            .saturating_mul(2)
+            .saturating_add(o.min_free_bytes)
+    {
         return false;
     }
     let made = (|| {
@@ -500,7 +508,7 @@ impl Actor for Wal {
             queue: VecDeque::new(),
             in_commit: Vec::new(),
             last_stats: stats,
-            reader,
+            reader: Some(reader),
             max_group: args.max_group,
             metrics: args.metrics,
             addr: args.addr,
@@ -570,7 +578,12 @@ impl Actor for Wal {
                             reserve_released = released,
                             "WAL commit met a full disk; reopening in place: ingest waits, delivery goes on"
                         );
-                        state.store = Some(open_store(&state.open).await?);
+                        // The old database goes with its last handle: ours too, before the
+                        // reopen (a read in flight finishes first; open_store waits for it).
+                        state.reader = None;
+                        let store = open_store(&state.open).await?;
+                        state.reader = Some(store.reader());
+                        state.store = Some(store);
                         state
                             .commits
                             .send_modify(|mark| *mark = mark.wrapping_add(1));
@@ -625,7 +638,10 @@ impl Actor for Wal {
                         let _ = reply.send(s);
                     }
                     WalMsg::DeadLetters { sink, limit, reply } => {
-                        let reader = state.reader.clone();
+                        let Some(reader) = state.reader.clone() else {
+                            let _ = reply.send(Err(REOPENING.into()));
+                            return Ok(());
+                        };
                         state.tasks.push(tokio::spawn(async move {
                             let rows = tokio::task::spawn_blocking(move || {
                                 reader.dead_letters(&sink, limit)
@@ -666,7 +682,10 @@ impl Actor for Wal {
                         Self::enqueue(&myself, state, Op::Reject(entry), Waiter::Reject(reply));
                     }
                     WalMsg::Rejected { limit, reply } => {
-                        let reader = state.reader.clone();
+                        let Some(reader) = state.reader.clone() else {
+                            let _ = reply.send(Err(REOPENING.into()));
+                            return Ok(());
+                        };
                         state.tasks.push(tokio::spawn(async move {
                             let rows =
                                 tokio::task::spawn_blocking(move || reader.rejected(limit)).await;
@@ -685,6 +704,9 @@ impl Actor for Wal {
         }
     }
 }
+
+/// The answer to a read while the store is being reopened after a full disk.
+const REOPENING: &str = "the WAL is being reopened after a full disk; try again shortly";
 
 /// A read on the blocking pool, as an answer: its rows or why there are none.
 fn read_answer<T>(

@@ -21,6 +21,7 @@ enum WalOp {
     Lease {
         inst: u32,
         cycle: u64,
+        max: usize,
     },
     Settle {
         inst: u32,
@@ -95,7 +96,9 @@ impl World {
         for action in self.lane.on(event) {
             let inst = self.inst;
             match action {
-                Action::Lease { cycle } => self.wal.push_back(WalOp::Lease { inst, cycle }),
+                Action::Lease { cycle, max } => {
+                    self.wal.push_back(WalOp::Lease { inst, cycle, max })
+                }
                 Action::Resume => self.publisher.push_back(PubOp::Resume),
                 Action::Forward { cycle, batch } => {
                     self.publisher
@@ -128,10 +131,10 @@ impl World {
             return;
         };
         match op {
-            WalOp::Lease { inst, cycle } => {
+            WalOp::Lease { inst, cycle, max } => {
                 let mut picked = Vec::new();
                 for (seq, (st, attempts)) in self.recs.iter_mut().enumerate() {
-                    if picked.len() >= self.batch_size {
+                    if picked.len() >= max.min(self.batch_size) {
                         break;
                     }
                     if *st != St::Enqueued {
@@ -211,7 +214,8 @@ impl World {
                     self.delivered.extend(&batch.0[..sent]);
                     PublishResult::Transient("HTTP 503".into())
                 }
-                7 => PublishResult::Permanent("HTTP 400".into()),
+                7 if rng.random_bool(0.5) => PublishResult::Permanent("HTTP 400".into()),
+                7 => PublishResult::TooBig("HTTP 413".into()),
                 8 => PublishResult::Outage {
                     reason: "HTTP 503".into(),
                     retry_after_ms: rng.random_bool(0.5).then_some(1000),
