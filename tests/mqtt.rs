@@ -652,3 +652,87 @@ async fn publisher_restarts_keep_the_order_of_first_delivery_upstream() {
     let order = subscriber.first_arrival_order();
     assert_eq!(order["stm32-a"], (0..600).collect::<Vec<_>>());
 }
+
+/// Issue 10: an upstream broker with a 4 KiB maximum packet size, one 8 KiB reading among
+/// small ones from another device, in the same batches. Before, the big one made the broker drop
+/// the connection again and again: 0 of 20 small readings delivered in 170 s, and a small one
+/// that shared its batches was dead-lettered. Now (with `max_packet_bytes` set) the batch is
+/// split until the big reading is alone; it alone is dead-lettered, its size named, and every
+/// small reading arrives upstream, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reading_too_big_for_the_upstream_broker_is_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = mqtt::plain_with(&dir.path().join("upstream"), "max_packet_size 4096\n");
+    let sink = RecordingSink::start().await;
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
+             [[sinks]]\nname = \"analytics\"\ntype = \"http\"\nurl = \"{}\"\n\
+             [[sinks]]\nname = \"upstream\"\ntype = \"mqtt\"\nurl = \"{}\"\ntopic_prefix = \"site-1\"\n\
+             timeout_ms = 3000\nmax_packet_bytes = 4096\n",
+            sink.url(),
+            up.url()
+        ),
+    );
+    let sub = Subscriber::start(up.port, "site-1/#").await;
+    let gw = Gateway::start(&cfg);
+    let c = client();
+    let mut small = HashSet::new();
+    // One request each way, so the readings share the sink's batches.
+    let mut body: Vec<serde_json::Value> = (0..10)
+        .map(|i| serde_json::json!({"seq": i, "t": 20}))
+        .collect();
+    let (s, _) = post_json(
+        &c,
+        &gw.url("/ingest/small"),
+        &gw.token,
+        &serde_json::json!(body),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let big = serde_json::json!({"seq": 0, "blob": "x".repeat(8192)});
+    let (s, _) = post_json(&c, &gw.url("/ingest/big"), &gw.token, &big).await;
+    assert_eq!(s, 202);
+    body = (10..20)
+        .map(|i| serde_json::json!({"seq": i, "t": 20}))
+        .collect();
+    let (s, _) = post_json(
+        &c,
+        &gw.url("/ingest/small"),
+        &gw.token,
+        &serde_json::json!(body),
+    )
+    .await;
+    assert_eq!(s, 202);
+    small.extend((0..20).map(|i| key("small", i)));
+    sub.wait_for_keys(&small, Duration::from_secs(30))
+        .await
+        .expect("every small reading delivered upstream");
+    let order = sub.first_arrival_order();
+    assert_eq!(order["small"], (0..20).collect::<Vec<u64>>(), "in order");
+    // The big one: dead for upstream alone, with its size; delivered to the HTTP sink.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let dl = loop {
+        let dl = gw.admin_get("/admin/dead-letters/upstream").await;
+        if !dl["dead_letters"].as_array().unwrap().is_empty() {
+            break dl;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not dead-lettered: {dl}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let dead = dl["dead_letters"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dl}");
+    assert_eq!(dead[0]["record"]["idempotency_key"], "big/seq/0");
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("max_packet_bytes 4096"), "{reason}");
+    sink.wait_for_keys(
+        &small.iter().cloned().chain([key("big", 0)]).collect(),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("the HTTP sink takes them all");
+}

@@ -320,6 +320,12 @@ pub struct SinkConfig {
     /// record alone over it is dead-lettered, its size named.
     #[serde(default)]
     pub max_batch_bytes: Option<u64>,
+    /// mqtt: the upstream broker's maximum packet size (mosquitto `max_packet_size`, AWS IoT
+    /// Core 128 KiB), when it has one: a reading that would make a bigger PUBLISH is dead-
+    /// lettered alone, its size named, instead of making the broker drop the connection again
+    /// and again while its neighbours wait.
+    #[serde(default)]
+    pub max_packet_bytes: Option<u64>,
 }
 
 /// Default `max_batch_bytes` of an http sink: 900 KiB.
@@ -363,6 +369,7 @@ impl SinkConfig {
             password_file: None,
             allow_insecure: false,
             max_batch_bytes: None,
+            max_packet_bytes: None,
         }
     }
 }

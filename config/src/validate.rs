@@ -162,6 +162,7 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
                     ("client_cert_file", s.client_cert_file.is_some()),
                     ("client_key_file", s.client_key_file.is_some()),
                     ("max_batch_bytes", s.max_batch_bytes.is_some()),
+                    ("max_packet_bytes", s.max_packet_bytes.is_some()),
                 ] {
                     if set {
                         problem(&mut out, at(k), "does not apply to a file sink");
@@ -187,6 +188,7 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
                     ("protocol", s.protocol.is_some()),
                     ("username", s.username.is_some()),
                     ("password_file", s.password_file.is_some()),
+                    ("max_packet_bytes", s.max_packet_bytes.is_some()),
                 ] {
                     if set {
                         problem(&mut out, at(k), "does not apply to an http sink");
@@ -269,6 +271,9 @@ fn validate_mqtt_sink(out: &mut Vec<ConfigProblem>, s: &SinkConfig, at: &dyn Fn(
             }
         }
     }
+    if s.max_packet_bytes == Some(0) {
+        problem(out, at("max_packet_bytes"), "must be > 0");
+    }
     for (k, set) in [
         ("path", s.path.is_some()),
         ("bearer_token_file", s.bearer_token_file.is_some()),
@@ -278,7 +283,7 @@ fn validate_mqtt_sink(out: &mut Vec<ConfigProblem>, s: &SinkConfig, at: &dyn Fn(
             problem(
                 out,
                 at(k),
-                "does not apply to an mqtt sink (not yet: issue 10)",
+                "does not apply to an mqtt sink (see max_packet_bytes)",
             );
         }
     }

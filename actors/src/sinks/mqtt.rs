@@ -25,10 +25,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Why a batch failed: worth retrying, or refused for good.
+/// Why a batch failed: worth retrying, refused for good, or too big for the broker.
 enum Failure {
     Retry(String),
     Refused(String),
+    TooBig(String),
 }
 
 impl From<String> for Failure {
@@ -81,6 +82,8 @@ pub struct MqttSink {
     prefix: String,
     timeout: Duration,
     batch_capacity: usize,
+    /// The broker's maximum packet size (`max_packet_bytes`), if it has one.
+    max_packet: Option<u64>,
     conn: Option<Conn>,
 }
 
@@ -175,6 +178,7 @@ impl MqttSink {
                 .unwrap_or_else(|| gateway_id.to_string()),
             timeout: Duration::from_millis(cfg.timeout_ms),
             batch_capacity: batch_size + 16,
+            max_packet: cfg.max_packet_bytes,
             conn: None,
         };
         s.settings_check()?;
@@ -261,6 +265,8 @@ impl MqttSink {
                 self.conn = None;
                 PublishResult::Permanent(why)
             }
+            // Nothing was sent: the connection stays; the lane splits the batch.
+            Err(Failure::TooBig(why)) => PublishResult::TooBig(why),
             // A broker that is down, drops the connection or withholds PUBACKs blames no
             // record: an outage, whether or not publishes had left.
             Err(Failure::Retry(why)) => {
@@ -272,6 +278,33 @@ impl MqttSink {
 
     /// `sent` counts publishes written to the connection.
     async fn try_publish(&mut self, batch: &[Leased], sent: &mut usize) -> Result<(), Failure> {
+        // Every PUBLISH prepared before any is sent: one over the broker's limit makes the
+        // batch too big (the lane splits it until that reading is alone).
+        let prepared: Vec<(String, Vec<u8>)> = batch
+            .iter()
+            .map(|l| {
+                let topic = render_topic(
+                    &self.topic,
+                    &self.prefix,
+                    &l.record.device_id,
+                    &self.gateway_id,
+                );
+                let mut payload = Vec::with_capacity(256);
+                write_record(&mut payload, l);
+                (topic, payload)
+            })
+            .collect();
+        if let Some(max) = self.max_packet {
+            for ((topic, payload), l) in prepared.iter().zip(batch) {
+                let size = publish_size(topic, payload, &l.record.idempotency_key, self.v5());
+                if size > max {
+                    return Err(Failure::TooBig(format!(
+                        "record too large for the broker: a {size}-byte PUBLISH, over the \
+                         sink's max_packet_bytes {max}"
+                    )));
+                }
+            }
+        }
         // A connection that died while idle is replaced before anything is sent on it.
         if let Some(c) = &mut self.conn {
             while let Ok(n) = c.notes.try_recv() {
@@ -286,15 +319,7 @@ impl MqttSink {
         }
         let conn = self.conn.as_mut().expect("set above");
         let deadline = tokio::time::Instant::now() + self.timeout;
-        for l in batch {
-            let topic = render_topic(
-                &self.topic,
-                &self.prefix,
-                &l.record.device_id,
-                &self.gateway_id,
-            );
-            let mut payload = Vec::with_capacity(256);
-            write_record(&mut payload, l);
+        for ((topic, payload), l) in prepared.into_iter().zip(batch) {
             let queued = tokio::time::timeout_at(
                 deadline,
                 conn.client
@@ -345,6 +370,19 @@ impl MqttSink {
         }
         Ok(())
     }
+}
+
+/// Bytes of the QoS 1 PUBLISH for this topic and payload: fixed header (at most 5), topic
+/// (2 + its length), packet id (2), payload; MQTT 5 adds its properties (the idempotency key
+/// as a user property, the content type).
+fn publish_size(topic: &str, payload: &[u8], key: &str, v5: bool) -> u64 {
+    let props = if v5 {
+        // length (≤ 4) + user property (1 + 2 + 15 + 2 + key) + content type (1 + 2 + 16)
+        4 + 1 + 2 + "idempotency_key".len() + 2 + key.len() + 1 + 2 + "application/json".len()
+    } else {
+        0
+    };
+    (5 + 2 + topic.len() + 2 + props + payload.len()) as u64
 }
 
 #[cfg(test)]
