@@ -592,18 +592,7 @@ async fn mqtt5_upstream_carries_the_key_as_a_user_property_and_refusals_dead_let
     // with that reason, not retried forever.
     let mut b = Device::connect(edge.port, "stm32-b", None).await;
     b.publish_seq(0).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let dead = loop {
-        let d = gw.admin_get("/admin/dead-letters/upstream").await;
-        if !d["dead_letters"].as_array().unwrap().is_empty() {
-            break d;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no dead letter: {d}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let dead = gw.wait_dead_letters("upstream", 1).await;
     let row = &dead["dead_letters"][0];
     assert!(
         row["reason"].as_str().unwrap().contains("NotAuthorized"),
@@ -712,18 +701,7 @@ async fn one_reading_too_big_for_the_upstream_broker_is_isolated() {
     let order = sub.first_arrival_order();
     assert_eq!(order["small"], (0..20).collect::<Vec<u64>>(), "in order");
     // The big one: dead for upstream alone, with its size; delivered to the HTTP sink.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let dl = loop {
-        let dl = gw.admin_get("/admin/dead-letters/upstream").await;
-        if !dl["dead_letters"].as_array().unwrap().is_empty() {
-            break dl;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not dead-lettered: {dl}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let dl = gw.wait_dead_letters("upstream", 1).await;
     let dead = dl["dead_letters"].as_array().unwrap();
     assert_eq!(dead.len(), 1, "{dl}");
     assert_eq!(dead[0]["record"]["idempotency_key"], "big/seq/0");

@@ -29,22 +29,6 @@ async fn ingest_n(gw: &Gateway, device: &str, n: usize) -> HashSet<String> {
     keys
 }
 
-/// Polls the admin API (it offers no event to wait on) until `n` dead letters are listed.
-async fn wait_dead_letters(gw: &Gateway, sink: &str, n: usize) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let dl = gw.admin_get(&format!("/admin/dead-letters/{sink}")).await;
-        if dl["dead_letters"].as_array().unwrap().len() == n {
-            return dl;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not dead-lettered: {dl}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn http_sink(name: &str, url: &str, extra: &str) -> String {
     format!("[[sinks]]\nname = \"{name}\"\ntype = \"http\"\nurl = \"{url}\"\n{extra}\n")
 }
@@ -90,7 +74,7 @@ async fn client_errors_dead_letter_with_the_reason() {
     let cfg = write_config(dir.path(), &http_sink("api", &sink.url(), ""));
     let gw = Gateway::start(&cfg);
     let keys = ingest_n(&gw, "d1", 5).await;
-    let dl = wait_dead_letters(&gw, "api", keys.len()).await;
+    let dl = gw.wait_dead_letters("api", keys.len()).await;
     for d in dl["dead_letters"].as_array().unwrap() {
         assert_eq!(d["reason"], "HTTP 400");
         assert_eq!(d["attempts"], 1, "a permanent error is not retried");
@@ -356,25 +340,45 @@ async fn ingest_big(gw: &Gateway, device: &str, n: u64, poison: Option<u64>) -> 
     keys
 }
 
-/// Issue 10: after an outage the backlog goes out in 500-record batches of ~1.3 MiB; a proxy in
-/// front of the API refuses bodies over 1 MiB with 413. The batches are split, never dead-
-/// lettered: every reading arrives, in order. (The gateway's own `max_batch_bytes` is raised
-/// here so the proxy's 413 is what it meets; by default it splits before sending.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_limit_after_an_outage_splits_batches_and_delivers_everything() {
+/// An outage (the sink answers 503) while `n` big readings come in — `poison` marks one —
+/// then the sink behaves as `then`: the backlog goes out in `batch_size`-record batches.
+async fn backlog_then(
+    then: Behaviour,
+    delivery: &str,
+    sink_extra: &str,
+    n: u64,
+    poison: Option<u64>,
+) -> (tempfile::TempDir, RecordingSink, Gateway, HashSet<String>) {
     let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     sink.set(Behaviour::Always(503));
     let cfg = write_config(
         dir.path(),
         &format!(
-            "[delivery]\nbatch_size = 500\nmax_attempts = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n{}",
-            http_sink("api", &sink.url(), "max_batch_bytes = 10485760")
+            "[delivery]\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n{delivery}\n{}",
+            http_sink("api", &sink.url(), sink_extra)
         ),
     );
     let gw = Gateway::start(&cfg);
-    let keys = ingest_big(&gw, "d1", 600, None).await;
-    sink.set(Behaviour::BodyLimit(1 << 20));
+    let keys = ingest_big(&gw, "d1", n, poison).await;
+    sink.set(then);
+    (dir, sink, gw, keys)
+}
+
+/// Issue 10: after an outage the backlog goes out in 500-record batches of ~1.3 MiB; a proxy in
+/// front of the API refuses bodies over 1 MiB with 413. The batches are split, never dead-
+/// lettered: every reading arrives, in order. (The gateway's own `max_batch_bytes` is raised
+/// here so the proxy's 413 is what it meets; by default it splits before sending.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_limit_after_an_outage_splits_batches_and_delivers_everything() {
+    let (_dir, sink, gw, keys) = backlog_then(
+        Behaviour::BodyLimit(1 << 20),
+        "batch_size = 500\nmax_attempts = 2",
+        "max_batch_bytes = 10485760",
+        600,
+        None,
+    )
+    .await;
     sink.wait_for_keys(&keys, Duration::from_secs(60))
         .await
         .unwrap();
@@ -389,19 +393,14 @@ async fn a_body_limit_after_an_outage_splits_batches_and_delivers_everything() {
 /// proxy never has to refuse anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_batch_byte_limit_stays_under_a_1_mib_proxy() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = RecordingSink::start().await;
-    sink.set(Behaviour::Always(503));
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[delivery]\nbatch_size = 500\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n{}",
-            http_sink("api", &sink.url(), "")
-        ),
-    );
-    let gw = Gateway::start(&cfg);
-    let keys = ingest_big(&gw, "d1", 600, None).await;
-    sink.set(Behaviour::BodyLimit(1 << 20));
+    let (_dir, sink, gw, keys) = backlog_then(
+        Behaviour::BodyLimit(1 << 20),
+        "batch_size = 500",
+        "",
+        600,
+        None,
+    )
+    .await;
     sink.wait_for_keys(&keys, Duration::from_secs(60))
         .await
         .unwrap();
@@ -423,24 +422,13 @@ async fn the_default_batch_byte_limit_stays_under_a_1_mib_proxy() {
 /// other reading is delivered, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_poison_record_in_a_batch_is_dead_lettered_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = RecordingSink::start().await;
-    sink.set(Behaviour::Always(503));
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[delivery]\nbatch_size = 64\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n{}",
-            http_sink("api", &sink.url(), "")
-        ),
-    );
-    let gw = Gateway::start(&cfg);
-    let mut keys = ingest_big(&gw, "d1", 50, Some(17)).await;
-    sink.set(Behaviour::Poison);
+    let (_dir, sink, gw, mut keys) =
+        backlog_then(Behaviour::Poison, "batch_size = 64", "", 50, Some(17)).await;
     keys.remove("d1/seq/17");
     sink.wait_for_keys(&keys, Duration::from_secs(60))
         .await
         .unwrap();
-    let dl = wait_dead_letters(&gw, "api", 1).await;
+    let dl = gw.wait_dead_letters("api", 1).await;
     let d = &dl["dead_letters"][0];
     assert_eq!(d["record"]["idempotency_key"], "d1/seq/17", "{dl}");
     assert_eq!(d["reason"], "HTTP 400", "{dl}");

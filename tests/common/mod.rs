@@ -185,6 +185,23 @@ impl Gateway {
         }
     }
 
+    /// Polls the admin API (it offers no event to wait on), 30 s at most, until `sink` lists
+    /// at least `n` dead letters; returns the listing.
+    pub async fn wait_dead_letters(&self, sink: &str, n: usize) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let dl = self.admin_get(&format!("/admin/dead-letters/{sink}")).await;
+            if dl["dead_letters"].as_array().is_some_and(|a| a.len() >= n) {
+                return dl;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not dead-lettered: {dl}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         client()
             .get(self.admin_url("/metrics"))

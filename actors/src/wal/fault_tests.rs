@@ -96,15 +96,20 @@ fn rec(key: &str) -> Record {
     super::tests::rec(key, 1)
 }
 
-/// A backend over the file at `path`, and its switches: (fail fsync, disk full).
-pub(super) fn faulty(path: &std::path::Path) -> (Faulty, Arc<AtomicBool>, Arc<AtomicBool>) {
-    let file = std::fs::OpenOptions::new()
+/// The file under a test backend: read-write, created if missing, never truncated.
+fn open_rw(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .unwrap();
+        .unwrap()
+}
+
+/// A backend over the file at `path`, and its switches: (fail fsync, disk full).
+pub(super) fn faulty(path: &std::path::Path) -> (Faulty, Arc<AtomicBool>, Arc<AtomicBool>) {
+    let file = open_rw(path);
     let (fail_sync, disk_full) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
@@ -202,13 +207,7 @@ pub(super) struct PowerCut {
 pub(super) fn power_cut(
     path: &std::path::Path,
 ) -> (PowerCut, Arc<AtomicBool>, Arc<std::sync::atomic::AtomicI64>) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .unwrap();
+    let file = open_rw(path);
     let cut = Arc::new(AtomicBool::new(false));
     let syncs_left = Arc::new(std::sync::atomic::AtomicI64::new(-1));
     let backend = PowerCut {
