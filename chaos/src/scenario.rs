@@ -62,6 +62,9 @@ pub enum SinkFault {
     Hang,
     /// Closes each connection with a TCP reset.
     Reset,
+    /// A proxy's body limit: `413` for bodies over this many bytes (the gateway must split,
+    /// never dead-letter; issue 10).
+    BodyLimit(usize),
 }
 
 /// One fault.
@@ -96,6 +99,7 @@ impl Fault {
                 SinkFault::Status(s) => format!("sink_status_{s}"),
                 SinkFault::Hang => "sink_hang".into(),
                 SinkFault::Reset => "sink_reset".into(),
+                SinkFault::BodyLimit(_) => "sink_body_limit".into(),
             },
             Fault::Abuse { attack, .. } => format!("abuse:{}", attack.name()),
         }
@@ -145,15 +149,19 @@ impl Scenario {
             Fault::FailActor(ACTORS[rng.random_range(0..ACTORS.len())].to_string())
         };
         let sink = |rng: &mut dyn rand::RngCore| {
-            let fault = match rng.random_range(0..4) {
-                0 => SinkFault::Status(500),
-                1 => SinkFault::Status(429),
-                2 => SinkFault::Hang,
-                _ => SinkFault::Reset,
+            let (fault, secs) = match rng.random_range(0..6) {
+                0 => (SinkFault::Status(500), 1.0..4.0),
+                1 => (SinkFault::Status(429), 1.0..4.0),
+                2 => (SinkFault::Hang, 1.0..4.0),
+                3 => (SinkFault::Reset, 1.0..4.0),
+                // A load balancer with nothing behind it, longer than a few retries (issue 10).
+                4 => (SinkFault::Status(502), 5.0..15.0),
+                // A 8 KiB proxy limit: most batches of a backlog are split.
+                _ => (SinkFault::BodyLimit(8 << 10), 3.0..10.0),
             };
             Fault::Sink {
                 fault,
-                secs: round(rng.random_range(1.0..4.0)),
+                secs: round(rng.random_range(secs)),
             }
         };
         let outage = |rng: &mut dyn rand::RngCore| Fault::UpstreamOutage {

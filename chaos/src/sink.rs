@@ -94,6 +94,12 @@ async fn serve(
                 drop(sock); // RST
                 return;
             }
+            Some(SinkFault::BodyLimit(max)) if len > max => {
+                let resp = "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
+                if r.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
             Some(SinkFault::Status(code)) => {
                 let resp =
                     format!("HTTP/1.1 {code} Fault\r\ncontent-length: 0\r\nretry-after: 1\r\n\r\n");
@@ -101,7 +107,7 @@ async fn serve(
                     return;
                 }
             }
-            None => {
+            None | Some(SinkFault::BodyLimit(_)) => {
                 record(&ledger, name, &body);
                 let resp = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                 if r.get_mut().write_all(resp.as_bytes()).await.is_err() {
