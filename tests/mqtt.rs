@@ -667,34 +667,30 @@ async fn one_reading_too_big_for_the_upstream_broker_is_isolated() {
     let sub = Subscriber::start(up.port, "site-1/#").await;
     let gw = Gateway::start(&cfg);
     let c = client();
-    let mut small = HashSet::new();
-    // One request each way, so the readings share the sink's batches.
-    let mut body: Vec<serde_json::Value> = (0..10)
-        .map(|i| serde_json::json!({"seq": i, "t": 20}))
-        .collect();
-    let (s, _) = post_json(
-        &c,
-        &gw.url("/ingest/small"),
-        &gw.token,
-        &serde_json::json!(body),
-    )
-    .await;
-    assert_eq!(s, 202);
-    let big = serde_json::json!({"seq": 0, "blob": "x".repeat(8192)});
-    let (s, _) = post_json(&c, &gw.url("/ingest/big"), &gw.token, &big).await;
-    assert_eq!(s, 202);
-    body = (10..20)
-        .map(|i| serde_json::json!({"seq": i, "t": 20}))
-        .collect();
-    let (s, _) = post_json(
-        &c,
-        &gw.url("/ingest/small"),
-        &gw.token,
-        &serde_json::json!(body),
-    )
-    .await;
-    assert_eq!(s, 202);
-    small.extend((0..20).map(|i| key("small", i)));
+    // Small readings before and after the big one, so they share the sink's batches.
+    let requests = [
+        (
+            "small",
+            serde_json::json!((0..10)
+                .map(|i| serde_json::json!({"seq": i, "t": 20}))
+                .collect::<Vec<_>>()),
+        ),
+        (
+            "big",
+            serde_json::json!({"seq": 0, "blob": "x".repeat(8192)}),
+        ),
+        (
+            "small",
+            serde_json::json!((10..20)
+                .map(|i| serde_json::json!({"seq": i, "t": 20}))
+                .collect::<Vec<_>>()),
+        ),
+    ];
+    for (device, body) in &requests {
+        let (s, _) = post_json(&c, &gw.url(&format!("/ingest/{device}")), &gw.token, body).await;
+        assert_eq!(s, 202);
+    }
+    let small: HashSet<String> = (0..20).map(|i| key("small", i)).collect();
     sub.wait_for_keys(&small, Duration::from_secs(30))
         .await
         .expect("every small reading delivered upstream");

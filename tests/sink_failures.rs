@@ -29,23 +29,33 @@ async fn ingest_n(gw: &Gateway, device: &str, n: usize) -> HashSet<String> {
     keys
 }
 
+/// A gateway with one http sink `api` at `sink`; `delivery` goes into `[delivery]`.
+fn gateway_to(
+    sink: &RecordingSink,
+    delivery: &str,
+    sink_extra: &str,
+) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[delivery]\n{delivery}\n{}",
+            http_sink("api", &sink.url(), sink_extra)
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    (dir, gw)
+}
+
 fn http_sink(name: &str, url: &str, extra: &str) -> String {
     format!("[[sinks]]\nname = \"{name}\"\ntype = \"http\"\nurl = \"{url}\"\n{extra}\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_until_delivered() {
-    let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     sink.set(Behaviour::FailNext(500, 3));
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n{}",
-            http_sink("api", &sink.url(), "")
-        ),
-    );
-    let gw = Gateway::start(&cfg);
+    let (_dir, gw) = gateway_to(&sink, "backoff_initial_ms = 20\nbackoff_max_ms = 200", "");
     let keys = ingest_n(&gw, "d1", 20).await;
     sink.wait_for_keys(&keys, Duration::from_secs(30))
         .await
@@ -170,17 +180,13 @@ async fn a_hanging_sink_times_out_and_does_not_hold_back_the_other() {
 /// is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_all_attempts_dead_letters_nothing() {
-    let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     sink.set(Behaviour::Always(502));
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[delivery]\nmax_attempts = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n{}",
-            http_sink("api", &sink.url(), "")
-        ),
+    let (_dir, gw) = gateway_to(
+        &sink,
+        "max_attempts = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 20",
+        "",
     );
-    let gw = Gateway::start(&cfg);
     let keys = ingest_n(&gw, "d1", 3).await;
     assert!(sink.wait_batches(25, Duration::from_secs(30)).await);
     let dl = gw.admin_get("/admin/dead-letters/api").await;
@@ -203,17 +209,13 @@ async fn an_outage_longer_than_all_attempts_dead_letters_nothing() {
 /// delivered) until the API itself answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_or_an_html_page_is_an_outage_not_a_delivery() {
-    let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     sink.set(Behaviour::Redirect);
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[delivery]\nmax_attempts = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n{}",
-            http_sink("api", &sink.url(), "")
-        ),
+    let (_dir, gw) = gateway_to(
+        &sink,
+        "max_attempts = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 20",
+        "",
     );
-    let gw = Gateway::start(&cfg);
     let keys = ingest_n(&gw, "d1", 11).await;
     assert!(sink.wait_batches(10, Duration::from_secs(30)).await);
     sink.set(Behaviour::HtmlPage);
@@ -245,17 +247,9 @@ async fn a_redirect_or_an_html_page_is_an_outage_not_a_delivery() {
 /// A sink that says `Retry-After: 2` is not asked again sooner, however short the backoff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
-    let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     sink.set(Behaviour::RetryAfter(503, 2));
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[delivery]\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n{}",
-            http_sink("api", &sink.url(), "")
-        ),
-    );
-    let gw = Gateway::start(&cfg);
+    let (_dir, gw) = gateway_to(&sink, "backoff_initial_ms = 10\nbackoff_max_ms = 20", "");
     let keys = ingest_n(&gw, "d1", 1).await;
     assert!(sink.wait_batches(1, Duration::from_secs(30)).await);
     // Without Retry-After the 10-20 ms backoff would have asked ~50 times in this second.
@@ -269,17 +263,13 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flaky_sink_still_gets_each_devices_readings_first_in_order() {
-    let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     sink.set(Behaviour::FailEvery(503, 3));
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[delivery]\nbatch_size = 7\nbackoff_initial_ms = 5\nbackoff_max_ms = 20\nmax_attempts = 100\n{}",
-            http_sink("api", &sink.url(), "")
-        ),
+    let (_dir, gw) = gateway_to(
+        &sink,
+        "batch_size = 7\nbackoff_initial_ms = 5\nbackoff_max_ms = 20\nmax_attempts = 100",
+        "",
     );
-    let gw = Gateway::start(&cfg);
     // Three devices in parallel, each sending its readings in seq order.
     let mut tasks = vec![];
     for d in 0..3 {
@@ -349,17 +339,13 @@ async fn backlog_then(
     n: u64,
     poison: Option<u64>,
 ) -> (tempfile::TempDir, RecordingSink, Gateway, HashSet<String>) {
-    let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     sink.set(Behaviour::Always(503));
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[delivery]\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n{delivery}\n{}",
-            http_sink("api", &sink.url(), sink_extra)
-        ),
+    let (dir, gw) = gateway_to(
+        &sink,
+        &format!("backoff_initial_ms = 10\nbackoff_max_ms = 50\n{delivery}"),
+        sink_extra,
     );
-    let gw = Gateway::start(&cfg);
     let keys = ingest_big(&gw, "d1", n, poison).await;
     sink.set(then);
     (dir, sink, gw, keys)
