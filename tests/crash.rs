@@ -16,20 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Readings of ~1 KiB, so the WAL file grows enough between kills to be compacted.
-const PAD: &str = concat!(
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-);
+static PAD: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| "0123456789abcdef".repeat(60));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_nothing_acknowledged() {
@@ -77,9 +65,9 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("it{it}-c{c}-{n}");
                     let body = if n.is_multiple_of(4) {
-                        json!([{"msg_id": format!("{key}-a"), "v": n, "pad": PAD}, {"msg_id": format!("{key}-b"), "v": n, "pad": PAD}])
+                        json!([{"msg_id": format!("{key}-a"), "v": n, "pad": *PAD}, {"msg_id": format!("{key}-b"), "v": n, "pad": *PAD}])
                     } else {
-                        json!({"msg_id": key, "v": n, "pad": PAD})
+                        json!({"msg_id": key, "v": n, "pad": *PAD})
                     };
                     n += 1;
                     let (status, _) = post_json(&client, &url, &token, &body).await;

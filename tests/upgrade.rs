@@ -104,18 +104,7 @@ async fn a_wal_from_a_newer_release_stops_the_gateway_with_a_clear_message() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let out = std::process::Command::new(BIN)
-        .args([
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = Gateway::command(&cfg).output().unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");

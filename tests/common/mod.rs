@@ -61,18 +61,24 @@ impl Gateway {
         Gateway::start_with_env(config, &[])
     }
 
+    /// The command that runs the binary with `config` on loopback ports it picks.
+    pub fn command(config: &Path) -> Command {
+        let mut c = Command::new(BIN);
+        c.args([
+            "run",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(config);
+        c
+    }
+
     /// `start` with extra environment variables (e.g. libfaketime's).
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Gateway {
-        let mut child = Command::new(BIN)
-            .args([
-                "run",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--config",
-            ])
-            .arg(config)
+        let mut child = Gateway::command(config)
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())

@@ -378,10 +378,6 @@ impl<B: Batch> Lane<B> {
         }
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     fn new_epoch(&mut self) {
         self.epoch += 1;
         self.resume_owed = true;
