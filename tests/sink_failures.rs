@@ -1,8 +1,8 @@
 //! Sink faults: 500s then recovery (retried and delivered), 400 (Dead with the reason kept),
 //! a sink that hangs (timeouts; the other sink is unaffected), and failures that are not the
 //! records' fault (issue 10): a 502 storm longer than all attempts, `Retry-After`, a redirect
-//! to a login page and an HTML page with a 200 — none of them uses up an attempt or counts as
-//! a delivery.
+//! to a login page and an HTML page with a 200, a 401/404, a 200 without the `ack = "json"`
+//! count — none of them uses up an attempt or counts as a delivery; readiness names them.
 
 mod common;
 
@@ -237,11 +237,86 @@ async fn a_redirect_or_an_html_page_is_an_outage_not_a_delivery() {
         "{m}"
     );
     assert!(gw.log().contains("login"), "the reason is logged");
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!(ready["ready"], true, "ingest is still safe: {ready}");
+    assert!(
+        ready["sinks"]["api"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("HTML")),
+        "readiness names the outage: {ready}"
+    );
+    gw.wait_metric("edge_gateway_sink_outage{sink=\"api\"}", |v| v == 1.0)
+        .await;
     sink.set(Behaviour::Ok);
     sink.wait_for_keys(&keys, Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(sink.by_device()["d1"], (0..11).collect::<Vec<u64>>());
+    gw.wait_metric("edge_gateway_sink_outage{sink=\"api\"}", |v| v == 0.0)
+        .await;
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!(ready["sinks"]["api"]["state"], "delivering", "{ready}");
+}
+
+/// A wrong token (401) or URL (404) refuses the gateway, not a record: the sink is held,
+/// readiness says why, nothing is dead-lettered however long it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_refusing_the_gateway_holds_it_and_dead_letters_nothing() {
+    let sink = RecordingSink::start().await;
+    sink.set(Behaviour::Always(401));
+    let (_dir, gw) = gateway_to(
+        &sink,
+        "max_attempts = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 20",
+        "",
+    );
+    let keys = ingest_n(&gw, "d1", 3).await;
+    assert!(sink.wait_batches(10, Duration::from_secs(30)).await);
+    sink.set(Behaviour::Always(404));
+    assert!(sink.wait_batches(20, Duration::from_secs(30)).await);
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!(ready["sinks"]["api"]["state"], "outage", "{ready}");
+    assert!(
+        ready["sinks"]["api"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("url")),
+        "{ready}"
+    );
+    let wal = gw.admin_get("/admin/wal").await;
+    assert_eq!(wal["sinks"][0]["dead"], 0, "{wal}");
+    sink.set(Behaviour::Ok);
+    sink.wait_for_keys(&keys, Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
+/// `ack = "json"`: a `200` that does not count the batch (`{"ok": true}` from a proxy) is no
+/// delivery — held, nothing dead; the API's own `{"accepted": N}` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_json_ack_only_the_apis_count_is_a_delivery() {
+    let sink = RecordingSink::start().await;
+    sink.set(Behaviour::NoAck);
+    let (_dir, gw) = gateway_to(
+        &sink,
+        "max_attempts = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 20",
+        "ack = \"json\"",
+    );
+    let keys = ingest_n(&gw, "d1", 5).await;
+    assert!(sink.wait_batches(10, Duration::from_secs(30)).await);
+    let wal = gw.admin_get("/admin/wal").await;
+    assert_eq!(wal["sinks"][0]["pending"], 5, "{wal}");
+    assert_eq!(wal["sinks"][0]["dead"], 0, "{wal}");
+    let ready = gw.admin_get("/readyz").await;
+    assert!(
+        ready["sinks"]["api"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("accepted")),
+        "{ready}"
+    );
+    sink.set(Behaviour::Ok);
+    sink.wait_for_keys(&keys, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(sink.by_device()["d1"], (0..5).collect::<Vec<u64>>());
 }
 
 /// A sink that says `Retry-After: 2` is not asked again sooner, however short the backoff.
@@ -418,6 +493,36 @@ async fn one_poison_record_in_a_batch_is_dead_lettered_alone() {
     let d = &dl["dead_letters"][0];
     assert_eq!(d["record"]["idempotency_key"], "d1/seq/17", "{dl}");
     assert_eq!(d["reason"], "HTTP 400", "{dl}");
+    let first = first_deliveries(&sink.by_device()["d1"]);
+    let want: Vec<u64> = (0..50).filter(|i| *i != 17).collect();
+    assert_eq!(first, want, "the rest delivered, in order");
+}
+
+/// Issue 10, `ack = "json"`: the API takes every record of a batch but one and says so in a
+/// 200 (`{"accepted": 63}` of 64). The batch is bisected until the refused record is alone;
+/// only it is dead-lettered, with the count as the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_api_leaves_out_of_its_json_ack_is_dead_lettered_alone() {
+    let (_dir, sink, gw, mut keys) = backlog_then(
+        Behaviour::PoisonAck,
+        "batch_size = 64",
+        "ack = \"json\"",
+        50,
+        Some(17),
+    )
+    .await;
+    keys.remove("d1/seq/17");
+    sink.wait_for_keys(&keys, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let dl = gw.wait_dead_letters("api", 1).await;
+    let d = &dl["dead_letters"][0];
+    assert_eq!(d["record"]["idempotency_key"], "d1/seq/17", "{dl}");
+    assert_eq!(
+        d["reason"], "the sink accepted 0 of 1 records (ack = \"json\")",
+        "{dl}"
+    );
+    assert_eq!(dl["dead_letters"].as_array().unwrap().len(), 1, "{dl}");
     let first = first_deliveries(&sink.by_device()["d1"]);
     let want: Vec<u64> = (0..50).filter(|i| *i != 17).collect();
     assert_eq!(first, want, "the rest delivered, in order");

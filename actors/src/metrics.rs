@@ -41,6 +41,8 @@ pub struct Metrics {
     pub wal_commit_records: Histogram,
     pub backpressure_active: IntGauge,
     pub publish_results: IntCounterVec,
+    /// 1 while a sink is in an outage (its last answer blamed no record and was no delivery).
+    pub sink_outage: IntGaugeVec,
     pub publish_seconds: HistogramVec,
     pub retries: IntCounterVec,
     pub dead_lettered: IntCounterVec,
@@ -311,6 +313,18 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new("publish_batches_total", "Sink publish attempts by result"),
                     &["sink", "result"],
+                )
+                .unwrap(),
+            ),
+            sink_outage: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "sink_outage",
+                        "1 while the sink is unreachable, refusing the gateway or answered by \
+                         something that is not its API (see /readyz for the reason)",
+                    ),
+                    &["sink"],
                 )
                 .unwrap(),
             ),

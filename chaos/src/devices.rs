@@ -116,6 +116,31 @@ pub async fn http_device(
     seq
 }
 
+/// The device that sends poison readings (scenario faults `poison_reading`).
+pub const POISON_DEVICE: &str = "poison-0";
+
+/// Posts reading `seq` of [`POISON_DEVICE`], marked `"poison": true`, until the gateway takes
+/// it (10 s at most); the ledger records it as produced, and as acknowledged and poison once
+/// taken.
+pub async fn poison_reading(url: &str, token: &str, seq: u64, ledger: &Mutex<Ledger>) -> bool {
+    let (r, _) = reading(POISON_DEVICE, seq);
+    let body = serde_json::json!({"seq": seq, "value": r.value, "poison": true});
+    ledger.lock().expect("ledger").produced(r);
+    let c = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let resp = c.post(url).bearer_auth(token).json(&body).send().await;
+        if resp.as_ref().is_ok_and(|r| r.status().is_success()) {
+            let mut l = ledger.lock().expect("ledger");
+            l.acked(POISON_DEVICE, seq);
+            l.poison(POISON_DEVICE, seq);
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// The upstream subscriber; returns once subscribed.
 pub async fn upstream_subscriber(
     port: u16,

@@ -29,8 +29,14 @@ struct SinkLog {
 pub struct Ledger {
     produced: HashMap<String, Reading>,
     acked: HashSet<String>,
+    /// Acknowledged readings [`POISON_SINK`] refuses: they must be dead-lettered there, and
+    /// they are the only dead letters any sink may have.
+    poison: HashSet<String>,
     sinks: BTreeMap<String, SinkLog>,
 }
+
+/// The sink that refuses poison readings (the recording analytics API).
+pub const POISON_SINK: &str = "analytics";
 
 impl Ledger {
     pub fn new(sinks: &[&str]) -> Ledger {
@@ -50,6 +56,11 @@ impl Ledger {
     /// The gateway (HTTP 2xx) or the edge broker (MQTT PUBACK) acknowledged it.
     pub fn acked(&mut self, device: &str, seq: u64) {
         self.acked.insert(crate::key(device, seq));
+    }
+
+    /// An acknowledged reading that [`POISON_SINK`] will refuse.
+    pub fn poison(&mut self, device: &str, seq: u64) {
+        self.poison.insert(crate::key(device, seq));
     }
 
     pub fn acked_count(&self) -> usize {
@@ -118,6 +129,19 @@ impl Ledger {
                 })
                 .collect();
             out_of_order.sort();
+            // Nothing blames a reading but the poison: any other dead letter is a record
+            // dead-lettered for a failure it did not cause.
+            let expected: &HashSet<String> = if name == POISON_SINK {
+                &self.poison
+            } else {
+                &empty
+            };
+            let mut dead_unexpected: Vec<String> = d.difference(expected).cloned().collect();
+            dead_unexpected.sort();
+            let poison_delivered = expected
+                .iter()
+                .filter(|k| log.count.contains_key(*k))
+                .count() as u64;
             sinks.insert(
                 name.clone(),
                 SinkVerdict {
@@ -125,6 +149,9 @@ impl Ledger {
                     deliveries,
                     duplicates: deliveries - unique,
                     dead_lettered: d.len() as u64,
+                    dead_unexpected: dead_unexpected.len() as u64,
+                    dead_unexpected_sample: dead_unexpected.into_iter().take(20).collect(),
+                    poison_delivered,
                     lost: lost.len() as u64,
                     lost_sample: lost.into_iter().take(20).collect(),
                     unknown: log.unknown.len() as u64,
@@ -148,6 +175,11 @@ pub struct SinkVerdict {
     pub deliveries: u64,
     pub duplicates: u64,
     pub dead_lettered: u64,
+    /// Dead letters of readings that are not poison here. Must be 0.
+    pub dead_unexpected: u64,
+    pub dead_unexpected_sample: Vec<String>,
+    /// Poison readings the sink took all the same (it never does). Must be 0.
+    pub poison_delivered: u64,
     /// Acknowledged, neither delivered nor dead-lettered. Must be 0.
     pub lost: u64,
     pub lost_sample: Vec<String>,
@@ -176,6 +208,18 @@ impl Verdict {
         for (name, s) in &self.sinks {
             if s.unknown > 0 {
                 v.push(format!("{name}: {} deliveries never produced", s.unknown));
+            }
+            if s.dead_unexpected > 0 {
+                v.push(format!(
+                    "{name}: {} readings dead-lettered for a failure they did not cause, e.g. {:?}",
+                    s.dead_unexpected, s.dead_unexpected_sample
+                ));
+            }
+            if s.poison_delivered > 0 {
+                v.push(format!(
+                    "{name}: {} poison readings counted as delivered",
+                    s.poison_delivered
+                ));
             }
             if s.corrupt > 0 {
                 v.push(format!("{name}: {} payloads altered", s.corrupt));
@@ -215,25 +259,57 @@ mod tests {
 
     #[test]
     fn every_acked_reading_delivered_or_dead_is_no_loss() {
-        let mut l = Ledger::new(&["a", "b"]);
+        let b = POISON_SINK;
+        let mut l = Ledger::new(&["a", b]);
         for s in 0..4 {
             l.produced(r("d1", s));
         }
         for s in 0..3 {
             l.acked("d1", s);
         }
+        l.poison("d1", 1);
         for s in 0..4 {
             deliver(&mut l, "a", "d1", s); // seq 3 was produced, never acked: fine
         }
         deliver(&mut l, "a", "d1", 1); // a duplicate
-        deliver(&mut l, "b", "d1", 0);
-        deliver(&mut l, "b", "d1", 2);
-        let dead = HashMap::from([("b".to_string(), HashSet::from([crate::key("d1", 1)]))]);
+        deliver(&mut l, b, "d1", 0);
+        deliver(&mut l, b, "d1", 2);
+        let dead = HashMap::from([(b.to_string(), HashSet::from([crate::key("d1", 1)]))]);
         let v = l.verdict(&dead);
         assert_eq!(v.lost, 0, "{v:?}");
         assert_eq!(v.sinks["a"].duplicates, 1);
-        assert_eq!(v.sinks["b"].dead_lettered, 1);
+        assert_eq!(v.sinks[b].dead_lettered, 1);
         assert!(v.violations().is_empty(), "{:?}", v.violations());
+    }
+
+    #[test]
+    fn only_the_poison_may_be_dead_and_only_where_it_is_refused() {
+        let b = POISON_SINK;
+        let mut l = Ledger::new(&["a", b]);
+        for s in 0..3 {
+            l.produced(r("d1", s));
+            l.acked("d1", s);
+        }
+        l.poison("d1", 1);
+        deliver(&mut l, "a", "d1", 0);
+        deliver(&mut l, "a", "d1", 2);
+        deliver(&mut l, b, "d1", 0);
+        // `a` dead-letters the poison it has no reason to refuse; `b` dead-letters a
+        // neighbour of the poison besides the poison itself.
+        let dead = HashMap::from([
+            ("a".to_string(), HashSet::from([crate::key("d1", 1)])),
+            (
+                b.to_string(),
+                HashSet::from([crate::key("d1", 1), crate::key("d1", 2)]),
+            ),
+        ]);
+        let v = l.verdict(&dead);
+        assert_eq!(v.lost, 0, "{v:?}");
+        assert_eq!(v.sinks["a"].dead_unexpected, 1);
+        assert_eq!(v.sinks[b].dead_unexpected, 1);
+        assert_eq!(v.sinks[b].dead_unexpected_sample, vec![crate::key("d1", 2)]);
+        let msgs = v.violations().join("; ");
+        assert!(msgs.contains("did not cause"), "{msgs}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
     about = "Fault injection with a loss ledger for edge-gateway"
 )]
 struct Args {
-    /// field-demo, actor-storm, kill-9, sink-flap or mixed.
+    /// field-demo, actor-storm, kill-9, sink-flap, mixed or abuse.
     #[arg(long, default_value = "mixed")]
     scenario: Scenario,
     /// How long faults are injected (then the backlog drains), e.g. `60s`, `1h`.

@@ -213,6 +213,13 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
                 edge.stop();
                 edge.start()?;
             }
+            Fault::PoisonReading => {
+                let url = gw.ingest_url(devices::POISON_DEVICE);
+                let seq = faults.get("poison_reading").copied().unwrap_or(1) - 1;
+                if !devices::poison_reading(&url, &gw.token, seq, &ledger).await {
+                    eprintln!("  poison reading {seq} not accepted in 10 s");
+                }
+            }
             Fault::Abuse { attack, secs } => {
                 let target = crate::abuse::Target {
                     http: format!("127.0.0.1:{}", gw.http_port).parse()?,

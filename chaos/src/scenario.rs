@@ -15,7 +15,8 @@ pub enum Scenario {
     ActorStorm,
     /// SIGKILL of the gateway and restart.
     Kill9,
-    /// The HTTP sink answers 500/429, hangs past the timeout, or resets connections.
+    /// The HTTP sink answers 500/429/502, hangs past the timeout, resets connections, has a
+    /// body limit; a device sends a reading the API refuses (poison).
     SinkFlap,
     /// All of the above, plus graceful edge-broker restarts.
     Mixed,
@@ -85,6 +86,9 @@ pub enum Fault {
         attack: crate::abuse::Attack,
         secs: f64,
     },
+    /// One reading the analytics API refuses (`400` for any batch holding it, for ever): it
+    /// must be dead-lettered there, alone, and delivered everywhere else (issue 10).
+    PoisonReading,
 }
 
 impl Fault {
@@ -102,6 +106,7 @@ impl Fault {
                 SinkFault::BodyLimit(_) => "sink_body_limit".into(),
             },
             Fault::Abuse { attack, .. } => format!("abuse:{}", attack.name()),
+            Fault::PoisonReading => "poison_reading".into(),
         }
     }
 
@@ -149,7 +154,8 @@ impl Scenario {
             Fault::FailActor(ACTORS[rng.random_range(0..ACTORS.len())].to_string())
         };
         let sink = |rng: &mut dyn rand::RngCore| {
-            let (fault, secs) = match rng.random_range(0..6) {
+            let (fault, secs) = match rng.random_range(0..7) {
+                6 => return Fault::PoisonReading,
                 0 => (SinkFault::Status(500), 1.0..4.0),
                 1 => (SinkFault::Status(429), 1.0..4.0),
                 2 => (SinkFault::Hang, 1.0..4.0),
@@ -280,8 +286,10 @@ mod tests {
         assert!(plan(Scenario::ActorStorm, d, 1)
             .iter()
             .all(|f| matches!(f.fault, Fault::FailActor(_))));
-        assert!(plan(Scenario::SinkFlap, d, 1)
+        let flap = plan(Scenario::SinkFlap, d, 1);
+        assert!(flap
             .iter()
-            .all(|f| matches!(f.fault, Fault::Sink { .. })));
+            .all(|f| matches!(f.fault, Fault::Sink { .. } | Fault::PoisonReading)));
+        assert!(flap.iter().any(|f| f.fault == Fault::PoisonReading));
     }
 }

@@ -1,6 +1,7 @@
 //! The recording HTTP analytics sink: a minimal HTTP/1.1 server (keep-alive, Content-Length
 //! bodies — what the gateway's http sink sends) so faults can be exact: a status, a hang, or a
-//! TCP reset. Every record of every answered-200 batch goes into the ledger.
+//! TCP reset. Every record of every answered-200 batch goes into the ledger. A batch holding a
+//! poison reading (`"poison": true`) is refused with `400`, always: the API blames that record.
 
 use crate::ledger::Ledger;
 use crate::scenario::SinkFault;
@@ -107,6 +108,12 @@ async fn serve(
                     return;
                 }
             }
+            None | Some(SinkFault::BodyLimit(_)) if holds_poison(&body) => {
+                let resp = "HTTP/1.1 400 Bad Request\r\ncontent-length: 13\r\n\r\npoison record";
+                if r.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
             None | Some(SinkFault::BodyLimit(_)) => {
                 record(&ledger, name, &body);
                 let resp = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -116,6 +123,15 @@ async fn serve(
             }
         }
     }
+}
+
+/// Whether a batch holds a reading its device marked `"poison": true`.
+fn holds_poison(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
+        v["records"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| r["data"]["poison"] == true))
+    })
 }
 
 /// Parses a batch (`{"records": [...]}`) into the ledger. Called before the 200 is sent.

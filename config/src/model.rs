@@ -326,6 +326,19 @@ pub struct SinkConfig {
     /// and again while its neighbours wait.
     #[serde(default)]
     pub max_packet_bytes: Option<u64>,
+    /// http: what counts as delivered. `status` (default): a 2xx that is not an HTML page.
+    /// `json`: a 2xx whose JSON body says `{"accepted": N}` with N the batch's record count —
+    /// for APIs that answer so, a proxy's or portal's 2xx is then never taken for a delivery.
+    #[serde(default)]
+    pub ack: Option<HttpAck>,
+}
+
+/// What an http sink takes as the API's acknowledgement of a batch.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpAck {
+    Status,
+    Json,
 }
 
 /// Default `max_batch_bytes` of an http sink: 900 KiB.
@@ -370,6 +383,7 @@ impl SinkConfig {
             allow_insecure: false,
             max_batch_bytes: None,
             max_packet_bytes: None,
+            ack: None,
         }
     }
 }

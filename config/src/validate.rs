@@ -163,6 +163,7 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
                     ("client_key_file", s.client_key_file.is_some()),
                     ("max_batch_bytes", s.max_batch_bytes.is_some()),
                     ("max_packet_bytes", s.max_packet_bytes.is_some()),
+                    ("ack", s.ack.is_some()),
                 ] {
                     if set {
                         problem(&mut out, at(k), "does not apply to a file sink");
@@ -273,6 +274,13 @@ fn validate_mqtt_sink(out: &mut Vec<ConfigProblem>, s: &SinkConfig, at: &dyn Fn(
     }
     if s.max_packet_bytes == Some(0) {
         problem(out, at("max_packet_bytes"), "must be > 0");
+    }
+    if s.ack.is_some() {
+        problem(
+            out,
+            at("ack"),
+            "does not apply to an mqtt sink (its acknowledgement is the broker's PUBACK)",
+        );
     }
     for (k, set) in [
         ("path", s.path.is_some()),

@@ -62,7 +62,8 @@ fn refused(ctx: &Ctx, header: Option<&str>) -> Option<warp::reply::Response> {
     }
 }
 
-/// Readiness: every actor in the tree running. The body names each component's state.
+/// Readiness: every actor in the tree running. The body names each component's state and
+/// each sink's (delivering, or in an outage since when and why).
 fn readiness(h: &Handles) -> (bool, serde_json::Value) {
     let mut ready = true;
     let mut comps = serde_json::Map::new();
@@ -82,6 +83,21 @@ fn readiness(h: &Handles) -> (bool, serde_json::Value) {
             json!("full: appends refused until delivery frees space (wal.min_free_bytes)"),
         );
     }
+    // A sink in an outage does not make the gateway unready — its readings wait in the WAL,
+    // and taking new ones is still safe — but readiness says which and why.
+    let mut sinks = serde_json::Map::new();
+    for (name, outage) in h.sink_health.snapshot() {
+        let v = match outage {
+            None => json!({"state": "delivering"}),
+            Some(o) => json!({
+                "state": "outage",
+                "since": humantime::format_rfc3339_seconds(o.since).to_string(),
+                "for_secs": o.since.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+                "reason": o.reason,
+            }),
+        };
+        sinks.insert(name, v);
+    }
     if let Some(m) = &h.mqtt {
         let st = m.lock().expect("status lock").clone();
         ready &= st.state == "connected";
@@ -90,7 +106,10 @@ fn readiness(h: &Handles) -> (bool, serde_json::Value) {
             comps.insert("mqtt_session_last_error".into(), json!(e));
         }
     }
-    (ready, json!({"ready": ready, "components": comps}))
+    (
+        ready,
+        json!({"ready": ready, "components": comps, "sinks": sinks}),
+    )
 }
 
 fn refresh_actor_metrics(h: &Handles) {

@@ -10,6 +10,7 @@ use edge_gateway_actors::ingest::mqtt::{
 };
 use edge_gateway_actors::ingest::router::Router;
 use edge_gateway_actors::metrics::Metrics;
+use edge_gateway_actors::sinks::health::SinkHealth;
 use edge_gateway_actors::sinks::{Publisher, PublisherArgs, PublisherMsg};
 use edge_gateway_actors::wal::{Wal, WalArgs, WalLimits, WalMsg};
 use edge_gateway_config::Config;
@@ -29,6 +30,8 @@ pub struct Handles {
     /// The HTTP ingest address actually bound (port 0 resolved).
     pub http_bound: Arc<Mutex<Option<SocketAddr>>>,
     pub sinks: Vec<String>,
+    /// Each sink's outage, if any (for `/readyz`).
+    pub sink_health: SinkHealth,
     /// The MQTT ingest session's state, when MQTT is enabled.
     pub mqtt: Option<Arc<Mutex<SessionStatus>>>,
 }
@@ -126,12 +129,14 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     // delivery
     let mut publishers = Vec::new();
     let mut publisher_specs = Vec::new();
+    let sink_health = SinkHealth::default();
     for s in &cfg.sinks {
         let addr = Addr::<PublisherMsg>::new(format!("publisher:{}", s.name), Some("sinks"));
         publishers.push((s.name.clone(), addr.clone()));
-        let (a, m, sink, gw, dd, bs) = (
+        let (a, m, h, sink, gw, dd, bs) = (
             addr.clone(),
             metrics.clone(),
+            sink_health.clone(),
             s.clone(),
             cfg.gateway_id.clone(),
             cfg.data_dir.clone(),
@@ -146,6 +151,7 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
                     data_dir: dd.clone(),
                     batch_size: bs,
                     metrics: m.clone(),
+                    health: h.clone(),
                     addr: a.clone(),
                 },
             )
@@ -265,6 +271,7 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
         root,
         http_bound,
         sinks: sink_names,
+        sink_health,
         mqtt: mqtt_status,
     };
     (args, handles)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use warp::Filter;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Behaviour {
     Ok,
     /// Answer this status (without recording) for the next `n` batches, then `Ok`.
@@ -32,6 +32,12 @@ pub enum Behaviour {
     BodyLimit(u64),
     /// `400` for a batch holding a record whose data has `"poison": true`, else `Ok`.
     Poison,
+    /// A per-record refusal in a 2xx: `200 {"accepted": N}` counting only the records that
+    /// are not poison (those are recorded), else `Ok`.
+    PoisonAck,
+    /// `200` with a JSON body that acknowledges nothing (`{"ok": true}`, no `accepted`): a
+    /// proxy's health answer, say. Nothing recorded.
+    NoAck,
 }
 
 #[derive(Default)]
@@ -42,6 +48,16 @@ struct Inner {
     batch_keys: Vec<String>,
     by_device: HashMap<String, Vec<u64>>,
     statuses: Vec<u16>,
+}
+
+fn is_poison(record: &Value) -> bool {
+    record["data"]["poison"] == Value::Bool(true)
+}
+
+fn has_poison(body: &Value) -> bool {
+    body["records"]
+        .as_array()
+        .is_some_and(|rs| rs.iter().any(is_poison))
 }
 
 #[derive(Clone)]
@@ -97,17 +113,17 @@ impl RecordingSink {
                                     .status(413)
                                     .body("413 Request Entity Too Large".to_string()),
                             ),
-                            Behaviour::Poison
-                                if body["records"].as_array().is_some_and(|rs| {
-                                    rs.iter().any(|r| r["data"]["poison"] == Value::Bool(true))
-                                }) =>
-                            {
-                                Some(
-                                    warp::http::Response::builder()
-                                        .status(400)
-                                        .body("bad record".to_string()),
-                                )
-                            }
+                            Behaviour::NoAck => Some(
+                                warp::http::Response::builder()
+                                    .status(200)
+                                    .header("content-type", "application/json")
+                                    .body("{\"ok\":true}".to_string()),
+                            ),
+                            Behaviour::Poison if has_poison(&body) => Some(
+                                warp::http::Response::builder()
+                                    .status(400)
+                                    .body("bad record".to_string()),
+                            ),
                             _ => None,
                         };
                         if let Some(resp) = intercepted {
@@ -116,7 +132,10 @@ impl RecordingSink {
                             return Ok::<_, warp::Rejection>(resp);
                         }
                         let fail = match b {
-                            Behaviour::Ok | Behaviour::BodyLimit(_) | Behaviour::Poison => None,
+                            Behaviour::Ok
+                            | Behaviour::BodyLimit(_)
+                            | Behaviour::Poison
+                            | Behaviour::PoisonAck => None,
                             Behaviour::FailNext(s, n) => {
                                 *behaviour.lock().unwrap() = if n <= 1 {
                                     Behaviour::Ok
@@ -133,6 +152,7 @@ impl RecordingSink {
                             }
                             Behaviour::Redirect
                             | Behaviour::HtmlPage
+                            | Behaviour::NoAck
                             | Behaviour::RetryAfter(..) => {
                                 unreachable!("answered above")
                             }
@@ -147,7 +167,12 @@ impl RecordingSink {
                         }
                         g.statuses.push(200);
                         g.batch_keys.push(batch_key.unwrap_or_default());
+                        let mut accepted = 0;
                         for r in body["records"].as_array().cloned().unwrap_or_default() {
+                            if b == Behaviour::PoisonAck && is_poison(&r) {
+                                continue;
+                            }
+                            accepted += 1;
                             g.deliveries += 1;
                             if let Some(k) = r["idempotency_key"].as_str() {
                                 g.keys.insert(k.to_string());
@@ -163,7 +188,7 @@ impl RecordingSink {
                         Ok(warp::http::Response::builder()
                             .status(200)
                             .header("content-type", "application/json")
-                            .body("{\"ok\":true}".to_string())
+                            .body(format!("{{\"ok\":true,\"accepted\":{accepted}}}"))
                             .unwrap())
                     }
                 },

@@ -6,13 +6,19 @@
 //! in front of the API (a captive portal, a proxy's login) and an outage; 408, 429, 5xx,
 //! connect errors and timeouts are outages (no attempt used up; `Retry-After` in seconds is
 //! honoured); 413/414/431, or a body over `max_batch_bytes` (checked before sending), is "too
-//! big": the lane splits the batch; a 3xx is an outage of the sink's address (redirects are not followed: a moved API
-//! or a login page must not swallow readings); any other status blames the batch (permanent).
+//! big": the lane splits the batch; a 3xx is an outage of the sink's address (redirects are
+//! not followed: a moved API or a login page must not swallow readings); 401, 403, 404, 405
+//! and 407 refuse the gateway, not a record (a wrong token or URL): outages too, held until
+//! the configuration is fixed; any other status blames the batch (permanent: bisected).
+//!
+//! With `ack = "json"` a 2xx is a delivery only when its body is `{"accepted": N, …}` with N
+//! the number of records sent ([`json_ack`]): fewer blames the batch (bisected down to the
+//! record the API refused), no such body is an interception (an outage).
 
 use super::{json::RecordsJson, PublishResult};
 use crate::ingest::auth::read_secret;
 use crate::wal::Leased;
-use edge_gateway_config::SinkConfig;
+use edge_gateway_config::{HttpAck, SinkConfig};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -29,6 +35,7 @@ pub struct HttpSink {
     bearer: Option<String>,
     gateway_id: String,
     max_batch_bytes: u64,
+    ack: HttpAck,
 }
 
 impl HttpSink {
@@ -68,6 +75,7 @@ impl HttpSink {
             max_batch_bytes: cfg
                 .max_batch_bytes
                 .unwrap_or(edge_gateway_config::DEFAULT_HTTP_MAX_BATCH_BYTES),
+            ack: cfg.ack.unwrap_or(HttpAck::Status),
         })
     }
 
@@ -101,14 +109,22 @@ impl HttpSink {
                 let header = |h: reqwest::header::HeaderName| {
                     resp.headers().get(h).and_then(|v| v.to_str().ok())
                 };
-                classify(
-                    resp.status().as_u16(),
+                let status = resp.status().as_u16();
+                let result = classify(
+                    status,
                     &Headers {
                         content_type: header(reqwest::header::CONTENT_TYPE),
                         location: header(reqwest::header::LOCATION),
                         retry_after: header(reqwest::header::RETRY_AFTER),
                     },
-                )
+                );
+                if result != PublishResult::Delivered || self.ack == HttpAck::Status {
+                    return result;
+                }
+                match resp.bytes().await {
+                    Ok(body) => json_ack(status, &body, batch.len()),
+                    Err(e) => PublishResult::outage(format!("HTTP {status}, body unread: {e}")),
+                }
             }
             // Refused, unroutable, reset or timed out: the sink's trouble, not the records'.
             Err(e) if e.is_connect() => PublishResult::outage(format!("connect: {e}")),
@@ -140,11 +156,35 @@ pub fn classify(status: u16, h: &Headers<'_>) -> PublishResult {
             h.location.unwrap_or("(no Location)")
         )),
         413 | 414 | 431 => PublishResult::TooBig(format!("HTTP {status}: refused as too large")),
+        401 | 403 | 407 => PublishResult::outage(format!(
+            "HTTP {status}: the sink refuses the gateway's credentials (bearer_token_file, \
+             client certificate); held until they are fixed"
+        )),
+        404 | 405 => PublishResult::outage(format!(
+            "HTTP {status}: no API at the sink's url; held until `url` is fixed"
+        )),
         408 | 429 | 500..=599 => PublishResult::Outage {
             reason: format!("HTTP {status}"),
             retry_after_ms: h.retry_after.and_then(retry_after_ms),
         },
         _ => PublishResult::Permanent(format!("HTTP {status}")),
+    }
+}
+
+/// `ack = "json"`: what a 2xx's body says about a batch of `sent` records.
+pub fn json_ack(status: u16, body: &[u8], sent: usize) -> PublishResult {
+    let accepted = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("accepted").and_then(serde_json::Value::as_u64));
+    match accepted {
+        Some(n) if n == sent as u64 => PublishResult::Delivered,
+        Some(n) => PublishResult::Permanent(format!(
+            "the sink accepted {n} of {sent} records (ack = \"json\")"
+        )),
+        None => PublishResult::outage(format!(
+            "HTTP {status} without the acknowledgement `ack = \"json\"` asks for (a JSON body \
+             with \"accepted\"): not the API answering? held until it does"
+        )),
     }
 }
 
@@ -217,16 +257,40 @@ mod tests {
             matches!(classify(302, &moved), PublishResult::Outage { reason, .. } if reason.contains("login.example")),
             "a redirect holds the sink, it does not dead-letter"
         );
-        for s in [400, 401, 404, 422] {
+        for s in [400, 409, 422] {
             assert!(
                 matches!(classify(s, &none), PublishResult::Permanent(_)),
                 "{s}"
+            );
+        }
+        for s in [401, 403, 404, 405, 407] {
+            assert!(
+                matches!(classify(s, &none), PublishResult::Outage { .. }),
+                "{s} refuses the gateway, not a record"
             );
         }
         for s in [413, 414, 431] {
             assert!(
                 matches!(classify(s, &none), PublishResult::TooBig(_)),
                 "{s}: split, not bad"
+            );
+        }
+    }
+
+    #[test]
+    fn a_json_acknowledgement_must_count_the_batch() {
+        assert_eq!(
+            json_ack(200, br#"{"accepted": 3}"#, 3),
+            PublishResult::Delivered
+        );
+        assert!(
+            matches!(json_ack(200, br#"{"accepted": 2, "errors": []}"#, 3), PublishResult::Permanent(r) if r.contains("2 of 3")),
+            "fewer accepted blames the batch: bisected"
+        );
+        for body in [&br#"{"ok": true}"#[..], b"<html>log in</html>", b""] {
+            assert!(
+                matches!(json_ack(200, body, 3), PublishResult::Outage { .. }),
+                "no acknowledgement is not a delivery: {body:?}"
             );
         }
     }

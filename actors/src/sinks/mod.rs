@@ -18,6 +18,7 @@
 //! return to Enqueued in the WAL.
 
 pub mod file;
+pub mod health;
 pub mod http;
 pub mod json;
 pub mod mqtt;
@@ -89,6 +90,8 @@ pub struct PublisherArgs {
     /// `delivery.batch_size`: the most records one `Publish` carries.
     pub batch_size: usize,
     pub metrics: Arc<Metrics>,
+    /// Outlives the actor: an outage spans publisher restarts.
+    pub health: health::SinkHealth,
     pub addr: Addr<PublisherMsg>,
 }
 
@@ -102,6 +105,7 @@ pub struct PublisherState {
     name: String,
     sink: SinkImpl,
     metrics: Arc<Metrics>,
+    health: health::SinkHealth,
     addr: Addr<PublisherMsg>,
     /// A batch failed and no `Resume` came since.
     holding: bool,
@@ -128,10 +132,12 @@ impl Actor for Publisher {
                 args.batch_size,
             )?)),
         };
+        args.health.register(&args.sink.name, &args.metrics);
         Ok(PublisherState {
             name: args.sink.name,
             sink,
             metrics: args.metrics,
+            health: args.health,
             addr: args.addr,
             // A fresh instance holds until the dispatcher's first `Resume`: a batch forwarded
             // to it before the dispatcher saw its predecessor fail must not overtake.
@@ -180,6 +186,7 @@ impl Actor for Publisher {
                     .publish_seconds
                     .with_label_values(&[&state.name])
                     .observe(started.elapsed().as_secs_f64());
+                state.health.observe(&state.name, &result, &state.metrics);
                 state.holding = !matches!(result, PublishResult::Delivered);
                 if state.holding {
                     tracing::warn!(sink = %state.name, records = batch.len(), result = ?result, "publish failed");
