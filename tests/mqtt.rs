@@ -650,6 +650,27 @@ async fn publisher_restarts_keep_the_order_of_first_delivery_upstream() {
 /// small reading arrives upstream, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_reading_too_big_for_the_upstream_broker_is_isolated() {
+    too_big_is_isolated(
+        "max_packet_bytes = 4096",
+        "the sink's max_packet_bytes 4096",
+    )
+    .await;
+}
+
+/// The same against an MQTT 5 broker with no `max_packet_bytes` configured: the limit the
+/// broker announces in its CONNACK is learnt and applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_brokers_announced_packet_limit_is_learnt() {
+    too_big_is_isolated(
+        "protocol = \"v5\"",
+        "the broker's announced maximum packet size 4096",
+    )
+    .await;
+}
+
+/// An upstream broker refusing packets over 4 KiB; `sink_extra` configures the mqtt sink; the
+/// big reading's dead letter must name `limit`.
+async fn too_big_is_isolated(sink_extra: &str, limit: &str) {
     let dir = tempfile::tempdir().unwrap();
     let up = mqtt::plain_with(&dir.path().join("upstream"), "max_packet_size 4096\n");
     let sink = RecordingSink::start().await;
@@ -659,7 +680,7 @@ async fn one_reading_too_big_for_the_upstream_broker_is_isolated() {
             "[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
              [[sinks]]\nname = \"analytics\"\ntype = \"http\"\nurl = \"{}\"\n\
              [[sinks]]\nname = \"upstream\"\ntype = \"mqtt\"\nurl = \"{}\"\ntopic_prefix = \"site-1\"\n\
-             timeout_ms = 3000\nmax_packet_bytes = 4096\n",
+             timeout_ms = 3000\n{sink_extra}\n",
             sink.url(),
             up.url()
         ),
@@ -702,7 +723,7 @@ async fn one_reading_too_big_for_the_upstream_broker_is_isolated() {
     assert_eq!(dead.len(), 1, "{dl}");
     assert_eq!(dead[0]["record"]["idempotency_key"], "big/seq/0");
     let reason = dead[0]["reason"].as_str().unwrap();
-    assert!(reason.contains("max_packet_bytes 4096"), "{reason}");
+    assert!(reason.contains(limit), "{reason}");
     sink.wait_for_keys(
         &small.iter().cloned().chain([key("big", 0)]).collect(),
         Duration::from_secs(30),

@@ -14,6 +14,12 @@
 //! outage of any length only delays; issue 10). Either way the connection is dropped: the next batch starts on a fresh one (clean
 //! session), so no acknowledgement from an earlier connection can be taken for a later
 //! publish.
+//!
+//! Size: a PUBLISH over the broker's maximum packet size — `max_packet_bytes`, or what an
+//! MQTT 5 broker announced in its CONNACK, whichever is smaller — is never sent: the batch is
+//! too big (split by the lane until the reading is alone, then dead-lettered naming its size).
+//! A limit learnt from a CONNACK applies from the next batch on (a batch already sent when it
+//! arrives fails as an outage and is split on its retry).
 
 use super::{json::write_record, PublishResult};
 use crate::mqtt_options::{options, options_v5, ClientSettings};
@@ -84,6 +90,8 @@ pub struct MqttSink {
     batch_capacity: usize,
     /// The broker's maximum packet size (`max_packet_bytes`), if it has one.
     max_packet: Option<u64>,
+    /// The maximum packet size the broker announced in its last CONNACK (MQTT 5).
+    announced_max: Option<u64>,
     conn: Option<Conn>,
 }
 
@@ -143,6 +151,8 @@ enum Note {
         permanent: bool,
     },
     Lost(String),
+    /// An MQTT 5 CONNACK's maximum packet size (`None`: the broker has none).
+    Limit(Option<u32>),
 }
 
 /// How an MQTT 5 PUBACK reason code counts. `NoMatchingSubscribers` is a success: the broker
@@ -179,6 +189,7 @@ impl MqttSink {
             timeout: Duration::from_millis(cfg.timeout_ms),
             batch_capacity: batch_size + 16,
             max_packet: cfg.max_packet_bytes,
+            announced_max: None,
             conn: None,
         };
         s.settings_check()?;
@@ -233,6 +244,9 @@ impl MqttSink {
             let note_of = |ev: E5| match ev {
                 E5::Outgoing(Outgoing::Publish(pkid)) => Some(Note::Sent(pkid)),
                 E5::Incoming(P5::PubAck(a)) => Some(v5_ack(a.pkid, a.reason)),
+                E5::Incoming(P5::ConnAck(c)) => {
+                    Some(Note::Limit(c.properties.and_then(|p| p.max_packet_size)))
+                }
                 _ => None,
             };
             let task = note_loop!(events, tx, note_of);
@@ -276,6 +290,16 @@ impl MqttSink {
         }
     }
 
+    /// The smaller of `max_packet_bytes` and the broker's announced limit, and which it is.
+    fn packet_limit(&self) -> Option<(u64, &'static str)> {
+        match (self.max_packet, self.announced_max) {
+            (Some(c), Some(a)) if a < c => Some((a, "the broker's announced maximum packet size")),
+            (Some(c), _) => Some((c, "the sink's max_packet_bytes")),
+            (None, Some(a)) => Some((a, "the broker's announced maximum packet size")),
+            (None, None) => None,
+        }
+    }
+
     /// `sent` counts publishes written to the connection.
     async fn try_publish(&mut self, batch: &[Leased], sent: &mut usize) -> Result<(), Failure> {
         // Every PUBLISH prepared before any is sent: one over the broker's limit makes the
@@ -294,23 +318,27 @@ impl MqttSink {
                 (topic, payload)
             })
             .collect();
-        if let Some(max) = self.max_packet {
+        // A connection that died while idle is replaced before anything is sent on it.
+        if let Some(c) = &mut self.conn {
+            while let Ok(n) = c.notes.try_recv() {
+                match n {
+                    Note::Lost(_) => {
+                        self.conn = None;
+                        break;
+                    }
+                    Note::Limit(max) => self.announced_max = max.map(u64::from),
+                    _ => {}
+                }
+            }
+        }
+        if let Some((max, which)) = self.packet_limit() {
             for ((topic, payload), l) in prepared.iter().zip(batch) {
                 let size = publish_size(topic, payload, &l.record.idempotency_key, self.v5());
                 if size > max {
                     return Err(Failure::TooBig(format!(
-                        "record too large for the broker: a {size}-byte PUBLISH, over the \
-                         sink's max_packet_bytes {max}"
+                        "record too large for the broker: a {size}-byte PUBLISH, over {which} \
+                         {max}"
                     )));
-                }
-            }
-        }
-        // A connection that died while idle is replaced before anything is sent on it.
-        if let Some(c) = &mut self.conn {
-            while let Ok(n) = c.notes.try_recv() {
-                if matches!(n, Note::Lost(_)) {
-                    self.conn = None;
-                    break;
                 }
             }
         }
@@ -353,6 +381,7 @@ impl MqttSink {
                 Ok(Some(Note::Acked(pkid))) => {
                     waiting.remove(&pkid);
                 }
+                Ok(Some(Note::Limit(max))) => self.announced_max = max.map(u64::from),
                 Ok(Some(Note::Refused {
                     pkid,
                     reason,
