@@ -52,7 +52,7 @@ pub fn purge_dead_letters(
     limit: usize,
 ) -> Result<usize, edge_gateway_actors::wal::WalError> {
     use edge_gateway_actors::wal::{Op, OpResult, WalLimits, WalStore};
-    let sinks = cfg.sinks.iter().map(|s| s.name.clone()).collect();
+    let sinks = cfg.sinks.iter().map(|s| s.name().to_string()).collect();
     let limits = WalLimits::from_config(&cfg.wal, &cfg.delivery);
     let store = WalStore::open(&cfg.data_dir.join("wal.redb"), sinks, limits)?;
     // WAL time (ages never follow the wall clock): where the gateway's clock stopped.

@@ -153,7 +153,7 @@ fn redacted(cfg: &Config) -> Config {
         *v = "sha256:<redacted>".into();
     }
     for s in &mut c.sinks {
-        if let Some(u) = &mut s.url {
+        if let Some(u) = s.url_mut() {
             *u = config::redact_url(u);
         }
     }
@@ -228,7 +228,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let cfg = a.load()?;
             anyhow::ensure!(
-                cfg.sinks.iter().any(|s| s.name == sink),
+                cfg.sinks.iter().any(|s| s.name() == sink),
                 "no sink named {sink:?} in the configuration"
             );
             let reason = match reason

@@ -120,7 +120,10 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
     from_table(root, problems)
 }
 
-fn from_table(root: Table, mut problems: Vec<ConfigProblem>) -> Result<Config, ConfigError> {
+fn from_table(mut root: Table, mut problems: Vec<ConfigProblem>) -> Result<Config, ConfigError> {
+    // Sinks are a tagged enum, which serde_ignored cannot look into: they are read one by
+    // one (`crate::sink::validate::parse_sinks`), so each problem names its sink.
+    let sinks = root.remove("sinks");
     let mut unknown = Vec::new();
     let de = Value::Table(root);
     let parsed: Result<Config, _> = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
@@ -130,9 +133,25 @@ fn from_table(root: Table, mut problems: Vec<ConfigProblem>) -> Result<Config, C
             message: "unknown key".into(),
         });
     }
+    let sinks = sinks.map(crate::sink::validate::parse_sinks);
     match parsed {
-        Ok(cfg) => {
-            problems.extend(validate(&cfg));
+        Ok(mut cfg) => {
+            let mut sinks_broken = false;
+            if let Some(sinks) = sinks {
+                match sinks {
+                    Ok(s) => cfg.sinks = s,
+                    Err(p) => {
+                        sinks_broken = true;
+                        problems.extend(p);
+                    }
+                }
+            }
+            // Semantic checks of sinks that could not be read would only repeat them.
+            problems.extend(
+                validate(&cfg)
+                    .into_iter()
+                    .filter(|p| !(sinks_broken && p.path.starts_with("sinks"))),
+            );
             if problems.is_empty() {
                 Ok(cfg)
             } else {
@@ -140,6 +159,9 @@ fn from_table(root: Table, mut problems: Vec<ConfigProblem>) -> Result<Config, C
             }
         }
         Err(e) => {
+            if let Some(Err(p)) = sinks {
+                problems.extend(p);
+            }
             problems.push(ConfigProblem {
                 path: "(type)".into(),
                 message: e.to_string(),

@@ -12,11 +12,13 @@
 mod layers;
 mod model;
 mod mqtt;
+mod sink;
 mod validate;
 
 pub use layers::{apply_override, env_overrides, load, LoadOptions};
 pub use model::*;
 pub use mqtt::*;
+pub use sink::*;
 pub use validate::{redact_url, url_userinfo, ConfigError, ConfigProblem};
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The configuration structs: the public face of every component. Defaults live here only.
 
+use crate::sink::SinkConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Device telemetry over MQTT (off unless enabled).
     pub mqtt: crate::mqtt::MqttConfig,
+    /// Read by `layers` one by one (see `sink::validate::parse_sinks`), not by serde here.
+    #[serde(skip_deserializing)]
     pub sinks: Vec<SinkConfig>,
     pub log: LogConfig,
     /// Accept a listener without TLS on an address other than loopback (`--insecure-listen`).
@@ -248,142 +251,6 @@ impl Default for DeliveryConfig {
             backoff_max_ms: 30_000,
             lease_timeout_ms: 60_000,
             poll_interval_ms: 200,
-        }
-    }
-}
-
-/// The kinds of sink.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkKind {
-    File,
-    Http,
-    /// QoS 1 publishes to an upstream broker; Acked only after its PUBACK.
-    Mqtt,
-}
-
-/// One sink. Fields that do not apply to its `type` are refused by validation.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SinkConfig {
-    /// Unique; names the publisher actor and the sink's progress in the WAL.
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: SinkKind,
-    /// file: output path, relative to `data_dir` unless absolute.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// http: where batches are POSTed.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// http: per-request timeout.
-    #[serde(default = "default_sink_timeout_ms")]
-    pub timeout_ms: u64,
-    /// http: file holding a bearer token sent as `Authorization`.
-    #[serde(default)]
-    pub bearer_token_file: Option<PathBuf>,
-    /// http: extra CA certificate (PEM) to trust.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// http: client certificate (PEM) for mTLS, with `client_key_file`.
-    #[serde(default)]
-    pub client_cert_file: Option<PathBuf>,
-    /// http, mqtt: client private key (PEM) for mTLS.
-    #[serde(default)]
-    pub client_key_file: Option<PathBuf>,
-    /// mqtt: topic template; `{prefix}`, `{device_id}`, `{gateway_id}` are filled in.
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// mqtt: what `{prefix}` stands for (default: the gateway id).
-    #[serde(default)]
-    pub topic_prefix: Option<String>,
-    /// mqtt: client id (default `<gateway_id>-<sink name>`).
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// mqtt: publishes awaiting their PUBACK, at most (bounds the load on the broker).
-    #[serde(default)]
-    pub max_in_flight: Option<u16>,
-    /// mqtt: `v3.1.1` (default) or `v5` (the idempotency key also travels as a user property).
-    #[serde(default)]
-    pub protocol: Option<MqttProtocol>,
-    /// mqtt: user name, with `password_file`.
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// http, mqtt: send credentials (URL user info, bearer token, MQTT password) over plain
-    /// `http://` / `mqtt://`. Refused unless set: credentials in cleartext are readable by
-    /// anyone on the path.
-    #[serde(default)]
-    pub allow_insecure: bool,
-    /// http: the largest request body sent, in bytes (default [`DEFAULT_HTTP_MAX_BATCH_BYTES`],
-    /// under nginx's default 1 MiB `client_max_body_size`). A batch over it is split; one
-    /// record alone over it is dead-lettered, its size named.
-    #[serde(default)]
-    pub max_batch_bytes: Option<u64>,
-    /// mqtt: the upstream broker's maximum packet size (mosquitto `max_packet_size`, AWS IoT
-    /// Core 128 KiB), when it has one: a reading that would make a bigger PUBLISH is dead-
-    /// lettered alone, its size named, instead of making the broker drop the connection again
-    /// and again while its neighbours wait.
-    #[serde(default)]
-    pub max_packet_bytes: Option<u64>,
-    /// http: what counts as delivered. `status` (default): a 2xx that is not an HTML page.
-    /// `json`: a 2xx whose JSON body says `{"accepted": N}` with N the batch's record count —
-    /// for APIs that answer so, a proxy's or portal's 2xx is then never taken for a delivery.
-    #[serde(default)]
-    pub ack: Option<HttpAck>,
-}
-
-/// What an http sink takes as the API's acknowledgement of a batch.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum HttpAck {
-    Status,
-    Json,
-}
-
-/// Default `max_batch_bytes` of an http sink: 900 KiB.
-pub const DEFAULT_HTTP_MAX_BATCH_BYTES: u64 = 900 * 1024;
-
-/// MQTT protocol version of an mqtt sink.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub enum MqttProtocol {
-    #[serde(rename = "v3.1.1")]
-    V311,
-    #[serde(rename = "v5")]
-    V5,
-}
-
-/// Default upstream topic template of an mqtt sink.
-pub const DEFAULT_SINK_TOPIC: &str = "{prefix}/{device_id}/telemetry";
-
-fn default_sink_timeout_ms() -> u64 {
-    10_000
-}
-
-impl SinkConfig {
-    /// The embedded default: JSON Lines under the data directory.
-    pub fn default_file() -> Self {
-        SinkConfig {
-            name: "file".into(),
-            kind: SinkKind::File,
-            path: Some(PathBuf::from("sink/records.jsonl")),
-            url: None,
-            timeout_ms: default_sink_timeout_ms(),
-            bearer_token_file: None,
-            ca_file: None,
-            client_cert_file: None,
-            client_key_file: None,
-            topic: None,
-            topic_prefix: None,
-            client_id: None,
-            max_in_flight: None,
-            protocol: None,
-            username: None,
-            password_file: None,
-            allow_insecure: false,
-            max_batch_bytes: None,
-            max_packet_bytes: None,
-            ack: None,
         }
     }
 }

@@ -17,7 +17,7 @@ fn defaults_are_valid_and_need_no_file() {
     let c = load(&LoadOptions::default()).unwrap();
     assert_eq!(c, Config::default());
     assert_eq!(c.sinks.len(), 1);
-    assert_eq!(c.sinks[0].kind, SinkKind::File);
+    assert_eq!(c.sinks[0].kind(), "file");
 }
 
 #[test]
@@ -32,6 +32,36 @@ fn every_unknown_key_and_problem_reported_at_once() {
     assert!(text.contains("http.listen_typo: unknown key"), "{text}");
     assert!(text.contains("delivery.batch_size: must be > 0"), "{text}");
     assert!(text.contains("sinks[0].url: required"), "{text}");
+}
+
+#[test]
+fn a_sink_takes_only_its_kinds_keys_and_each_problem_names_it() {
+    let err = load_str(
+        "[[sinks]]\nname = \"up\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\nack = \"json\"\n\
+         max_batch_bytes = 5\n\
+         [[sinks]]\nname = \"arch\"\ntype = \"s3\"\nbucket = \"B\"\nmultipart_bytes = 1\nurl = \"x\"\n",
+        &[],
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    for want in [
+        "sinks[0].ack: unknown key for a mqtt sink (it takes: type, name, url",
+        "sinks[0].max_batch_bytes: unknown key for a mqtt sink",
+        "sinks[1].url: unknown key for a s3 sink",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    let err = load_str(
+        "[[sinks]]\nname = \"arch\"\ntype = \"s3\"\nbucket = \"B\"\nmultipart_bytes = 1\n",
+        &[],
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("sinks[0].bucket: 3-63"), "{text}");
+    assert!(
+        text.contains("sinks[0].multipart_bytes: must be >= 5242880"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -73,7 +103,7 @@ fn sinks_can_be_set_by_index() {
     })
     .unwrap();
     assert_eq!(c.sinks.len(), 1);
-    assert_eq!(c.sinks[0].kind, SinkKind::Http);
+    assert_eq!(c.sinks[0].kind(), "http");
 }
 
 #[test]
@@ -110,13 +140,23 @@ fn mqtt_settings_are_checked_together() {
         client_cert_file: Some("c.pem".into()),
         ..Default::default()
     });
-    c.sinks.push(SinkConfig {
+    c.sinks.push(SinkConfig::Mqtt(MqttSinkConfig {
         name: "up".into(),
-        kind: SinkKind::Mqtt,
-        url: None,
+        url: "tcp://x".into(),
         topic: Some("a/+/b".into()),
-        ..SinkConfig::default_file()
-    });
+        timeout_ms: 1000,
+        client_id: None,
+        max_in_flight: None,
+        protocol: None,
+        username: Some("u".into()),
+        password_file: None,
+        topic_prefix: None,
+        ca_file: None,
+        client_cert_file: None,
+        client_key_file: None,
+        allow_insecure: false,
+        max_packet_bytes: None,
+    }));
     let paths: Vec<String> = crate::validate::validate(&c)
         .into_iter()
         .map(|p| p.path)
@@ -128,7 +168,7 @@ fn mqtt_settings_are_checked_together() {
         "mqtt.tls",
         "sinks[1].url",
         "sinks[1].topic",
-        "sinks[1].path",
+        "sinks[1].username",
     ] {
         assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
     }

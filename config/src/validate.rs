@@ -1,6 +1,6 @@
 //! Semantic checks, every problem collected before reporting.
 
-use crate::model::{Config, SinkConfig, SinkKind};
+use crate::model::Config;
 use crate::mqtt::{device_level, BrokerAddr, MqttConfig};
 use std::fmt;
 
@@ -31,7 +31,11 @@ pub enum ConfigError {
     Invalid(Vec<ConfigProblem>),
 }
 
-fn problem(out: &mut Vec<ConfigProblem>, path: impl Into<String>, message: impl Into<String>) {
+pub(crate) fn problem(
+    out: &mut Vec<ConfigProblem>,
+    path: impl Into<String>,
+    message: impl Into<String>,
+) {
     out.push(ConfigProblem {
         path: path.into(),
         message: message.into(),
@@ -126,95 +130,7 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
             );
         }
     }
-    if c.sinks.is_empty() {
-        problem(&mut out, "sinks", "at least one sink is required");
-    }
-    let mut names = std::collections::HashSet::new();
-    for (i, s) in c.sinks.iter().enumerate() {
-        let at = |k: &str| format!("sinks[{i}].{k}");
-        let name_ok = !s.name.is_empty()
-            && s.name.len() <= 64
-            && s.name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !name_ok {
-            problem(&mut out, at("name"), "1-64 characters of [A-Za-z0-9_-]");
-        }
-        if !names.insert(s.name.clone()) {
-            problem(
-                &mut out,
-                at("name"),
-                format!("duplicate sink name {:?}", s.name),
-            );
-        }
-        match s.kind {
-            SinkKind::File => {
-                if s.path.is_none() {
-                    problem(&mut out, at("path"), "required for a file sink");
-                }
-                for (k, set) in [
-                    ("url", s.url.is_some()),
-                    ("topic", s.topic.is_some()),
-                    ("client_id", s.client_id.is_some()),
-                    ("protocol", s.protocol.is_some()),
-                    ("bearer_token_file", s.bearer_token_file.is_some()),
-                    ("ca_file", s.ca_file.is_some()),
-                    ("client_cert_file", s.client_cert_file.is_some()),
-                    ("client_key_file", s.client_key_file.is_some()),
-                    ("max_batch_bytes", s.max_batch_bytes.is_some()),
-                    ("max_packet_bytes", s.max_packet_bytes.is_some()),
-                    ("ack", s.ack.is_some()),
-                ] {
-                    if set {
-                        problem(&mut out, at(k), "does not apply to a file sink");
-                    }
-                }
-            }
-            SinkKind::Http => {
-                match &s.url {
-                    None => problem(&mut out, at("url"), "required for an http sink"),
-                    Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                        problem(&mut out, at("url"), "must start with http:// or https://")
-                    }
-                    Some(_) => {}
-                }
-                if s.path.is_some() {
-                    problem(&mut out, at("path"), "does not apply to an http sink");
-                }
-                for (k, set) in [
-                    ("topic", s.topic.is_some()),
-                    ("topic_prefix", s.topic_prefix.is_some()),
-                    ("client_id", s.client_id.is_some()),
-                    ("max_in_flight", s.max_in_flight.is_some()),
-                    ("protocol", s.protocol.is_some()),
-                    ("username", s.username.is_some()),
-                    ("password_file", s.password_file.is_some()),
-                    ("max_packet_bytes", s.max_packet_bytes.is_some()),
-                ] {
-                    if set {
-                        problem(&mut out, at(k), "does not apply to an http sink");
-                    }
-                }
-                if s.client_cert_file.is_some() != s.client_key_file.is_some() {
-                    problem(
-                        &mut out,
-                        at("client_cert_file"),
-                        "client_cert_file and client_key_file go together",
-                    );
-                }
-                if s.timeout_ms == 0 {
-                    problem(&mut out, at("timeout_ms"), "must be > 0");
-                }
-                if s.max_batch_bytes == Some(0) {
-                    problem(&mut out, at("max_batch_bytes"), "must be > 0");
-                }
-            }
-            SinkKind::Mqtt => validate_mqtt_sink(&mut out, s, &at),
-        }
-        if let Some(why) = cleartext_credentials(s) {
-            problem(&mut out, at("url"), why);
-        }
-    }
+    crate::sink::validate::validate_sinks(&mut out, &c.sinks);
     if c.mqtt.enabled {
         validate_mqtt(&mut out, &c.mqtt);
     }
@@ -233,96 +149,6 @@ pub fn redact_url(url: &str) -> String {
     match url_userinfo(url) {
         Some(u) => url.replacen(&format!("{u}@"), "<redacted>@", 1),
         None => url.to_string(),
-    }
-}
-
-/// A sink that would send credentials over plain http:// or mqtt:// without saying so.
-fn cleartext_credentials(s: &SinkConfig) -> Option<String> {
-    let url = s.url.as_deref()?;
-    let scheme = ["http://", "mqtt://"]
-        .into_iter()
-        .find(|p| url.starts_with(p))?;
-    let creds = url_userinfo(url).is_some()
-        || s.bearer_token_file.is_some()
-        || s.username.is_some()
-        || s.password_file.is_some();
-    (creds && !s.allow_insecure).then(|| {
-        format!(
-            "sends credentials in cleartext over {scheme}: use {} instead, or set \
-             allow_insecure = true on this sink",
-            if scheme == "http://" {
-                "https://"
-            } else {
-                "mqtts://"
-            }
-        )
-    })
-}
-
-fn validate_mqtt_sink(out: &mut Vec<ConfigProblem>, s: &SinkConfig, at: &dyn Fn(&str) -> String) {
-    match &s.url {
-        None => problem(
-            out,
-            at("url"),
-            "required for an mqtt sink (mqtt[s]://host:port)",
-        ),
-        Some(u) => {
-            if let Err(e) = BrokerAddr::parse(u) {
-                problem(out, at("url"), e);
-            }
-        }
-    }
-    if s.max_packet_bytes == Some(0) {
-        problem(out, at("max_packet_bytes"), "must be > 0");
-    }
-    if s.ack.is_some() {
-        problem(
-            out,
-            at("ack"),
-            "does not apply to an mqtt sink (its acknowledgement is the broker's PUBACK)",
-        );
-    }
-    for (k, set) in [
-        ("path", s.path.is_some()),
-        ("bearer_token_file", s.bearer_token_file.is_some()),
-        ("max_batch_bytes", s.max_batch_bytes.is_some()),
-    ] {
-        if set {
-            problem(
-                out,
-                at(k),
-                "does not apply to an mqtt sink (see max_packet_bytes)",
-            );
-        }
-    }
-    if let Some(t) = &s.topic {
-        if t.is_empty() || t.contains('+') || t.contains('#') {
-            problem(
-                out,
-                at("topic"),
-                "must be a non-empty topic name without wildcards",
-            );
-        }
-    }
-    if s.max_in_flight == Some(0) {
-        problem(out, at("max_in_flight"), "must be > 0");
-    }
-    if s.client_cert_file.is_some() != s.client_key_file.is_some() {
-        problem(
-            out,
-            at("client_cert_file"),
-            "client_cert_file and client_key_file go together",
-        );
-    }
-    if s.username.is_some() != s.password_file.is_some() {
-        problem(
-            out,
-            at("username"),
-            "username and password_file go together",
-        );
-    }
-    if s.timeout_ms == 0 {
-        problem(out, at("timeout_ms"), "must be > 0");
     }
 }
 

@@ -87,7 +87,7 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     let minute = Duration::from_secs(60);
     let root = Addr::<SupervisorMsg>::new("root", None);
     dir.register(Arc::new(root.clone()));
-    let sink_names: Vec<String> = cfg.sinks.iter().map(|s| s.name.clone()).collect();
+    let sink_names: Vec<String> = cfg.sinks.iter().map(|s| s.name().to_string()).collect();
     let (commits_tx, commits_rx) = watch::channel(0u64);
 
     // storage
@@ -131,8 +131,8 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     let mut publisher_specs = Vec::new();
     let sink_health = SinkHealth::default();
     for s in &cfg.sinks {
-        let addr = Addr::<PublisherMsg>::new(format!("publisher:{}", s.name), Some("sinks"));
-        publishers.push((s.name.clone(), addr.clone()));
+        let addr = Addr::<PublisherMsg>::new(format!("publisher:{}", s.name()), Some("sinks"));
+        publishers.push((s.name().to_string(), addr.clone()));
         let (a, m, h, sink, gw, dd, bs) = (
             addr.clone(),
             metrics.clone(),

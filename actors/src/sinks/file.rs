@@ -5,7 +5,7 @@
 
 use super::{json::write_record, PublishResult};
 use crate::wal::Leased;
-use edge_gateway_config::SinkConfig;
+use edge_gateway_config::FileSinkConfig;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,8 +16,8 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub async fn open(cfg: &SinkConfig, data_dir: &Path) -> Result<FileSink, String> {
-        let rel = cfg.path.clone().ok_or("file sink without path")?;
+    pub async fn open(cfg: &FileSinkConfig, data_dir: &Path) -> Result<FileSink, String> {
+        let rel = cfg.path.clone();
         let path = if rel.is_absolute() {
             rel
         } else {

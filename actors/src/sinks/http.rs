@@ -18,7 +18,7 @@
 use super::{json::RecordsJson, PublishResult};
 use crate::ingest::auth::read_secret;
 use crate::wal::Leased;
-use edge_gateway_config::{HttpAck, SinkConfig};
+use edge_gateway_config::{HttpAck, HttpSinkConfig};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -39,8 +39,8 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(cfg: &SinkConfig, gateway_id: &str) -> Result<HttpSink, String> {
-        let url = cfg.url.clone().ok_or("http sink without url")?;
+    pub fn new(cfg: &HttpSinkConfig, gateway_id: &str) -> Result<HttpSink, String> {
+        let url = cfg.url.clone();
         let mut b = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(5_000)))

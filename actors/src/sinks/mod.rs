@@ -26,7 +26,7 @@ pub mod mqtt;
 use crate::addr::{Addr, Failable};
 use crate::metrics::Metrics;
 use crate::wal::Leased;
-use edge_gateway_config::{SinkConfig, SinkKind};
+use edge_gateway_config::SinkConfig;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -121,20 +121,19 @@ impl Actor for Publisher {
         _: ActorRef<Self::Msg>,
         args: PublisherArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let sink = match args.sink.kind {
-            SinkKind::File => {
-                SinkImpl::File(file::FileSink::open(&args.sink, &args.data_dir).await?)
-            }
-            SinkKind::Http => SinkImpl::Http(http::HttpSink::new(&args.sink, &args.gateway_id)?),
-            SinkKind::Mqtt => SinkImpl::Mqtt(Box::new(mqtt::MqttSink::new(
-                &args.sink,
+        let sink = match &args.sink {
+            SinkConfig::File(c) => SinkImpl::File(file::FileSink::open(c, &args.data_dir).await?),
+            SinkConfig::Http(c) => SinkImpl::Http(http::HttpSink::new(c, &args.gateway_id)?),
+            SinkConfig::Mqtt(c) => SinkImpl::Mqtt(Box::new(mqtt::MqttSink::new(
+                c,
                 &args.gateway_id,
                 args.batch_size,
             )?)),
+            SinkConfig::S3(_) => return Err("the s3 sink is not built yet".into()),
         };
-        args.health.register(&args.sink.name, &args.metrics);
+        args.health.register(args.sink.name(), &args.metrics);
         Ok(PublisherState {
-            name: args.sink.name,
+            name: args.sink.name().to_string(),
             sink,
             metrics: args.metrics,
             health: args.health,

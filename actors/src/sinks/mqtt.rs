@@ -24,7 +24,7 @@
 use super::{json::write_record, PublishResult};
 use crate::mqtt_options::{options, options_v5, ClientSettings};
 use crate::wal::Leased;
-use edge_gateway_config::{render_topic, MqttProtocol, SinkConfig, DEFAULT_SINK_TOPIC};
+use edge_gateway_config::{render_topic, MqttProtocol, MqttSinkConfig, DEFAULT_SINK_TOPIC};
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use std::collections::HashSet;
@@ -82,7 +82,7 @@ macro_rules! note_loop {
 }
 
 pub struct MqttSink {
-    cfg: SinkConfig,
+    cfg: MqttSinkConfig,
     gateway_id: String,
     topic: String,
     prefix: String,
@@ -174,7 +174,11 @@ fn v5_ack(pkid: u16, reason: PubAckReason) -> Note {
 }
 
 impl MqttSink {
-    pub fn new(cfg: &SinkConfig, gateway_id: &str, batch_size: usize) -> Result<MqttSink, String> {
+    pub fn new(
+        cfg: &MqttSinkConfig,
+        gateway_id: &str,
+        batch_size: usize,
+    ) -> Result<MqttSink, String> {
         let s = MqttSink {
             cfg: cfg.clone(),
             gateway_id: gateway_id.to_string(),
@@ -204,7 +208,7 @@ impl MqttSink {
     fn settings(&self) -> ClientSettings<'_> {
         let c = &self.cfg;
         ClientSettings {
-            broker: c.url.as_deref().unwrap_or(""),
+            broker: &c.url,
             client_id: c
                 .client_id
                 .clone()
