@@ -2,7 +2,7 @@
 
 use crate::supervisor::{ChildSpec, RestartBudget, Supervisor, SupervisorArgs, SupervisorMsg};
 use edge_gateway_actors::addr::{Addr, Directory, Failable};
-use edge_gateway_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
+use edge_gateway_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg, SinkSpec};
 use edge_gateway_actors::ingest::auth::Auth;
 use edge_gateway_actors::ingest::http::{HttpIngest, HttpIngestArgs, HttpIngestMsg};
 use edge_gateway_actors::ingest::mqtt::{
@@ -12,8 +12,8 @@ use edge_gateway_actors::ingest::router::Router;
 use edge_gateway_actors::metrics::Metrics;
 use edge_gateway_actors::sinks::health::SinkHealth;
 use edge_gateway_actors::sinks::{Publisher, PublisherArgs, PublisherMsg};
-use edge_gateway_actors::wal::{Wal, WalArgs, WalLimits, WalMsg};
-use edge_gateway_config::Config;
+use edge_gateway_actors::wal::{Fill, Wal, WalArgs, WalLimits, WalMsg};
+use edge_gateway_config::{Config, SinkConfig};
 use ractor::{Actor, ActorCell};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -132,7 +132,23 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     let sink_health = SinkHealth::default();
     for s in &cfg.sinks {
         let addr = Addr::<PublisherMsg>::new(format!("publisher:{}", s.name()), Some("sinks"));
-        publishers.push((s.name().to_string(), addr.clone()));
+        // Object stores get whole objects: leases wait to fill (bounded by age).
+        let (batch_size, fill) = match s {
+            SinkConfig::S3(c) => (
+                c.max_batch_records,
+                Some(Fill {
+                    max_bytes: c.max_batch_bytes,
+                    max_age_ms: c.max_batch_age_ms,
+                }),
+            ),
+            _ => (cfg.delivery.batch_size, None),
+        };
+        publishers.push(SinkSpec {
+            name: s.name().to_string(),
+            publisher: addr.clone(),
+            batch_size,
+            fill,
+        });
         let (a, m, h, sink, gw, dd, bs) = (
             addr.clone(),
             metrics.clone(),

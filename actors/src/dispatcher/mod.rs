@@ -27,7 +27,7 @@ mod lane_tests;
 
 use crate::addr::{Addr, Failable};
 use crate::sinks::{PublishResult, PublisherMsg};
-use crate::wal::{Leased, WalMsg};
+use crate::wal::{Fill, Leased, WalMsg};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use edge_gateway_config::DeliveryConfig;
 use lane::{Action, Event, Lane, Pause};
@@ -61,8 +61,19 @@ impl Failable for DispatcherMsg {
     }
 }
 
+/// What the dispatcher needs to know of one sink.
+#[derive(Clone)]
+pub struct SinkSpec {
+    pub name: String,
+    pub publisher: Addr<PublisherMsg>,
+    /// Records per lease, at most.
+    pub batch_size: usize,
+    /// Wait for full batches (a sink that writes objects).
+    pub fill: Option<Fill>,
+}
+
 pub struct DispatcherArgs {
-    pub sinks: Vec<(String, Addr<PublisherMsg>)>,
+    pub sinks: Vec<SinkSpec>,
     pub wal: Addr<WalMsg>,
     pub commits: watch::Receiver<u64>,
     pub config: DeliveryConfig,
@@ -76,6 +87,10 @@ pub struct SinkDriver {
     pub lane: Lane<Vec<Leased>>,
     backoff: ExponentialBackoff,
     pub paused_until: Option<Instant>,
+    fill: Option<Fill>,
+    /// A fill sink's WAL answered "not full yet": no lease is cast before this (the lane gets
+    /// an empty answer at once), and a recheck is due at it.
+    fill_gate: Option<Instant>,
 }
 
 /// The dispatcher's state: the lanes and the handles their actions go to.
@@ -101,25 +116,33 @@ fn backoff(c: &DeliveryConfig) -> ExponentialBackoff {
 /// The longest `Retry-After` a sink's answer can make it wait.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
+/// How long a fill sink waits before asking the WAL again after "not full yet": a quarter of
+/// its batch age, between 100 ms and 1 s.
+fn fill_recheck(f: Fill) -> Duration {
+    Duration::from_millis((f.max_age_ms / 4).clamp(100, 1_000))
+}
+
 /// Even an idle sink is asked again this often, so expired leases are picked up.
 const IDLE_RECHECK: Duration = Duration::from_secs(2);
 
 impl DispatcherState {
     pub fn new(
-        names: Vec<(String, Addr<PublisherMsg>)>,
+        specs: Vec<SinkSpec>,
         config: DeliveryConfig,
         wal: Addr<WalMsg>,
         addr: Addr<DispatcherMsg>,
         commits: watch::Receiver<u64>,
     ) -> Self {
-        let sinks = names
+        let sinks = specs
             .into_iter()
-            .map(|(name, publisher)| SinkDriver {
-                name,
-                publisher,
-                lane: Lane::new(config.batch_size),
+            .map(|s| SinkDriver {
+                name: s.name,
+                publisher: s.publisher,
+                lane: Lane::new(s.batch_size),
                 backoff: backoff(&config),
                 paused_until: None,
+                fill: s.fill,
+                fill_gate: None,
             })
             .collect();
         DispatcherState {
@@ -147,10 +170,25 @@ impl DispatcherState {
                 self.sinks[i].paused_until = None;
                 self.on(i, Event::PauseOver, myself);
             }
-            if recheck {
+            let filled = self.sinks[i].fill_gate.is_some_and(|t| t <= now);
+            if filled {
+                self.sinks[i].fill_gate = None;
+            }
+            if recheck || filled {
                 self.on(i, Event::Recheck, myself);
             }
             self.on(i, Event::Wake { commit }, myself);
+        }
+    }
+
+    /// A fill sink whose WAL found no full batch is asked again after a while, not at
+    /// every commit: each ask reads up to a batch of bodies.
+    fn leased(&mut self, i: usize, batch: &Result<Vec<Leased>, String>) {
+        let s = &mut self.sinks[i];
+        if let (Some(f), Ok(b)) = (s.fill, batch) {
+            if b.is_empty() {
+                s.fill_gate = Some(Instant::now() + fill_recheck(f));
+            }
         }
     }
 
@@ -177,10 +215,18 @@ impl DispatcherState {
         let s = &mut self.sinks[i];
         match action {
             Action::Lease { cycle, max } => {
+                if s.fill_gate.is_some_and(|t| Instant::now() < t) {
+                    // Not full a moment ago: answered here, the WAL is asked again at the gate.
+                    return Some(Event::Leased {
+                        cycle,
+                        batch: Ok(Vec::new()),
+                    });
+                }
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let lease = WalMsg::Lease {
                     sink: s.name.clone(),
                     max,
+                    fill: s.fill,
                     reply: tx.into(),
                 };
                 let sent = self.wal.cast(lease).map_err(|e| e.to_string());
@@ -339,6 +385,7 @@ impl Actor for Dispatcher {
         match msg {
             DispatcherMsg::Wake => state.wake(&myself),
             DispatcherMsg::Leased { sink, cycle, batch } => {
+                state.leased(sink, &batch);
                 state.on(sink, Event::Leased { cycle, batch }, &myself)
             }
             DispatcherMsg::Published {

@@ -220,6 +220,7 @@ fn a_file_with_the_old_idempotency_table_opens_and_drops_it() {
             vec![Op::Lease {
                 sink: "a".into(),
                 max: 10,
+                fill: None,
             }],
             6,
         )
@@ -323,6 +324,7 @@ fn settle_all(s: WalStore, outcome: Outcome, now: u64) -> WalStore {
             vec![Op::Lease {
                 sink: "a".into(),
                 max: 100,
+                fill: None,
             }],
             now,
         )
@@ -485,6 +487,7 @@ fn every_dead_letter_is_reported_once_with_its_reason() {
     let lease = || Op::Lease {
         sink: "a".into(),
         max: 10,
+        fill: None,
     };
     let (s, _) = s.apply(vec![lease()], 6).unwrap();
     let (mut s, r) = s.apply(vec![Op::ReleaseLeases, lease()], 7).unwrap();

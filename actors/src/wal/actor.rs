@@ -87,6 +87,8 @@ pub enum WalMsg {
     Lease {
         sink: String,
         max: usize,
+        /// Wait for a full batch (see [`crate::wal::Fill`]).
+        fill: Option<crate::wal::Fill>,
         reply: RpcReplyPort<Vec<Leased>>,
     },
     Settle {
@@ -612,11 +614,16 @@ impl Actor for Wal {
                     WalMsg::Append { records, reply } => {
                         Self::enqueue(&myself, state, Op::Append(records), Waiter::Append(reply));
                     }
-                    WalMsg::Lease { sink, max, reply } => {
+                    WalMsg::Lease {
+                        sink,
+                        max,
+                        fill,
+                        reply,
+                    } => {
                         Self::enqueue(
                             &myself,
                             state,
-                            Op::Lease { sink, max },
+                            Op::Lease { sink, max, fill },
                             Waiter::Lease(reply),
                         );
                     }

@@ -40,6 +40,7 @@ fn drain(mut store: WalStore) -> WalStore {
         let lease = Op::Lease {
             sink: "s".into(),
             max: 1000,
+            fill: None,
         };
         let (s, r) = store.apply(vec![lease], 1).unwrap();
         let OpResult::Leased(batch) = &r[0] else {

@@ -25,6 +25,7 @@ fn appends_wait_for_room_while_settles_go_on() {
                 Op::Lease {
                     sink: "a".into(),
                     max: 10,
+                    fill: None,
                 },
             ],
             2,

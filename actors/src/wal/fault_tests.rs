@@ -314,6 +314,7 @@ fn power_cut_run(seed: u64, cut_after: usize, break_durability: bool) -> (usize,
             2 => Op::Lease {
                 sink: "s".into(),
                 max: 10,
+                fill: None,
             },
             _ => Op::Settle {
                 sink: "s".into(),

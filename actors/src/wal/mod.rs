@@ -23,6 +23,8 @@ mod disk_tests;
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
+mod fill_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod upgrade_tests;

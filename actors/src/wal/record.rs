@@ -91,6 +91,17 @@ pub struct Leased {
     pub record: Record,
 }
 
+/// A lease that waits for a full batch (a sink that writes objects, not requests): records
+/// are leased only once `max` of them or `max_bytes` of their stored bodies are pending for
+/// the sink, or the oldest has waited `max_age_ms` (WAL time) since it was accepted;
+/// otherwise the lease is empty and nothing changes. The lease is also cut at `max_bytes`
+/// (at least one record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fill {
+    pub max_bytes: u64,
+    pub max_age_ms: u64,
+}
+
 /// What happened to one appended record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendOutcome {

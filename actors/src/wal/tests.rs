@@ -211,6 +211,7 @@ fn full_wal_refuses_the_whole_append_and_writes_nothing() {
         Op::Lease {
             sink: "a".into(),
             max: 10,
+            fill: None,
         },
         0,
     );
@@ -219,6 +220,7 @@ fn full_wal_refuses_the_whole_append_and_writes_nothing() {
         Op::Lease {
             sink: "b".into(),
             max: 10,
+            fill: None,
         },
         0,
     );
@@ -253,6 +255,7 @@ fn sinks_progress_independently_and_record_deleted_when_all_done() {
         Op::Lease {
             sink: "a".into(),
             max: 10,
+            fill: None,
         },
         0,
     );
@@ -275,6 +278,7 @@ fn sinks_progress_independently_and_record_deleted_when_all_done() {
         Op::Lease {
             sink: "b".into(),
             max: 1,
+            fill: None,
         },
         0,
     );
@@ -291,6 +295,7 @@ fn sinks_progress_independently_and_record_deleted_when_all_done() {
         Op::Lease {
             sink: "b".into(),
             max: 1,
+            fill: None,
         },
         0,
     );
@@ -323,6 +328,7 @@ fn requeue_moves_dead_letters_back_with_attempts_reset() {
         Op::Lease {
             sink: "a".into(),
             max: 10,
+            fill: None,
         },
         0,
     );
@@ -354,6 +360,7 @@ fn requeue_moves_dead_letters_back_with_attempts_reset() {
         Op::Lease {
             sink: "a".into(),
             max: 10,
+            fill: None,
         },
         0,
     );
@@ -374,6 +381,7 @@ fn requeue_moves_dead_letters_back_with_attempts_reset() {
         Op::Lease {
             sink: "b".into(),
             max: 10,
+            fill: None,
         },
         0,
     );
@@ -403,6 +411,7 @@ fn retries_end_dead_after_max_attempts_with_last_reason() {
             Op::Lease {
                 sink: "a".into(),
                 max: 1,
+                fill: None,
             },
             0,
         );
@@ -438,6 +447,7 @@ fn unsettled_leases_count_as_attempts_so_poison_records_end_dead() {
             Op::Lease {
                 sink: "a".into(),
                 max: 1,
+                fill: None,
             },
             0,
         );
@@ -451,6 +461,7 @@ fn unsettled_leases_count_as_attempts_so_poison_records_end_dead() {
         Op::Lease {
             sink: "a".into(),
             max: 1,
+            fill: None,
         },
         0,
     );
@@ -529,6 +540,7 @@ fn released_leases_are_leased_again_first_and_in_order() {
     let lease = |max| Op::Lease {
         sink: "a".into(),
         max,
+        fill: None,
     };
     let (s, _) = one(s, lease(1), 0); // a dispatcher holds "a", then dies
     let (s, _) = one(s, Op::Append(vec![rec("c", 0)]), 0);
@@ -563,6 +575,7 @@ fn lease_expiry_makes_records_leasable_again() {
         Op::Lease {
             sink: "a".into(),
             max: 5,
+            fill: None,
         },
         0,
     );
@@ -572,6 +585,7 @@ fn lease_expiry_makes_records_leasable_again() {
         Op::Lease {
             sink: "a".into(),
             max: 5,
+            fill: None,
         },
         50,
     );
@@ -581,6 +595,7 @@ fn lease_expiry_makes_records_leasable_again() {
         Op::Lease {
             sink: "a".into(),
             max: 5,
+            fill: None,
         },
         100,
     );
@@ -693,7 +708,7 @@ proptest! {
                         if *att >= 3 { to_dead.push(*seq); } else { want.push((*seq, att + 1)); }
                         if want.len() + to_dead.len() >= max { break; }
                     }
-                    let (s2, r) = one(s, Op::Lease { sink: sink.into(), max }, now);
+                    let (s2, r) = one(s, Op::Lease { sink: sink.into(), max, fill: None }, now);
                     let OpResult::Leased(got) = r else { panic!() };
                     prop_assert_eq!(got.iter().map(|l| (l.seq, l.attempts)).collect::<Vec<_>>(), want.clone());
                     for seq in to_dead { m.kill(sink, seq); }

@@ -9,9 +9,10 @@ impl WalStore {
         meta: &mut Meta,
         sink: &str,
         max: usize,
+        fill: Option<Fill>,
         now: u64,
     ) -> Result<Vec<Leased>, WalError> {
-        let leased_now = {
+        let mut leased_now = {
             let inflight = self.inflight.entry(sink.to_string()).or_default();
             inflight.retain(|_, deadline| *deadline > now);
             let mut picked = Vec::new();
@@ -31,6 +32,11 @@ impl WalStore {
         // The bodies, read in key order: one range scan over the record table when the leased
         // seqs are dense (a backlog), lookups when they are sparse (records other sinks hold).
         let mut bodies = bodies_of(tx, &leased_now)?;
+        if let Some(f) = fill {
+            if !filled(tx, &mut leased_now, &bodies, max, f, now)? {
+                return Ok(Vec::new());
+            }
+        }
         let mut out = Vec::with_capacity(leased_now.len());
         for (seq, attempts) in leased_now {
             if attempts >= self.limits.max_attempts {
@@ -201,6 +207,40 @@ impl WalStore {
 }
 
 /// The encoded records of `picked` (ascending seqs), by seq; a missing one is absent.
+/// Whether a [`Fill`] lease goes ahead with `picked` (cut at `max_bytes` first): a full
+/// batch, by records or bytes, or an oldest record that has waited long enough.
+fn filled(
+    tx: &Tx<'_>,
+    picked: &mut Vec<(u64, u32)>,
+    bodies: &HashMap<u64, Vec<u8>>,
+    max: usize,
+    f: Fill,
+    now: u64,
+) -> Result<bool, WalError> {
+    let Some(&(oldest, _)) = picked.first() else {
+        return Ok(false);
+    };
+    let mut full = picked.len() >= max;
+    let mut bytes = 0u64;
+    for (i, (seq, _)) in picked.iter().enumerate() {
+        bytes += bodies.get(seq).map_or(0, |b| b.len() as u64);
+        if bytes >= f.max_bytes {
+            // This record fills the batch; keep it unless that takes it over (and it is not
+            // the only one).
+            let keep = if bytes > f.max_bytes && i > 0 {
+                i
+            } else {
+                i + 1
+            };
+            picked.truncate(keep);
+            full = true;
+            break;
+        }
+    }
+    let accepted = tx.refs.get(oldest)?.map_or(0, |r| r.value().1);
+    Ok(full || now.saturating_sub(accepted) >= f.max_age_ms)
+}
+
 fn bodies_of(tx: &Tx<'_>, picked: &[(u64, u32)]) -> Result<HashMap<u64, Vec<u8>>, WalError> {
     let mut out = HashMap::with_capacity(picked.len());
     let (Some(&(first, _)), Some(&(last, _))) = (picked.first(), picked.last()) else {

@@ -32,7 +32,8 @@
 use super::idem::{self, IDEM};
 use super::quota::{self, DeviceQuota, Devices, QuotaLimits, Usage, DEVICE_USAGE};
 use super::record::{
-    AppendOutcome, DeadClass, DeadEntry, DeadReason, Leased, Outcome, Record, SinkStats, WalStats,
+    AppendOutcome, DeadClass, DeadEntry, DeadReason, Fill, Leased, Outcome, Record, SinkStats,
+    WalStats,
 };
 use super::rejected::{Rejected, REJECTED};
 use redb::{
@@ -353,8 +354,8 @@ impl WalStore {
                     Op::Append(records) => {
                         OpResult::Appended(self.append(&mut tx, &mut meta, records, now_ms)?)
                     }
-                    Op::Lease { sink, max } => {
-                        OpResult::Leased(self.lease(&mut tx, &mut meta, &sink, max, now_ms)?)
+                    Op::Lease { sink, max, fill } => {
+                        OpResult::Leased(self.lease(&mut tx, &mut meta, &sink, max, fill, now_ms)?)
                     }
                     Op::Settle { sink, outcomes } => {
                         self.settle(&mut tx, &mut meta, &sink, outcomes, now_ms)?

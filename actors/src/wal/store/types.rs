@@ -130,6 +130,8 @@ pub enum Op {
     Lease {
         sink: String,
         max: usize,
+        /// Wait for a full batch (see [`Fill`]).
+        fill: Option<Fill>,
     },
     Settle {
         sink: String,
