@@ -22,6 +22,7 @@ pub mod health;
 pub mod http;
 pub mod json;
 pub mod mqtt;
+pub mod s3;
 
 use crate::addr::{Addr, Failable};
 use crate::metrics::Metrics;
@@ -99,6 +100,7 @@ enum SinkImpl {
     File(file::FileSink),
     Http(http::HttpSink),
     Mqtt(Box<mqtt::MqttSink>),
+    S3(Box<s3::S3Sink>),
 }
 
 pub struct PublisherState {
@@ -129,7 +131,7 @@ impl Actor for Publisher {
                 &args.gateway_id,
                 args.batch_size,
             )?)),
-            SinkConfig::S3(_) => return Err("the s3 sink is not built yet".into()),
+            SinkConfig::S3(c) => SinkImpl::S3(Box::new(s3::S3Sink::new(c, &args.gateway_id).await?)),
         };
         args.health.register(args.sink.name(), &args.metrics);
         Ok(PublisherState {
@@ -166,6 +168,7 @@ impl Actor for Publisher {
                     SinkImpl::File(s) => s.publish(&batch).await,
                     SinkImpl::Http(s) => s.publish(&batch).await,
                     SinkImpl::Mqtt(s) => s.publish(&batch).await,
+                    SinkImpl::S3(s) => s.publish(&batch).await,
                 };
                 let label = match &result {
                     PublishResult::Delivered => "delivered",

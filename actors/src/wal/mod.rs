@@ -25,6 +25,6 @@ mod fault_tests;
 #[cfg(test)]
 mod fill_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod upgrade_tests;

@@ -29,7 +29,7 @@ pub(super) fn limits() -> WalLimits {
     }
 }
 
-pub(super) fn rec(key: &str, ts: u64) -> Record {
+pub(crate) fn rec(key: &str, ts: u64) -> Record {
     Record {
         device_id: "dev-1".into(),
         idempotency_key: key.into(),
