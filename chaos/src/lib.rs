@@ -8,6 +8,7 @@
 //!   (pure, unit-tested).
 //! - [`sink`]: the recording HTTP analytics sink, with switchable faults.
 //! - [`broker`], [`gateway`]: the processes under test and their fault hooks.
+//! - [`store`]: an S3-compatible store (`s3s-fs`) and what arrived in it.
 //! - [`devices`]: MQTT and HTTP devices numbering their readings with `seq`.
 //! - [`abuse`]: hostile clients (idle sockets, slow bodies, a flooding device, colliding
 //!   keys) for the `abuse` scenario, beside the honest devices.
@@ -21,6 +22,7 @@ pub mod ledger;
 pub mod run;
 pub mod scenario;
 pub mod sink;
+pub mod store;
 
 /// A reading's stable key, as the gateway derives it from `(device_id, seq)`.
 pub fn key(device: &str, seq: u64) -> String {

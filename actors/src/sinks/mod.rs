@@ -131,7 +131,9 @@ impl Actor for Publisher {
                 &args.gateway_id,
                 args.batch_size,
             )?)),
-            SinkConfig::S3(c) => SinkImpl::S3(Box::new(s3::S3Sink::new(c, &args.gateway_id).await?)),
+            SinkConfig::S3(c) => {
+                SinkImpl::S3(Box::new(s3::S3Sink::new(c, &args.gateway_id).await?))
+            }
         };
         args.health.register(args.sink.name(), &args.metrics);
         Ok(PublisherState {

@@ -31,10 +31,9 @@ where
         SdkError::DispatchFailure(f) => {
             PublishResult::outage(format!("S3 unreachable: {:?}", f.as_connector_error()))
         }
-        SdkError::ResponseError(_) => PublishResult::outage(format!(
-            "S3: unreadable answer: {}",
-            DisplayErrorContext(e)
-        )),
+        SdkError::ResponseError(_) => {
+            PublishResult::outage(format!("S3: unreadable answer: {}", DisplayErrorContext(e)))
+        }
         // A request the SDK could not build: a bug or a bad setting, not the store's state.
         _ => PublishResult::Transient(format!("S3: {}", DisplayErrorContext(e))),
     }

@@ -42,10 +42,9 @@ impl S3Sink {
         if let Some(r) = &cfg.region {
             loader = loader.region(Region::new(r.clone()));
         }
-        if let (Some(id), Some(secret)) = (&cfg.access_key_id_file, &cfg.secret_access_key_file)
-        {
-            let id = read_secret(id)
-                .map_err(|e| format!("access_key_id_file {}: {e}", id.display()))?;
+        if let (Some(id), Some(secret)) = (&cfg.access_key_id_file, &cfg.secret_access_key_file) {
+            let id =
+                read_secret(id).map_err(|e| format!("access_key_id_file {}: {e}", id.display()))?;
             let secret = read_secret(secret)
                 .map_err(|e| format!("secret_access_key_file {}: {e}", secret.display()))?;
             loader = loader.credentials_provider(Credentials::new(
@@ -194,7 +193,9 @@ impl S3Sink {
             .await
             .map_err(|e| classify::classify(&e, records))?;
         let Some(id) = created.upload_id() else {
-            return Err(PublishResult::outage("CreateMultipartUpload without an upload id"));
+            return Err(PublishResult::outage(
+                "CreateMultipartUpload without an upload id",
+            ));
         };
         let result = self.upload_parts(o, id, records).await;
         if result.is_err() {

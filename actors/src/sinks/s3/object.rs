@@ -139,24 +139,36 @@ mod tests {
 
     #[test]
     fn the_first_record_names_the_object_and_the_body_reads_back() {
-        let batch = vec![leased(7, "d1/seq/0", 1_795_386_600_000), leased(9, "d1/seq/1", 0)];
+        let batch = vec![
+            leased(7, "d1/seq/0", 1_795_386_600_000),
+            leased(9, "d1/seq/1", 0),
+        ];
         let o = build(&batch, "arch/", "gw-1", S3Compression::Gzip).unwrap();
         assert!(
-            o.key.starts_with("arch/gw-1/dt=2026-11-22/hour=22/00000000000000000007-"),
+            o.key
+                .starts_with("arch/gw-1/dt=2026-11-22/hour=22/00000000000000000007-"),
             "{}",
             o.key
         );
         assert!(o.key.ends_with(".jsonl.gz"), "{}", o.key);
         // The same first record, more records after it: the same key (a retry re-puts it).
-        let more = vec![batch[0].clone(), batch[1].clone(), leased(11, "d1/seq/2", 0)];
+        let more = vec![
+            batch[0].clone(),
+            batch[1].clone(),
+            leased(11, "d1/seq/2", 0),
+        ];
         assert_eq!(
-            build(&more, "arch/", "gw-1", S3Compression::Gzip).unwrap().key,
+            build(&more, "arch/", "gw-1", S3Compression::Gzip)
+                .unwrap()
+                .key,
             o.key
         );
         // Another first record with the same seq (a WAL made afresh): another key.
         let other = vec![leased(7, "d2/seq/0", 1_795_386_600_000)];
         assert_ne!(
-            build(&other, "arch/", "gw-1", S3Compression::Gzip).unwrap().key,
+            build(&other, "arch/", "gw-1", S3Compression::Gzip)
+                .unwrap()
+                .key,
             o.key
         );
         let mut text = String::new();
@@ -165,7 +177,9 @@ mod tests {
             .unwrap();
         let keys: Vec<String> = text
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["idempotency_key"].to_string())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["idempotency_key"].to_string()
+            })
             .collect();
         assert_eq!(keys, ["\"d1/seq/0\"", "\"d1/seq/1\""]);
         assert_eq!(o.raw_bytes, text.len());
