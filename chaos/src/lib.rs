@@ -8,13 +8,15 @@
 //!   (pure, unit-tested).
 //! - [`sink`]: the recording HTTP analytics sink, with switchable faults.
 //! - [`broker`], [`gateway`]: the processes under test and their fault hooks.
-//! - [`store`]: an S3-compatible store (`s3s-fs`) and what arrived in it.
+//! - [`store`]: an S3-compatible store (`s3s-fs`) and what arrived in it; [`archive`]: the
+//!   S3 sink of a `--s3` campaign and the follower reading it back into the ledger.
 //! - [`devices`]: MQTT and HTTP devices numbering their readings with `seq`.
 //! - [`abuse`]: hostile clients (idle sockets, slow bodies, a flooding device, colliding
 //!   keys) for the `abuse` scenario, beside the honest devices.
 //! - [`run`]: the campaign: start, inject, drain, judge, report.
 
 pub mod abuse;
+pub mod archive;
 pub mod broker;
 pub mod devices;
 pub mod gateway;

@@ -43,6 +43,10 @@ struct Args {
     /// Negative control: succeed only if loss is seen.
     #[arg(long)]
     expect_loss: bool,
+    /// Add an S3 archive sink on an `s3s-fs` store (read back by the oracle); the store's
+    /// outages join the sink faults.
+    #[arg(long)]
+    s3: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         gateway_bin,
         work_dir,
         drain_timeout: a.drain_timeout,
+        s3: a.s3,
     }))?;
     std::fs::write(&a.report, serde_json::to_vec_pretty(&report)?)?;
     print_summary(&report);

@@ -1,12 +1,14 @@
 //! A campaign: start everything, produce and inject faults on the schedule, stop producing,
 //! wait for the backlog to drain, ask the gateway for its dead letters, judge, report.
 
+use crate::archive;
 use crate::broker::Broker;
 use crate::devices;
 use crate::gateway::{Gateway, Sample};
 use crate::ledger::{Ledger, Verdict};
-use crate::scenario::{plan, Fault, Planned, Scenario};
+use crate::scenario::{plan_with, Fault, Planned, Scenario};
 use crate::sink::Sink;
+use crate::store::Store;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -24,6 +26,9 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// Longest wait for the backlog after the last fault.
     pub drain_timeout: Duration,
+    /// Add an S3 archive sink (an `s3s-fs` store whose objects the oracle reads back); its
+    /// outages join the sink faults.
+    pub s3: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,8 +113,6 @@ impl Watch {
     }
 }
 
-const SINKS: [&str; 2] = ["analytics", "upstream"];
-
 fn attack_kind_overrun(f: &Fault) -> Duration {
     match f {
         Fault::Abuse { attack, .. } => attack.overrun(),
@@ -118,8 +121,14 @@ fn attack_kind_overrun(f: &Fault) -> Duration {
 }
 
 pub async fn run(o: Options) -> anyhow::Result<Report> {
-    let schedule = plan(o.scenario, o.duration, o.seed);
-    let ledger = Arc::new(Mutex::new(Ledger::new(&SINKS)));
+    let schedule = plan_with(o.scenario, o.duration, o.seed, o.s3);
+    let mut sinks = vec!["analytics", "upstream"];
+    let mut store = None;
+    if o.s3 {
+        store = Some(Store::start(&o.work_dir.join("store"), archive::BUCKET)?);
+        sinks.push(archive::SINK);
+    }
+    let ledger = Arc::new(Mutex::new(Ledger::new(&sinks)));
     let mut edge = Broker::plain(&o.work_dir.join("edge"), true, "")?;
     let mut upstream = Broker::plain(&o.work_dir.join("upstream"), true, "")?;
     let subscriber = devices::upstream_subscriber(upstream.port, "chaos/#", ledger.clone()).await;
@@ -135,7 +144,13 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         upstream.url(),
         // A WAL small enough that a flooding device meets its share within a minute.
         if o.scenario == Scenario::Abuse { "[wal]\nmax_records = 20000\n" } else { "" },
-    );
+    ) + &match &store {
+        Some(s) => archive::sink_config(s, &o.work_dir)?,
+        None => String::new(),
+    };
+    let follower = store
+        .as_ref()
+        .map(|s| archive::follow(&s.root, ledger.clone()));
     let abuse_outcomes = crate::abuse::Outcomes::default();
     let mut gw = Gateway::start(&o.gateway_bin, &o.work_dir.join("gateway"), &extra)?;
     let http = reqwest::Client::new();
@@ -213,6 +228,13 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
                 edge.stop();
                 edge.start()?;
             }
+            Fault::StoreOutage { .. } => {
+                if let Some(s) = store.as_mut() {
+                    s.stop();
+                    sample_until(&http, &gw, &mut watch, Instant::now() + p.fault.duration()).await;
+                    s.run()?;
+                }
+            }
             Fault::PoisonReading => {
                 let url = gw.ingest_url(devices::POISON_DEVICE);
                 let seq = faults.get("poison_reading").copied().unwrap_or(1) - 1;
@@ -253,7 +275,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     // Drain: wait until every acknowledged reading is at every sink or dead-lettered there.
     let stopped = Instant::now();
     let deadline = Instant::now() + o.drain_timeout;
-    let mut dead = dead_letters(&http, &gw).await;
+    let mut dead = dead_letters(&http, &gw, &sinks).await;
     let drained_at = loop {
         if let Some(s) = gw.sample(&http).await {
             watch.add(&s, gw.rss_mib());
@@ -264,7 +286,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
             .collect();
         let missing: usize = {
             let l = ledger.lock().expect("ledger");
-            SINKS
+            sinks
                 .iter()
                 .map(|s| l.missing(s, keys.get(*s).unwrap_or(&HashSet::new())).len())
                 .sum()
@@ -276,9 +298,12 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
             break None;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-        dead = dead_letters(&http, &gw).await;
+        dead = dead_letters(&http, &gw, &sinks).await;
     };
     subscriber.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
 
     let keys: HashMap<String, HashSet<String>> = dead
         .iter()
@@ -356,9 +381,13 @@ async fn sample_until(c: &reqwest::Client, gw: &Gateway, w: &mut Watch, until: I
 }
 
 /// Per sink: (key, reason) of every dead letter.
-async fn dead_letters(c: &reqwest::Client, gw: &Gateway) -> HashMap<String, Vec<(String, String)>> {
+async fn dead_letters(
+    c: &reqwest::Client,
+    gw: &Gateway,
+    sinks: &[&str],
+) -> HashMap<String, Vec<(String, String)>> {
     let mut out = HashMap::new();
-    for s in SINKS {
+    for s in sinks {
         let Ok(r) = c
             .get(gw.admin(&format!("/admin/dead-letters/{s}?limit=10000")))
             .bearer_auth(&gw.admin_token)

@@ -89,6 +89,10 @@ pub enum Fault {
     /// One reading the analytics API refuses (`400` for any batch holding it, for ever): it
     /// must be dead-lettered there, alone, and delivered everywhere else (issue 10).
     PoisonReading,
+    /// The S3 store killed, restarted after this long (campaigns with `--s3`).
+    StoreOutage {
+        secs: f64,
+    },
 }
 
 impl Fault {
@@ -107,6 +111,7 @@ impl Fault {
             },
             Fault::Abuse { attack, .. } => format!("abuse:{}", attack.name()),
             Fault::PoisonReading => "poison_reading".into(),
+            Fault::StoreOutage { .. } => "store_outage".into(),
         }
     }
 
@@ -114,6 +119,7 @@ impl Fault {
     pub fn duration(&self) -> Duration {
         match self {
             Fault::UpstreamOutage { secs }
+            | Fault::StoreOutage { secs }
             | Fault::Sink { secs, .. }
             | Fault::Abuse { secs, .. } => Duration::from_secs_f64(*secs),
             _ => Duration::ZERO,
@@ -149,13 +155,21 @@ impl Scenario {
         }
     }
 
-    fn pick(self, rng: &mut impl Rng) -> Fault {
+    /// One fault; `store`: the campaign has an S3 store, whose outages join the sink faults.
+    fn pick(self, rng: &mut impl Rng, store: bool) -> Fault {
         let actor = |rng: &mut dyn rand::RngCore| {
-            Fault::FailActor(ACTORS[rng.random_range(0..ACTORS.len())].to_string())
+            // With a store, its publisher fails too.
+            let i = rng.random_range(0..ACTORS.len() + usize::from(store));
+            Fault::FailActor(ACTORS.get(i).unwrap_or(&"publisher:archive").to_string())
         };
         let sink = |rng: &mut dyn rand::RngCore| {
-            let (fault, secs) = match rng.random_range(0..7) {
+            let (fault, secs) = match rng.random_range(0..if store { 8 } else { 7 }) {
                 6 => return Fault::PoisonReading,
+                7 => {
+                    return Fault::StoreOutage {
+                        secs: round(rng.random_range(3.0..10.0)),
+                    }
+                }
                 0 => (SinkFault::Status(500), 1.0..4.0),
                 1 => (SinkFault::Status(429), 1.0..4.0),
                 2 => (SinkFault::Hang, 1.0..4.0),
@@ -203,13 +217,18 @@ fn round(x: f64) -> f64 {
 /// The schedule of `scenario` for `duration` from `seed`: faults start after a 2 s warm-up,
 /// never overlap, and the last one ends before `duration`.
 pub fn plan(scenario: Scenario, duration: Duration, seed: u64) -> Vec<Planned> {
+    plan_with(scenario, duration, seed, false)
+}
+
+/// [`plan`] for a campaign that has an S3 store when `store`.
+pub fn plan_with(scenario: Scenario, duration: Duration, seed: u64, store: bool) -> Vec<Planned> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let end = duration.as_secs_f64();
     let mut t = 2.0;
     let mut out = Vec::new();
     loop {
         t += round(rng.random_range(0.5..1.5) * scenario.mean_gap());
-        let mut fault = scenario.pick(&mut rng);
+        let mut fault = scenario.pick(&mut rng, store);
         if let Fault::Abuse { attack, .. } = &mut fault {
             // Every attack in turn, so a short campaign sees each of them.
             *attack = crate::abuse::Attack::ALL[out.len() % crate::abuse::Attack::ALL.len()];
@@ -291,5 +310,12 @@ mod tests {
             .iter()
             .all(|f| matches!(f.fault, Fault::Sink { .. } | Fault::PoisonReading)));
         assert!(flap.iter().any(|f| f.fault == Fault::PoisonReading));
+        assert!(!flap
+            .iter()
+            .any(|f| matches!(f.fault, Fault::StoreOutage { .. })));
+        let with_store = plan_with(Scenario::SinkFlap, d, 1, true);
+        assert!(with_store
+            .iter()
+            .any(|f| matches!(f.fault, Fault::StoreOutage { .. })));
     }
 }

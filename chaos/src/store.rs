@@ -52,6 +52,16 @@ impl Store {
         Ok(s)
     }
 
+    /// A handle that only reads the objects under `root` (no process).
+    pub fn reader(root: &Path) -> Store {
+        Store {
+            port: 0,
+            root: root.to_path_buf(),
+            log: PathBuf::new(),
+            child: None,
+        }
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -100,7 +110,8 @@ impl Store {
         }
     }
 
-    /// Every object of `bucket` (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`), by key.
+    /// Every object of `bucket` (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`), by key. An object
+    /// that does not read whole (still being written) is left out until it does.
     pub fn objects(&self, bucket: &str) -> std::io::Result<Vec<StoredObject>> {
         let base = self.root.join(bucket);
         let mut files = Vec::new();
@@ -112,27 +123,39 @@ impl Store {
                 .map_err(std::io::Error::other)?
                 .to_string_lossy()
                 .into_owned();
-            let raw = std::fs::read(&f)?;
-            let text = if key.ends_with(".jsonl.gz") {
-                let mut s = String::new();
-                flate2::read::GzDecoder::new(&raw[..]).read_to_string(&mut s)?;
-                s
-            } else if key.ends_with(".jsonl.zst") {
-                String::from_utf8(zstd::decode_all(&raw[..])?).map_err(std::io::Error::other)?
-            } else if key.ends_with(".jsonl") {
-                String::from_utf8(raw).map_err(std::io::Error::other)?
-            } else {
-                continue; // the store's own files
-            };
-            let records = text
-                .lines()
-                .map(serde_json::from_str)
-                .collect::<Result<_, _>>()
-                .map_err(std::io::Error::other)?;
-            out.push(StoredObject { key, records });
+            if let Some(Ok(records)) = read_object(&f, &key) {
+                out.push(StoredObject { key, records });
+            }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+}
+
+/// The records of one object file; `None` for the store's own files.
+fn read_object(f: &Path, key: &str) -> Option<std::io::Result<Vec<serde_json::Value>>> {
+    let decoded = || -> std::io::Result<Option<String>> {
+        let raw = std::fs::read(f)?;
+        Ok(Some(if key.ends_with(".jsonl.gz") {
+            let mut s = String::new();
+            flate2::read::GzDecoder::new(&raw[..]).read_to_string(&mut s)?;
+            s
+        } else if key.ends_with(".jsonl.zst") {
+            String::from_utf8(zstd::decode_all(&raw[..])?).map_err(std::io::Error::other)?
+        } else if key.ends_with(".jsonl") {
+            String::from_utf8(raw).map_err(std::io::Error::other)?
+        } else {
+            return Ok(None);
+        }))
+    };
+    match decoded() {
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+        Ok(Some(text)) => Some(
+            text.lines()
+                .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
+                .collect(),
+        ),
     }
 }
 

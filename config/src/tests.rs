@@ -173,3 +173,24 @@ fn mqtt_settings_are_checked_together() {
         assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
     }
 }
+
+#[test]
+fn an_s3_sink_refuses_keys_over_cleartext_and_takes_its_defaults() {
+    let s3 = "[[sinks]]\nname = \"arch\"\ntype = \"s3\"\nbucket = \"telemetry\"\n\
+              endpoint = \"http://minio.lan:9000\"\naccess_key_id_file = \"/k\"\n\
+              secret_access_key_file = \"/s\"\n";
+    let err = load_str(s3, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("sinks[0].endpoint: sends credentials in cleartext over http://"),
+        "{err}"
+    );
+    let c = load_str(&format!("{s3}allow_insecure = true\n"), &[]).unwrap();
+    let SinkConfig::S3(s) = &c.sinks[0] else {
+        panic!("{:?}", c.sinks[0])
+    };
+    assert_eq!(
+        (s.max_batch_records, s.max_batch_bytes, s.max_batch_age_ms),
+        (10_000, 8 << 20, 60_000)
+    );
+    assert_eq!(s.compression, S3Compression::Gzip);
+}
