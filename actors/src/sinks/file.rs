@@ -1,46 +1,62 @@
 //! File sink: JSON Lines, fsync'd before the batch counts as delivered.
 //!
-//! The embedded default, so the gateway does its whole job on one machine. A crash between
-//! write and settle repeats lines on redelivery; `idempotency_key` tells them apart.
+//! The embedded default, so the gateway does its whole job on one machine — and so it must
+//! not be what fills the disk. `path` is a template (`%Y`, `%m`, `%d`, `%H`, UTC, at write
+//! time: `records-%Y-%m-%d.jsonl` starts a file a day); a file that would grow past
+//! `max_file_bytes` is rotated first (renamed `{stem}.{unix_ms}.{ext}`); after each new file
+//! only the newest `max_files` of the sink's family (same directory, same name up to the first
+//! placeholder or dot, same extension) are kept. Output is bounded by `max_file_bytes ×
+//! max_files` (defaults: 64 MiB × 8).
+//!
+//! A crash between write and settle repeats lines on redelivery; `idempotency_key` tells them
+//! apart. A write that fails (a full disk) blames no record: an outage.
 
-use super::{json::write_record, PublishResult};
+use super::{json::write_record, utc::Civil, PublishResult};
 use crate::wal::Leased;
 use edge_gateway_config::FileSinkConfig;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub struct FileSink {
+    files: Arc<Mutex<Files>>,
+}
+
+/// The sink's files: the template and limits, and the file written now.
+struct Files {
+    /// Absolute path template.
+    template: PathBuf,
+    max_file_bytes: u64,
+    max_files: usize,
+    current: Option<Current>,
+}
+
+struct Current {
     path: PathBuf,
-    file: Arc<Mutex<std::fs::File>>,
+    file: File,
+    bytes: u64,
 }
 
 impl FileSink {
     pub async fn open(cfg: &FileSinkConfig, data_dir: &Path) -> Result<FileSink, String> {
-        let rel = cfg.path.clone();
-        let path = if rel.is_absolute() {
-            rel
+        let template = if cfg.path.is_absolute() {
+            cfg.path.clone()
         } else {
-            data_dir.join(rel)
+            data_dir.join(&cfg.path)
         };
-        let p = path.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            if let Some(dir) = p.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut o = std::fs::OpenOptions::new();
-            o.create(true).append(true);
-            // Owner and group (a shipper reading it); never others.
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o640);
-            o.open(&p)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("open {}: {e}", path.display()))?;
+        let mut files = Files {
+            template,
+            max_file_bytes: cfg.max_file_bytes,
+            max_files: cfg.max_files,
+            current: None,
+        };
+        // Open (and create the directory) now: a sink that cannot write fails at start-up.
+        let files = tokio::task::spawn_blocking(move || files.target(Civil::now()).map(|_| files))
+            .await
+            .map_err(|e| e.to_string())??;
         Ok(FileSink {
-            path,
-            file: Arc::new(Mutex::new(file)),
+            files: Arc::new(Mutex::new(files)),
         })
     }
 
@@ -50,20 +66,204 @@ impl FileSink {
             write_record(&mut buf, l);
             buf.push(b'\n');
         }
-        let file = self.file.clone();
+        let files = self.files.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let mut f = file
+            let mut f = files
                 .lock()
-                .map_err(|_| std::io::Error::other("file sink lock poisoned"))?;
-            f.write_all(&buf)?;
-            f.sync_data()
+                .map_err(|_| "file sink lock poisoned".to_string())?;
+            f.write(&buf, Civil::now())
         })
         .await;
         match written {
             Ok(Ok(())) => PublishResult::Delivered,
             // A disk that refuses the write blames no record.
-            Ok(Err(e)) => PublishResult::outage(format!("write {}: {e}", self.path.display())),
+            Ok(Err(e)) => PublishResult::outage(e),
             Err(e) => PublishResult::Transient(format!("write task: {e}")),
         }
+    }
+}
+
+impl Files {
+    /// Appends `buf` to the file for `now`, rotating and pruning as needed; fsyncs it.
+    fn write(&mut self, buf: &[u8], now: Civil) -> Result<(), String> {
+        self.target(now)?;
+        let full = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.bytes > 0 && c.bytes + buf.len() as u64 > self.max_file_bytes);
+        if full {
+            self.rotate()?;
+            self.target(now)?;
+        }
+        let c = self.current.as_mut().expect("opened by target");
+        let r = c.file.write_all(buf).and_then(|()| c.file.sync_data());
+        r.map_err(|e| format!("write {}: {e}", c.path.display()))?;
+        c.bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the current file the one the template names for `now` (a new one after the
+    /// hour or day turned), pruning the family when a new file starts.
+    fn target(&mut self, now: Civil) -> Result<(), String> {
+        let path = PathBuf::from(now.render(&self.template.to_string_lossy()));
+        if self.current.as_ref().is_some_and(|c| c.path == path) {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        }
+        let mut o = OpenOptions::new();
+        o.create(true).append(true);
+        // Owner and group (a shipper reading it); never others.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o640);
+        let file = o
+            .open(&path)
+            .map_err(|e| format!("open {}: {e}", path.display()))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.current = Some(Current { path, file, bytes });
+        self.prune();
+        Ok(())
+    }
+
+    /// Renames the current file aside (`{stem}.{unix_ms}.{ext}`); the next write opens a new
+    /// one under the template's name.
+    fn rotate(&mut self) -> Result<(), String> {
+        let Some(c) = self.current.take() else {
+            return Ok(());
+        };
+        let name = c.path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_default();
+        let (stem, ext) = match name.rsplit_once('.') {
+            Some((s, e)) => (s.to_string(), format!(".{e}")),
+            None => (name.clone(), String::new()),
+        };
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut n = ms;
+        let aside = loop {
+            let p = c.path.with_file_name(format!("{stem}.{n}{ext}"));
+            if !p.exists() {
+                break p;
+            }
+            n += 1;
+        };
+        std::fs::rename(&c.path, &aside)
+            .map_err(|e| format!("rotate {}: {e}", c.path.display()))?;
+        Ok(())
+    }
+
+    /// Deletes the oldest files of the sink's family beyond `max_files` (never the current
+    /// one). Best effort: a file that cannot be listed or removed is left, and logged.
+    fn prune(&self) {
+        let Some(current) = &self.current else { return };
+        let (Some(dir), Some(tname)) = (self.template.parent(), self.template.file_name()) else {
+            return;
+        };
+        let tname = tname.to_string_lossy();
+        let prefix = family_prefix(&tname);
+        let ext = tname.rsplit_once('.').map(|(_, e)| format!(".{e}"));
+        // Placeholders are only in the file name (validation): one directory holds the family.
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut family: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(&prefix) && ext.as_ref().is_none_or(|x| n.ends_with(x.as_str()))
+            })
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .filter(|(_, p)| *p != current.path)
+            .collect();
+        family.sort();
+        let keep_old = self.max_files.saturating_sub(1);
+        let excess = family.len().saturating_sub(keep_old);
+        for (_, p) in family.into_iter().take(excess) {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {
+                    tracing::info!(file = %p.display(), "file sink: oldest output removed (max_files)")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "file sink: old output not removed")
+                }
+            }
+        }
+    }
+}
+
+/// The part of a file name that every file of the family starts with: up to the first
+/// placeholder, else up to the first dot (so `records.jsonl` and `records.1795….jsonl` are
+/// one family).
+fn family_prefix(name: &str) -> String {
+    match name.find('%') {
+        Some(i) => name[..i].to_string(),
+        None => match name.find('.') {
+            Some(i) => name[..=i].to_string(),
+            None => name.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path, template: &str, max_file_bytes: u64, max_files: usize) -> Files {
+        Files {
+            template: dir.join(template),
+            max_file_bytes,
+            max_files,
+            current: None,
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn files_rotate_by_size_and_only_the_newest_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = files(dir.path(), "records.jsonl", 100, 3);
+        let now = Civil::from_ms(0);
+        for _ in 0..10 {
+            f.write(&[b'x'; 60], now).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5)); // distinct mtimes
+        }
+        let n = names(dir.path());
+        assert_eq!(n.len(), 3, "{n:?}");
+        assert!(n.contains(&"records.jsonl".to_string()));
+        let total: u64 = n
+            .iter()
+            .map(|x| std::fs::metadata(dir.path().join(x)).unwrap().len())
+            .sum();
+        assert!(total <= 3 * 100, "bounded: {total}");
+        // A file of another family is never touched.
+        std::fs::write(dir.path().join("other.txt"), "keep").unwrap();
+        f.write(&[b'x'; 60], now).unwrap();
+        f.write(&[b'x'; 60], now).unwrap();
+        assert!(names(dir.path()).contains(&"other.txt".to_string()));
+    }
+
+    #[test]
+    fn a_dated_template_starts_a_file_a_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = files(dir.path(), "records-%Y-%m-%d.jsonl", 1 << 20, 2);
+        let day = 86_400_000;
+        for d in 0..4 {
+            f.write(b"{}\n", Civil::from_ms(d * day)).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            names(dir.path()),
+            ["records-1970-01-03.jsonl", "records-1970-01-04.jsonl"]
+        );
     }
 }

@@ -23,6 +23,7 @@ pub mod http;
 pub mod json;
 pub mod mqtt;
 pub mod s3;
+pub mod utc;
 
 use crate::addr::{Addr, Failable};
 use crate::metrics::Metrics;

@@ -58,6 +58,8 @@ impl SinkConfig {
         SinkConfig::File(FileSinkConfig {
             name: "file".into(),
             path: PathBuf::from("sink/records.jsonl"),
+            max_file_bytes: default_max_file_bytes(),
+            max_files: default_max_files(),
         })
     }
 }
@@ -66,8 +68,23 @@ impl SinkConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileSinkConfig {
     pub name: String,
-    /// Output path, relative to `data_dir` unless absolute.
+    /// Output path, relative to `data_dir` unless absolute; `%Y`, `%m`, `%d`, `%H` (UTC, at
+    /// write time) start a new file each day or hour, e.g. `sink/records-%Y-%m-%d.jsonl`.
     pub path: PathBuf,
+    /// A file that would grow past this is renamed aside and a new one started.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// Files of this sink kept (the current one included); older ones are deleted.
+    #[serde(default = "default_max_files")]
+    pub max_files: usize,
+}
+
+fn default_max_file_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_max_files() -> usize {
+    8
 }
 
 /// `type = "http"`.

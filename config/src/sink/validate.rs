@@ -148,9 +148,26 @@ pub fn validate_sinks(out: &mut Vec<ConfigProblem>, sinks: &[SinkConfig]) {
         }
         match s {
             SinkConfig::File(f) => {
-                if f.path.as_os_str().is_empty() {
-                    problem(out, at("path"), "must not be empty");
+                let name = f.path.file_name().map(|n| n.to_string_lossy().into_owned());
+                if name.is_none_or(|n| n.is_empty() || n.starts_with('%')) {
+                    problem(
+                        out,
+                        at("path"),
+                        "needs a file name that starts with text (its files are found by it)",
+                    );
                 }
+                if f.path
+                    .parent()
+                    .is_some_and(|d| d.to_string_lossy().contains('%'))
+                {
+                    problem(
+                        out,
+                        at("path"),
+                        "placeholders only in the file name (old files are pruned in one directory)",
+                    );
+                }
+                positive(out, &at, "max_file_bytes", f.max_file_bytes);
+                positive(out, &at, "max_files", f.max_files as u64);
             }
             SinkConfig::Http(h) => http(out, h, &at),
             SinkConfig::Mqtt(m) => mqtt(out, m, &at),

@@ -31,7 +31,8 @@ pub struct Object {
 
 /// The object key of a batch whose first record is `first`.
 pub fn object_key(prefix: &str, gateway_id: &str, first: &Leased, ext: &str) -> String {
-    let (date, hour) = utc_date_hour(first.record.receive_ts_ms);
+    let t = crate::sinks::utc::Civil::from_ms(first.record.receive_ts_ms);
+    let (date, hour) = (t.date(), t.hour);
     let tag = sha2::Sha256::digest(first.record.idempotency_key.as_bytes());
     format!(
         "{prefix}{gateway_id}/dt={date}/hour={hour:02}/{:020}-{}.jsonl{ext}",
@@ -97,24 +98,6 @@ pub fn content_encoding(c: S3Compression) -> Option<&'static str> {
     }
 }
 
-/// UTC `YYYY-MM-DD` and hour of a Unix time in milliseconds (civil-from-days, Howard
-/// Hinnant's algorithm).
-fn utc_date_hour(ms: u64) -> (String, u64) {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let hour = (secs % 86_400) / 3600;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (format!("{y:04}-{m:02}-{d:02}"), hour)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,15 +109,6 @@ mod tests {
             attempts: 1,
             record: crate::wal::tests::rec(key, ts),
         }
-    }
-
-    #[test]
-    fn dates_are_utc_calendar_dates() {
-        assert_eq!(utc_date_hour(0), ("1970-01-01".into(), 0));
-        // 2024-02-29T23:59:59Z, a leap day.
-        assert_eq!(utc_date_hour(1_709_251_199_000), ("2024-02-29".into(), 23));
-        // 2026-11-22T22:30:00Z.
-        assert_eq!(utc_date_hour(1_795_386_600_000), ("2026-11-22".into(), 22));
     }
 
     #[test]
