@@ -20,7 +20,9 @@ pub struct RecordJson<'a> {
     ts: &'a Option<serde_json::Value>,
     data: &'a serde_json::Map<String, serde_json::Value>,
     wal_seq: u64,
-    attempt: u32,
+    /// Left out by sinks whose re-sends must be byte-identical (Kafka, S3: [`write_stable`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
     /// Only when false, so every other record reads as it always did.
     #[serde(skip_serializing_if = "is_true")]
     clock_synced: bool,
@@ -56,7 +58,7 @@ impl<'a> RecordJson<'a> {
             ts: &r.device_ts,
             data: &r.data,
             wal_seq: l.seq,
-            attempt: l.attempts,
+            attempt: Some(l.attempts),
             clock_synced: r.clock_synced,
         }
     }
@@ -74,6 +76,14 @@ impl Serialize for RecordsJson<'_> {
 /// Appends one record's JSON to `out`.
 pub fn write_record(out: &mut Vec<u8>, l: &Leased) {
     serde_json::to_writer(out, &RecordJson::of(l)).expect("records always serialise to JSON");
+}
+
+/// Appends one record's JSON without `attempt`: the same bytes on every delivery, so a
+/// redelivered message or re-put object is byte-identical to the first (Kafka, S3).
+pub fn write_stable(out: &mut Vec<u8>, l: &Leased) {
+    let mut r = RecordJson::of(l);
+    r.attempt = None;
+    serde_json::to_writer(out, &r).expect("records always serialise to JSON");
 }
 
 #[cfg(test)]

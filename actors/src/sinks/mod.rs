@@ -21,6 +21,7 @@ pub mod file;
 pub mod health;
 pub mod http;
 pub mod json;
+pub mod kafka;
 pub mod mqtt;
 pub mod s3;
 pub mod utc;
@@ -102,6 +103,7 @@ enum SinkImpl {
     Http(http::HttpSink),
     Mqtt(Box<mqtt::MqttSink>),
     S3(Box<s3::S3Sink>),
+    Kafka(Box<kafka::KafkaSink>),
 }
 
 pub struct PublisherState {
@@ -134,6 +136,9 @@ impl Actor for Publisher {
             )?)),
             SinkConfig::S3(c) => {
                 SinkImpl::S3(Box::new(s3::S3Sink::new(c, &args.gateway_id).await?))
+            }
+            SinkConfig::Kafka(c) => {
+                SinkImpl::Kafka(Box::new(kafka::KafkaSink::new(c, &args.gateway_id)?))
             }
         };
         args.health.register(args.sink.name(), &args.metrics);
@@ -172,6 +177,7 @@ impl Actor for Publisher {
                     SinkImpl::Http(s) => s.publish(&batch).await,
                     SinkImpl::Mqtt(s) => s.publish(&batch).await,
                     SinkImpl::S3(s) => s.publish(&batch).await,
+                    SinkImpl::Kafka(s) => s.publish(&batch).await,
                 };
                 let label = match &result {
                     PublishResult::Delivered => "delivered",

@@ -20,6 +20,8 @@ pub enum SinkConfig {
     Mqtt(MqttSinkConfig),
     /// Batches as objects (JSON Lines, compressed) in an S3-compatible store.
     S3(S3SinkConfig),
+    /// Each record a message on a Kafka topic (idempotent producer, `acks=all`).
+    Kafka(KafkaSinkConfig),
 }
 
 impl SinkConfig {
@@ -30,6 +32,7 @@ impl SinkConfig {
             SinkConfig::Http(c) => &c.name,
             SinkConfig::Mqtt(c) => &c.name,
             SinkConfig::S3(c) => &c.name,
+            SinkConfig::Kafka(c) => &c.name,
         }
     }
 
@@ -40,6 +43,7 @@ impl SinkConfig {
             SinkConfig::Http(_) => "http",
             SinkConfig::Mqtt(_) => "mqtt",
             SinkConfig::S3(_) => "s3",
+            SinkConfig::Kafka(_) => "kafka",
         }
     }
 
@@ -50,6 +54,7 @@ impl SinkConfig {
             SinkConfig::Http(c) => Some(&mut c.url),
             SinkConfig::Mqtt(c) => Some(&mut c.url),
             SinkConfig::S3(c) => c.endpoint.as_mut(),
+            SinkConfig::Kafka(_) => None,
         }
     }
 
@@ -250,6 +255,66 @@ pub struct S3SinkConfig {
     /// Plain `http://` endpoint with static credentials. Refused unless set.
     #[serde(default)]
     pub allow_insecure: bool,
+}
+
+/// `type = "kafka"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KafkaSinkConfig {
+    pub name: String,
+    /// `host:port[,host:port…]` (librdkafka's `bootstrap.servers`).
+    pub brokers: String,
+    /// Topic template; `{device_id}` and `{gateway_id}` are filled in.
+    #[serde(default = "default_kafka_topic")]
+    pub topic: String,
+    /// Client id (default `<gateway_id>-<sink name>`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// `none`, `gzip`, `snappy`, `lz4` (default) or `zstd`.
+    #[serde(default = "default_kafka_compression")]
+    pub compression: String,
+    /// How long a batch's acknowledgements may take (librdkafka's `message.timeout.ms`).
+    #[serde(default = "default_kafka_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The largest message sent (the broker's `message.max.bytes`, 1 MB by default): a
+    /// reading over it is dead-lettered alone, its size named.
+    #[serde(default = "default_kafka_max_message_bytes")]
+    pub max_message_bytes: u64,
+    /// TLS to the brokers (implied by `ca_file` or a client certificate).
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// SASL: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`, with `sasl_username` and
+    /// `sasl_password_file`.
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    #[serde(default)]
+    pub sasl_password_file: Option<PathBuf>,
+    /// SASL without TLS. Refused unless set.
+    #[serde(default)]
+    pub allow_insecure: bool,
+}
+
+fn default_kafka_topic() -> String {
+    "telemetry".into()
+}
+
+fn default_kafka_compression() -> String {
+    "lz4".into()
+}
+
+fn default_kafka_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_kafka_max_message_bytes() -> u64 {
+    1_000_000
 }
 
 /// How S3 objects are compressed.

@@ -1,7 +1,7 @@
 //! Sink checks: unknown keys per kind (before deserialising), and what types alone cannot
 //! say (after). Paths are `sinks[i].key`.
 
-use super::{HttpSinkConfig, MqttSinkConfig, S3SinkConfig, SinkConfig};
+use super::{HttpSinkConfig, KafkaSinkConfig, MqttSinkConfig, S3SinkConfig, SinkConfig};
 use crate::mqtt::BrokerAddr;
 use crate::validate::{problem, url_userinfo, ConfigProblem};
 use serde::de::{self, Deserialize, Visitor};
@@ -57,6 +57,7 @@ pub fn keys_of(kind: &str) -> Option<Vec<&'static str>> {
         "http" => fields_of::<HttpSinkConfig>(),
         "mqtt" => fields_of::<MqttSinkConfig>(),
         "s3" => fields_of::<S3SinkConfig>(),
+        "kafka" => fields_of::<KafkaSinkConfig>(),
         _ => return None,
     };
     Some(
@@ -72,6 +73,7 @@ fn required(kind: &str) -> &'static [&'static str] {
         "file" => &["name", "path"],
         "http" | "mqtt" => &["name", "url"],
         "s3" => &["name", "bucket"],
+        "kafka" => &["name", "brokers"],
         _ => &[],
     }
 }
@@ -94,7 +96,11 @@ pub fn parse_sinks(v: Value) -> Result<Vec<SinkConfig>, Vec<ConfigProblem>> {
         };
         let kind = t.get("type").and_then(Value::as_str).unwrap_or("");
         let Some(keys) = keys_of(kind) else {
-            problem(&mut out, at("type"), "required: file, http, mqtt or s3");
+            problem(
+                &mut out,
+                at("type"),
+                "required: file, http, mqtt, s3 or kafka",
+            );
             continue;
         };
         let before = out.len();
@@ -172,6 +178,7 @@ pub fn validate_sinks(out: &mut Vec<ConfigProblem>, sinks: &[SinkConfig]) {
             SinkConfig::Http(h) => http(out, h, &at),
             SinkConfig::Mqtt(m) => mqtt(out, m, &at),
             SinkConfig::S3(c) => s3(out, c, &at),
+            SinkConfig::Kafka(k) => kafka(out, k, &at),
         }
     }
 }
@@ -306,6 +313,62 @@ fn s3(out: &mut Vec<ConfigProblem>, s: &S3SinkConfig, at: &dyn Fn(&str) -> Strin
         if e != "AES256" && e != "aws:kms" {
             problem(out, at("server_side_encryption"), "AES256 or aws:kms");
         }
+    }
+}
+
+fn kafka(out: &mut Vec<ConfigProblem>, s: &KafkaSinkConfig, at: &dyn Fn(&str) -> String) {
+    let ok = !s.brokers.is_empty()
+        && s.brokers.split(',').all(|b| {
+            b.trim()
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        });
+    if !ok {
+        problem(out, at("brokers"), "host:port[,host:port…]");
+    }
+    if s.topic.is_empty() || s.topic.len() > 249 {
+        problem(out, at("topic"), "1-249 characters");
+    }
+    if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&s.compression.as_str()) {
+        problem(out, at("compression"), "none, gzip, snappy, lz4 or zstd");
+    }
+    positive(out, at, "timeout_ms", s.timeout_ms);
+    positive(out, at, "max_message_bytes", s.max_message_bytes);
+    pair(
+        out,
+        at,
+        s.client_cert_file.is_some(),
+        s.client_key_file.is_some(),
+    );
+    match s.sasl_mechanism.as_deref() {
+        None => {
+            if s.sasl_username.is_some() || s.sasl_password_file.is_some() {
+                problem(out, at("sasl_mechanism"), "required with sasl_username");
+            }
+        }
+        Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") => {
+            if s.sasl_username.is_none() || s.sasl_password_file.is_none() {
+                problem(
+                    out,
+                    at("sasl_username"),
+                    "sasl_username and sasl_password_file are required with sasl_mechanism",
+                );
+            }
+            let tls = s.tls || s.ca_file.is_some() || s.client_cert_file.is_some();
+            if !tls && !s.allow_insecure {
+                problem(
+                    out,
+                    at("sasl_mechanism"),
+                    "sends credentials in cleartext without TLS: set tls = true (or ca_file), \
+                     or allow_insecure = true on this sink",
+                );
+            }
+        }
+        Some(_) => problem(
+            out,
+            at("sasl_mechanism"),
+            "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+        ),
     }
 }
 

@@ -9,7 +9,7 @@
 //! records or more, never a second object holding the same readings. The tag keeps a WAL
 //! created afresh (its seqs start again at 1) from overwriting an older archive.
 
-use crate::sinks::json::write_record;
+use crate::sinks::json::write_stable;
 use crate::wal::Leased;
 use base64::Engine;
 use edge_gateway_config::S3Compression;
@@ -45,7 +45,7 @@ pub fn object_key(prefix: &str, gateway_id: &str, first: &Leased, ext: &str) -> 
 pub fn json_lines(batch: &[Leased]) -> Vec<u8> {
     let mut out = Vec::with_capacity(batch.len() * 256);
     for l in batch {
-        write_record(&mut out, l);
+        write_stable(&mut out, l);
         out.push(b'\n');
     }
     out
