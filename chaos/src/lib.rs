@@ -8,7 +8,8 @@
 //!   (pure, unit-tested).
 //! - [`sink`]: the recording HTTP analytics sink, with switchable faults.
 //! - [`broker`], [`gateway`]: the processes under test and their fault hooks.
-//! - [`kafka`]: a Kafka-protocol broker (tansu) and a reader following a topic.
+//! - [`kafka`]: a Kafka-protocol broker (tansu) and a reader following a topic; [`bus`]: the
+//!   Kafka sink of a `--kafka` campaign.
 //! - [`store`]: an S3-compatible store (`s3s-fs`) and what arrived in it; [`archive`]: the
 //!   S3 sink of a `--s3` campaign and the follower reading it back into the ledger.
 //! - [`devices`]: MQTT and HTTP devices numbering their readings with `seq`.
@@ -19,6 +20,7 @@
 pub mod abuse;
 pub mod archive;
 pub mod broker;
+pub mod bus;
 pub mod devices;
 pub mod gateway;
 pub mod kafka;

@@ -47,6 +47,9 @@ struct Args {
     /// outages join the sink faults.
     #[arg(long)]
     s3: bool,
+    /// Add a Kafka sink on a tansu broker (its topic read back by the oracle).
+    #[arg(long)]
+    kafka: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         work_dir,
         drain_timeout: a.drain_timeout,
         s3: a.s3,
+        kafka: a.kafka,
     }))?;
     std::fs::write(&a.report, serde_json::to_vec_pretty(&report)?)?;
     print_summary(&report);

@@ -2,6 +2,8 @@
 //! wait for the backlog to drain, ask the gateway for its dead letters, judge, report.
 
 use crate::archive;
+use crate::bus;
+use crate::kafka::KafkaBroker;
 use crate::broker::Broker;
 use crate::devices;
 use crate::gateway::{Gateway, Sample};
@@ -29,6 +31,8 @@ pub struct Options {
     /// Add an S3 archive sink (an `s3s-fs` store whose objects the oracle reads back); its
     /// outages join the sink faults.
     pub s3: bool,
+    /// Add a Kafka sink (a tansu broker whose topic the oracle reads back).
+    pub kafka: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,13 +125,19 @@ fn attack_kind_overrun(f: &Fault) -> Duration {
 }
 
 pub async fn run(o: Options) -> anyhow::Result<Report> {
-    let schedule = plan_with(o.scenario, o.duration, o.seed, o.s3);
+    let schedule = plan_with(o.scenario, o.duration, o.seed, o.s3, o.kafka);
     let mut sinks = vec!["analytics", "upstream"];
     let mut store = None;
     if o.s3 {
         store = Some(Store::start(&o.work_dir.join("store"), archive::BUCKET)?);
         sinks.push(archive::SINK);
     }
+    let broker = if o.kafka {
+        sinks.push(bus::SINK);
+        Some(KafkaBroker::start(&o.work_dir.join("kafka"), &[bus::TOPIC])?)
+    } else {
+        None
+    };
     let ledger = Arc::new(Mutex::new(Ledger::new(&sinks)));
     let mut edge = Broker::plain(&o.work_dir.join("edge"), true, "")?;
     let mut upstream = Broker::plain(&o.work_dir.join("upstream"), true, "")?;
@@ -147,10 +157,13 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     ) + &match &store {
         Some(s) => archive::sink_config(s, &o.work_dir)?,
         None => String::new(),
-    };
-    let follower = store
+    } + &broker.as_ref().map(bus::sink_config).unwrap_or_default();
+    let followers: Vec<_> = store
         .as_ref()
-        .map(|s| archive::follow(&s.root, ledger.clone()));
+        .map(|s| archive::follow(&s.root, ledger.clone()))
+        .into_iter()
+        .chain(broker.as_ref().map(|b| bus::follow_into(b, ledger.clone())))
+        .collect();
     let abuse_outcomes = crate::abuse::Outcomes::default();
     let mut gw = Gateway::start(&o.gateway_bin, &o.work_dir.join("gateway"), &extra)?;
     let http = reqwest::Client::new();
@@ -301,7 +314,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         dead = dead_letters(&http, &gw, &sinks).await;
     };
     subscriber.abort();
-    if let Some(f) = follower {
+    for f in followers {
         f.abort();
     }
 

@@ -155,12 +155,19 @@ impl Scenario {
         }
     }
 
-    /// One fault; `store`: the campaign has an S3 store, whose outages join the sink faults.
-    fn pick(self, rng: &mut impl Rng, store: bool) -> Fault {
+    /// One fault; `store`: the campaign has an S3 store, whose outages join the sink faults;
+    /// `kafka`: a Kafka sink, whose publisher joins the actors failed.
+    fn pick(self, rng: &mut impl Rng, store: bool, kafka: bool) -> Fault {
         let actor = |rng: &mut dyn rand::RngCore| {
-            // With a store, its publisher fails too.
-            let i = rng.random_range(0..ACTORS.len() + usize::from(store));
-            Fault::FailActor(ACTORS.get(i).unwrap_or(&"publisher:archive").to_string())
+            // The extra sinks' publishers fail too.
+            let mut all = ACTORS.to_vec();
+            if store {
+                all.push("publisher:archive");
+            }
+            if kafka {
+                all.push("publisher:bus");
+            }
+            Fault::FailActor(all[rng.random_range(0..all.len())].to_string())
         };
         let sink = |rng: &mut dyn rand::RngCore| {
             let (fault, secs) = match rng.random_range(0..if store { 8 } else { 7 }) {
@@ -217,18 +224,24 @@ fn round(x: f64) -> f64 {
 /// The schedule of `scenario` for `duration` from `seed`: faults start after a 2 s warm-up,
 /// never overlap, and the last one ends before `duration`.
 pub fn plan(scenario: Scenario, duration: Duration, seed: u64) -> Vec<Planned> {
-    plan_with(scenario, duration, seed, false)
+    plan_with(scenario, duration, seed, false, false)
 }
 
-/// [`plan`] for a campaign that has an S3 store when `store`.
-pub fn plan_with(scenario: Scenario, duration: Duration, seed: u64, store: bool) -> Vec<Planned> {
+/// [`plan`] for a campaign that has an S3 store when `store`, a Kafka sink when `kafka`.
+pub fn plan_with(
+    scenario: Scenario,
+    duration: Duration,
+    seed: u64,
+    store: bool,
+    kafka: bool,
+) -> Vec<Planned> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let end = duration.as_secs_f64();
     let mut t = 2.0;
     let mut out = Vec::new();
     loop {
         t += round(rng.random_range(0.5..1.5) * scenario.mean_gap());
-        let mut fault = scenario.pick(&mut rng, store);
+        let mut fault = scenario.pick(&mut rng, store, kafka);
         if let Fault::Abuse { attack, .. } = &mut fault {
             // Every attack in turn, so a short campaign sees each of them.
             *attack = crate::abuse::Attack::ALL[out.len() % crate::abuse::Attack::ALL.len()];
@@ -313,7 +326,7 @@ mod tests {
         assert!(!flap
             .iter()
             .any(|f| matches!(f.fault, Fault::StoreOutage { .. })));
-        let with_store = plan_with(Scenario::SinkFlap, d, 1, true);
+        let with_store = plan_with(Scenario::SinkFlap, d, 1, true, false);
         assert!(with_store
             .iter()
             .any(|f| matches!(f.fault, Fault::StoreOutage { .. })));
