@@ -7,8 +7,8 @@
 //!   several concurrency levels, single-record and batched requests; p99 at a fixed 1k/s.
 //! - `drain`: a backlog of N records (default 1,000,000; `BENCH_BACKLOG`) drained to a local
 //!   HTTP sink; RSS before, with the backlog, and after.
-//! - `s3`:    a backlog (`BENCH_BACKLOG`) drained by one gateway to an S3-compatible store
-//!   (`s3s-fs`) and to a local HTTP sink, side by side: records/s and objects/s per sink.
+//! - `sinks`: a backlog (`BENCH_BACKLOG`) drained by one gateway to a local HTTP sink, an
+//!   S3-compatible store (`s3s-fs`) and a Kafka broker (tansu), side by side.
 //! - `idle`:  RSS of an idle gateway.
 //! - `mqtt`:  durable MQTT ingest (PUBACK after commit) beside mosquitto's own rate to an
 //!   ack-only subscriber, as a ratio (`BENCH_MQTT_MESSAGES`, default 100,000); and the drain
@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 #[path = "support/mqtt.rs"]
 mod mqtt;
-#[path = "support/s3.rs"]
-mod s3;
+#[path = "support/sinks.rs"]
+mod sinks;
 
 /// The gateway binary: the one built with this bench, or `BENCH_GATEWAY` (another build, e.g.
 /// an older commit's, so two binaries are measured by the same harness in the same run; the
@@ -70,8 +70,8 @@ fn main() {
     if want("drain") {
         rt.block_on(drain());
     }
-    if want("s3") {
-        rt.block_on(s3::drain());
+    if want("sinks") {
+        rt.block_on(sinks::drain());
     }
     if want("mqtt") {
         rt.block_on(mqtt::ingest());

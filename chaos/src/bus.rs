@@ -21,7 +21,10 @@ pub fn sink_config(broker: &KafkaBroker) -> String {
 
 /// Follows the topic; every 250 ms moves what was read into the ledger (each message a
 /// delivery: a re-send is a duplicate).
-pub fn follow_into(broker: &KafkaBroker, ledger: Arc<Mutex<Ledger>>) -> tokio::task::JoinHandle<()> {
+pub fn follow_into(
+    broker: &KafkaBroker,
+    ledger: Arc<Mutex<Ledger>>,
+) -> tokio::task::JoinHandle<()> {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     follow(broker.brokers(), TOPIC.into(), seen.clone());
     tokio::spawn(async move {

@@ -2,11 +2,11 @@
 //! wait for the backlog to drain, ask the gateway for its dead letters, judge, report.
 
 use crate::archive;
-use crate::bus;
-use crate::kafka::KafkaBroker;
 use crate::broker::Broker;
+use crate::bus;
 use crate::devices;
 use crate::gateway::{Gateway, Sample};
+use crate::kafka::KafkaBroker;
 use crate::ledger::{Ledger, Verdict};
 use crate::scenario::{plan_with, Fault, Planned, Scenario};
 use crate::sink::Sink;
@@ -134,7 +134,10 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     }
     let broker = if o.kafka {
         sinks.push(bus::SINK);
-        Some(KafkaBroker::start(&o.work_dir.join("kafka"), &[bus::TOPIC])?)
+        Some(KafkaBroker::start(
+            &o.work_dir.join("kafka"),
+            &[bus::TOPIC],
+        )?)
     } else {
         None
     };

@@ -158,6 +158,12 @@ mod tests {
         assert_eq!(keys, ["\"d1/seq/0\"", "\"d1/seq/1\""]);
         assert_eq!(o.raw_bytes, text.len());
         assert_eq!((o.first_seq, o.last_seq), (7, 9));
+        // The Content-MD5 the store checks (s3s-fs answers BadDigest on a mismatch).
+        use base64::Engine;
+        let md5 = base64::engine::general_purpose::STANDARD
+            .decode(&o.content_md5)
+            .unwrap();
+        assert_eq!(md5, Md5::digest(&o.body).to_vec());
         let z = build(&batch, "", "gw-1", S3Compression::Zstd).unwrap();
         assert_eq!(zstd::decode_all(&z.body[..]).unwrap(), text.as_bytes());
         assert!(z.key.ends_with(".jsonl.zst"));
