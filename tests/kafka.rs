@@ -31,25 +31,7 @@ fn gateway(dir: &Path, broker: &KafkaBroker, extra: &str) -> (std::path::PathBuf
 }
 
 async fn ingest(gw: &Gateway, devices: &[&str], n: u64) -> HashSet<String> {
-    let c = client();
-    let mut keys = HashSet::new();
-    for d in devices {
-        for start in (0..n).step_by(50) {
-            let body: Vec<_> = (start..(start + 50).min(n))
-                .map(|i| json!({"seq": i, "v": i}))
-                .collect();
-            let (s, b) = post_json(
-                &c,
-                &gw.url(&format!("/ingest/{d}")),
-                &gw.token,
-                &json!(body),
-            )
-            .await;
-            assert_eq!(s, 202, "{b}");
-            keys.extend((start..(start + 50).min(n)).map(|i| format!("{d}/seq/{i}")));
-        }
-    }
-    keys
+    ingest_seqs(gw, devices, n, 50, 0).await
 }
 
 /// Polls what the reader saw (a topic has no event to wait on here), 60 s at most, until

@@ -44,27 +44,8 @@ fn gateway(dir: &Path, store: &Store, secret: &str, extra: &str) -> (std::path::
     (cfg, gw)
 }
 
-/// Posts `n` readings per device, `per_request` at a time; returns their keys.
 async fn ingest(gw: &Gateway, devices: &[&str], n: u64, per_request: u64) -> HashSet<String> {
-    let c = client();
-    let mut keys = HashSet::new();
-    for d in devices {
-        for start in (0..n).step_by(per_request as usize) {
-            let body: Vec<_> = (start..(start + per_request).min(n))
-                .map(|i| json!({"seq": i, "v": i, "pad": "x".repeat(100)}))
-                .collect();
-            let (s, b) = post_json(
-                &c,
-                &gw.url(&format!("/ingest/{d}")),
-                &gw.token,
-                &json!(body),
-            )
-            .await;
-            assert_eq!(s, 202, "{b}");
-            keys.extend((start..(start + per_request).min(n)).map(|i| format!("{d}/seq/{i}")));
-        }
-    }
-    keys
+    ingest_seqs(gw, devices, n, per_request, 100).await
 }
 
 /// What arrived: deliveries per key, and per device the seqs in object order (objects in
@@ -264,8 +245,9 @@ async fn a_large_object_goes_up_in_parts() {
         dir.path(),
         &store,
         SECRET_KEY,
-        "compression = \"none\"\nmax_batch_records = 100000\nmax_batch_bytes = 33554432\n\
-         max_batch_age_ms = 500\nmultipart_bytes = 5242880",
+        // Full at exactly the 2,600 readings (never closed early by age): one object.
+        "compression = \"none\"\nmax_batch_records = 2600\nmax_batch_bytes = 33554432\n\
+         max_batch_age_ms = 600000\nmultipart_bytes = 5242880",
     );
     let c = client();
     let pad = "y".repeat(2500);

@@ -3,8 +3,7 @@
 //! port, config and persistence directory across stop/start, so clients keep their address.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
 pub struct Broker {
     pub port: u16,
@@ -76,30 +75,9 @@ impl Broker {
 
     /// Starts the process (again) and waits until it accepts connections.
     pub fn start(&mut self) -> std::io::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let mut child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        // mosquitto has no readiness signal: ready when it accepts a connection.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            let gone = child.try_wait()?.is_some();
-            if gone || Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(std::io::Error::other(format!(
-                    "mosquitto not listening on {}; log: {}",
-                    self.port,
-                    self.log.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut cmd = Command::new(mosquitto_bin());
+        cmd.arg("-c").arg(&self.conf);
+        let child = crate::process::spawn_listening(cmd, self.port, &self.log, "mosquitto")?;
         self.child = Some(child);
         Ok(())
     }

@@ -10,7 +10,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct KafkaBroker {
     pub port: u16,
@@ -66,36 +66,18 @@ impl KafkaBroker {
     /// Starts the process (again; empty: memory storage) with `topics` created.
     pub fn run(&mut self, topics: &[&str]) -> std::io::Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
         let bin = tansu_bin();
-        let mut child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| std::io::Error::other(format!("{}: {e} (see .ci/test)", bin.display())))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if child.try_wait()?.is_some() || Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(std::io::Error::other(format!(
-                    "tansu not listening on {}; log: {}",
-                    self.port,
-                    self.log.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"]);
+        let what = format!("{} (see .ci/test)", bin.display());
+        let child = crate::process::spawn_listening(cmd, self.port, &self.log, &what)?;
         self.child = Some(child);
         for t in topics {
             let ok = Command::new(&bin)

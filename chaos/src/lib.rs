@@ -25,6 +25,7 @@ pub mod devices;
 pub mod gateway;
 pub mod kafka;
 pub mod ledger;
+pub mod process;
 pub mod run;
 pub mod scenario;
 pub mod sink;

@@ -5,8 +5,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
 pub const ACCESS_KEY: &str = "edge-gateway-test";
 pub const SECRET_KEY: &str = "edge-gateway-test-secret";
@@ -68,36 +67,16 @@ impl Store {
 
     /// Starts the process (again) and waits until it accepts connections.
     pub fn run(&mut self) -> std::io::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
         let bin = s3s_fs_bin();
-        let mut child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(&self.root)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
-                std::io::Error::other(format!(
-                    "{}: {e} (cargo install s3s-fs@0.14.1 --locked --features binary)",
-                    bin.display()
-                ))
-            })?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if child.try_wait()?.is_some() || Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(std::io::Error::other(format!(
-                    "s3s-fs not listening on {}; log: {}",
-                    self.port,
-                    self.log.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .arg(&self.root);
+        let what = format!(
+            "{} (cargo install s3s-fs@0.14.1 --locked --features binary)",
+            bin.display()
+        );
+        let child = crate::process::spawn_listening(cmd, self.port, &self.log, &what)?;
         self.child = Some(child);
         Ok(())
     }

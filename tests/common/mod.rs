@@ -268,3 +268,29 @@ pub fn file_sink_keys(path: &Path) -> HashSet<String> {
         .filter_map(|v| v["idempotency_key"].as_str().map(str::to_string))
         .collect()
 }
+
+/// Posts readings `0..n` of each device as `{"seq", "v", "pad"}` (`pad` bytes of padding),
+/// `per_request` to a request; returns their idempotency keys.
+pub async fn ingest_seqs(
+    gw: &Gateway,
+    devices: &[&str],
+    n: u64,
+    per_request: u64,
+    pad: usize,
+) -> HashSet<String> {
+    let c = client();
+    let mut keys = HashSet::new();
+    for d in devices {
+        for start in (0..n).step_by(per_request as usize) {
+            let end = (start + per_request).min(n);
+            let body: Vec<_> = (start..end)
+                .map(|i| serde_json::json!({"seq": i, "v": i, "pad": "x".repeat(pad)}))
+                .collect();
+            let url = gw.url(&format!("/ingest/{d}"));
+            let (s, b) = post_json(&c, &url, &gw.token, &serde_json::json!(body)).await;
+            assert_eq!(s, 202, "{b}");
+            keys.extend((start..end).map(|i| format!("{d}/seq/{i}")));
+        }
+    }
+    keys
+}

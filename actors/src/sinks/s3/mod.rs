@@ -26,7 +26,25 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use edge_gateway_config::S3SinkConfig;
+use std::collections::HashMap;
 use std::time::Duration;
+
+/// The settings every object carries, on a `PutObject` or a `CreateMultipartUpload` (their
+/// builders are different types with the same setters).
+macro_rules! object_settings {
+    ($req:expr, $sink:expr, $o:expr, $records:expr) => {
+        $req.bucket(&$sink.cfg.bucket)
+            .key(&$o.key)
+            .content_type("application/x-ndjson")
+            .set_metadata(Some($sink.metadata($o, $records)))
+            .set_content_encoding(
+                object::content_encoding($sink.cfg.compression).map(str::to_string),
+            )
+            .set_storage_class($sink.cfg.storage_class.as_deref().map(Into::into))
+            .set_server_side_encryption($sink.cfg.server_side_encryption.as_deref().map(Into::into))
+            .set_ssekms_key_id($sink.cfg.sse_kms_key_id.clone())
+    };
+}
 
 pub struct S3Sink {
     client: Client,
@@ -126,68 +144,28 @@ impl S3Sink {
     }
 
     async fn put(&self, o: &object::Object, records: usize) -> Result<(), PublishResult> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.cfg.bucket)
-            .key(&o.key)
+        let req = object_settings!(self.client.put_object(), self, o, records)
             .content_md5(&o.content_md5)
-            .content_type("application/x-ndjson")
             .body(ByteStream::from(o.body.clone()));
-        for (k, v) in self.metadata(o, records) {
-            req = req.metadata(k, v);
-        }
-        if let Some(e) = object::content_encoding(self.cfg.compression) {
-            req = req.content_encoding(e);
-        }
-        if let Some(s) = &self.cfg.storage_class {
-            req = req.storage_class(s.as_str().into());
-        }
-        if let Some(s) = &self.cfg.server_side_encryption {
-            req = req.server_side_encryption(s.as_str().into());
-        }
-        if let Some(k) = &self.cfg.sse_kms_key_id {
-            req = req.ssekms_key_id(k);
-        }
         req.send()
             .await
             .map(|_| ())
             .map_err(|e| classify::classify(&e, records))
     }
 
-    fn metadata(&self, o: &object::Object, records: usize) -> [(&'static str, String); 4] {
-        [
-            ("gateway-id", self.gateway_id.clone()),
-            ("records", records.to_string()),
-            ("first-seq", o.first_seq.to_string()),
-            ("last-seq", o.last_seq.to_string()),
-        ]
+    fn metadata(&self, o: &object::Object, records: usize) -> HashMap<String, String> {
+        HashMap::from([
+            ("gateway-id".into(), self.gateway_id.clone()),
+            ("records".into(), records.to_string()),
+            ("first-seq".into(), o.first_seq.to_string()),
+            ("last-seq".into(), o.last_seq.to_string()),
+        ])
     }
 
     /// Parts of `multipart_bytes`, each with its own `Content-MD5`; any failure aborts the
     /// upload (nothing half-written stays in the bucket, and the parts stop costing).
     async fn put_multipart(&self, o: &object::Object, records: usize) -> Result<(), PublishResult> {
-        let mut req = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.cfg.bucket)
-            .key(&o.key)
-            .content_type("application/x-ndjson");
-        for (k, v) in self.metadata(o, records) {
-            req = req.metadata(k, v);
-        }
-        if let Some(e) = object::content_encoding(self.cfg.compression) {
-            req = req.content_encoding(e);
-        }
-        if let Some(s) = &self.cfg.storage_class {
-            req = req.storage_class(s.as_str().into());
-        }
-        if let Some(s) = &self.cfg.server_side_encryption {
-            req = req.server_side_encryption(s.as_str().into());
-        }
-        if let Some(k) = &self.cfg.sse_kms_key_id {
-            req = req.ssekms_key_id(k);
-        }
+        let req = object_settings!(self.client.create_multipart_upload(), self, o, records);
         let created = req
             .send()
             .await
