@@ -162,18 +162,13 @@ impl Files {
             return;
         };
         let tname = tname.to_string_lossy();
-        let prefix = family_prefix(&tname);
-        let ext = tname.rsplit_once('.').map(|(_, e)| format!(".{e}"));
         // Placeholders are only in the file name (validation): one directory holds the family.
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         let mut family: Vec<(std::time::SystemTime, PathBuf)> = entries
             .flatten()
-            .filter(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                n.starts_with(&prefix) && ext.as_ref().is_none_or(|x| n.ends_with(x.as_str()))
-            })
+            .filter(|e| is_family(&tname, &e.file_name().to_string_lossy()))
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .filter(|(_, p)| *p != current.path)
             .collect();
@@ -193,17 +188,57 @@ impl Files {
     }
 }
 
-/// The part of a file name that every file of the family starts with: up to the first
-/// placeholder, else up to the first dot (so `records.jsonl` and `records.1795….jsonl` are
-/// one family).
-fn family_prefix(name: &str) -> String {
-    match name.find('%') {
-        Some(i) => name[..i].to_string(),
-        None => match name.find('.') {
-            Some(i) => name[..=i].to_string(),
-            None => name.to_string(),
-        },
+/// Whether `name` is a file this sink wrote: one the template names (`%Y` four digits,
+/// `%m` `%d` `%H` two), or such a file rotated aside (`.{digits}` before its extension).
+/// Nothing else in the directory is ever deleted.
+fn is_family(template: &str, name: &str) -> bool {
+    if fits(template, name) {
+        return true;
     }
+    let (t_stem, ext) = template.rsplit_once('.').unwrap_or((template, ""));
+    let rest = if ext.is_empty() {
+        Some(name)
+    } else {
+        name.strip_suffix(&format!(".{ext}"))
+    };
+    rest.and_then(|r| r.rsplit_once('.'))
+        .is_some_and(|(stem, n)| {
+            // Rotated names carry Unix milliseconds: 13 digits or more.
+            n.len() >= 13 && n.bytes().all(|b| b.is_ascii_digit()) && fits(t_stem, stem)
+        })
+}
+
+/// Whether the template could have rendered `name`.
+fn fits(template: &str, name: &str) -> bool {
+    let (mut t, mut n) = (template.chars(), name);
+    while let Some(c) = t.next() {
+        let digits = match c {
+            '%' => match t.next() {
+                Some('Y') => 4,
+                Some('m' | 'd' | 'H') => 2,
+                Some('%') => {
+                    let Some(r) = n.strip_prefix('%') else {
+                        return false;
+                    };
+                    n = r;
+                    continue;
+                }
+                _ => return false,
+            },
+            c => {
+                let Some(r) = n.strip_prefix(c) else {
+                    return false;
+                };
+                n = r;
+                continue;
+            }
+        };
+        if n.len() < digits || !n.as_bytes()[..digits].iter().all(u8::is_ascii_digit) {
+            return false;
+        }
+        n = &n[digits..];
+    }
+    n.is_empty()
 }
 
 #[cfg(test)]
@@ -245,11 +280,38 @@ mod tests {
             .map(|x| std::fs::metadata(dir.path().join(x)).unwrap().len())
             .sum();
         assert!(total <= 3 * 100, "bounded: {total}");
-        // A file of another family is never touched.
-        std::fs::write(dir.path().join("other.txt"), "keep").unwrap();
+        // Files the sink did not write are never touched, even with names like its own.
+        for other in ["other.txt", "records.backup.jsonl", "records.jsonl.gz"] {
+            std::fs::write(dir.path().join(other), "keep").unwrap();
+        }
         f.write(&[b'x'; 60], now).unwrap();
         f.write(&[b'x'; 60], now).unwrap();
-        assert!(names(dir.path()).contains(&"other.txt".to_string()));
+        let n = names(dir.path());
+        for other in ["other.txt", "records.backup.jsonl", "records.jsonl.gz"] {
+            assert!(n.contains(&other.to_string()), "{other} kept: {n:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_sinks_own_names_are_its_family() {
+        for (t, name, yes) in [
+            ("records.jsonl", "records.jsonl", true),
+            ("records.jsonl", "records.1795386600000.jsonl", true),
+            ("records.jsonl", "records.backup.jsonl", false),
+            ("records.jsonl", "records.jsonl.gz", false),
+            ("records-%Y-%m-%d.jsonl", "records-2026-11-22.jsonl", true),
+            (
+                "records-%Y-%m-%d.jsonl",
+                "records-2026-11-22.1795386600000.jsonl",
+                true,
+            ),
+            ("records-%Y-%m-%d.jsonl", "records-2026-11.jsonl", false),
+            ("syslog", "syslog.1", false),
+            ("syslog", "syslog.1795386600000", true),
+            ("syslog", "syslog.1.gz", false),
+        ] {
+            assert_eq!(is_family(t, name), yes, "{t} / {name}");
+        }
     }
 
     #[test]
