@@ -189,7 +189,7 @@ impl Files {
 }
 
 /// Whether `name` is a file this sink wrote: one the template names (`%Y` four digits,
-/// `%m` `%d` `%H` two), or such a file rotated aside (`.{digits}` before its extension).
+/// `%m` `%d` `%H` two), or such a file rotated aside (`.{unix ms}` before its extension).
 /// Nothing else in the directory is ever deleted.
 fn is_family(template: &str, name: &str) -> bool {
     if fits(template, name) {
