@@ -4,8 +4,8 @@
 //! not be what fills the disk. `path` is a template (`%Y`, `%m`, `%d`, `%H`, UTC, at write
 //! time: `records-%Y-%m-%d.jsonl` starts a file a day); a file that would grow past
 //! `max_file_bytes` is rotated first (renamed `{stem}.{unix_ms}.{ext}`); after each new file
-//! only the newest `max_files` of the sink's family (same directory, same name up to the first
-//! placeholder or dot, same extension) are kept. Output is bounded by `max_file_bytes ×
+//! only the newest `max_files` of the sink's own files ([`is_family`]: names the template
+//! renders, and those renamed aside) are kept. Output is bounded by `max_file_bytes ×
 //! max_files` (defaults: 64 MiB × 8).
 //!
 //! A crash between write and settle repeats lines on redelivery; `idempotency_key` tells them
