@@ -1,7 +1,8 @@
 //! The Kafka sink against a real Kafka-protocol broker (tansu, started here on a loopback
 //! port; memory storage): every acknowledged reading arrives, keyed by its device, with its
 //! idempotency key as a header, each device's readings in order; duplicates (after a SIGKILL)
-//! only as byte-identical re-sends; a broker that is down holds the backlog; one reading over
+//! only as byte-identical re-sends; a broker that is down holds the backlog, and so do refused
+//! credentials; one reading over
 //! `max_message_bytes` is dead-lettered alone, naming its size.
 
 mod common;
@@ -123,6 +124,35 @@ async fn a_broker_outage_holds_the_backlog_until_it_is_back() {
     follow(broker.brokers(), TOPIC.into(), seen.clone());
     let got = wait_seen(&seen, &want).await;
     check(&got, &["d1", "d2"], 150);
+}
+
+/// Credentials the brokers refuse (SASL): the sink is held, readiness names it, nothing is
+/// dead-lettered however long it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_hold_the_sink_and_dead_letter_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = KafkaBroker::start_with(dir.path(), &[], true).unwrap();
+    let pw = dir.path().join("kafka.password");
+    write_secret(&pw, "not-a-user");
+    let extra = format!(
+        "sasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"gw\"\n\
+         sasl_password_file = {:?}\nallow_insecure = true",
+        pw.display().to_string()
+    );
+    let (_cfg, gw) = gateway(dir.path(), &broker, &extra);
+    ingest(&gw, &["d1"], 20).await;
+    gw.wait_metric("edge_gateway_sink_outage{sink=\"bus\"}", |v| v == 1.0)
+        .await;
+    gw.wait_metric(
+        "edge_gateway_publish_batches_total{result=\"outage\",sink=\"bus\"}",
+        |v| v >= 2.0,
+    )
+    .await;
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!(ready["sinks"]["bus"]["state"], "outage", "{ready}");
+    let wal = gw.admin_get("/admin/wal").await;
+    assert_eq!(wal["sinks"][0]["dead"], 0, "{wal}");
+    assert_eq!(wal["sinks"][0]["pending"], 20, "{wal}");
 }
 
 /// SIGKILL while a backlog goes out, twice: nothing lost; what arrives twice is the same bytes.

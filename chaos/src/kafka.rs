@@ -16,6 +16,8 @@ pub struct KafkaBroker {
     pub port: u16,
     log: PathBuf,
     child: Option<Child>,
+    /// Started with `--authentication`: every client must authenticate (SASL).
+    authentication: bool,
 }
 
 /// The tansu binary: `$EDGE_GATEWAY_TANSU`, else the one `.ci/test` unpacks under
@@ -49,11 +51,23 @@ pub struct Seen {
 impl KafkaBroker {
     /// A broker on a free port, with `topics` created (3 partitions each).
     pub fn start(dir: &Path, topics: &[&str]) -> std::io::Result<KafkaBroker> {
+        KafkaBroker::start_with(dir, topics, false)
+    }
+
+    /// With `authentication`, clients must authenticate and no user exists (tansu's CLI
+    /// cannot create one on such a broker): every client is refused — the wrong-credentials
+    /// case. Topics cannot be created either then.
+    pub fn start_with(
+        dir: &Path,
+        topics: &[&str],
+        authentication: bool,
+    ) -> std::io::Result<KafkaBroker> {
         std::fs::create_dir_all(dir)?;
         let mut b = KafkaBroker {
             port: crate::free_port(),
             log: dir.join("tansu.log"),
             child: None,
+            authentication,
         };
         b.run(topics)?;
         Ok(b)
@@ -76,6 +90,9 @@ impl KafkaBroker {
             &url,
         ])
         .args(["--storage-engine", "memory://tansu/"]);
+        if self.authentication {
+            cmd.arg("--authentication");
+        }
         let what = format!("{} (see .ci/test)", bin.display());
         let child = crate::process::spawn_listening(cmd, self.port, &self.log, &what)?;
         self.child = Some(child);
