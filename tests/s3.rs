@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use edge_gateway_chaos::store::{Store, StoredObject, ACCESS_KEY, SECRET_KEY};
-use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
@@ -249,17 +248,7 @@ async fn a_large_object_goes_up_in_parts() {
         "compression = \"none\"\nmax_batch_records = 2600\nmax_batch_bytes = 33554432\n\
          max_batch_age_ms = 600000\nmultipart_bytes = 5242880",
     );
-    let c = client();
-    let pad = "y".repeat(2500);
-    let mut want = HashSet::new();
-    for start in (0..2600u64).step_by(100) {
-        let body: Vec<_> = (start..start + 100)
-            .map(|i| json!({"seq": i, "pad": pad}))
-            .collect();
-        let (s, _) = post_json(&c, &gw.url("/ingest/big"), &gw.token, &json!(body)).await;
-        assert_eq!(s, 202);
-        want.extend((start..start + 100).map(|i| format!("big/seq/{i}")));
-    }
+    let want = ingest_seqs(&gw, &["big"], 2600, 100, 2500).await;
     store.run().unwrap();
     let a = wait_arrived(&store, &want).await;
     assert_once_in_order(&a, &want, &["big"], 2600);

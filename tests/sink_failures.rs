@@ -483,8 +483,14 @@ async fn the_default_batch_byte_limit_stays_under_a_1_mib_proxy() {
 /// other reading is delivered, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_poison_record_in_a_batch_is_dead_lettered_alone() {
+    poison_isolated(Behaviour::Poison, "", "HTTP 400").await;
+}
+
+/// A backlog of 50 readings in batches of 64 after an outage, reading 17 refused by the sink
+/// as `then` does it: only reading 17 is dead-lettered, with `reason`; the rest arrive in order.
+async fn poison_isolated(then: Behaviour, sink_extra: &str, reason: &str) {
     let (_dir, sink, gw, mut keys) =
-        backlog_then(Behaviour::Poison, "batch_size = 64", "", 50, Some(17)).await;
+        backlog_then(then, "batch_size = 64", sink_extra, 50, Some(17)).await;
     keys.remove("d1/seq/17");
     sink.wait_for_keys(&keys, Duration::from_secs(60))
         .await
@@ -492,7 +498,8 @@ async fn one_poison_record_in_a_batch_is_dead_lettered_alone() {
     let dl = gw.wait_dead_letters("api", 1).await;
     let d = &dl["dead_letters"][0];
     assert_eq!(d["record"]["idempotency_key"], "d1/seq/17", "{dl}");
-    assert_eq!(d["reason"], "HTTP 400", "{dl}");
+    assert_eq!(d["reason"], reason, "{dl}");
+    assert_eq!(dl["dead_letters"].as_array().unwrap().len(), 1, "{dl}");
     let first = first_deliveries(&sink.by_device()["d1"]);
     let want: Vec<u64> = (0..50).filter(|i| *i != 17).collect();
     assert_eq!(first, want, "the rest delivered, in order");
@@ -503,27 +510,10 @@ async fn one_poison_record_in_a_batch_is_dead_lettered_alone() {
 /// only it is dead-lettered, with the count as the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_api_leaves_out_of_its_json_ack_is_dead_lettered_alone() {
-    let (_dir, sink, gw, mut keys) = backlog_then(
+    poison_isolated(
         Behaviour::PoisonAck,
-        "batch_size = 64",
         "ack = \"json\"",
-        50,
-        Some(17),
+        "the sink accepted 0 of 1 records (ack = \"json\")",
     )
     .await;
-    keys.remove("d1/seq/17");
-    sink.wait_for_keys(&keys, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let dl = gw.wait_dead_letters("api", 1).await;
-    let d = &dl["dead_letters"][0];
-    assert_eq!(d["record"]["idempotency_key"], "d1/seq/17", "{dl}");
-    assert_eq!(
-        d["reason"], "the sink accepted 0 of 1 records (ack = \"json\")",
-        "{dl}"
-    );
-    assert_eq!(dl["dead_letters"].as_array().unwrap().len(), 1, "{dl}");
-    let first = first_deliveries(&sink.by_device()["d1"]);
-    let want: Vec<u64> = (0..50).filter(|i| *i != 17).collect();
-    assert_eq!(first, want, "the rest delivered, in order");
 }
