@@ -171,12 +171,14 @@ impl Actor for Publisher {
                 Ok(())
             }
             PublisherMsg::Publish { batch, reply } => {
+                let records = batch.len();
                 let started = tokio::time::Instant::now();
                 let result = match &mut state.sink {
                     SinkImpl::File(s) => s.publish(&batch).await,
                     SinkImpl::Http(s) => s.publish(&batch).await,
                     SinkImpl::Mqtt(s) => s.publish(&batch).await,
-                    SinkImpl::S3(s) => s.publish(&batch).await,
+                    // Moved, not copied: an object's batch is large, and built off the runtime.
+                    SinkImpl::S3(s) => s.publish(batch).await,
                     SinkImpl::Kafka(s) => s.publish(&batch).await,
                 };
                 let label = match &result {
@@ -200,7 +202,7 @@ impl Actor for Publisher {
                 state.health.observe(&state.name, &result, &state.metrics);
                 state.holding = !matches!(result, PublishResult::Delivered);
                 if state.holding {
-                    tracing::warn!(sink = %state.name, records = batch.len(), result = ?result, "publish failed");
+                    tracing::warn!(sink = %state.name, records, result = ?result, "publish failed");
                 }
                 let _ = reply.send(result);
                 Ok(())

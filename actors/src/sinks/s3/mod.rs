@@ -113,22 +113,22 @@ impl S3Sink {
         })
     }
 
-    pub async fn publish(&mut self, batch: &[Leased]) -> PublishResult {
+    pub async fn publish(&mut self, batch: Vec<Leased>) -> PublishResult {
         let (prefix, gw, c) = (
             self.cfg.key_prefix.clone(),
             self.gateway_id.clone(),
             self.cfg.compression,
         );
-        let owned = batch.to_vec();
-        // Compression is CPU work: off the async workers.
+        let records = batch.len();
+        // JSON and compression are CPU work: off the async workers; the batch is dropped there
+        // once its object is built.
         let built =
-            tokio::task::spawn_blocking(move || object::build(&owned, &prefix, &gw, c)).await;
+            tokio::task::spawn_blocking(move || object::build(&batch, &prefix, &gw, c)).await;
         let obj = match built {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => return PublishResult::Transient(format!("building the object: {e}")),
             Err(e) => return PublishResult::Transient(format!("building the object: {e}")),
         };
-        let records = batch.len();
         let result = if obj.body.len() as u64 > self.cfg.multipart_bytes {
             self.put_multipart(&obj, records).await
         } else {
