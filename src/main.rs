@@ -145,22 +145,6 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-fn redacted(cfg: &Config) -> Config {
-    let mut c = cfg.clone();
-    // Every secret-bearing value: token hashes and credentials inside URLs. (Secrets
-    // themselves live in files; their paths are not secret.)
-    for v in c.auth.devices.values_mut() {
-        *v = "sha256:<redacted>".into();
-    }
-    for s in &mut c.sinks {
-        if let Some(u) = s.url_mut() {
-            *u = config::redact_url(u);
-        }
-    }
-    c.mqtt.broker = config::redact_url(&c.mqtt.broker);
-    c
-}
-
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -211,7 +195,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = a.load()?;
             println!(
                 "{}",
-                toml::to_string_pretty(&redacted(&cfg)).context("rendering config")?
+                toml::to_string_pretty(&cfg.redacted()).context("rendering config")?
             );
             eprintln!("config OK");
             Ok(())

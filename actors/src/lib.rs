@@ -10,10 +10,12 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod control;
 pub mod dispatcher;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt_options;
+pub mod readiness;
 pub mod serve;
 pub mod sinks;
 pub mod tasks;

@@ -45,7 +45,8 @@ impl std::str::FromStr for Scenario {
 }
 
 /// Actors the admin API can fail, by their names in the supervision tree.
-pub const ACTORS: [&str; 6] = [
+pub const ACTORS: [&str; 7] = [
+    "control",
     "wal",
     "mqtt_session",
     "http_ingest",

@@ -24,6 +24,7 @@ pub struct Config {
     #[serde(skip_deserializing)]
     pub sinks: Vec<SinkConfig>,
     pub log: LogConfig,
+    pub control: ControlConfig,
     /// Accept a listener without TLS on an address other than loopback (`--insecure-listen`).
     /// Off: such a config is refused at start, so cleartext tokens and readings never cross
     /// a network by accident (the container image's default command included).
@@ -43,7 +44,44 @@ impl Default for Config {
             mqtt: crate::mqtt::MqttConfig::default(),
             sinks: vec![SinkConfig::default_file()],
             log: LogConfig::default(),
+            control: ControlConfig::default(),
             insecure_listen: false,
+        }
+    }
+}
+
+impl Config {
+    /// The configuration with every secret-bearing value replaced (token hashes, credentials
+    /// inside URLs), for printing and for `config.get`. Secrets themselves live in files;
+    /// their paths are not secret.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for v in c.auth.devices.values_mut() {
+            *v = "sha256:<redacted>".into();
+        }
+        for s in &mut c.sinks {
+            if let Some(u) = s.url_mut() {
+                *u = crate::redact_url(u);
+            }
+        }
+        c.mqtt.broker = crate::redact_url(&c.mqtt.broker);
+        c
+    }
+}
+
+/// The control plane (issue 12).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ControlConfig {
+    /// Commands kept in the audit trail (`control.redb`); the oldest beyond it are removed.
+    /// A `command_id` is recognised as a duplicate while its record is kept.
+    pub max_commands: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            max_commands: 10_000,
         }
     }
 }

@@ -102,6 +102,9 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
     if c.http.enabled && c.http.listen == c.admin.listen && c.http.listen.port() != 0 {
         problem(&mut out, "admin.listen", "must differ from http.listen");
     }
+    if c.control.max_commands == 0 {
+        problem(&mut out, "control.max_commands", "must be > 0");
+    }
     if c.wal.max_group == 0 {
         problem(&mut out, "wal.max_group", "must be > 0");
     }

@@ -6,8 +6,10 @@
 //! (back to Enqueued, attempts reset, oldest first), `GET /admin/rejected?limit=N` (refused
 //! MQTT messages with payload and reason, newest first), `GET /admin/mqtt` (the MQTT session's
 //! state), and — only with `admin.chaos = true` —
-//! `POST /admin/actors/{name}/fail`.
+//! `POST /admin/actors/{name}/fail`. The control plane's door: `POST /admin/control`,
+//! `GET /admin/control/{command_id}`, `GET /admin/control?limit=N` (see `control.rs`).
 
+mod control;
 mod tree;
 
 use edge_gateway_actors::addr::SendError;
@@ -62,53 +64,13 @@ fn refused(ctx: &Ctx, header: Option<&str>) -> Option<warp::reply::Response> {
     }
 }
 
-/// Readiness: every actor in the tree running. The body names each component's state and
-/// each sink's (delivering, or in an outage since when and why).
+/// Readiness (see [`edge_gateway_actors::readiness`]).
 fn readiness(h: &Handles) -> (bool, serde_json::Value) {
-    let mut ready = true;
-    let mut comps = serde_json::Map::new();
-    for e in h.directory.all() {
-        let running = matches!(e.status(), Some(ractor::ActorStatus::Running));
-        ready &= running;
-        comps.insert(
-            e.name().to_string(),
-            json!(if running { "running" } else { "down" }),
-        );
-    }
-    // Not ready to take readings while the disk is nearly full (delivery goes on).
-    if h.metrics.wal_disk_full.get() == 1 {
-        ready = false;
-        comps.insert(
-            "wal_disk".into(),
-            json!("full: appends refused until delivery frees space (wal.min_free_bytes)"),
-        );
-    }
-    // A sink in an outage does not make the gateway unready — its readings wait in the WAL,
-    // and taking new ones is still safe — but readiness says which and why.
-    let mut sinks = serde_json::Map::new();
-    for (name, outage) in h.sink_health.snapshot() {
-        let v = match outage {
-            None => json!({"state": "delivering"}),
-            Some(o) => json!({
-                "state": "outage",
-                "since": humantime::format_rfc3339_seconds(o.since).to_string(),
-                "for_secs": o.since.elapsed().map(|d| d.as_secs()).unwrap_or(0),
-                "reason": o.reason,
-            }),
-        };
-        sinks.insert(name, v);
-    }
-    if let Some(m) = &h.mqtt {
-        let st = m.lock().expect("status lock").clone();
-        ready &= st.state == "connected";
-        comps.insert("mqtt_session_connection".into(), json!(st.state));
-        if let Some(e) = st.last_error {
-            comps.insert("mqtt_session_last_error".into(), json!(e));
-        }
-    }
-    (
-        ready,
-        json!({"ready": ready, "components": comps, "sinks": sinks}),
+    edge_gateway_actors::readiness::readiness(
+        &h.directory,
+        &h.metrics,
+        &h.sink_health,
+        h.mqtt.as_ref(),
     )
 }
 
@@ -273,6 +235,15 @@ async fn admin_route(
     let h = &ctx.handles;
     match (get, segs) {
         (true, ["tree"]) => json_status(tree::render(&h.directory), StatusCode::OK),
+        (true, ["control"]) => {
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100usize)
+                .min(10_000);
+            control::list(ctx, limit).await
+        }
+        (true, ["control", id]) => control::get(ctx, id).await,
         (true, ["wal"]) => match h
             .wal
             .call(WalMsg::Stats, Some(Duration::from_secs(5)))
@@ -424,6 +395,24 @@ pub async fn start(
         admin_hash,
         chaos: cfg.admin.chaos,
     });
+    let control_ctx = ctx.clone();
+    // POST /admin/control carries a body (a command, 64 KiB at most); every other route none.
+    let control_post = warp::post()
+        .and(warp::path!("admin" / "control"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::body::content_length_limit(64 * 1024))
+        .and(warp::body::bytes())
+        .then(
+            move |authz: Option<String>, body: warp::hyper::body::Bytes| {
+                let ctx = control_ctx.clone();
+                async move {
+                    match refused(&ctx, authz.as_deref()) {
+                        Some(r) => r,
+                        None => control::post(&ctx, &body).await,
+                    }
+                }
+            },
+        );
     let filter = warp::any()
         .map(move || ctx.clone())
         .and(warp::method())
@@ -434,7 +423,10 @@ pub async fn start(
                 .or(warp::any().map(Default::default))
                 .unify(),
         )
-        .and_then(route)
+        .and_then(route);
+    let filter = control_post
+        .or(filter)
+        .unify()
         .recover(|_r: warp::Rejection| async {
             Ok::<_, std::convert::Infallible>(json_status(
                 json!({"error": "bad_request"}),

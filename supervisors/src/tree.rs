@@ -2,7 +2,8 @@
 
 use crate::supervisor::{ChildSpec, RestartBudget, Supervisor, SupervisorArgs, SupervisorMsg};
 use edge_gateway_actors::addr::{Addr, Directory, Failable};
-use edge_gateway_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg, SinkSpec};
+use edge_gateway_actors::control::{Control, ControlArgs, ControlMsg};
+use edge_gateway_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg, Holds, SinkSpec};
 use edge_gateway_actors::ingest::auth::Auth;
 use edge_gateway_actors::ingest::http::{HttpIngest, HttpIngestArgs, HttpIngestMsg};
 use edge_gateway_actors::ingest::mqtt::{
@@ -32,6 +33,7 @@ pub struct Handles {
     pub sinks: Vec<String>,
     /// Each sink's outage, if any (for `/readyz`).
     pub sink_health: SinkHealth,
+    pub control: Addr<ControlMsg>,
     /// The MQTT ingest session's state, when MQTT is enabled.
     pub mqtt: Option<Arc<Mutex<SessionStatus>>>,
 }
@@ -130,6 +132,7 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     let mut publishers = Vec::new();
     let mut publisher_specs = Vec::new();
     let sink_health = SinkHealth::default();
+    let holds = Holds::default();
     for s in &cfg.sinks {
         let addr = Addr::<PublisherMsg>::new(format!("publisher:{}", s.name()), Some("sinks"));
         // Object stores get whole objects: leases wait to fill (bounded by age).
@@ -182,12 +185,18 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     );
     let dispatcher = {
         let addr = Addr::<DispatcherMsg>::new("dispatcher", Some("delivery"));
-        let (a, w, d) = (addr.clone(), wal.clone(), cfg.delivery.clone());
+        let (a, w, d, h) = (
+            addr.clone(),
+            wal.clone(),
+            cfg.delivery.clone(),
+            holds.clone(),
+        );
         child(&dir, addr, move || {
             (
                 Dispatcher,
                 DispatcherArgs {
                     sinks: publishers.clone(),
+                    holds: h.clone(),
                     wal: w.clone(),
                     commits: commits_rx.clone(),
                     config: d.clone(),
@@ -274,8 +283,37 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
         ingest_children,
     );
 
+    // control: commands recorded in their own file; nothing else depends on it.
+    let control_addr = Addr::<ControlMsg>::new("control", Some("control_plane"));
+    let control_args = ControlArgs {
+        store_path: cfg.data_dir.join("control.redb"),
+        max_commands: cfg.control.max_commands,
+        gateway_id: cfg.gateway_id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started: std::time::SystemTime::now(),
+        config: serde_json::to_value(cfg.redacted()).unwrap_or_default(),
+        sinks: sink_names.clone(),
+        holds,
+        wal: wal.clone(),
+        directory: dir.clone(),
+        metrics: metrics.clone(),
+        sink_health: sink_health.clone(),
+        mqtt: mqtt_status.clone(),
+        addr: control_addr.clone(),
+    };
+    let control_spec = child(&dir, control_addr.clone(), move || {
+        (Control, control_args.clone())
+    });
+    let control_plane = supervisor(
+        &dir,
+        &metrics,
+        Addr::new("control_plane", Some("root")),
+        RestartBudget::new(10, minute),
+        vec![control_spec],
+    );
+
     let args = SupervisorArgs {
-        children: vec![storage, delivery, ingest],
+        children: vec![storage, delivery, ingest, control_plane],
         budget: RestartBudget::new(3, minute),
         addr: root.clone(),
         metrics: metrics.clone(),
@@ -289,6 +327,7 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
         sinks: sink_names,
         sink_health,
         mqtt: mqtt_status,
+        control: control_addr,
     };
     (args, handles)
 }

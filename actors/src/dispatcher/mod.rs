@@ -32,6 +32,8 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use edge_gateway_config::DeliveryConfig;
 use lane::{Action, Event, Lane, Pause};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -61,6 +63,33 @@ impl Failable for DispatcherMsg {
     }
 }
 
+/// Sinks an operator paused (`sink.pause`): no lease is cast for them until resumed, so their
+/// backlog waits in the WAL and no attempt is used up. Shared with the control plane; it
+/// outlives the dispatcher, so a dispatcher restart keeps a pause (a gateway restart does
+/// not: a durable pause comes with `config.apply`).
+#[derive(Debug, Clone, Default)]
+pub struct Holds(Arc<Mutex<BTreeSet<String>>>);
+
+impl Holds {
+    /// Pauses (`true`) or resumes `sink`; whether that changed anything.
+    pub fn set(&self, sink: &str, held: bool) -> bool {
+        let mut h = self.0.lock().expect("holds lock");
+        if held {
+            h.insert(sink.to_string())
+        } else {
+            h.remove(sink)
+        }
+    }
+
+    pub fn is_held(&self, sink: &str) -> bool {
+        self.0.lock().expect("holds lock").contains(sink)
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().expect("holds lock").iter().cloned().collect()
+    }
+}
+
 /// What the dispatcher needs to know of one sink.
 #[derive(Clone)]
 pub struct SinkSpec {
@@ -74,6 +103,7 @@ pub struct SinkSpec {
 
 pub struct DispatcherArgs {
     pub sinks: Vec<SinkSpec>,
+    pub holds: Holds,
     pub wal: Addr<WalMsg>,
     pub commits: watch::Receiver<u64>,
     pub config: DeliveryConfig,
@@ -102,6 +132,7 @@ pub struct DispatcherState {
     commits: watch::Receiver<u64>,
     last_recheck: Instant,
     tasks: crate::tasks::Tasks,
+    holds: Holds,
 }
 
 fn backoff(c: &DeliveryConfig) -> ExponentialBackoff {
@@ -128,6 +159,7 @@ const IDLE_RECHECK: Duration = Duration::from_secs(2);
 impl DispatcherState {
     pub fn new(
         specs: Vec<SinkSpec>,
+        holds: Holds,
         config: DeliveryConfig,
         wal: Addr<WalMsg>,
         addr: Addr<DispatcherMsg>,
@@ -153,6 +185,7 @@ impl DispatcherState {
             commits,
             last_recheck: Instant::now(),
             tasks: crate::tasks::Tasks::default(),
+            holds,
         }
     }
 
@@ -215,8 +248,8 @@ impl DispatcherState {
         let s = &mut self.sinks[i];
         match action {
             Action::Lease { cycle, max } => {
-                if s.fill_gate.is_some_and(|t| Instant::now() < t) {
-                    // Not full a moment ago: answered here, the WAL is asked again at the gate.
+                // Paused by an operator, or not full a moment ago: answered here.
+                if self.holds.is_held(&s.name) || s.fill_gate.is_some_and(|t| Instant::now() < t) {
                     return Some(Event::Leased {
                         cycle,
                         batch: Ok(Vec::new()),
@@ -330,8 +363,14 @@ impl Actor for Dispatcher {
         myself: ActorRef<Self::Msg>,
         a: DispatcherArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut state =
-            DispatcherState::new(a.sinks, a.config.clone(), a.wal, a.addr, a.commits.clone());
+        let mut state = DispatcherState::new(
+            a.sinks,
+            a.holds,
+            a.config.clone(),
+            a.wal,
+            a.addr,
+            a.commits.clone(),
+        );
         // Leases of a predecessor go back to Enqueued before this instance leases anything.
         if let Err(e) = state.wal.cast(WalMsg::ReleaseLeases) {
             tracing::warn!(error = %e, "leases not released; they expire after delivery.lease_timeout_ms");

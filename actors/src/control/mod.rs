@@ -1,0 +1,273 @@
+//! `Control` actor: the control plane — operators' commands to the gateway, recorded durably,
+//! each acting once (issue 12; this is its first part: the admin-API door and the commands
+//! `ping`, `config.get`, `sink.pause`, `sink.resume`).
+//!
+//! Mailbox:
+//! - `Command` <- admin API `POST /admin/control` (reply: the command's record, and whether it
+//!   was a duplicate)
+//! - `Get`     <- admin API `GET /admin/control/{command_id}`
+//! - `List`    <- admin API `GET /admin/control?limit=N` (the audit trail, newest first)
+//! - `Fail`    <- admin API chaos hook
+//!
+//! A command is recorded (`accepted`, fsync'd in `control.redb`) before it acts and recorded
+//! again with its result: a `command_id` seen before answers its first record and acts no
+//! more, across restarts. Store I/O runs on the blocking pool. Commands are handled one at a
+//! time: the mailbox is the queue, and the door waits for its answer.
+//!
+//! Failure: the ControlSupervisor restarts it alone; ingest and delivery never depend on it.
+//! A command in flight when it fails gets no answer (its door reports the failure); its record
+//! stays `accepted` and a retry with the same `command_id` answers that record.
+
+pub mod command;
+pub mod store;
+
+use crate::addr::{Addr, Directory, Failable};
+use crate::dispatcher::Holds;
+use crate::ingest::mqtt::SessionStatus;
+use crate::metrics::Metrics;
+use crate::sinks::health::SinkHealth;
+use crate::wal::WalMsg;
+use command::{Command, Invalid};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use store::{CommandRecord, ControlStore, StoreError};
+
+pub struct Control;
+
+/// How a command reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    Admin,
+}
+
+impl Door {
+    fn name(self) -> &'static str {
+        match self {
+            Door::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("control store task: {0}")]
+    Task(String),
+}
+
+/// A command's answer: its record and whether this request was a repeat of an earlier one.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub record: CommandRecord,
+    pub duplicate: bool,
+}
+
+pub enum ControlMsg {
+    Command {
+        door: Door,
+        request: Value,
+        reply: RpcReplyPort<Result<Answer, ControlError>>,
+    },
+    Get {
+        command_id: String,
+        reply: RpcReplyPort<Result<Option<CommandRecord>, ControlError>>,
+    },
+    List {
+        limit: usize,
+        reply: RpcReplyPort<Result<Vec<CommandRecord>, ControlError>>,
+    },
+    Fail(String),
+}
+
+impl Failable for ControlMsg {
+    fn fail(reason: String) -> Self {
+        ControlMsg::Fail(reason)
+    }
+}
+
+/// What the commands read and act on.
+#[derive(Clone)]
+pub struct ControlArgs {
+    pub store_path: PathBuf,
+    pub max_commands: usize,
+    pub gateway_id: String,
+    pub version: String,
+    pub started: SystemTime,
+    /// The effective configuration, secrets redacted (`config.get`).
+    pub config: Value,
+    pub sinks: Vec<String>,
+    pub holds: Holds,
+    pub wal: Addr<WalMsg>,
+    pub directory: Directory,
+    pub metrics: Arc<Metrics>,
+    pub sink_health: SinkHealth,
+    pub mqtt: Option<Arc<Mutex<SessionStatus>>>,
+    pub addr: Addr<ControlMsg>,
+}
+
+pub struct ControlState {
+    store: Arc<ControlStore>,
+    args: ControlArgs,
+}
+
+/// Runs a store operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<ControlStore>,
+    f: impl FnOnce(&ControlStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ControlError> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| ControlError::Task(e.to_string()))?
+        .map_err(ControlError::from)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+impl ControlState {
+    async fn command(&self, door: Door, request: Value) -> Result<Answer, ControlError> {
+        let id = command::command_id(&request)?.to_string();
+        let key = id.clone();
+        if let Some(record) = blocking(&self.store, move |s| s.get(&key)).await? {
+            return Ok(Answer {
+                record,
+                duplicate: true,
+            });
+        }
+        let parsed = command::parse(&request, &self.args.sinks);
+        let mut record = CommandRecord {
+            command_id: id,
+            kind: request["kind"].as_str().unwrap_or("").to_string(),
+            door: door.name().into(),
+            received_at: now_rfc3339(),
+            state: "accepted".into(),
+            request,
+            result: Value::Null,
+            finished_at: None,
+        };
+        // Refusals are recorded too: the audit trail shows what was asked and why not.
+        let outcome = match parsed {
+            Err(e) => Err(json!({"error": "invalid", "field": e.field, "message": e.message})),
+            Ok(c) => {
+                let r = record.clone();
+                blocking(&self.store, move |s| s.put(&r)).await?;
+                self.act(c).await
+            }
+        };
+        record.finished_at = Some(now_rfc3339());
+        (record.state, record.result) = match outcome {
+            Ok(v) => ("done".into(), v),
+            Err(v) => ("failed".into(), v),
+        };
+        let r = record.clone();
+        blocking(&self.store, move |s| s.put(&r)).await?;
+        tracing::info!(command_id = %record.command_id, kind = %record.kind, door = %record.door, state = %record.state, "control command");
+        Ok(Answer {
+            record,
+            duplicate: false,
+        })
+    }
+
+    async fn act(&self, c: Command) -> Result<Value, Value> {
+        let a = &self.args;
+        match c {
+            Command::Ping => {
+                let (ready, readiness) = crate::readiness::readiness(
+                    &a.directory,
+                    &a.metrics,
+                    &a.sink_health,
+                    a.mqtt.as_ref(),
+                );
+                // Records pending per sink (every configured sink, 0 when it has none).
+                let mut backlog: serde_json::Map<String, Value> =
+                    a.sinks.iter().map(|s| (s.clone(), json!(0))).collect();
+                match a
+                    .wal
+                    .call(WalMsg::Stats, Some(Duration::from_secs(2)))
+                    .await
+                {
+                    Ok(stats) => {
+                        for s in &stats.sinks {
+                            backlog.insert(s.sink.clone(), json!(s.pending));
+                        }
+                    }
+                    Err(e) => {
+                        backlog.insert("error".into(), json!(e.to_string()));
+                    }
+                }
+                Ok(json!({
+                    "result": "pong",
+                    "gateway_id": a.gateway_id,
+                    "version": a.version,
+                    "uptime_secs": a.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+                    "ready": ready,
+                    "readiness": readiness,
+                    "backlog": backlog,
+                    "paused_sinks": a.holds.all(),
+                }))
+            }
+            Command::ConfigGet => Ok(json!({"result": "config", "config": a.config})),
+            Command::SinkPause { sink } => {
+                let changed = a.holds.set(&sink, true);
+                Ok(json!({"result": "paused", "sink": sink, "changed": changed}))
+            }
+            Command::SinkResume { sink } => {
+                let changed = a.holds.set(&sink, false);
+                Ok(json!({"result": "resumed", "sink": sink, "changed": changed}))
+            }
+        }
+    }
+}
+
+impl Actor for Control {
+    type Msg = ControlMsg;
+    type State = ControlState;
+    type Arguments = ControlArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: ControlArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (path, max) = (args.store_path.clone(), args.max_commands);
+        let store = tokio::task::spawn_blocking(move || ControlStore::open(&path, max)).await??;
+        Ok(ControlState {
+            store: Arc::new(store),
+            args,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.addr.received();
+        match msg {
+            ControlMsg::Command {
+                door,
+                request,
+                reply,
+            } => {
+                let _ = reply.send(state.command(door, request).await);
+            }
+            ControlMsg::Get { command_id, reply } => {
+                let _ = reply.send(blocking(&state.store, move |s| s.get(&command_id)).await);
+            }
+            ControlMsg::List { limit, reply } => {
+                let _ = reply.send(blocking(&state.store, move |s| s.list(limit)).await);
+            }
+            ControlMsg::Fail(reason) => return Err(format!("failure injected: {reason}").into()),
+        }
+        Ok(())
+    }
+}
