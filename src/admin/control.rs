@@ -40,10 +40,7 @@ pub async fn post(ctx: &Ctx, body: &[u8]) -> warp::reply::Response {
             json!({"error": "invalid", "field": e.field, "message": e.message}),
             StatusCode::BAD_REQUEST,
         ),
-        Ok(Err(e)) => json_status(
-            json!({"error": "control_store", "message": e.to_string()}),
-            StatusCode::SERVICE_UNAVAILABLE,
-        ),
+        Ok(Err(e)) => store_failed(e),
         Ok(Ok(a)) => {
             let status = match a.record.state.as_str() {
                 "accepted" => StatusCode::ACCEPTED,
@@ -72,10 +69,7 @@ pub async fn get(ctx: &Ctx, command_id: &str) -> warp::reply::Response {
         .await;
     match r {
         Err(e) => unavailable(e),
-        Ok(Err(e)) => json_status(
-            json!({"error": "control_store", "message": e.to_string()}),
-            StatusCode::SERVICE_UNAVAILABLE,
-        ),
+        Ok(Err(e)) => store_failed(e),
         Ok(Ok(None)) => json_status(
             json!({"error": "not_found", "command_id": command_id}),
             StatusCode::NOT_FOUND,
@@ -98,10 +92,15 @@ pub async fn list(ctx: &Ctx, limit: usize) -> warp::reply::Response {
         .await;
     match r {
         Err(e) => unavailable(e),
-        Ok(Err(e)) => json_status(
-            json!({"error": "control_store", "message": e.to_string()}),
-            StatusCode::SERVICE_UNAVAILABLE,
-        ),
+        Ok(Err(e)) => store_failed(e),
         Ok(Ok(v)) => json_status(json!({"commands": v}), StatusCode::OK),
     }
+}
+
+/// The control store could not answer (its file unreadable, the disk refusing writes).
+fn store_failed(e: ControlError) -> warp::reply::Response {
+    json_status(
+        json!({"error": "control_store", "message": e.to_string()}),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
 }
