@@ -146,6 +146,42 @@ async fn failing_the_sink_publisher_never_disturbs_ingest() {
     );
 }
 
+/// The control plane fails alone (issue 12): ingest answers 202 throughout, readiness never
+/// waits on it, and after each restart it answers commands again from its durable record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_the_control_actor_never_disturbs_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = RecordingSink::start().await;
+    let cfg = write_config(
+        dir.path(),
+        &format!("[admin]\nchaos = true\n[[sinks]]\nname = \"analytics\"\ntype = \"http\"\nurl = \"{}\"\n", sink.url()),
+    );
+    let gw = Gateway::start(&cfg);
+    let ping = serde_json::json!({"command_id": "before", "kind": "ping"});
+    let url = gw.admin_url("/admin/control");
+    let (s, _) = post_json(&client(), &url, &gw.admin_token, &ping).await;
+    assert_eq!(s, 200);
+    let load = start_load(&gw, 3);
+    for i in 1..=3 {
+        assert_eq!(fail(&gw, "control").await, 202);
+        let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            200,
+            "ready while the control actor restarts"
+        );
+        wait_restarts(&gw, "control", i).await;
+    }
+    let (acked, statuses) = load.finish().await;
+    assert!(!acked.is_empty());
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    let (s, v) = post_json(&client(), &url, &gw.admin_token, &ping).await;
+    assert_eq!((s, v["duplicate"].as_bool()), (200, Some(true)), "{v}");
+    sink.wait_for_keys(&acked, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|m| panic!("lost {}", m.len()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_each_actor_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
