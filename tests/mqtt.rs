@@ -731,3 +731,42 @@ async fn too_big_is_isolated(sink_extra: &str, limit: &str) {
     .await
     .expect("the HTTP sink takes them all");
 }
+
+/// Gateway presence (issue 12, part 4): on connecting to the upstream broker the gateway
+/// publishes a retained `gateways/{id}/status` `online`; killed, its Last Will says `offline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_broker_sees_the_gateway_come_and_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = mqtt::plain(&dir.path().join("upstream"));
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "gateway_id = \"line-3\"\n[[sinks]]\nname = \"upstream\"\ntype = \"mqtt\"\nurl = \"{}\"\n\
+             presence = true\n",
+            up.url()
+        ),
+    );
+    let sub = Subscriber::start(up.port, "gateways/#").await;
+    let state = |sub: &Subscriber| -> Vec<String> {
+        sub.seen
+            .lock()
+            .unwrap()
+            .messages
+            .iter()
+            .filter(|(t, _)| t == "gateways/line-3/status")
+            .map(|(_, v)| v["state"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let gw = Gateway::start(&cfg);
+    // Polls the subscriber's record (a broker has no event to wait on here), 20 s at most.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while state(&sub) != ["online"] {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", state(&sub));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.kill9();
+    while state(&sub) != ["online", "offline"] {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", state(&sub));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -156,6 +156,7 @@ fn mqtt_settings_are_checked_together() {
         client_key_file: None,
         allow_insecure: false,
         max_packet_bytes: None,
+        presence: false,
     }));
     let paths: Vec<String> = crate::validate::validate(&c)
         .into_iter()

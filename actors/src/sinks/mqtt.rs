@@ -15,6 +15,12 @@
 //! session), so no acknowledgement from an earlier connection can be taken for a later
 //! publish.
 //!
+//! Presence: on every connection a retained `gateways/{gateway_id}/status` `online`, and a
+//! retained Last Will `offline`, with `presence = true` (off by default: the broker's ACL must
+//! allow the topic). A broker that answers the connection `NotAuthorized` then makes the sink
+//! drop presence (logged) so that delivery goes on; one that resets it (mosquitto) cannot be
+//! told apart from an outage, hence the opt-in.
+//!
 //! Size: a PUBLISH over the broker's maximum packet size — `max_packet_bytes`, or what an
 //! MQTT 5 broker announced in its CONNACK, whichever is smaller — is never sent: the batch is
 //! too big (split by the lane until the reading is alone, then dead-lettered naming its size).
@@ -92,7 +98,41 @@ pub struct MqttSink {
     max_packet: Option<u64>,
     /// The maximum packet size the broker announced in its last CONNACK (MQTT 5).
     announced_max: Option<u64>,
+    /// Gateway presence on this broker, with `presence = true`.
+    presence: Option<Presence>,
     conn: Option<Conn>,
+}
+
+/// `gateways/{gateway_id}/status`: published retained (`online`, QoS 0) on every connection,
+/// with a retained Last Will of `offline` (QoS 1), so a backend sees a dead gateway within
+/// one keep-alive (`presence = true`).
+struct Presence {
+    topic: String,
+    online: Vec<u8>,
+    offline: Vec<u8>,
+}
+
+impl Presence {
+    fn new(gateway_id: &str) -> Presence {
+        static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let started = STARTED.get_or_init(|| {
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+        });
+        let state = |s: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "state": s,
+                "gateway_id": gateway_id,
+                "version": env!("CARGO_PKG_VERSION"),
+                "started_at": started,
+            }))
+            .expect("presence serialises")
+        };
+        Presence {
+            topic: format!("gateways/{gateway_id}/status"),
+            online: state("online"),
+            offline: state("offline"),
+        }
+    }
 }
 
 enum Client {
@@ -179,7 +219,7 @@ impl MqttSink {
         gateway_id: &str,
         batch_size: usize,
     ) -> Result<MqttSink, String> {
-        let s = MqttSink {
+        let mut s = MqttSink {
             cfg: cfg.clone(),
             gateway_id: gateway_id.to_string(),
             topic: cfg
@@ -194,9 +234,14 @@ impl MqttSink {
             batch_capacity: batch_size + 16,
             max_packet: cfg.max_packet_bytes,
             announced_max: None,
+            presence: cfg.presence.then(|| Presence::new(gateway_id)),
             conn: None,
         };
         s.settings_check()?;
+        // Connected from the start, not at the first batch: presence says `online` at once.
+        if s.presence.is_some() {
+            s.conn = Some(s.connect()?);
+        }
         Ok(s)
     }
 
@@ -242,11 +287,29 @@ impl MqttSink {
         let (client, task) = if self.v5() {
             let mut o = options_v5(&self.settings()).map_err(|e| e.to_string())?;
             o.set_request_channel_capacity(self.batch_capacity);
+            if let Some(p) = &self.presence {
+                o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+                    &p.topic,
+                    p.offline.clone(),
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    true,
+                    None,
+                ));
+            }
             let (client, mut events) = rumqttc::v5::AsyncClient::new(o, self.batch_capacity);
+            if let Some(p) = &self.presence {
+                let _ = client.try_publish(
+                    &p.topic,
+                    rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                    true,
+                    p.online.clone(),
+                );
+            }
             use rumqttc::v5::mqttbytes::v5::Packet as P5;
             use rumqttc::v5::Event as E5;
             let note_of = |ev: E5| match ev {
-                E5::Outgoing(Outgoing::Publish(pkid)) => Some(Note::Sent(pkid)),
+                // Packet id 0: the QoS 0 presence publish, not a record.
+                E5::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => Some(Note::Sent(pkid)),
                 E5::Incoming(P5::PubAck(a)) => Some(v5_ack(a.pkid, a.reason)),
                 E5::Incoming(P5::ConnAck(c)) => {
                     Some(Note::Limit(c.properties.and_then(|p| p.max_packet_size)))
@@ -258,10 +321,21 @@ impl MqttSink {
         } else {
             let mut o = options(&self.settings()).map_err(|e| e.to_string())?;
             o.set_request_channel_capacity(self.batch_capacity);
+            if let Some(p) = &self.presence {
+                o.set_last_will(rumqttc::LastWill::new(
+                    &p.topic,
+                    p.offline.clone(),
+                    QoS::AtLeastOnce,
+                    true,
+                ));
+            }
             let (client, mut events) = AsyncClient::new(o, self.batch_capacity);
+            if let Some(p) = &self.presence {
+                let _ = client.try_publish(&p.topic, QoS::AtMostOnce, true, p.online.clone());
+            }
             events.set_network_options(crate::mqtt_options::network_options());
             let note_of = |ev: Event| match ev {
-                Event::Outgoing(Outgoing::Publish(pkid)) => Some(Note::Sent(pkid)),
+                Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => Some(Note::Sent(pkid)),
                 Event::Incoming(Packet::PubAck(a)) => Some(Note::Acked(a.pkid)),
                 _ => None,
             };
@@ -289,6 +363,13 @@ impl MqttSink {
             // record: an outage, whether or not publishes had left.
             Err(Failure::Retry(why)) => {
                 self.conn = None;
+                // A broker whose ACL does not allow the presence topic refuses the whole
+                // connection (the Last Will is checked at CONNECT): presence gives way to
+                // delivery, and the next connection goes without it.
+                if self.presence.is_some() && why.contains("NotAuthorized") {
+                    tracing::warn!(sink = %self.cfg.name, reason = %why, "the upstream broker refused the connection with the presence Last Will: presence turned off for this sink (allow gateways/<gateway_id>/status in its ACL, or set presence = false)");
+                    self.presence = None;
+                }
                 PublishResult::outage(why)
             }
         }

@@ -185,6 +185,12 @@ pub struct MqttSinkConfig {
     /// and again while its neighbours wait.
     #[serde(default)]
     pub max_packet_bytes: Option<u64>,
+    /// Publish a retained `gateways/{gateway_id}/status` (`online`) on each connection, with a
+    /// retained Last Will of `offline`. Off by default: the broker's ACL must allow that topic,
+    /// and a broker that refuses a Last Will's topic refuses the whole connection (mosquitto
+    /// resets it), which would stop delivery.
+    #[serde(default)]
+    pub presence: bool,
 }
 
 /// MQTT protocol version of an mqtt sink.
