@@ -13,7 +13,9 @@
 //! bugs and checks random interleavings). This actor only carries out the lane's actions —
 //! casts to the WAL and the publisher, a waiter task per answer, the backoff clock — and feeds
 //! the answers back as events. A sink that fails pauses alone with jittered exponential
-//! backoff (backon); other sinks go on.
+//! backoff (backon); other sinks go on. The driver answers a lane's lease itself, empty, for a
+//! sink an operator paused ([`Holds`]) and for an object sink whose WAL just found no full
+//! object (`Fill`: asked again after a quarter of its age, 100 ms-1 s).
 //!
 //! Failure: the dispatcher holds nothing durable; its tasks end with its state. A new
 //! instance first asks the WAL to release every lease (`ReleaseLeases`, ordered before its
@@ -24,6 +26,7 @@
 pub mod lane;
 #[cfg(test)]
 mod lane_tests;
+mod spec;
 
 use crate::addr::{Addr, Failable};
 use crate::sinks::{PublishResult, PublisherMsg};
@@ -32,8 +35,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use edge_gateway_config::DeliveryConfig;
 use lane::{Action, Event, Lane, Pause};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+pub use spec::{Holds, SinkSpec};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -61,44 +63,6 @@ impl Failable for DispatcherMsg {
     fn fail(reason: String) -> Self {
         DispatcherMsg::Fail(reason)
     }
-}
-
-/// Sinks an operator paused (`sink.pause`): no lease is cast for them until resumed, so their
-/// backlog waits in the WAL and no attempt is used up. Shared with the control plane; it
-/// outlives the dispatcher, so a dispatcher restart keeps a pause (a gateway restart does
-/// not: a durable pause comes with `config.apply`).
-#[derive(Debug, Clone, Default)]
-pub struct Holds(Arc<Mutex<BTreeSet<String>>>);
-
-impl Holds {
-    /// Pauses (`true`) or resumes `sink`; whether that changed anything.
-    pub fn set(&self, sink: &str, held: bool) -> bool {
-        let mut h = self.0.lock().expect("holds lock");
-        if held {
-            h.insert(sink.to_string())
-        } else {
-            h.remove(sink)
-        }
-    }
-
-    pub fn is_held(&self, sink: &str) -> bool {
-        self.0.lock().expect("holds lock").contains(sink)
-    }
-
-    pub fn all(&self) -> Vec<String> {
-        self.0.lock().expect("holds lock").iter().cloned().collect()
-    }
-}
-
-/// What the dispatcher needs to know of one sink.
-#[derive(Clone)]
-pub struct SinkSpec {
-    pub name: String,
-    pub publisher: Addr<PublisherMsg>,
-    /// Records per lease, at most.
-    pub batch_size: usize,
-    /// Wait for full batches (a sink that writes objects).
-    pub fill: Option<Fill>,
 }
 
 pub struct DispatcherArgs {

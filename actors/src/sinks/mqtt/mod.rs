@@ -27,10 +27,13 @@
 //! A limit learnt from a CONNACK applies from the next batch on (a batch already sent when it
 //! arrives fails as an outage and is split on its retry).
 
+mod presence;
+
 use super::{json::write_record, PublishResult};
 use crate::mqtt_options::{options, options_v5, ClientSettings};
 use crate::wal::Leased;
 use edge_gateway_config::{render_topic, MqttProtocol, MqttSinkConfig, DEFAULT_SINK_TOPIC};
+use presence::Presence;
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use std::collections::HashSet;
@@ -101,38 +104,6 @@ pub struct MqttSink {
     /// Gateway presence on this broker, with `presence = true`.
     presence: Option<Presence>,
     conn: Option<Conn>,
-}
-
-/// `gateways/{gateway_id}/status`: published retained (`online`, QoS 0) on every connection,
-/// with a retained Last Will of `offline` (QoS 1), so a backend sees a dead gateway within
-/// one keep-alive (`presence = true`).
-struct Presence {
-    topic: String,
-    online: Vec<u8>,
-    offline: Vec<u8>,
-}
-
-impl Presence {
-    fn new(gateway_id: &str) -> Presence {
-        static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let started = STARTED.get_or_init(|| {
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-        });
-        let state = |s: &str| {
-            serde_json::to_vec(&serde_json::json!({
-                "state": s,
-                "gateway_id": gateway_id,
-                "version": env!("CARGO_PKG_VERSION"),
-                "started_at": started,
-            }))
-            .expect("presence serialises")
-        };
-        Presence {
-            topic: format!("gateways/{gateway_id}/status"),
-            online: state("online"),
-            offline: state("offline"),
-        }
-    }
 }
 
 enum Client {
@@ -500,27 +471,4 @@ fn publish_size(topic: &str, payload: &[u8], key: &str, v5: bool) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mqtt5_puback_reasons() {
-        assert!(matches!(v5_ack(1, PubAckReason::Success), Note::Acked(1)));
-        assert!(matches!(
-            v5_ack(2, PubAckReason::NoMatchingSubscribers),
-            Note::Acked(2)
-        ));
-        for (r, permanent) in [
-            (PubAckReason::NotAuthorized, true),
-            (PubAckReason::TopicNameInvalid, true),
-            (PubAckReason::PayloadFormatInvalid, true),
-            (PubAckReason::QuotaExceeded, false),
-            (PubAckReason::UnspecifiedError, false),
-        ] {
-            match v5_ack(3, r) {
-                Note::Refused { permanent: p, .. } => assert_eq!(p, permanent, "{r:?}"),
-                other => panic!("{r:?}: {other:?}"),
-            }
-        }
-    }
-}
+mod tests;
