@@ -10,6 +10,8 @@ use prometheus::{
 
 pub struct Metrics {
     pub registry: Registry,
+    /// The control plane's (issue 12).
+    pub control: crate::control::metrics::ControlMetrics,
     /// Readings by source (`http`, `mqtt`) and result (`accepted`, `duplicate`, `rejected`, `unavailable`).
     pub ingest_records: IntCounterVec,
     /// Requests refused for a reason, by `code` (`bad_request`, `unauthorized`, `wal_full`, …).
@@ -108,7 +110,7 @@ impl Metrics {
     }
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+pub(crate) fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
     r.register(Box::new(c.clone()))
         .expect("metric names are unique");
     c
@@ -449,6 +451,7 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            control: crate::control::metrics::ControlMetrics::new(&r),
             registry: r,
         }
     }

@@ -9,12 +9,14 @@
 //! `deny_unknown_fields`, which stops at the first) so that every unknown key and every
 //! semantic error is reported in one go by [`ConfigError::Invalid`].
 
+mod control;
 mod layers;
 mod model;
 mod mqtt;
 mod sink;
 mod validate;
 
+pub use control::*;
 pub use layers::{apply_override, env_overrides, load, LoadOptions};
 pub use model::*;
 pub use mqtt::*;

@@ -24,7 +24,7 @@ pub struct Config {
     #[serde(skip_deserializing)]
     pub sinks: Vec<SinkConfig>,
     pub log: LogConfig,
-    pub control: ControlConfig,
+    pub control: crate::control::ControlConfig,
     /// Accept a listener without TLS on an address other than loopback (`--insecure-listen`).
     /// Off: such a config is refused at start, so cleartext tokens and readings never cross
     /// a network by accident (the container image's default command included).
@@ -44,7 +44,7 @@ impl Default for Config {
             mqtt: crate::mqtt::MqttConfig::default(),
             sinks: vec![SinkConfig::default_file()],
             log: LogConfig::default(),
-            control: ControlConfig::default(),
+            control: crate::control::ControlConfig::default(),
             insecure_listen: false,
         }
     }
@@ -66,23 +66,6 @@ impl Config {
         }
         c.mqtt.broker = crate::redact_url(&c.mqtt.broker);
         c
-    }
-}
-
-/// The control plane (issue 12).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct ControlConfig {
-    /// Commands kept in the audit trail (`control.redb`); the oldest beyond it are removed.
-    /// A `command_id` is recognised as a duplicate while its record is kept.
-    pub max_commands: usize,
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        ControlConfig {
-            max_commands: 10_000,
-        }
     }
 }
 

@@ -102,8 +102,8 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
     if c.http.enabled && c.http.listen == c.admin.listen && c.http.listen.port() != 0 {
         problem(&mut out, "admin.listen", "must differ from http.listen");
     }
-    if c.control.max_commands == 0 {
-        problem(&mut out, "control.max_commands", "must be > 0");
+    for (path, m) in c.control.problems(c.mqtt.enabled) {
+        problem(&mut out, &path, m);
     }
     if c.wal.max_group == 0 {
         problem(&mut out, "wal.max_group", "must be > 0");

@@ -1,5 +1,6 @@
 //! The control plane's admin-API door: `POST /admin/control` (a command as JSON; answers its
-//! record: 200 when done, 202 while it is still `accepted`, 400 naming the field when the
+//! record: 200 when done, 202 with a `status_url` while it is still `accepted`, or a device
+//! command is `queued` or `sent`, 400 naming the field when the
 //! request is invalid; a repeated `command_id` answers the first record with
 //! `"duplicate": true`), `GET /admin/control/{command_id}`, `GET /admin/control?limit=N`.
 
@@ -43,12 +44,16 @@ pub async fn post(ctx: &Ctx, body: &[u8]) -> warp::reply::Response {
         Ok(Err(e)) => store_failed(e),
         Ok(Ok(a)) => {
             let status = match a.record.state.as_str() {
-                "accepted" => StatusCode::ACCEPTED,
+                "accepted" | "queued" | "sent" => StatusCode::ACCEPTED,
                 "failed" if a.record.result["error"] == "invalid" => StatusCode::BAD_REQUEST,
                 _ => StatusCode::OK,
             };
             let mut v = serde_json::to_value(&a.record).unwrap_or_default();
             v["duplicate"] = a.duplicate.into();
+            if status == StatusCode::ACCEPTED {
+                // It completes later: where to follow it.
+                v["status_url"] = format!("/admin/control/{}", a.record.command_id).into();
+            }
             json_status(v, status)
         }
     }

@@ -287,7 +287,8 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
     let control_addr = Addr::<ControlMsg>::new("control", Some("control_plane"));
     let control_args = ControlArgs {
         store_path: cfg.data_dir.join("control.redb"),
-        max_commands: cfg.control.max_commands,
+        control: cfg.control.clone(),
+        edge: (cfg.mqtt.enabled && cfg.control.link).then(|| cfg.mqtt.clone()),
         gateway_id: cfg.gateway_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started: std::time::SystemTime::now(),

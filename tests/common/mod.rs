@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod mqtt;
+pub mod mqtt_client;
 pub mod pki;
 pub mod sink;
 

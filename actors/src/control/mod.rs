@@ -1,24 +1,36 @@
-//! `Control` actor: the control plane — operators' commands to the gateway, recorded durably,
-//! each acting once (issue 12; this is its first part: the admin-API door and the commands
-//! `ping`, `config.get`, `sink.pause`, `sink.resume`).
+//! `Control` actor: the control plane — operators' commands to the gateway and to devices,
+//! recorded durably, each acting once (issue 12).
 //!
 //! Mailbox:
 //! - `Command` <- admin API `POST /admin/control` (reply: the command's record, and whether it
 //!   was a duplicate)
 //! - `Get`     <- admin API `GET /admin/control/{command_id}`
 //! - `List`    <- admin API `GET /admin/control?limit=N` (the audit trail, newest first)
+//! - `Link`    <- its control link's event-loop task (`link.rs`): connected, a publish's packet
+//!   id, a PUBACK, a device's acknowledgement or an MQTT request (`mqtt_door.rs`), the loss
+//! - `Tick`    <- its timer, every second: device commands expire (`device.rs`), the link
+//!   reconnects after its backoff
 //! - `Fail`    <- admin API chaos hook
 //!
-//! A command is recorded (`accepted`, fsync'd in `control.redb`) before it acts and recorded
-//! again with its result: a `command_id` seen before answers its first record and acts no
-//! more, across restarts. Store I/O runs on the blocking pool. Commands are handled one at a
-//! time: the mailbox is the queue, and the door waits for its answer.
+//! A command is recorded (`accepted`, or `queued` for a device command; fsync'd in
+//! `control.redb`) before it acts and recorded again with its result: a `command_id` seen
+//! before answers its first record and acts no more, across restarts. Store I/O runs on the
+//! blocking pool. Commands are handled one at a time: the mailbox is the queue, and the door
+//! waits for its answer.
 //!
 //! Failure: the ControlSupervisor restarts it alone; ingest and delivery never depend on it.
 //! A command in flight when it fails gets no answer (its door reports the failure); its record
-//! stays `accepted` and a retry with the same `command_id` answers that record.
+//! stays `accepted` and a retry with the same `command_id` answers that record. The device
+//! command queue is read back from the store by the next instance; messages the link had not
+//! acknowledged come back from the broker.
 
 pub mod command;
+mod device;
+pub mod link;
+pub mod metrics;
+mod mqtt_door;
+pub mod outbox;
+pub mod signed;
 pub mod store;
 
 use crate::addr::{Addr, Directory, Failable};
@@ -27,9 +39,13 @@ use crate::ingest::mqtt::SessionStatus;
 use crate::metrics::Metrics;
 use crate::sinks::health::SinkHealth;
 use crate::wal::WalMsg;
-use command::{Command, Invalid};
+use command::{Command, Invalid, Limits};
+use edge_gateway_config::{ControlConfig, MqttConfig};
+use link::{Link, LinkNote};
+use outbox::Outbox;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -41,12 +57,14 @@ pub struct Control;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Door {
     Admin,
+    Mqtt,
 }
 
 impl Door {
     fn name(self) -> &'static str {
         match self {
             Door::Admin => "admin",
+            Door::Mqtt => "mqtt",
         }
     }
 }
@@ -82,6 +100,9 @@ pub enum ControlMsg {
         limit: usize,
         reply: RpcReplyPort<Result<Vec<CommandRecord>, ControlError>>,
     },
+    /// From the control link of this generation.
+    Link(u64, LinkNote),
+    Tick,
     Fail(String),
 }
 
@@ -95,7 +116,9 @@ impl Failable for ControlMsg {
 #[derive(Clone)]
 pub struct ControlArgs {
     pub store_path: PathBuf,
-    pub max_commands: usize,
+    pub control: ControlConfig,
+    /// The edge broker (`[mqtt]`), when the control link is on: device commands go there.
+    pub edge: Option<MqttConfig>,
     pub gateway_id: String,
     pub version: String,
     pub started: SystemTime,
@@ -114,6 +137,20 @@ pub struct ControlArgs {
 pub struct ControlState {
     store: Arc<ControlStore>,
     args: ControlArgs,
+    limits: Limits,
+    /// `control.hmac_secret_file`'s bytes, read at start.
+    secret: Option<Vec<u8>>,
+    outbox: Outbox,
+    /// Each queued device command's topic and payload.
+    bodies: HashMap<String, (String, Vec<u8>)>,
+    /// Publishes of each queued device command by this instance, not yet written down.
+    publishes: HashMap<String, u64>,
+    link: Option<Link>,
+    generation: u64,
+    reconnect_at: Option<tokio::time::Instant>,
+    backoff: Duration,
+    myself: ActorRef<ControlMsg>,
+    _tasks: crate::tasks::Tasks,
 }
 
 /// Runs a store operation on the blocking pool.
@@ -133,7 +170,7 @@ fn now_rfc3339() -> String {
 }
 
 impl ControlState {
-    async fn command(&self, door: Door, request: Value) -> Result<Answer, ControlError> {
+    async fn command(&mut self, door: Door, request: Value) -> Result<Answer, ControlError> {
         let id = command::command_id(&request)?.to_string();
         let key = id.clone();
         if let Some(record) = blocking(&self.store, move |s| s.get(&key)).await? {
@@ -142,7 +179,7 @@ impl ControlState {
                 duplicate: true,
             });
         }
-        let parsed = command::parse(&request, &self.args.sinks);
+        let parsed = command::parse(&request, &self.limits);
         let mut record = CommandRecord {
             command_id: id,
             kind: request["kind"].as_str().unwrap_or("").to_string(),
@@ -153,8 +190,21 @@ impl ControlState {
             result: Value::Null,
             finished_at: None,
         };
+        self.args
+            .metrics
+            .control
+            .commands
+            .with_label_values(&[door.name(), "taken"])
+            .inc();
         // Refusals are recorded too: the audit trail shows what was asked and why not.
         let outcome = match parsed {
+            Ok(Command::Device(d)) => {
+                let record = self.queue_device(record, d).await?;
+                return Ok(Answer {
+                    record,
+                    duplicate: false,
+                });
+            }
             Err(e) => Err(json!({"error": "invalid", "field": e.field, "message": e.message})),
             Ok(c) => {
                 let r = record.clone();
@@ -223,7 +273,36 @@ impl ControlState {
                 let changed = a.holds.set(&sink, false);
                 Ok(json!({"result": "resumed", "sink": sink, "changed": changed}))
             }
+            Command::Device(_) => unreachable!("queued by the caller"),
         }
+    }
+}
+
+impl ControlState {
+    async fn on_link(&mut self, generation: u64, note: LinkNote) -> Result<(), ControlError> {
+        let Some(link) = self.link.as_mut().filter(|l| l.generation == generation) else {
+            // A dropped link's note: an inbound message of it goes unacknowledged and the
+            // broker redelivers it on the current connection.
+            return Ok(());
+        };
+        match note {
+            LinkNote::Connected => self.link_connected(),
+            LinkNote::Sent(pkid) => link.sent(pkid),
+            LinkNote::Acked(pkid) => {
+                if let Some(what) = link.acked(pkid) {
+                    self.on_puback(what).await?;
+                }
+            }
+            LinkNote::Inbound(p, _permit) => {
+                self.on_inbound(&p).await?;
+                if let Some(l) = self.link.as_ref().filter(|l| l.generation == generation) {
+                    let _ = l.client.try_ack(&p);
+                }
+            }
+            LinkNote::Refused(why) => tracing::error!(reason = %why, "control link"),
+            LinkNote::Lost(why) => self.link_lost(&why),
+        }
+        Ok(())
     }
 }
 
@@ -234,15 +313,66 @@ impl Actor for Control {
 
     async fn pre_start(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: ControlArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (path, max) = (args.store_path.clone(), args.max_commands);
+        let (path, max) = (args.store_path.clone(), args.control.max_commands);
         let store = tokio::task::spawn_blocking(move || ControlStore::open(&path, max)).await??;
-        Ok(ControlState {
+        let secret = match &args.control.hmac_secret_file {
+            Some(f) => Some(
+                std::fs::read(f)
+                    .map(|s| s.trim_ascii().to_vec())
+                    .map_err(|e| format!("control.hmac_secret_file {}: {e}", f.display()))?,
+            ),
+            None => None,
+        };
+        let limits = Limits {
+            sinks: args.sinks.clone(),
+            device_commands: args.edge.is_some(),
+            default_ttl_secs: args.control.default_ttl_secs,
+            max_ttl_secs: args.control.max_ttl_secs,
+            max_command_bytes: args.control.max_command_bytes,
+        };
+        if let Some(m) = &args.edge {
+            let shared = args.control.client_cert_file.is_none()
+                && args.control.username.is_none()
+                && (m.username.is_some()
+                    || m.tls.as_ref().is_some_and(|t| t.client_cert_file.is_some()));
+            if shared {
+                tracing::warn!("the control link uses the ingest session's identity: on a broker that makes identities client ids (use_username_as_clientid, as config/mosquitto/edge.conf does) the two take each other's session over; give the link its own (control.client_cert_file / control.username)");
+            }
+        }
+        let mut tasks = crate::tasks::Tasks::default();
+        let (me, addr) = (myself.clone(), args.addr.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                addr.note_sent();
+                if me.cast(ControlMsg::Tick).is_err() {
+                    return;
+                }
+            }
+        }));
+        let mut state = ControlState {
             store: Arc::new(store),
             args,
-        })
+            limits,
+            secret,
+            outbox: Outbox::default(),
+            bodies: HashMap::new(),
+            publishes: HashMap::new(),
+            link: None,
+            generation: 0,
+            reconnect_at: None,
+            backoff: Duration::from_millis(500),
+            myself,
+            _tasks: tasks,
+        };
+        state.load_queue().await?;
+        state.tick().await?;
+        Ok(state)
     }
 
     async fn handle(
@@ -266,6 +396,8 @@ impl Actor for Control {
             ControlMsg::List { limit, reply } => {
                 let _ = reply.send(blocking(&state.store, move |s| s.list(limit)).await);
             }
+            ControlMsg::Link(generation, note) => state.on_link(generation, note).await?,
+            ControlMsg::Tick => state.tick().await?,
             ControlMsg::Fail(reason) => return Err(format!("failure injected: {reason}").into()),
         }
         Ok(())

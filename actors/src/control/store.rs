@@ -14,6 +14,11 @@ use std::path::Path;
 const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
 /// order (increasing) -> command_id.
 const ORDER: TableDefinition<u64, &str> = TableDefinition::new("order");
+/// Device commands not finished yet (`queued` or `sent`): queue order -> command_id.
+const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("device_queue");
+
+/// States of a device command not finished yet; its record is never pruned in them.
+pub const UNFINISHED: [&str; 3] = ["accepted", "queued", "sent"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,6 +63,7 @@ impl ControlStore {
         let txn = db.begin_write().map_err(redb_err)?;
         txn.open_table(COMMANDS).map_err(redb_err)?;
         txn.open_table(ORDER).map_err(redb_err)?;
+        txn.open_table(QUEUE).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         Ok(ControlStore { db, max_commands })
     }
@@ -76,6 +82,64 @@ impl ControlStore {
     /// Records a new command (a duplicate `command_id` is the caller's to check first) or
     /// replaces an existing one's record in place (its state moved on). Durable on return.
     pub fn put(&self, r: &CommandRecord) -> Result<(), StoreError> {
+        self.write(r, |_| Ok(()))
+    }
+
+    /// Records a new device command and queues it; its queue position is returned. Durable on
+    /// return.
+    pub fn enqueue(&self, r: &CommandRecord) -> Result<u64, StoreError> {
+        let mut seq = 0;
+        self.write(r, |txn| {
+            let mut q = txn.open_table(QUEUE).map_err(redb_err)?;
+            seq = q
+                .last()
+                .map_err(redb_err)?
+                .map_or(1, |(k, _)| k.value() + 1);
+            q.insert(seq, r.command_id.as_str()).map_err(redb_err)?;
+            Ok(())
+        })?;
+        Ok(seq)
+    }
+
+    /// Records a device command's new state; `done` takes it off the queue (acknowledged,
+    /// expired or failed). Durable on return.
+    pub fn update_queued(&self, seq: u64, r: &CommandRecord, done: bool) -> Result<(), StoreError> {
+        self.write(r, |txn| {
+            if done {
+                txn.open_table(QUEUE)
+                    .map_err(redb_err)?
+                    .remove(seq)
+                    .map_err(redb_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The queued device commands with their positions, oldest first.
+    pub fn queue(&self) -> Result<Vec<(u64, CommandRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let q = txn.open_table(QUEUE).map_err(redb_err)?;
+        let commands = txn.open_table(COMMANDS).map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in q.iter().map_err(redb_err)? {
+            let (seq, id) = row.map_err(redb_err)?;
+            let Some(v) = commands.get(id.value()).map_err(redb_err)? else {
+                return Err(StoreError::Corrupt(id.value().to_string()));
+            };
+            let r = serde_json::from_slice(v.value())
+                .map_err(|_| StoreError::Corrupt(id.value().to_string()))?;
+            out.push((seq.value(), r));
+        }
+        Ok(out)
+    }
+
+    /// One transaction: the record, `more`, and (for a new command) its place in the order
+    /// and the pruning of the oldest finished commands beyond `max_commands`.
+    fn write(
+        &self,
+        r: &CommandRecord,
+        more: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let body = serde_json::to_vec(r).expect("records serialise");
         let txn = self.db.begin_write().map_err(redb_err)?;
         {
@@ -93,14 +157,36 @@ impl ControlStore {
                 order
                     .insert(next, r.command_id.as_str())
                     .map_err(redb_err)?;
-                while order.len().map_err(redb_err)? as usize > self.max_commands {
-                    let Some((_, id)) = order.pop_first().map_err(redb_err)? else {
-                        break;
-                    };
-                    commands.remove(id.value()).map_err(redb_err)?;
+                let excess =
+                    (order.len().map_err(redb_err)? as usize).saturating_sub(self.max_commands);
+                if excess > 0 {
+                    // The oldest finished ones go; an unfinished device command stays until
+                    // it is (their number is bounded by control.max_device_commands).
+                    let mut gone = Vec::new();
+                    for row in order.iter().map_err(redb_err)? {
+                        if gone.len() == excess {
+                            break;
+                        }
+                        let (k, id) = row.map_err(redb_err)?;
+                        let unfinished = commands
+                            .get(id.value())
+                            .map_err(redb_err)?
+                            .and_then(|v| serde_json::from_slice::<CommandRecord>(v.value()).ok())
+                            .is_some_and(|c| {
+                                c.kind == "device.command" && UNFINISHED.contains(&c.state.as_str())
+                            });
+                        if !unfinished {
+                            gone.push((k.value(), id.value().to_string()));
+                        }
+                    }
+                    for (k, id) in gone {
+                        order.remove(k).map_err(redb_err)?;
+                        commands.remove(id.as_str()).map_err(redb_err)?;
+                    }
                 }
             }
         }
+        more(&txn)?;
         txn.commit().map_err(redb_err)
     }
 
