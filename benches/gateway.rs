@@ -109,6 +109,7 @@ fn rec(i: u64) -> Record {
         data,
         clock_synced: true,
         fingerprint: Default::default(),
+        route: Default::default(),
     };
     // As the ingest edge does, on its own task: the WAL's commit path finds it cached.
     r.fingerprint.0 = Some(edge_gateway_actors::wal::idem::fingerprint(&r));

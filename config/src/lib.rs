@@ -13,6 +13,7 @@ mod control;
 mod layers;
 mod model;
 mod mqtt;
+mod route;
 mod sink;
 mod validate;
 
@@ -20,6 +21,7 @@ pub use control::*;
 pub use layers::{apply_override, env_overrides, load, LoadOptions};
 pub use model::*;
 pub use mqtt::*;
+pub use route::*;
 pub use sink::*;
 pub use validate::{redact_url, url_userinfo, ConfigError, ConfigProblem};
 

@@ -23,6 +23,8 @@ pub struct Config {
     /// Read by `layers` one by one (see `sink::validate::parse_sinks`), not by serde here.
     #[serde(skip_deserializing)]
     pub sinks: Vec<SinkConfig>,
+    /// Routing rules (`route.rs`); none: every reading goes to every sink.
+    pub routes: Vec<crate::route::RouteConfig>,
     pub log: LogConfig,
     pub control: crate::control::ControlConfig,
     /// Accept a listener without TLS on an address other than loopback (`--insecure-listen`).
@@ -43,6 +45,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             mqtt: crate::mqtt::MqttConfig::default(),
             sinks: vec![SinkConfig::default_file()],
+            routes: Vec::new(),
             log: LogConfig::default(),
             control: crate::control::ControlConfig::default(),
             insecure_listen: false,

@@ -102,6 +102,10 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
     if c.http.enabled && c.http.listen == c.admin.listen && c.http.listen.port() != 0 {
         problem(&mut out, "admin.listen", "must differ from http.listen");
     }
+    let sink_names: Vec<String> = c.sinks.iter().map(|s| s.name().to_string()).collect();
+    for (path, m) in crate::route::route_problems(&c.routes, &sink_names) {
+        problem(&mut out, &path, m);
+    }
     for (path, m) in c.control.problems(c.mqtt.enabled) {
         problem(&mut out, &path, m);
     }

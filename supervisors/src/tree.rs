@@ -10,6 +10,7 @@ use edge_gateway_actors::ingest::mqtt::{
     MqttSession, MqttSessionArgs, MqttSessionMsg, SessionStatus,
 };
 use edge_gateway_actors::ingest::router::Router;
+use edge_gateway_actors::ingest::routes::{RouteTable, Routes};
 use edge_gateway_actors::metrics::Metrics;
 use edge_gateway_actors::sinks::health::SinkHealth;
 use edge_gateway_actors::sinks::{Publisher, PublisherArgs, PublisherMsg};
@@ -219,6 +220,7 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
         gateway_id: cfg.gateway_id.clone(),
         max_batch: cfg.http.max_batch,
         wal: wal.clone(),
+        routes: RouteTable::new(Routes::new(&cfg.routes, &sink_names)),
     };
     let http_bound = Arc::new(Mutex::new(None));
     let mut ingest_children = Vec::new();

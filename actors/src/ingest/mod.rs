@@ -6,3 +6,4 @@ pub mod http;
 pub mod mqtt;
 pub mod parse;
 pub mod router;
+pub mod routes;

@@ -419,6 +419,7 @@ pub fn to_records(
             data,
             clock_synced: env.receive_ts_ms >= crate::wal::CLOCK_FLOOR_MS,
             fingerprint: Default::default(),
+            route: Default::default(),
         };
         // Last, once the content is final; on this (the caller's) task, not the WAL's.
         record.fingerprint.0 = Some(crate::wal::idem::fingerprint(&record));

@@ -36,6 +36,7 @@ pub struct Router {
     pub gateway_id: String,
     pub max_batch: usize,
     pub wal: Addr<WalMsg>,
+    pub routes: super::routes::RouteTable,
 }
 
 impl Router {
@@ -51,7 +52,30 @@ impl Router {
             receive_ts_ms: now_ms,
             idempotency_key: req.idempotency_key,
         };
-        to_records(&env, readings, || uuid::Uuid::new_v4().to_string())
+        let mut records = to_records(&env, readings, || uuid::Uuid::new_v4().to_string())?;
+        let routes = self.routes.current();
+        for (i, r) in records.iter_mut().enumerate() {
+            r.route = routes.route(r).map_err(|_| {
+                let at = if i == 0 {
+                    String::new()
+                } else {
+                    format!(" (reading {i})")
+                };
+                Rejection::new(
+                    422,
+                    "no_route",
+                    Some("device_id".into()),
+                    format!(
+                        "no routing rule takes device {:?} from {} with schema {}{at}: add a \
+                         [[routes]] rule (or a catch-all, devices = \"*\")",
+                        r.device_id,
+                        r.source.as_str(),
+                        r.schema
+                    ),
+                )
+            })?;
+        }
+        Ok(records)
     }
 
     /// Prepares the request and hands its records to the WAL. An `Unavailable` rejection means nothing

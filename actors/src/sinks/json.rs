@@ -112,6 +112,7 @@ mod tests {
                 data,
                 clock_synced: true,
                 fingerprint: Default::default(),
+                route: Default::default(),
             },
         };
         let mut out = Vec::new();

@@ -117,6 +117,7 @@ mod tests {
             data,
             clock_synced: true,
             fingerprint: Default::default(),
+            route: Default::default(),
         }
     }
 

@@ -13,6 +13,15 @@ pub enum Source {
     Mqtt,
 }
 
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Mqtt => "mqtt",
+        }
+    }
+}
+
 /// One accepted reading, normalised and enriched by the ingest router.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
@@ -44,6 +53,29 @@ pub struct Record {
     /// task so the WAL's serial commit path does not compute it. Never stored.
     #[serde(skip)]
     pub fingerprint: FingerprintCache,
+    /// The sinks this reading is queued for, chosen by the routing rules at ingest. Never
+    /// stored: the WAL's pending rows are the record of it.
+    #[serde(skip)]
+    pub route: Route,
+}
+
+/// A reading's sinks, as a bit set over the configured sinks in their order (`None`: every
+/// sink). Equal to any other: it is not content (the same reading routed differently is the
+/// same reading).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Route(pub Option<u64>);
+
+impl Route {
+    /// Whether the `i`-th configured sink is in the route.
+    pub fn has(&self, i: usize) -> bool {
+        self.0.is_none_or(|m| i < 64 && m & (1 << i) != 0)
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// No wall clock running this release can read earlier than 2026-01-01T00:00:00Z; one that

@@ -44,6 +44,7 @@ pub(crate) fn rec(key: &str, ts: u64) -> Record {
         data: serde_json::Map::new(),
         clock_synced: true,
         fingerprint: Default::default(),
+        route: Default::default(),
     }
 }
 

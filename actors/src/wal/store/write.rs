@@ -141,11 +141,15 @@ impl WalStore {
                     let seq = meta.next_seq;
                     meta.next_seq += 1;
                     tx.records.insert(seq, bytes.as_slice())?;
-                    tx.refs.insert(seq, (self.sinks.len() as u32, now))?;
-                    for sink in &self.sinks {
-                        tx.pending.insert((sink.as_str(), seq), 0u32)?;
-                        meta.sink(sink).0 += 1;
+                    let mut routed = 0u32;
+                    for (i, sink) in self.sinks.iter().enumerate() {
+                        if r.route.has(i) {
+                            tx.pending.insert((sink.as_str(), seq), 0u32)?;
+                            meta.sink(sink).0 += 1;
+                            routed += 1;
+                        }
                     }
+                    tx.refs.insert(seq, (routed, now))?;
                     let key = arrived.as_deref().unwrap_or(&r.idempotency_key);
                     let row = IdemRow {
                         at: now,
@@ -157,7 +161,7 @@ impl WalStore {
                     meta.records += 1;
                     meta.live_bytes += bytes.len() as u64;
                     self.devices.add(&r.device_id, bytes.len() as u64);
-                    if self.sinks.is_empty() {
+                    if routed == 0 {
                         // Nothing will ever need it; keep the idempotency key only.
                         self.unref(tx, meta, seq)?;
                     }
