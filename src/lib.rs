@@ -101,7 +101,12 @@ pub enum RunError {
 
 /// Runs the gateway until `shutdown` resolves, then stops it in order: ingest first, the WAL
 /// last. Returns an error if the tree gave up on its own.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    layers: config::LoadOptions,
+    set_log_level: Option<edge_gateway_supervisors::reconfigure::SetLogLevel>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     create_data_dir(&config.data_dir)
         .map_err(|e| RunError::DataDir(config.data_dir.display().to_string(), e))?;
     let creds = resolve_credentials(&config)?;
@@ -114,8 +119,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .build_info
         .with_label_values(&[VERSION, GIT_COMMIT])
         .set(1);
-    let (root_args, handles) =
-        tree::build(&config, Arc::new(creds.ingest.clone()), metrics.clone());
+    let (root_args, handles) = tree::build(
+        &config,
+        Arc::new(creds.ingest.clone()),
+        metrics.clone(),
+        layers,
+        set_log_level,
+    );
     let root_addr = handles.root.clone();
     let (root, root_join) = ractor::Actor::spawn(None, Supervisor, root_args)
         .await

@@ -109,6 +109,11 @@ struct ConfigArgs {
 
 impl ConfigArgs {
     fn load(&self) -> anyhow::Result<Config> {
+        Ok(config::load(&self.options())?)
+    }
+
+    /// Where the configuration comes from (the control plane checks changes against it).
+    fn options(&self) -> LoadOptions {
         let mut overrides = Vec::new();
         if let Some(d) = &self.data_dir {
             overrides.push(format!("data_dir=\"{}\"", d.display()));
@@ -123,26 +128,43 @@ impl ConfigArgs {
             overrides.push("insecure_listen=true".into());
         }
         overrides.extend(self.set.iter().cloned());
-        let opts = LoadOptions {
+        LoadOptions {
             file: self.config.clone(),
             env: config::env_overrides(std::env::vars()),
             overrides,
-        };
-        Ok(config::load(&opts)?)
+        }
     }
 }
 
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+/// JSON (or text) logs on stdout at `log.level` (`RUST_LOG` wins); the returned function
+/// changes the level while the gateway runs (`config.apply` of `log.level`).
+fn init_logging(cfg: &Config) -> edge_gateway_supervisors::reconfigure::SetLogLevel {
+    use tracing_subscriber::{
+        fmt, layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter,
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     if cfg.log.json {
-        b.json().flatten_event(true).with_current_span(false).init();
+        registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stdout),
+            )
+            .init();
     } else {
-        b.init();
+        registry
+            .with(fmt::layer().with_writer(std::io::stdout))
+            .init();
     }
+    std::sync::Arc::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
 }
 
 async fn shutdown_signal() {
@@ -254,11 +276,16 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Run(a) => {
             let cfg = a.load()?;
-            init_logging(&cfg);
+            let set_log_level = init_logging(&cfg);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(edge_gateway::run(cfg, shutdown_signal()))?;
+            rt.block_on(edge_gateway::run(
+                cfg,
+                a.options(),
+                Some(set_log_level),
+                shutdown_signal(),
+            ))?;
             Ok(())
         }
     }

@@ -205,6 +205,14 @@ impl Directory {
         }
     }
 
+    /// Forgets an actor that is gone for good (a removed sink's publisher).
+    pub fn unregister(&self, name: &str) {
+        self.entries
+            .write()
+            .expect("directory lock")
+            .retain(|e| e.name() != name);
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<dyn ActorEntry>> {
         self.entries
             .read()

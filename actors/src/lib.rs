@@ -13,6 +13,7 @@ pub mod addr;
 pub mod control;
 pub mod dispatcher;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod mqtt_options;
 pub mod readiness;

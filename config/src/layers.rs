@@ -94,8 +94,19 @@ fn set_in(node: &mut Value, parts: &[&str], raw: &str) -> Result<(), &'static st
     set_in(child, rest, raw)
 }
 
-/// Loads the configuration through every layer and validates it.
+/// Loads the configuration through every layer — the file, the control plane's applied
+/// changes in the data directory (`applied.rs`), the environment, the flags — and validates it.
 pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
+    // The applied changes live in the data directory, which any layer may set.
+    let data_dir = load_with(opts, Some(&Table::new()))
+        .map(|c| c.data_dir)
+        .unwrap_or_else(|_| Config::default().data_dir);
+    let applied = crate::applied::read_applied(&data_dir)?;
+    load_with(opts, Some(&applied))
+}
+
+/// [`load`] with these applied changes (`None`: none).
+pub fn load_with(opts: &LoadOptions, applied: Option<&Table>) -> Result<Config, ConfigError> {
     let mut root = Table::new();
     if let Some(path) = &opts.file {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -106,6 +117,9 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
             origin: path.display().to_string(),
             message: e.to_string(),
         })?;
+    }
+    if let Some(a) = applied {
+        crate::applied::merge(&mut root, a);
     }
     let mut problems = Vec::new();
     let cli = opts.overrides.iter().map(|o| match o.split_once('=') {

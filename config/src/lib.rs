@@ -9,6 +9,7 @@
 //! `deny_unknown_fields`, which stops at the first) so that every unknown key and every
 //! semantic error is reported in one go by [`ConfigError::Invalid`].
 
+mod applied;
 mod control;
 mod layers;
 mod model;
@@ -17,8 +18,9 @@ mod route;
 mod sink;
 mod validate;
 
+pub use applied::*;
 pub use control::*;
-pub use layers::{apply_override, env_overrides, load, LoadOptions};
+pub use layers::{apply_override, env_overrides, load, load_with, LoadOptions};
 pub use model::*;
 pub use mqtt::*;
 pub use route::*;

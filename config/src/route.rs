@@ -28,9 +28,6 @@ fn any() -> String {
     "*".into()
 }
 
-/// Sinks a route can name, at most (a reading's route is a bit set).
-pub const MAX_ROUTED_SINKS: usize = 64;
-
 /// Whether `s` matches `pattern` (`*`: any run, `?`: any one character). Iterative, linear
 /// in practice: a hostile pattern cannot make it backtrack without bound.
 pub fn glob_match(pattern: &str, s: &str) -> bool {
@@ -58,12 +55,6 @@ pub fn glob_match(pattern: &str, s: &str) -> bool {
 /// The problems of the rules, as `(path, message)`, given the configured sink names.
 pub fn route_problems(routes: &[RouteConfig], sinks: &[String]) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if !routes.is_empty() && sinks.len() > MAX_ROUTED_SINKS {
-        out.push((
-            "routes".into(),
-            format!("routing works with at most {MAX_ROUTED_SINKS} sinks"),
-        ));
-    }
     for (i, r) in routes.iter().enumerate() {
         let mut p = |k: &str, m: String| out.push((format!("routes[{i}].{k}"), m));
         let ok = !r.devices.is_empty()

@@ -46,6 +46,11 @@ pub async fn post(ctx: &Ctx, body: &[u8]) -> warp::reply::Response {
             let status = match a.record.state.as_str() {
                 "accepted" | "queued" | "sent" => StatusCode::ACCEPTED,
                 "failed" if a.record.result["error"] == "invalid" => StatusCode::BAD_REQUEST,
+                "failed" if a.record.result["error"] == "queue_full" => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                // Valid, but the gateway could not carry it out (rolled back, not restarted).
+                "failed" => StatusCode::CONFLICT,
                 _ => StatusCode::OK,
             };
             let mut v = serde_json::to_value(&a.record).unwrap_or_default();

@@ -192,7 +192,7 @@ async fn admin_delete(
     let ["dead-letters", sink] = segs else {
         return json_status(json!({"error": "not_found"}), StatusCode::NOT_FOUND);
     };
-    if !h.sinks.iter().any(|s| s == sink) {
+    if !h.live.sink_names().iter().any(|s| s == sink) {
         return json_status(
             json!({"error": "unknown_sink", "field": "sink", "message": format!("no sink named {sink:?}")}),
             StatusCode::NOT_FOUND,

@@ -2,6 +2,10 @@
 //!
 //! Mailbox:
 //! - `RestartChild` <- itself (a restart that failed to spawn is retried after a pause)
+//! - `Add`, `Remove`, `Restart` <- the control plane (`config.apply`, `actor.restart`):
+//!   planned changes, not failures — they use no restart budget; a child that fails to start
+//!   for them is put back as it was (`Add`: forgotten; `Restart` with a new spec: the old
+//!   spec started again) and the caller told why
 //! - `Fail`         <- admin API chaos hook
 //! - supervision events <- its children (ractor): `ActorFailed` / `ActorTerminated`
 //!
@@ -14,7 +18,9 @@
 use edge_gateway_actors::addr::{ActorEntry, Addr, Failable};
 use edge_gateway_actors::metrics::Metrics;
 use futures::future::BoxFuture;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
+};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +71,24 @@ impl RestartBudget {
 }
 
 pub enum SupervisorMsg {
-    RestartChild(usize),
+    /// By child name (children come and go: positions move).
+    RestartChild(String),
+    /// Start a new child and supervise it.
+    Add {
+        spec: ChildSpec,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Stop a child for good and forget it.
+    Remove {
+        name: String,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Stop a child and start it again (from `spec` when given, which then replaces its own).
+    Restart {
+        name: String,
+        spec: Option<ChildSpec>,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
     Fail(String),
 }
 
@@ -123,11 +146,88 @@ impl Supervisor {
                 state.children[i].1 = None;
                 state.addr.note_sent();
                 myself.send_after(Duration::from_millis(200), move || {
-                    SupervisorMsg::RestartChild(i)
+                    SupervisorMsg::RestartChild(name)
                 });
             }
         }
         Ok(())
+    }
+
+    fn position(state: &SupervisorState, name: &str) -> Option<usize> {
+        state
+            .children
+            .iter()
+            .position(|(s, _)| s.entry.name() == name)
+    }
+
+    /// Stops child `i` on purpose: its slot is emptied first, so its termination is not
+    /// taken for a failure.
+    async fn stop_child(state: &mut SupervisorState, i: usize, why: &str) {
+        if let Some(c) = state.children[i].1.take() {
+            if c.stop_and_wait(Some(why.to_string()), Some(Duration::from_secs(10)))
+                .await
+                .is_err()
+            {
+                tracing::warn!(child = %state.children[i].0.entry.name(), "child did not stop in time; killed");
+                c.kill();
+            }
+        }
+    }
+
+    async fn add(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        spec: ChildSpec,
+    ) -> Result<(), String> {
+        let name = spec.entry.name().to_string();
+        if Self::position(state, &name).is_some() {
+            return Err(format!("{name} is supervised already"));
+        }
+        let cell = (spec.start)(myself.get_cell())
+            .await
+            .map_err(|e| format!("{name} did not start: {e}"))?;
+        tracing::info!(supervisor = %state.addr.name(), child = %name, "child added");
+        state.children.push((spec, Some(cell)));
+        Ok(())
+    }
+
+    async fn remove(state: &mut SupervisorState, name: &str) -> Result<(), String> {
+        let i = Self::position(state, name).ok_or_else(|| format!("no child named {name}"))?;
+        Self::stop_child(state, i, "removed").await;
+        state.children.remove(i);
+        tracing::info!(supervisor = %state.addr.name(), child = %name, "child removed");
+        Ok(())
+    }
+
+    async fn planned_restart(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        name: &str,
+        spec: Option<ChildSpec>,
+    ) -> Result<(), String> {
+        let i = Self::position(state, name).ok_or_else(|| format!("no child named {name}"))?;
+        Self::stop_child(state, i, "restarted on request").await;
+        let old = spec.map(|s| std::mem::replace(&mut state.children[i].0, s));
+        match (state.children[i].0.start)(myself.get_cell()).await {
+            Ok(cell) => {
+                state.children[i].1 = Some(cell);
+                tracing::info!(supervisor = %state.addr.name(), child = %name, "child restarted on request");
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("{name} did not start: {e}");
+                tracing::warn!(supervisor = %state.addr.name(), child = %name, error = %e, "planned restart failed");
+                if let Some(old) = old {
+                    state.children[i].0 = old;
+                }
+                state.addr.note_sent();
+                let n = name.to_string();
+                myself.send_after(Duration::from_millis(10), move || {
+                    SupervisorMsg::RestartChild(n)
+                });
+                Err(why)
+            }
+        }
     }
 }
 
@@ -188,10 +288,27 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         state.addr.received();
         match msg {
-            SupervisorMsg::RestartChild(i) if !state.stopping => {
-                Self::restart(&myself, state, i, "previous restart failed to start".into()).await
+            SupervisorMsg::RestartChild(name) if !state.stopping => {
+                match Self::position(state, &name) {
+                    Some(i) if state.children[i].1.is_none() => {
+                        Self::restart(&myself, state, i, "previous start failed".into()).await
+                    }
+                    _ => Ok(()), // removed, or running again
+                }
             }
             SupervisorMsg::RestartChild(_) => Ok(()),
+            SupervisorMsg::Add { spec, reply } => {
+                let _ = reply.send(Self::add(&myself, state, spec).await);
+                Ok(())
+            }
+            SupervisorMsg::Remove { name, reply } => {
+                let _ = reply.send(Self::remove(state, &name).await);
+                Ok(())
+            }
+            SupervisorMsg::Restart { name, spec, reply } => {
+                let _ = reply.send(Self::planned_restart(&myself, state, &name, spec).await);
+                Ok(())
+            }
             SupervisorMsg::Fail(reason) => Err(format!("failure injected: {reason}").into()),
         }
     }

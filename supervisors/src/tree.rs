@@ -1,9 +1,11 @@
 //! The gateway's supervision tree, built from the configuration.
 
+use crate::delivery::DeliveryParts;
+use crate::reconfigure::{Reconfigurer, SetLogLevel};
 use crate::supervisor::{ChildSpec, RestartBudget, Supervisor, SupervisorArgs, SupervisorMsg};
 use edge_gateway_actors::addr::{Addr, Directory, Failable};
 use edge_gateway_actors::control::{Control, ControlArgs, ControlMsg};
-use edge_gateway_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg, Holds, SinkSpec};
+use edge_gateway_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg, Holds};
 use edge_gateway_actors::ingest::auth::Auth;
 use edge_gateway_actors::ingest::http::{HttpIngest, HttpIngestArgs, HttpIngestMsg};
 use edge_gateway_actors::ingest::mqtt::{
@@ -11,11 +13,11 @@ use edge_gateway_actors::ingest::mqtt::{
 };
 use edge_gateway_actors::ingest::router::Router;
 use edge_gateway_actors::ingest::routes::{RouteTable, Routes};
+use edge_gateway_actors::live::Live;
 use edge_gateway_actors::metrics::Metrics;
 use edge_gateway_actors::sinks::health::SinkHealth;
-use edge_gateway_actors::sinks::{Publisher, PublisherArgs, PublisherMsg};
-use edge_gateway_actors::wal::{Fill, Wal, WalArgs, WalLimits, WalMsg};
-use edge_gateway_config::{Config, SinkConfig};
+use edge_gateway_actors::wal::{Wal, WalArgs, WalLimits, WalMsg};
+use edge_gateway_config::{Config, LoadOptions};
 use ractor::{Actor, ActorCell};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -31,7 +33,8 @@ pub struct Handles {
     pub root: Addr<SupervisorMsg>,
     /// The HTTP ingest address actually bound (port 0 resolved).
     pub http_bound: Arc<Mutex<Option<SocketAddr>>>,
-    pub sinks: Vec<String>,
+    /// The configuration in force (the sinks it names change with `config.apply`).
+    pub live: Live,
     /// Each sink's outage, if any (for `/readyz`).
     pub sink_health: SinkHealth,
     pub control: Addr<ControlMsg>,
@@ -40,7 +43,7 @@ pub struct Handles {
 }
 
 /// A child spec for actor `A`: each (re)start builds fresh arguments and re-binds `addr`.
-fn child<A, F>(dir: &Directory, addr: Addr<A::Msg>, make: F) -> ChildSpec
+pub(crate) fn child<A, F>(dir: &Directory, addr: Addr<A::Msg>, make: F) -> ChildSpec
 where
     A: Actor,
     A::Msg: Failable,
@@ -69,13 +72,24 @@ fn supervisor(
     budget: RestartBudget,
     children: Vec<ChildSpec>,
 ) -> ChildSpec {
+    supervisor_of(dir, metrics, addr, budget, move || children.clone())
+}
+
+/// A supervisor whose children are made when it (re)starts.
+fn supervisor_of(
+    dir: &Directory,
+    metrics: &Arc<Metrics>,
+    addr: Addr<SupervisorMsg>,
+    budget: RestartBudget,
+    children: impl Fn() -> Vec<ChildSpec> + Send + Sync + 'static,
+) -> ChildSpec {
     let m = metrics.clone();
     let a = addr.clone();
     child(dir, addr, move || {
         (
             Supervisor,
             SupervisorArgs {
-                children: children.clone(),
+                children: children(),
                 budget: budget.clone(),
                 addr: a.clone(),
                 metrics: m.clone(),
@@ -85,22 +99,28 @@ fn supervisor(
 }
 
 /// Builds the tree; spawn the returned root with `Actor::spawn(None, Supervisor, args)`.
-pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (SupervisorArgs, Handles) {
+pub fn build(
+    cfg: &Config,
+    auth: Arc<Auth>,
+    metrics: Arc<Metrics>,
+    layers: LoadOptions,
+    set_log_level: Option<SetLogLevel>,
+) -> (SupervisorArgs, Handles) {
     let dir = Directory::default();
     let minute = Duration::from_secs(60);
     let root = Addr::<SupervisorMsg>::new("root", None);
     dir.register(Arc::new(root.clone()));
-    let sink_names: Vec<String> = cfg.sinks.iter().map(|s| s.name().to_string()).collect();
+    let live = Live::new(cfg.clone());
     let (commits_tx, commits_rx) = watch::channel(0u64);
 
     // storage
     let wal = Addr::<WalMsg>::new("wal", Some("storage"));
     let wal_spec = {
-        let (wal_addr, m, cfg, sinks, tx) = (
+        let (wal_addr, m, cfg, live, tx) = (
             wal.clone(),
             metrics.clone(),
             cfg.clone(),
-            sink_names.clone(),
+            live.clone(),
             commits_tx.clone(),
         );
         child(&dir, wal.clone(), move || {
@@ -108,7 +128,7 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
                 Wal,
                 WalArgs {
                     path: cfg.data_dir.join("wal.redb"),
-                    sinks: sinks.clone(),
+                    sinks: live.sink_names(),
                     limits: WalLimits::from_config(&cfg.wal, &cfg.delivery),
                     max_group: cfg.wal.max_group,
                     maintenance_interval: Duration::from_millis(cfg.wal.maintenance_interval_ms),
@@ -121,106 +141,70 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
             )
         })
     };
+    let storage_addr = Addr::<SupervisorMsg>::new("storage", Some("root"));
     let storage = supervisor(
         &dir,
         &metrics,
-        Addr::new("storage", Some("root")),
+        storage_addr.clone(),
         RestartBudget::new(5, minute),
         vec![wal_spec],
     );
 
-    // delivery
-    let mut publishers = Vec::new();
-    let mut publisher_specs = Vec::new();
+    // delivery: publishers and the dispatcher's view are made from the live configuration
+    // at each start (delivery.rs), so config.apply and restarts agree.
     let sink_health = SinkHealth::default();
     let holds = Holds::default();
-    for s in &cfg.sinks {
-        let addr = Addr::<PublisherMsg>::new(format!("publisher:{}", s.name()), Some("sinks"));
-        // Object stores get whole objects: leases wait to fill (bounded by age).
-        let (batch_size, fill) = match s {
-            SinkConfig::S3(c) => (
-                c.max_batch_records,
-                Some(Fill {
-                    max_bytes: c.max_batch_bytes,
-                    max_age_ms: c.max_batch_age_ms,
-                }),
-            ),
-            _ => (cfg.delivery.batch_size, None),
-        };
-        publishers.push(SinkSpec {
-            name: s.name().to_string(),
-            publisher: addr.clone(),
-            batch_size,
-            fill,
-        });
-        let (a, m, h, sink, gw, dd, bs) = (
-            addr.clone(),
-            metrics.clone(),
-            sink_health.clone(),
-            s.clone(),
-            cfg.gateway_id.clone(),
-            cfg.data_dir.clone(),
-            cfg.delivery.batch_size,
-        );
-        publisher_specs.push(child(&dir, addr, move || {
-            (
-                Publisher,
-                PublisherArgs {
-                    sink: sink.clone(),
-                    gateway_id: gw.clone(),
-                    data_dir: dd.clone(),
-                    batch_size: bs,
-                    metrics: m.clone(),
-                    health: h.clone(),
-                    addr: a.clone(),
-                },
-            )
-        }));
-    }
-    let sinks = supervisor(
-        &dir,
-        &metrics,
-        Addr::new("sinks", Some("delivery")),
-        RestartBudget::new(20, minute),
-        publisher_specs,
+    let parts = DeliveryParts::new(
+        dir.clone(),
+        metrics.clone(),
+        sink_health.clone(),
+        live.clone(),
     );
+    let sinks_addr = Addr::<SupervisorMsg>::new("sinks", Some("delivery"));
+    let sinks = {
+        let p = parts.clone();
+        supervisor_of(
+            &dir,
+            &metrics,
+            sinks_addr.clone(),
+            RestartBudget::new(20, minute),
+            move || p.publishers(),
+        )
+    };
     let dispatcher = {
         let addr = Addr::<DispatcherMsg>::new("dispatcher", Some("delivery"));
-        let (a, w, d, h) = (
-            addr.clone(),
-            wal.clone(),
-            cfg.delivery.clone(),
-            holds.clone(),
-        );
+        let (a, w, h, p) = (addr.clone(), wal.clone(), holds.clone(), parts.clone());
         child(&dir, addr, move || {
             (
                 Dispatcher,
                 DispatcherArgs {
-                    sinks: publishers.clone(),
+                    sinks: p.sink_specs(),
                     holds: h.clone(),
                     wal: w.clone(),
                     commits: commits_rx.clone(),
-                    config: d.clone(),
+                    config: p.live.get().delivery.clone(),
                     addr: a.clone(),
                 },
             )
         })
     };
+    let delivery_addr = Addr::<SupervisorMsg>::new("delivery", Some("root"));
     let delivery = supervisor(
         &dir,
         &metrics,
-        Addr::new("delivery", Some("root")),
+        delivery_addr.clone(),
         RestartBudget::new(10, minute),
         vec![sinks, dispatcher],
     );
 
     // ingest
     // Not an actor: validation and enrichment run on each edge's own task (router.rs).
+    let routes = RouteTable::new(Routes::new(&cfg.routes, &live.sink_names()));
     let router = Router {
         gateway_id: cfg.gateway_id.clone(),
         max_batch: cfg.http.max_batch,
         wal: wal.clone(),
-        routes: RouteTable::new(Routes::new(&cfg.routes, &sink_names)),
+        routes: routes.clone(),
     };
     let http_bound = Arc::new(Mutex::new(None));
     let mut ingest_children = Vec::new();
@@ -277,15 +261,34 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
             )
         }));
     }
+    let ingest_addr = Addr::<SupervisorMsg>::new("ingest", Some("root"));
+    let ingest_names: Vec<String> = ingest_children
+        .iter()
+        .map(|c| c.entry.name().to_string())
+        .collect();
     let ingest = supervisor(
         &dir,
         &metrics,
-        Addr::new("ingest", Some("root")),
+        ingest_addr.clone(),
         RestartBudget::new(10, minute),
         ingest_children,
     );
 
     // control: commands recorded in their own file; nothing else depends on it.
+    let reconfigure = Arc::new(Reconfigurer {
+        parts: parts.clone(),
+        wal: wal.clone(),
+        sinks: sinks_addr.clone(),
+        delivery: delivery_addr.clone(),
+        routes,
+        set_log_level,
+        supervisors: vec![
+            (storage_addr, vec!["wal".into()]),
+            (delivery_addr, vec!["dispatcher".into(), "sinks".into()]),
+            (ingest_addr, ingest_names),
+        ],
+        lock: tokio::sync::Mutex::new(()),
+    });
     let control_addr = Addr::<ControlMsg>::new("control", Some("control_plane"));
     let control_args = ControlArgs {
         store_path: cfg.data_dir.join("control.redb"),
@@ -294,8 +297,9 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
         gateway_id: cfg.gateway_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started: std::time::SystemTime::now(),
-        config: serde_json::to_value(cfg.redacted()).unwrap_or_default(),
-        sinks: sink_names.clone(),
+        live: live.clone(),
+        layers,
+        reconfigure,
         holds,
         wal: wal.clone(),
         directory: dir.clone(),
@@ -327,7 +331,7 @@ pub fn build(cfg: &Config, auth: Arc<Auth>, metrics: Arc<Metrics>) -> (Superviso
         wal,
         root,
         http_bound,
-        sinks: sink_names,
+        live,
         sink_health,
         mqtt: mqtt_status,
         control: control_addr,

@@ -15,6 +15,12 @@ pub enum Command {
     SinkResume { sink: String },
     /// A command for one device, queued durably and published on the edge broker.
     Device(DeviceCommand),
+    /// A configuration change (checked in full by `apply.rs`).
+    ConfigApply,
+    /// A planned restart of one supervised actor (not a failure: no restart budget used).
+    ActorRestart { actor: String },
+    /// Up to `limit` of a sink's dead letters back to the queue, oldest first.
+    RequeueDead { sink: String, limit: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,12 +59,15 @@ fn invalid(field: &str, message: impl Into<String>) -> Invalid {
 }
 
 /// The kinds this gateway carries out.
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 8] = [
     "ping",
     "config.get",
+    "config.apply",
     "sink.pause",
     "sink.resume",
     "device.command",
+    "dead-letters.requeue",
+    "actor.restart",
 ];
 
 /// A request's `command_id`: 1-128 characters of `[A-Za-z0-9._:-]`.
@@ -110,6 +119,32 @@ pub fn parse(v: &Value, limits: &Limits) -> Result<Command, Invalid> {
         "sink.pause" => Ok(Command::SinkPause { sink: sink()? }),
         "sink.resume" => Ok(Command::SinkResume { sink: sink()? }),
         "device.command" => device_command(v, limits).map(Command::Device),
+        "config.apply" => Ok(Command::ConfigApply),
+        "actor.restart" => {
+            let actor = v.get("actor").and_then(Value::as_str).ok_or_else(|| {
+                invalid(
+                    "actor",
+                    "required: a supervised actor's name (see /admin/tree)",
+                )
+            })?;
+            Ok(Command::ActorRestart {
+                actor: actor.to_string(),
+            })
+        }
+        "dead-letters.requeue" => {
+            let limit = match v.get("limit") {
+                None => 1000,
+                Some(l) => l
+                    .as_u64()
+                    .filter(|l| (1..=100_000).contains(l))
+                    .ok_or_else(|| invalid("limit", "a whole number, 1 to 100000"))?
+                    as usize,
+            };
+            Ok(Command::RequeueDead {
+                sink: sink()?,
+                limit,
+            })
+        }
         other => Err(invalid(
             "kind",
             format!("unknown kind {other:?} (kinds: {})", KINDS.join(", ")),

@@ -229,8 +229,12 @@ impl ControlState {
         Ok(())
     }
 
-    /// Expires what is past its ttl; reconnects the link when it is due.
+    /// Expires what is past its ttl; reconnects the link when it is due; removes drained
+    /// sinks.
     pub(super) async fn tick(&mut self) -> Result<(), ControlError> {
+        for sink in self.args.reconfigure.finish_drains().await {
+            tracing::info!(sink = %sink, "drained sink removed");
+        }
         for e in self.outbox.expire(now_ms()) {
             let why = match e.stage {
                 Stage::Sent => "the broker took it; its device did not acknowledge it within its ttl",

@@ -24,6 +24,7 @@
 //! command queue is read back from the store by the next instance; messages the link had not
 //! acknowledged come back from the broker.
 
+mod apply;
 pub mod command;
 mod device;
 pub mod link;
@@ -50,6 +51,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use store::{CommandRecord, ControlStore, StoreError};
+
+pub use apply::{Disposition, Reconfigure};
 
 pub struct Control;
 
@@ -122,9 +125,11 @@ pub struct ControlArgs {
     pub gateway_id: String,
     pub version: String,
     pub started: SystemTime,
-    /// The effective configuration, secrets redacted (`config.get`).
-    pub config: Value,
-    pub sinks: Vec<String>,
+    /// The configuration in force (`config.get`, redacted; the sinks commands may name).
+    pub live: crate::live::Live,
+    /// Where the configuration came from, to check a change against (`config.apply`).
+    pub layers: edge_gateway_config::LoadOptions,
+    pub reconfigure: Arc<dyn Reconfigure>,
     pub holds: Holds,
     pub wal: Addr<WalMsg>,
     pub directory: Directory,
@@ -153,6 +158,15 @@ pub struct ControlState {
     _tasks: crate::tasks::Tasks,
 }
 
+/// Runs blocking work (files, fsync) on the blocking pool.
+async fn blocking_io<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Runs a store operation on the blocking pool.
 async fn blocking<T: Send + 'static>(
     store: &Arc<ControlStore>,
@@ -179,6 +193,7 @@ impl ControlState {
                 duplicate: true,
             });
         }
+        self.limits.sinks = self.args.live.sink_names();
         let parsed = command::parse(&request, &self.limits);
         let mut record = CommandRecord {
             command_id: id,
@@ -209,7 +224,7 @@ impl ControlState {
             Ok(c) => {
                 let r = record.clone();
                 blocking(&self.store, move |s| s.put(&r)).await?;
-                self.act(c).await
+                self.act(c, &record.request).await
             }
         };
         record.finished_at = Some(now_rfc3339());
@@ -226,7 +241,7 @@ impl ControlState {
         })
     }
 
-    async fn act(&self, c: Command) -> Result<Value, Value> {
+    async fn act(&self, c: Command, request: &Value) -> Result<Value, Value> {
         let a = &self.args;
         match c {
             Command::Ping => {
@@ -237,8 +252,12 @@ impl ControlState {
                     a.mqtt.as_ref(),
                 );
                 // Records pending per sink (every configured sink, 0 when it has none).
-                let mut backlog: serde_json::Map<String, Value> =
-                    a.sinks.iter().map(|s| (s.clone(), json!(0))).collect();
+                let mut backlog: serde_json::Map<String, Value> = a
+                    .live
+                    .sink_names()
+                    .into_iter()
+                    .map(|s| (s, json!(0)))
+                    .collect();
                 match a
                     .wal
                     .call(WalMsg::Stats, Some(Duration::from_secs(2)))
@@ -264,7 +283,34 @@ impl ControlState {
                     "paused_sinks": a.holds.all(),
                 }))
             }
-            Command::ConfigGet => Ok(json!({"result": "config", "config": a.config})),
+            Command::ConfigGet => Ok(json!({"result": "config",
+                "config": serde_json::to_value(a.live.get().redacted()).unwrap_or_default()})),
+            Command::ConfigApply => self.config_apply(request).await,
+            Command::ActorRestart { actor } => match a.reconfigure.restart(&actor).await {
+                Ok(()) => Ok(json!({"result": "restarted", "actor": actor})),
+                Err(why) => Err(json!({"error": "not_restarted", "actor": actor, "message": why})),
+            },
+            Command::RequeueDead { sink, limit } => {
+                let s = sink.clone();
+                match a
+                    .wal
+                    .call(
+                        |reply| WalMsg::Requeue {
+                            sink: s,
+                            limit,
+                            reply,
+                        },
+                        Some(Duration::from_secs(30)),
+                    )
+                    .await
+                {
+                    Ok(n) => {
+                        tracing::warn!(sink = %sink, requeued = n, "dead letters requeued by a control command");
+                        Ok(json!({"result": "requeued", "sink": sink, "requeued": n}))
+                    }
+                    Err(e) => Err(json!({"error": "unavailable", "message": e.to_string()})),
+                }
+            }
             Command::SinkPause { sink } => {
                 let changed = a.holds.set(&sink, true);
                 Ok(json!({"result": "paused", "sink": sink, "changed": changed}))
@@ -327,7 +373,7 @@ impl Actor for Control {
             None => None,
         };
         let limits = Limits {
-            sinks: args.sinks.clone(),
+            sinks: args.live.sink_names(),
             device_commands: args.edge.is_some(),
             default_ttl_secs: args.control.default_ttl_secs,
             max_ttl_secs: args.control.max_ttl_secs,

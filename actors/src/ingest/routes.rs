@@ -10,13 +10,15 @@ struct Rule {
     devices: String,
     source: Option<Source>,
     schema: Option<u32>,
-    mask: u64,
+    sinks: Arc<[String]>,
 }
 
-/// Validated rules (config validation has checked names and sources).
+/// Validated rules (config validation has checked names and sources), and the sinks a
+/// reading goes to when there are none.
 #[derive(Default)]
 pub struct Routes {
     rules: Vec<Rule>,
+    all: Arc<[String]>,
 }
 
 /// No rule matched: what the refusal says.
@@ -24,6 +26,8 @@ pub struct Routes {
 pub struct NoRoute;
 
 impl Routes {
+    /// `sinks`: every configured sink, named explicitly so that a reading routed before a
+    /// sink is added never reaches it.
     pub fn new(rules: &[RouteConfig], sinks: &[String]) -> Routes {
         let rules = rules
             .iter()
@@ -35,21 +39,19 @@ impl Routes {
                     _ => None,
                 },
                 schema: r.schema,
-                mask: r
-                    .sinks
-                    .iter()
-                    .filter_map(|n| sinks.iter().position(|s| s == n))
-                    .filter(|&i| i < 64)
-                    .fold(0u64, |m, i| m | (1 << i)),
+                sinks: r.sinks.clone().into(),
             })
             .collect();
-        Routes { rules }
+        Routes {
+            rules,
+            all: sinks.into(),
+        }
     }
 
-    /// The sinks of the first rule `r` matches; every sink without rules.
+    /// The sinks of the first rule `r` matches; every configured sink without rules.
     pub fn route(&self, r: &Record) -> Result<Route, NoRoute> {
         if self.rules.is_empty() {
-            return Ok(Route(None));
+            return Ok(Route(Some(self.all.clone())));
         }
         self.rules
             .iter()
@@ -58,7 +60,7 @@ impl Routes {
                     && rule.schema.is_none_or(|s| s == r.schema)
                     && glob_match(&rule.devices, &r.device_id)
             })
-            .map(|rule| Route(Some(rule.mask)))
+            .map(|rule| Route(Some(rule.sinks.clone())))
             .ok_or(NoRoute)
     }
 }
@@ -102,14 +104,13 @@ mod tests {
 
     #[test]
     fn the_first_matching_rule_routes() {
-        let sinks: Vec<String> = ["api", "archive", "cloud"].map(String::from).to_vec();
         let routes = Routes::new(
             &[
                 rule("line-1-*", Some("mqtt"), None, &["cloud"]),
                 rule("line-1-*", None, Some(2), &["api", "archive"]),
                 rule("lab-?", None, None, &["archive"]),
             ],
-            &sinks,
+            &[],
         );
         let mut r = crate::wal::tests::rec("k", 1);
         let mut at = |device: &str, source: Source, schema: u32| {
@@ -118,13 +119,21 @@ mod tests {
             r.schema = schema;
             routes.route(&r)
         };
-        let mask = |v: Result<Route, NoRoute>| v.map(|r| r.0);
-        assert_eq!(mask(at("line-1-press", Source::Mqtt, 1)), Ok(Some(0b100)));
-        assert_eq!(mask(at("line-1-press", Source::Http, 2)), Ok(Some(0b011)));
-        assert_eq!(mask(at("lab-7", Source::Http, 1)), Ok(Some(0b010)));
-        assert_eq!(mask(at("line-1-press", Source::Http, 1)), Err(NoRoute));
-        assert_eq!(mask(at("lab-77", Source::Http, 1)), Err(NoRoute));
-        let all = Routes::new(&[], &sinks);
-        assert_eq!(all.route(&r).map(|r| r.0), Ok(None), "no rules: every sink");
+        let names = |v: Result<Route, NoRoute>| v.map(|r| r.0.map(|s| s.join(",")));
+        let some = |s: &str| Ok(Some(s.to_string()));
+        assert_eq!(names(at("line-1-press", Source::Mqtt, 1)), some("cloud"));
+        assert_eq!(
+            names(at("line-1-press", Source::Http, 2)),
+            some("api,archive")
+        );
+        assert_eq!(names(at("lab-7", Source::Http, 1)), some("archive"));
+        assert_eq!(names(at("line-1-press", Source::Http, 1)), Err(NoRoute));
+        assert_eq!(names(at("lab-77", Source::Http, 1)), Err(NoRoute));
+        let all = Routes::new(&[], &["api".to_string(), "cloud".to_string()]);
+        assert_eq!(
+            names(all.route(&r)),
+            some("api,cloud"),
+            "no rules: every sink, by name"
+        );
     }
 }

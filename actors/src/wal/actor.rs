@@ -122,6 +122,13 @@ pub enum WalMsg {
         reply: RpcReplyPort<usize>,
     },
     ReleaseLeases,
+    /// New records go to `sinks`; `removed` sinks' records are dropped or moved (reply after
+    /// the commit).
+    SetSinks {
+        sinks: Vec<String>,
+        removed: Vec<(String, crate::wal::store::Removal)>,
+        reply: RpcReplyPort<crate::wal::store::SinksChanged>,
+    },
     Maintain,
     /// Its own reserve task: whether the reserve file is in place again.
     ReserveMade(bool),
@@ -163,6 +170,7 @@ pub enum Waiter {
     Lease(RpcReplyPort<Vec<Leased>>),
     Requeue(RpcReplyPort<usize>),
     Purge(RpcReplyPort<usize>),
+    Sinks(RpcReplyPort<crate::wal::store::SinksChanged>),
     Reject(RpcReplyPort<Result<u64, AppendError>>),
     Nobody,
 }
@@ -334,6 +342,11 @@ impl WalState {
                     new_work |= n > 0;
                     let _ = reply.send(n);
                 }
+                (Waiter::Sinks(reply), OpResult::SinksSet(changed)) => {
+                    new_work = true;
+                    tracing::warn!(sinks = ?store.sinks(), dropped = changed.dropped, moved = changed.moved, "WAL sink set changed");
+                    let _ = reply.send(changed);
+                }
                 (Waiter::Reject(reply), OpResult::Rejected(id)) => {
                     let _ = reply.send(Ok(id));
                 }
@@ -350,12 +363,14 @@ impl WalState {
                 | (_, OpResult::Rejected(_))
                 | (_, OpResult::LeasesReleased(_))
                 | (_, OpResult::Purged { .. })
+                | (_, OpResult::SinksSet(_))
                 | (_, OpResult::Maintained(_))
                 | (Waiter::Nobody, _) => {}
                 (Waiter::Append(..), _)
                 | (Waiter::Lease(_), _)
                 | (Waiter::Requeue(_), _)
                 | (Waiter::Purge(_), _)
+                | (Waiter::Sinks(_), _)
                 | (Waiter::Reject(_), _) => {
                     unreachable!("results come back in the order of their operations")
                 }
@@ -680,6 +695,18 @@ impl Actor for Wal {
                                 limit,
                             },
                             Waiter::Purge(reply),
+                        );
+                    }
+                    WalMsg::SetSinks {
+                        sinks,
+                        removed,
+                        reply,
+                    } => {
+                        Self::enqueue(
+                            &myself,
+                            state,
+                            Op::Sinks { sinks, removed },
+                            Waiter::Sinks(reply),
                         );
                     }
                     WalMsg::ReleaseLeases => {

@@ -59,16 +59,17 @@ pub struct Record {
     pub route: Route,
 }
 
-/// A reading's sinks, as a bit set over the configured sinks in their order (`None`: every
-/// sink). Equal to any other: it is not content (the same reading routed differently is the
-/// same reading).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Route(pub Option<u64>);
+/// A reading's sinks, by name (`None`: every sink). Names, not positions: the sink set can
+/// change while readings are on their way to the WAL, and a name the WAL no longer has
+/// simply queues nothing. Equal to any other: it is not content (the same reading routed
+/// differently is the same reading).
+#[derive(Debug, Clone, Default)]
+pub struct Route(pub Option<std::sync::Arc<[String]>>);
 
 impl Route {
-    /// Whether the `i`-th configured sink is in the route.
-    pub fn has(&self, i: usize) -> bool {
-        self.0.is_none_or(|m| i < 64 && m & (1 << i) != 0)
+    /// Whether the sink is in the route.
+    pub fn has(&self, sink: &str) -> bool {
+        self.0.as_ref().is_none_or(|s| s.iter().any(|n| n == sink))
     }
 }
 

@@ -48,11 +48,13 @@ mod deliver;
 mod maintain;
 mod meta;
 mod reader;
+mod sinks;
 mod types;
 mod write;
 
 use meta::Meta;
 pub use reader::{DeadLetter, Dump, WalReader};
+pub use sinks::{Removal, SinksChanged};
 pub use types::*;
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
@@ -365,6 +367,9 @@ impl WalStore {
                     }
                     Op::Requeue { sink, limit } => {
                         OpResult::Requeued(self.requeue(&mut tx, &mut meta, &sink, limit)?)
+                    }
+                    Op::Sinks { sinks, removed } => {
+                        OpResult::SinksSet(self.set_sinks(&mut tx, &mut meta, sinks, removed)?)
                     }
                     Op::ReleaseLeases => {
                         let n = self.inflight.values().map(BTreeMap::len).sum();

@@ -149,6 +149,12 @@ pub enum Op {
     /// Every InFlight lease of every sink back to Enqueued (a new dispatcher starts: whoever
     /// held them is gone). Attempts already counted stay counted.
     ReleaseLeases,
+    /// The sinks new records are queued for change; removed ones' records are dropped or
+    /// moved (`sinks.rs`).
+    Sinks {
+        sinks: Vec<String>,
+        removed: Vec<(String, super::Removal)>,
+    },
     /// The operator deletes up to `limit` of a sink's dead letters matching `filter`.
     PurgeDead {
         sink: String,
@@ -190,6 +196,7 @@ impl Op {
                 | Op::Requeue { .. }
                 | Op::Reject(_)
                 | Op::PurgeDead { .. }
+                | Op::Sinks { .. }
         )
     }
 }
@@ -213,6 +220,7 @@ pub enum OpResult {
     Rejected(u64),
     /// Leases released.
     LeasesReleased(usize),
+    SinksSet(super::SinksChanged),
     /// Dead letters purged by the operator.
     Purged {
         sink: String,

@@ -141,9 +141,16 @@ impl WalStore {
                     let seq = meta.next_seq;
                     meta.next_seq += 1;
                     tx.records.insert(seq, bytes.as_slice())?;
+                    // A route naming only sinks the WAL no longer has (routed just before
+                    // a config.apply removed them) falls back to every sink: delivered too
+                    // widely once, never accepted and delivered nowhere.
+                    let known = self.sinks.iter().any(|s| r.route.has(s));
+                    if !known && r.route.0.is_some() && !self.sinks.is_empty() {
+                        tracing::warn!(device_id = %r.device_id, "a reading routed to removed sinks only: queued for every sink");
+                    }
                     let mut routed = 0u32;
-                    for (i, sink) in self.sinks.iter().enumerate() {
-                        if r.route.has(i) {
+                    for sink in &self.sinks {
+                        if !known || r.route.has(sink) {
                             tx.pending.insert((sink.as_str(), seq), 0u32)?;
                             meta.sink(sink).0 += 1;
                             routed += 1;
