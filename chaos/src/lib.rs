@@ -13,6 +13,8 @@
 //! - [`store`]: an S3-compatible store (`s3s-fs`) and what arrived in it; [`archive`]: the
 //!   S3 sink of a `--s3` campaign and the follower reading it back into the ledger.
 //! - [`devices`]: MQTT and HTTP devices numbering their readings with `seq`.
+//! - [`commands`]: control traffic (device commands, configuration changes) and its oracle,
+//!   in the `control` and `mixed` scenarios.
 //! - [`abuse`]: hostile clients (idle sockets, slow bodies, a flooding device, colliding
 //!   keys) for the `abuse` scenario, beside the honest devices.
 //! - [`run`]: the campaign: start, inject, drain, judge, report.
@@ -21,6 +23,7 @@ pub mod abuse;
 pub mod archive;
 pub mod broker;
 pub mod bus;
+pub mod commands;
 pub mod devices;
 pub mod gateway;
 pub mod kafka;

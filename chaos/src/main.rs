@@ -136,6 +136,20 @@ fn print_summary(r: &edge_gateway_chaos::run::Report) {
     if !r.abuse_outcomes.is_empty() {
         println!("abuse outcomes: {:?}", r.abuse_outcomes);
     }
+    if let Some(c) = &r.commands {
+        println!(
+            "device commands: accepted {}, acknowledged {}, expired {}, LOST {} (delivered more \
+             than once: {}); config changes applied {}, refused {}; requests unanswered {}",
+            c.accepted,
+            c.acknowledged,
+            c.expired,
+            c.lost,
+            c.delivered_more_than_once,
+            c.configs_applied,
+            c.configs_refused,
+            c.unanswered_requests
+        );
+    }
     println!(
         "gateway kills survived: {}; actor restarts: {:?}",
         r.gateway_kills, r.actor_restarts

@@ -64,6 +64,8 @@ pub struct Report {
     pub schedule: Vec<Planned>,
     /// Scenario `abuse`: what the hostile clients saw, by `attack/outcome`.
     pub abuse_outcomes: BTreeMap<String, u64>,
+    /// Scenarios with control traffic: the device commands' fate.
+    pub commands: Option<crate::commands::CommandReport>,
     pub gateway_log: String,
 }
 
@@ -157,7 +159,8 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         upstream.url(),
         // A WAL small enough that a flooding device meets its share within a minute.
         if o.scenario == Scenario::Abuse { "[wal]\nmax_records = 20000\n" } else { "" },
-    ) + &match &store {
+    ) + if o.scenario.control_traffic() { crate::commands::GATEWAY_CONFIG } else { "" }
+        + &match &store {
         Some(s) => archive::sink_config(s, &o.work_dir)?,
         None => String::new(),
     } + &broker.as_ref().map(bus::sink_config).unwrap_or_default();
@@ -194,6 +197,31 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
             o.rate,
             ledger.clone(),
             stop.clone(),
+        )));
+    }
+
+    // Control traffic: an operator and a command listener per MQTT device.
+    let commands = crate::commands::Shared::default();
+    let mut control_tasks = Vec::new();
+    let listeners_stop = Arc::new(AtomicBool::new(false));
+    if o.scenario.control_traffic() {
+        let ids: Vec<String> = (0..n_mqtt).map(|i| format!("stm32-{i}")).collect();
+        for id in &ids {
+            control_tasks.push(tokio::spawn(crate::commands::listener(
+                id.clone(),
+                edge.port,
+                commands.clone(),
+                listeners_stop.clone(),
+            )));
+        }
+        let op_stop = stop.clone();
+        control_tasks.push(tokio::spawn(crate::commands::operator(
+            gw.admin(""),
+            gw.admin_token.clone(),
+            ids,
+            o.seed,
+            commands.clone(),
+            op_stop,
         )));
     }
 
@@ -287,6 +315,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     for t in device_tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
+    // The operator has stopped; the command listeners go on until the commands are judged.
 
     // Drain: wait until every acknowledged reading is at every sink or dead-lettered there.
     let stopped = Instant::now();
@@ -320,6 +349,17 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     for f in followers {
         f.abort();
     }
+    let command_report = if o.scenario.control_traffic() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let r = crate::commands::verdict(&gw.admin(""), &gw.admin_token, &commands, deadline).await;
+        listeners_stop.store(true, Ordering::Relaxed);
+        for t in control_tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        Some(r)
+    } else {
+        None
+    };
 
     let keys: HashMap<String, HashSet<String>> = dead
         .iter()
@@ -335,6 +375,9 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     let mut violations = verdict.violations();
     if drained_at.is_none() && verdict.lost == 0 {
         violations.push("backlog did not drain in time".into());
+    }
+    if let Some(c) = &command_report {
+        violations.extend(c.violations.iter().map(|v| format!("command {v}")));
     }
     let log = gw.log_path().display().to_string();
     gw.stop();
@@ -362,6 +405,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         gateway_peak_rss_mib: watch.peak_rss,
         schedule,
         abuse_outcomes: abuse_outcomes.snapshot(),
+        commands: command_report,
         gateway_log: log,
     })
 }

@@ -23,6 +23,16 @@ pub enum Scenario {
     /// Hostile clients beside the honest devices: idle sockets, slow bodies, a flooding
     /// device, keys copied from other devices (issue 8).
     Abuse,
+    /// Control traffic (device commands, configuration changes) while the control actor
+    /// fails, the gateway is killed and the edge broker restarts (issue 12).
+    Control,
+}
+
+impl Scenario {
+    /// Whether the operator sends commands and configuration changes during the campaign.
+    pub fn control_traffic(self) -> bool {
+        matches!(self, Scenario::Mixed | Scenario::Control)
+    }
 }
 
 impl std::str::FromStr for Scenario {
@@ -35,9 +45,10 @@ impl std::str::FromStr for Scenario {
             "sink-flap" => Scenario::SinkFlap,
             "mixed" => Scenario::Mixed,
             "abuse" => Scenario::Abuse,
+            "control" => Scenario::Control,
             _ => {
                 return Err(format!(
-                "unknown scenario {s:?}: field-demo, actor-storm, kill-9, sink-flap, mixed, abuse"
+                "unknown scenario {s:?}: field-demo, actor-storm, kill-9, sink-flap, mixed, abuse, control"
             ))
             }
         })
@@ -153,6 +164,7 @@ impl Scenario {
             Scenario::SinkFlap => 2.0,
             Scenario::Mixed => 2.5,
             Scenario::Abuse => 2.0,
+            Scenario::Control => 3.0,
         }
     }
 
@@ -207,6 +219,13 @@ impl Scenario {
                     secs: round(rng.random_range(6.0..15.0)),
                 }
             }
+            Scenario::Control => match rng.random_range(0..6) {
+                0 | 1 => Fault::FailActor("control".into()),
+                2 => Fault::Kill9,
+                3 => Fault::EdgeBrokerRestart,
+                4 => actor(rng),
+                _ => Fault::FailActor("dispatcher".into()),
+            },
             Scenario::Mixed => match rng.random_range(0..10) {
                 0..=3 => actor(rng),
                 4 | 5 => Fault::Kill9,
@@ -319,6 +338,11 @@ mod tests {
         assert!(plan(Scenario::ActorStorm, d, 1)
             .iter()
             .all(|f| matches!(f.fault, Fault::FailActor(_))));
+        let control = plan(Scenario::Control, d, 1);
+        assert!(control
+            .iter()
+            .any(|f| f.fault == Fault::FailActor("control".into())));
+        assert!(control.iter().any(|f| f.fault == Fault::Kill9));
         let flap = plan(Scenario::SinkFlap, d, 1);
         assert!(flap
             .iter()
