@@ -130,8 +130,8 @@ pub async fn operator(
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let body = if n % 10 == 0 {
-            let batch = if (n / 10) % 2 == 0 { 500 } else { 200 };
+        let body = if n.is_multiple_of(10) {
+            let batch = if (n / 10).is_multiple_of(2) { 500 } else { 200 };
             json!({"command_id": format!("chaos-cfg-{n}"), "kind": "config.apply",
                    "change": {"delivery": {"batch_size": batch}}})
         } else {
