@@ -409,3 +409,83 @@ async fn on_the_shipped_broker_a_device_reads_only_its_own_commands() {
         "done"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_control_topics_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = mqtt::plain(&dir.path().join("broker"));
+    let gw = Gateway::start(&config(&dir.path().join("gw"), &broker, ""));
+    gw.wait_metric("edge_gateway_control_link_up", |v| v == 1.0)
+        .await;
+    let backend = Listener::start(broker.port, "backend", RESPONSE, None, false).await;
+    let raw = |topic: &'static str, body: Vec<u8>| {
+        let c = backend.client.clone();
+        async move {
+            c.publish(topic, rumqttc::QoS::AtLeastOnce, false, body)
+                .await
+                .unwrap()
+        }
+    };
+    // Requests: not JSON, over 64 KiB, an unknown kind, no command_id.
+    raw(REQUEST, b"\xff\xfe not json".to_vec()).await;
+    raw(REQUEST, vec![b' '; 70 * 1024]).await;
+    backend
+        .publish(REQUEST, &json!({"command_id": "k-1", "kind": "reboot"}))
+        .await;
+    backend.publish(REQUEST, &json!({"kind": "ping"})).await;
+    let unknown = backend
+        .wait_for(Duration::from_secs(20), with_id("k-1"))
+        .await
+        .unwrap();
+    assert_eq!(unknown["result"]["field"], "kind", "{unknown}");
+    backend
+        .wait_for(Duration::from_secs(20), |v| v["field"] == "command_id")
+        .await
+        .expect("answered naming command_id");
+    gw.wait_metric(
+        "edge_gateway_control_requests_refused_total{reason=\"too_large\"}",
+        |v| v == 1.0,
+    )
+    .await;
+    gw.wait_metric(
+        "edge_gateway_control_requests_refused_total{reason=\"not_json\"}",
+        |v| v == 1.0,
+    )
+    .await;
+    // Device acks: malformed, for an unknown command, and a flood of them: counted and
+    // ignored; the gateway goes on answering.
+    raw("devices/s-1/commands/ack", b"nope".to_vec()).await;
+    for i in 0..500 {
+        backend
+            .publish(
+                "devices/s-1/commands/ack",
+                &json!({"command_id": format!("ghost-{i}")}),
+            )
+            .await;
+    }
+    gw.wait_metric(
+        "edge_gateway_control_device_acks_ignored_total{reason=\"unknown\"}",
+        |v| v == 500.0,
+    )
+    .await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "edge_gateway_control_device_acks_ignored_total{reason=\"malformed\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    backend
+        .publish(REQUEST, &json!({"command_id": "k-2", "kind": "ping"}))
+        .await;
+    let pong = backend
+        .wait_for(Duration::from_secs(20), with_id("k-2"))
+        .await
+        .expect("still answering");
+    assert_eq!(pong["result"]["result"], "pong");
+    // Nothing of it was recorded but the two valid-id requests.
+    let all = gw.admin_get("/admin/control?limit=10").await;
+    assert_eq!(all["commands"].as_array().unwrap().len(), 2, "{all}");
+}

@@ -29,7 +29,8 @@ impl Listener {
     ) -> Listener {
         let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(10))
-            .set_clean_session(false);
+            .set_clean_session(false)
+            .set_max_packet_size(1 << 20, 1 << 20);
         if let Some(t) = transport {
             o.set_transport(t);
         }
