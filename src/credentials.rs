@@ -62,3 +62,31 @@ pub fn resolve_credentials(cfg: &Config) -> Result<Credentials, CredentialsError
         admin_hash: hash_token(&admin_token),
     })
 }
+
+/// The admin token's hash in force, swapped when its file is reloaded.
+pub type AdminHash = std::sync::Arc<std::sync::RwLock<TokenHash>>;
+
+/// Token files read again (`tls.reload`, SIGHUP, a change on disk): the ingest and admin
+/// credentials are replaced whole, or (a file unreadable or empty) kept as they are.
+pub struct TokenFiles {
+    pub config: Config,
+    pub ingest: edge_gateway_actors::ingest::auth::AuthCell,
+    pub admin: AdminHash,
+}
+
+impl edge_gateway_actors::reload::Reload for TokenFiles {
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        let c = &self.config;
+        [c.auth.ingest_token_file.clone(), c.admin.token_file.clone()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        let fresh = resolve_credentials(&self.config).map_err(|e| e.to_string())?;
+        self.ingest.set(fresh.ingest);
+        *self.admin.write().expect("admin hash") = fresh.admin_hash;
+        Ok(())
+    }
+}

@@ -99,6 +99,40 @@ pub enum RunError {
     TreeFailed,
 }
 
+/// Reloads certificates and token files on SIGHUP (all of them) and when they change on disk
+/// (polled every `WATCH_EVERY`).
+async fn watch_files(r: Arc<edge_gateway_supervisors::reconfigure::Reconfigurer>) {
+    use edge_gateway_actors::control::Reconfigure;
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut every = tokio::time::interval(edge_gateway_supervisors::tls_reload::WATCH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let forced = tokio::select! {
+            _ = every.tick() => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        #[cfg(not(unix))]
+        let forced = {
+            every.tick().await;
+            false
+        };
+        if forced {
+            tracing::info!("SIGHUP: reloading certificates and token files");
+        }
+        match r.reload_tls(forced).await {
+            Ok(v) if forced || v["restarted"].as_array().is_some_and(|a| !a.is_empty()) => {
+                tracing::info!(report = %v, "certificates and token files reloaded")
+            }
+            Ok(_) => {}
+            Err(v) => {
+                tracing::error!(report = %v, "a reloaded file was refused; the files in use stay")
+            }
+        }
+    }
+}
+
 /// Runs the gateway until `shutdown` resolves, then stops it in order: ingest first, the WAL
 /// last. Returns an error if the tree gave up on its own.
 pub async fn run(
@@ -119,9 +153,23 @@ pub async fn run(
         .build_info
         .with_label_values(&[VERSION, GIT_COMMIT])
         .set(1);
+    // Listener certificates and token files are re-read by `tls.reload`, on SIGHUP and when
+    // they change on disk (supervisors/src/tls_reload.rs).
+    let reloader = edge_gateway_actors::reload::Reloader::default();
+    let ingest_auth = edge_gateway_actors::ingest::auth::AuthCell::new(creds.ingest.clone());
+    let admin_hash: credentials::AdminHash = Arc::new(std::sync::RwLock::new(creds.admin_hash));
+    reloader.register(
+        "tokens",
+        Arc::new(credentials::TokenFiles {
+            config: config.clone(),
+            ingest: ingest_auth.clone(),
+            admin: admin_hash.clone(),
+        }),
+    );
     let (root_args, handles) = tree::build(
         &config,
-        Arc::new(creds.ingest.clone()),
+        ingest_auth,
+        reloader.clone(),
         metrics.clone(),
         layers,
         set_log_level,
@@ -131,9 +179,10 @@ pub async fn run(
         .await
         .map_err(|e| RunError::Start(e.to_string()))?;
     root_addr.bind(root.clone());
-    let admin = admin::start(&config, handles.clone(), creds.admin_hash)
+    let admin = admin::start(&config, handles.clone(), admin_hash, &reloader)
         .await
         .map_err(RunError::Admin)?;
+    let reloads = tokio::spawn(watch_files(handles.reconfigure.clone()));
     if cfg!(feature = "negative-control") {
         tracing::error!(
             "NEGATIVE-CONTROL BUILD: WAL commits are not durable; a crash loses acknowledged \
@@ -155,6 +204,7 @@ pub async fn run(
         _ = shutdown => false,
         _ = &mut root_join => true,
     };
+    reloads.abort();
     if tree_failed {
         admin.stop();
         return Err(RunError::TreeFailed);

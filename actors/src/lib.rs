@@ -17,6 +17,7 @@ pub mod live;
 pub mod metrics;
 pub mod mqtt_options;
 pub mod readiness;
+pub mod reload;
 pub mod serve;
 pub mod sinks;
 pub mod tasks;

@@ -30,13 +30,50 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use warp::Filter;
 
-/// A server-side TLS configuration, built once per listener.
+/// A listener's server-side TLS configuration: built at start, built again from its files by
+/// a reload (a bad file refused, the old configuration kept); each new connection takes the
+/// one in force.
 #[derive(Clone)]
-pub struct TlsAcceptor(Arc<SslAcceptor>);
+pub struct TlsAcceptor {
+    cfg: edge_gateway_config::TlsConfig,
+    current: Arc<std::sync::RwLock<Arc<SslAcceptor>>>,
+}
+
+impl crate::reload::Reload for TlsAcceptor {
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        let c = &self.cfg;
+        [
+            Some(&c.cert_file),
+            Some(&c.key_file),
+            c.client_ca_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        let fresh = Self::build(&self.cfg)?;
+        *self.current.write().expect("tls acceptor") = Arc::new(fresh);
+        Ok(())
+    }
+}
 
 impl TlsAcceptor {
-    /// Server certificate chain and key (PEM); with `client_ca_file`, mutual TLS is required.
     pub fn new(cfg: &edge_gateway_config::TlsConfig) -> Result<TlsAcceptor, String> {
+        Ok(TlsAcceptor {
+            cfg: cfg.clone(),
+            current: Arc::new(std::sync::RwLock::new(Arc::new(Self::build(cfg)?))),
+        })
+    }
+
+    fn current(&self) -> Arc<SslAcceptor> {
+        self.current.read().expect("tls acceptor").clone()
+    }
+
+    /// Server certificate chain and key (PEM); with `client_ca_file`, mutual TLS is required.
+    fn build(cfg: &edge_gateway_config::TlsConfig) -> Result<SslAcceptor, String> {
         let ctx = |what: &str, e: openssl::error::ErrorStack| format!("{what}: {e}");
         let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
             .map_err(|e| ctx("TLS setup", e))?;
@@ -51,7 +88,7 @@ impl TlsAcceptor {
                 .map_err(|e| ctx(&format!("client_ca_file {}", ca.display()), e))?;
             b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         }
-        Ok(TlsAcceptor(Arc::new(b.build())))
+        Ok(b.build())
     }
 }
 
@@ -226,7 +263,8 @@ pub async fn serve<F>(
                 .max_buf_size(MAX_HEAD_BYTES);
             let served = match tls {
                 None => b.serve_connection(TokioIo::new(stream), svc).await,
-                Some(TlsAcceptor(acceptor)) => {
+                Some(t) => {
+                    let acceptor = t.current();
                     let handshake = async {
                         let ssl = Ssl::new(acceptor.context()).map_err(|e| e.to_string())?;
                         let mut s = tokio_openssl::SslStream::new(ssl, stream)

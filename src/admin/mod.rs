@@ -13,7 +13,7 @@ mod control;
 mod tree;
 
 use edge_gateway_actors::addr::SendError;
-use edge_gateway_actors::ingest::auth::{ct_eq, hash_token, TokenHash};
+use edge_gateway_actors::ingest::auth::{ct_eq, hash_token};
 use edge_gateway_actors::wal::{DeadClass, DeadFilter, WalMsg};
 use edge_gateway_config::Config;
 use edge_gateway_supervisors::tree::Handles;
@@ -38,7 +38,7 @@ impl AdminServer {
 
 struct Ctx {
     handles: Handles,
-    admin_hash: TokenHash,
+    admin_hash: crate::credentials::AdminHash,
     chaos: bool,
 }
 
@@ -52,7 +52,7 @@ fn refused(ctx: &Ctx, header: Option<&str>) -> Option<warp::reply::Response> {
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim);
     match token {
-        Some(t) if ct_eq(&hash_token(t), &ctx.admin_hash) => None,
+        Some(t) if ct_eq(&hash_token(t), &ctx.admin_hash.read().expect("admin hash")) => None,
         Some(_) => Some(json_status(
             json!({"error": "forbidden", "message": "wrong admin token"}),
             StatusCode::FORBIDDEN,
@@ -382,7 +382,8 @@ fn unavailable(e: SendError) -> warp::reply::Response {
 pub async fn start(
     cfg: &Config,
     handles: Handles,
-    admin_hash: TokenHash,
+    admin_hash: crate::credentials::AdminHash,
+    reloader: &edge_gateway_actors::reload::Reloader,
 ) -> Result<AdminServer, String> {
     let listener = tokio::net::TcpListener::bind(cfg.admin.listen)
         .await
@@ -438,6 +439,9 @@ pub async fn start(
         Some(t) => Some(edge_gateway_actors::serve::TlsAcceptor::new(t)?),
         None => None,
     };
+    if let Some(t) = &tls {
+        reloader.register("admin", Arc::new(t.clone()));
+    }
     let (tx, rx) = watch::channel(false);
     let limits = edge_gateway_actors::serve::Limits {
         listener: "admin",

@@ -21,6 +21,7 @@
 mod delivery;
 pub mod reconfigure;
 mod supervisor;
+pub mod tls_reload;
 pub mod tree;
 
 pub use supervisor::{

@@ -44,10 +44,15 @@ pub struct Reconfigurer {
     pub delivery: Addr<SupervisorMsg>,
     pub routes: RouteTable,
     pub set_log_level: Option<SetLogLevel>,
-    /// Supervisors by the children they hold, for `actor.restart`.
+    /// Supervisors by the children they hold, for `actor.restart` (storage, delivery, ingest).
     pub supervisors: Vec<(Addr<SupervisorMsg>, Vec<String>)>,
     /// One change at a time.
     pub lock: tokio::sync::Mutex<()>,
+    /// Listeners' certificates and token files, rebuilt in place (`tls_reload.rs`).
+    pub reloader: edge_gateway_actors::reload::Reloader,
+    /// Client actors' files as last seen, to tell a change.
+    pub client_files: std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>,
+    pub control: Addr<edge_gateway_actors::control::ControlMsg>,
 }
 
 async fn sup(
@@ -255,7 +260,7 @@ impl Reconfigurer {
         }))
     }
 
-    async fn restart_now(&self, actor: &str) -> Result<(), String> {
+    pub(crate) async fn restart_now(&self, actor: &str) -> Result<(), String> {
         if actor == "control" {
             return Err("the control plane cannot restart itself from a command; use the chaos hook or restart the gateway".into());
         }
@@ -337,5 +342,9 @@ impl Reconfigure for Reconfigurer {
 
     fn finish_drains(&self) -> BoxFuture<'_, Vec<String>> {
         Box::pin(self.finish_drains_now())
+    }
+
+    fn reload_tls(&self, force: bool) -> BoxFuture<'_, Result<Value, Value>> {
+        Box::pin(self.reload_tls_now(force))
     }
 }

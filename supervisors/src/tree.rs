@@ -6,7 +6,7 @@ use crate::supervisor::{ChildSpec, RestartBudget, Supervisor, SupervisorArgs, Su
 use edge_gateway_actors::addr::{Addr, Directory, Failable};
 use edge_gateway_actors::control::{Control, ControlArgs, ControlMsg};
 use edge_gateway_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg, Holds};
-use edge_gateway_actors::ingest::auth::Auth;
+use edge_gateway_actors::ingest::auth::AuthCell;
 use edge_gateway_actors::ingest::http::{HttpIngest, HttpIngestArgs, HttpIngestMsg};
 use edge_gateway_actors::ingest::mqtt::{
     MqttSession, MqttSessionArgs, MqttSessionMsg, SessionStatus,
@@ -15,6 +15,7 @@ use edge_gateway_actors::ingest::router::Router;
 use edge_gateway_actors::ingest::routes::{RouteTable, Routes};
 use edge_gateway_actors::live::Live;
 use edge_gateway_actors::metrics::Metrics;
+use edge_gateway_actors::reload::Reloader;
 use edge_gateway_actors::sinks::health::SinkHealth;
 use edge_gateway_actors::wal::{Wal, WalArgs, WalLimits, WalMsg};
 use edge_gateway_config::{Config, LoadOptions};
@@ -35,6 +36,8 @@ pub struct Handles {
     pub http_bound: Arc<Mutex<Option<SocketAddr>>>,
     /// The configuration in force (the sinks it names change with `config.apply`).
     pub live: Live,
+    /// Live changes: `config.apply`, restarts, reloads (SIGHUP and the file watch use it).
+    pub reconfigure: Arc<Reconfigurer>,
     /// Each sink's outage, if any (for `/readyz`).
     pub sink_health: SinkHealth,
     pub control: Addr<ControlMsg>,
@@ -101,7 +104,8 @@ fn supervisor_of(
 /// Builds the tree; spawn the returned root with `Actor::spawn(None, Supervisor, args)`.
 pub fn build(
     cfg: &Config,
-    auth: Arc<Auth>,
+    auth: AuthCell,
+    reloader: Reloader,
     metrics: Arc<Metrics>,
     layers: LoadOptions,
     set_log_level: Option<SetLogLevel>,
@@ -210,12 +214,13 @@ pub fn build(
     let mut ingest_children = Vec::new();
     if cfg.http.enabled {
         let addr = Addr::<HttpIngestMsg>::new("http_ingest", Some("ingest"));
-        let (a, m, r, hc, b) = (
+        let (a, m, r, hc, b, rl) = (
             addr.clone(),
             metrics.clone(),
             router.clone(),
             cfg.http.clone(),
             http_bound.clone(),
+            reloader.clone(),
         );
         ingest_children.push(child(&dir, addr, move || {
             (
@@ -227,6 +232,7 @@ pub fn build(
                     metrics: m.clone(),
                     addr: a.clone(),
                     bound: b.clone(),
+                    reloader: rl.clone(),
                 },
             )
         }));
@@ -275,6 +281,7 @@ pub fn build(
     );
 
     // control: commands recorded in their own file; nothing else depends on it.
+    let control_addr = Addr::<ControlMsg>::new("control", Some("control_plane"));
     let reconfigure = Arc::new(Reconfigurer {
         parts: parts.clone(),
         wal: wal.clone(),
@@ -288,8 +295,11 @@ pub fn build(
             (ingest_addr, ingest_names),
         ],
         lock: tokio::sync::Mutex::new(()),
+        reloader: reloader.clone(),
+        client_files: Default::default(),
+        control: control_addr.clone(),
     });
-    let control_addr = Addr::<ControlMsg>::new("control", Some("control_plane"));
+    reconfigure.note_client_files();
     let control_args = ControlArgs {
         store_path: cfg.data_dir.join("control.redb"),
         control: cfg.control.clone(),
@@ -299,7 +309,7 @@ pub fn build(
         started: std::time::SystemTime::now(),
         live: live.clone(),
         layers,
-        reconfigure,
+        reconfigure: reconfigure.clone(),
         holds,
         wal: wal.clone(),
         directory: dir.clone(),
@@ -332,6 +342,7 @@ pub fn build(
         root,
         http_bound,
         live,
+        reconfigure,
         sink_health,
         mqtt: mqtt_status,
         control: control_addr,

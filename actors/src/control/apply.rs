@@ -39,6 +39,10 @@ pub trait Reconfigure: Send + Sync {
 
     /// Removes draining sinks whose backlog has been delivered; their names.
     fn finish_drains(&self) -> BoxFuture<'_, Vec<String>>;
+
+    /// Re-reads certificates, keys, CA and token files (`force`: even unchanged ones); what
+    /// was reloaded or restarted, or (`Err`) the same report when a new file was refused.
+    fn reload_tls(&self, force: bool) -> BoxFuture<'_, Result<Value, Value>>;
 }
 
 fn problems(e: ConfigError) -> Value {

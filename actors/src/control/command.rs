@@ -21,6 +21,8 @@ pub enum Command {
     ActorRestart { actor: String },
     /// Up to `limit` of a sink's dead letters back to the queue, oldest first.
     RequeueDead { sink: String, limit: usize },
+    /// Certificates, keys, CA and token files read again.
+    TlsReload,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +61,8 @@ fn invalid(field: &str, message: impl Into<String>) -> Invalid {
 }
 
 /// The kinds this gateway carries out.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
+    "tls.reload",
     "ping",
     "config.get",
     "config.apply",
@@ -120,6 +123,7 @@ pub fn parse(v: &Value, limits: &Limits) -> Result<Command, Invalid> {
         "sink.resume" => Ok(Command::SinkResume { sink: sink()? }),
         "device.command" => device_command(v, limits).map(Command::Device),
         "config.apply" => Ok(Command::ConfigApply),
+        "tls.reload" => Ok(Command::TlsReload),
         "actor.restart" => {
             let actor = v.get("actor").and_then(Value::as_str).ok_or_else(|| {
                 invalid(

@@ -10,6 +10,8 @@
 //!   id, a PUBACK, a device's acknowledgement or an MQTT request (`mqtt_door.rs`), the loss
 //! - `Tick`    <- its timer, every second: device commands expire (`device.rs`), the link
 //!   reconnects after its backoff
+//! - `Relink`  <- the tree's reloader (`tls.reload`, SIGHUP, files changed): the link
+//!   reconnects, reading its certificate files again
 //! - `Fail`    <- admin API chaos hook
 //!
 //! A command is recorded (`accepted`, or `queued` for a device command; fsync'd in
@@ -106,6 +108,8 @@ pub enum ControlMsg {
     /// From the control link of this generation.
     Link(u64, LinkNote),
     Tick,
+    /// Its link's files changed (`tls.reload`): reconnect with them now.
+    Relink,
     Fail(String),
 }
 
@@ -290,6 +294,7 @@ impl ControlState {
                 Ok(()) => Ok(json!({"result": "restarted", "actor": actor})),
                 Err(why) => Err(json!({"error": "not_restarted", "actor": actor, "message": why})),
             },
+            Command::TlsReload => a.reconfigure.reload_tls(true).await,
             Command::RequeueDead { sink, limit } => {
                 let s = sink.clone();
                 match a
@@ -444,6 +449,16 @@ impl Actor for Control {
             }
             ControlMsg::Link(generation, note) => state.on_link(generation, note).await?,
             ControlMsg::Tick => state.tick().await?,
+            ControlMsg::Relink => {
+                if state.link.take().is_some() {
+                    // What had no PUBACK goes again on the new connection.
+                    state.outbox.lost();
+                    state.args.metrics.control.link_up.set(0);
+                    tracing::info!("control link reconnecting with its reloaded files");
+                }
+                state.reconnect_at = None;
+                state.tick().await?;
+            }
             ControlMsg::Fail(reason) => return Err(format!("failure injected: {reason}").into()),
         }
         Ok(())

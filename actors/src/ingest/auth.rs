@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 pub type TokenHash = [u8; 32];
 
@@ -105,6 +106,24 @@ pub fn read_secret(path: &Path) -> std::io::Result<String> {
         ));
     }
     Ok(s.to_string())
+}
+
+/// The credentials in force, swapped whole when their files are reloaded.
+#[derive(Clone, Default)]
+pub struct AuthCell(Arc<RwLock<Arc<Auth>>>);
+
+impl AuthCell {
+    pub fn new(a: Auth) -> AuthCell {
+        AuthCell(Arc::new(RwLock::new(Arc::new(a))))
+    }
+
+    pub fn get(&self) -> Arc<Auth> {
+        self.0.read().expect("auth").clone()
+    }
+
+    pub fn set(&self, a: Auth) {
+        *self.0.write().expect("auth") = Arc::new(a);
+    }
 }
 
 /// Who may ingest for which device.

@@ -23,7 +23,7 @@
 //! asynchronously, so the new instance waits (up to 2 s) for the port rather than failing
 //! its start: seen 12 times in a 1-hour chaos campaign before this wait.
 
-use super::auth::Auth;
+use super::auth::AuthCell;
 
 /// Binds `addr`, waiting out a predecessor that still holds the port (its serve loop ends on
 /// its own task, after the actor that owned it).
@@ -72,10 +72,12 @@ impl Failable for HttpIngestMsg {
 
 pub struct HttpIngestArgs {
     pub config: edge_gateway_config::HttpConfig,
-    pub auth: Arc<Auth>,
+    pub auth: AuthCell,
     pub router: Router,
     pub metrics: Arc<Metrics>,
     pub addr: Addr<HttpIngestMsg>,
+    /// Where its TLS configuration is registered for reloads.
+    pub reloader: crate::reload::Reloader,
     /// The address actually bound; kept across restarts so port 0 is chosen once.
     pub bound: Arc<Mutex<Option<SocketAddr>>>,
 }
@@ -88,7 +90,7 @@ pub struct HttpIngestState {
 /// What every request handler needs.
 struct Ctx {
     cfg: edge_gateway_config::HttpConfig,
-    auth: Arc<Auth>,
+    auth: AuthCell,
     router: Router,
     metrics: Arc<Metrics>,
     /// Requests inside the gateway (`http.max_in_flight`).
@@ -385,6 +387,7 @@ fn routes(
                 super::parse::validate_device_id(&device)
                     .map_err(|r| warp::reject::custom(ApiError(r)))?;
                 ctx.auth
+                    .get()
                     .check(&device, authz.as_deref())
                     .map(|()| device)
                     .map_err(|r| warp::reject::custom(ApiError(r)))
@@ -436,6 +439,9 @@ impl Actor for HttpIngest {
             Some(t) => Some(crate::serve::TlsAcceptor::new(t)?),
             None => None,
         };
+        if let Some(t) = &tls {
+            args.reloader.register("http_ingest", Arc::new(t.clone()));
+        }
         let (tx, rx) = watch::channel(false);
         let limits = crate::serve::Limits {
             listener: "ingest",

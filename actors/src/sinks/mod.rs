@@ -86,6 +86,45 @@ impl Failable for PublisherMsg {
 
 pub struct Publisher;
 
+/// Whether a publisher for `sink` would start with the files on disk now, without starting
+/// it (a reload checks new certificates before restarting anything). A file sink is not
+/// checked (it has no credentials). Kafka builds its client, which connects in the background.
+pub fn check_files(sink: &SinkConfig, gateway_id: &str) -> Result<(), String> {
+    match sink {
+        SinkConfig::File(_) => Ok(()),
+        SinkConfig::Http(c) => http::HttpSink::new(c, gateway_id).map(drop),
+        SinkConfig::Mqtt(c) => mqtt::MqttSink::check(c, gateway_id),
+        SinkConfig::Kafka(c) => kafka::KafkaSink::new(c, gateway_id).map(drop),
+        SinkConfig::S3(_) => files_of(sink).iter().try_for_each(|f| {
+            std::fs::read(f)
+                .map(drop)
+                .map_err(|e| format!("{}: {e}", f.display()))
+        }),
+    }
+}
+
+/// Every file a configuration names (keys ending in `_file`), read from its serialised form so
+/// no kind's file is forgotten.
+pub fn files_of(v: &impl serde::Serialize) -> Vec<std::path::PathBuf> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<std::path::PathBuf>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match v {
+                        serde_json::Value::String(s) if k.ends_with("_file") => out.push(s.into()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::to_value(v).unwrap_or_default(), &mut out);
+    out
+}
+
 pub struct PublisherArgs {
     pub sink: SinkConfig,
     pub gateway_id: String,

@@ -216,6 +216,23 @@ impl MqttSink {
         Ok(s)
     }
 
+    /// Whether a sink with `cfg` would start: its address and TLS files (nothing connects).
+    pub fn check(cfg: &MqttSinkConfig, gateway_id: &str) -> Result<(), String> {
+        let s = MqttSink {
+            cfg: cfg.clone(),
+            gateway_id: gateway_id.to_string(),
+            topic: String::new(),
+            prefix: String::new(),
+            timeout: Duration::ZERO,
+            batch_capacity: 1,
+            max_packet: None,
+            announced_max: None,
+            presence: None,
+            conn: None,
+        };
+        s.settings_check()
+    }
+
     /// Fails at start-up on unreadable TLS files or a bad address, not at the first batch.
     fn settings_check(&self) -> Result<(), String> {
         self.options().map(|_| ()).map_err(|e| e.to_string())
