@@ -146,6 +146,27 @@ async fn pause_and_resume_act_once_per_command_id_across_restarts() {
     assert_eq!(v["result"]["result"], "paused", "the first answer: {v}");
     let (_, ping) = command(&gw, json!({"command_id": "c-10", "kind": "ping"})).await;
     assert_eq!(ping["result"]["paused_sinks"], json!([]), "{ping}");
+    // A pause outlives a restart (a sink paused for maintenance stays paused).
+    let (s, _) = command(
+        &gw,
+        json!({"command_id": "p-2", "kind": "sink.pause", "sink": "api"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(gw.terminate().success());
+    let gw = Gateway::start(&cfg);
+    let (_, ping) = command(&gw, json!({"command_id": "c-11", "kind": "ping"})).await;
+    assert_eq!(ping["result"]["paused_sinks"], json!(["api"]), "{ping}");
+    let (s, v) = command(
+        &gw,
+        json!({"command_id": "r-2", "kind": "sink.resume", "sink": "api"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["result"]["changed"].as_bool()),
+        (200, Some(true)),
+        "{v}"
+    );
 }
 
 /// Attacks on the door (docs/security.md row 27): no token, a wrong one, a body over 64 KiB,

@@ -316,13 +316,17 @@ impl ControlState {
                     Err(e) => Err(json!({"error": "unavailable", "message": e.to_string()})),
                 }
             }
-            Command::SinkPause { sink } => {
-                let changed = a.holds.set(&sink, true);
-                Ok(json!({"result": "paused", "sink": sink, "changed": changed}))
-            }
-            Command::SinkResume { sink } => {
-                let changed = a.holds.set(&sink, false);
-                Ok(json!({"result": "resumed", "sink": sink, "changed": changed}))
+            Command::SinkPause { ref sink } | Command::SinkResume { ref sink } => {
+                let pause = matches!(c, Command::SinkPause { .. });
+                let sink = sink.clone();
+                // Written first: a pause outlives a restart of the gateway.
+                let s = sink.clone();
+                blocking(&self.store, move |st| st.set_paused(&s, pause))
+                    .await
+                    .map_err(|e| json!({"error": "control_store", "message": e.to_string()}))?;
+                let changed = a.holds.set(&sink, pause);
+                let result = if pause { "paused" } else { "resumed" };
+                Ok(json!({"result": result, "sink": sink, "changed": changed}))
             }
             Command::Device(_) => unreachable!("queued by the caller"),
         }
@@ -422,6 +426,12 @@ impl Actor for Control {
             _tasks: tasks,
         };
         state.load_queue().await?;
+        // Pauses recorded by earlier runs hold again (a removed sink's is harmless).
+        for sink in blocking(&state.store, |s| s.paused()).await? {
+            if state.args.holds.set(&sink, true) {
+                tracing::warn!(sink = %sink, "sink paused by an earlier sink.pause; resume it with sink.resume");
+            }
+        }
         state.tick().await?;
         Ok(state)
     }

@@ -17,6 +17,9 @@ const ORDER: TableDefinition<u64, &str> = TableDefinition::new("order");
 /// Device commands not finished yet (`queued` or `sent`): queue order -> command_id.
 const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("device_queue");
 
+/// Paused sinks (`sink.pause`): sink name -> unit. They stay paused across restarts.
+const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused_sinks");
+
 /// States of a device command not finished yet; its record is never pruned in them.
 pub const UNFINISHED: [&str; 3] = ["accepted", "queued", "sent"];
 
@@ -64,6 +67,7 @@ impl ControlStore {
         txn.open_table(COMMANDS).map_err(redb_err)?;
         txn.open_table(ORDER).map_err(redb_err)?;
         txn.open_table(QUEUE).map_err(redb_err)?;
+        txn.open_table(PAUSED).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         Ok(ControlStore { db, max_commands })
     }
@@ -113,6 +117,31 @@ impl ControlStore {
             }
             Ok(())
         })
+    }
+
+    /// Records a sink paused (or not). Durable on return.
+    pub fn set_paused(&self, sink: &str, paused: bool) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(redb_err)?;
+        {
+            let mut t = txn.open_table(PAUSED).map_err(redb_err)?;
+            if paused {
+                t.insert(sink, ()).map_err(redb_err)?;
+            } else {
+                t.remove(sink).map_err(redb_err)?;
+            }
+        }
+        txn.commit().map_err(redb_err)
+    }
+
+    /// The sinks recorded as paused.
+    pub fn paused(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let t = txn.open_table(PAUSED).map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(redb_err)? {
+            out.push(row.map_err(redb_err)?.0.value().to_string());
+        }
+        Ok(out)
     }
 
     /// The queued device commands with their positions, oldest first.
@@ -248,5 +277,11 @@ mod tests {
         assert_eq!(ids, ["c-4", "c-3", "c-2"], "newest first, the oldest gone");
         assert_eq!(s.get("c-2").unwrap().unwrap().state, "done");
         assert_eq!(s.get("c-0").unwrap(), None);
+        s.set_paused("api", true).unwrap();
+        s.set_paused("lake", true).unwrap();
+        s.set_paused("lake", false).unwrap();
+        drop(s);
+        let s = ControlStore::open(&path, 3).unwrap();
+        assert_eq!(s.paused().unwrap(), ["api"]);
     }
 }
