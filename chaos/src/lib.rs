@@ -17,7 +17,8 @@
 //!   in the `control` and `mixed` scenarios.
 //! - [`abuse`]: hostile clients (idle sockets, slow bodies, a flooding device, colliding
 //!   keys) for the `abuse` scenario, beside the honest devices.
-//! - [`run`]: the campaign: start, inject, drain, judge, report.
+//! - [`run`]: the campaign: start, inject, drain, judge, report; [`watch`]: what it samples
+//!   meanwhile.
 
 pub mod abuse;
 pub mod archive;
@@ -33,6 +34,7 @@ pub mod run;
 pub mod scenario;
 pub mod sink;
 pub mod store;
+pub mod watch;
 
 /// A reading's stable key, as the gateway derives it from `(device_id, seq)`.
 pub fn key(device: &str, seq: u64) -> String {

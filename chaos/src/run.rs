@@ -5,12 +5,13 @@ use crate::archive;
 use crate::broker::Broker;
 use crate::bus;
 use crate::devices;
-use crate::gateway::{Gateway, Sample};
+use crate::gateway::Gateway;
 use crate::kafka::KafkaBroker;
 use crate::ledger::{Ledger, Verdict};
 use crate::scenario::{plan_with, Fault, Planned, Scenario};
 use crate::sink::Sink;
 use crate::store::Store;
+use crate::watch::{dead_letters, sample_until, wait_ready, Watch};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -67,56 +68,6 @@ pub struct Report {
     /// Scenarios with control traffic: the device commands' fate.
     pub commands: Option<crate::commands::CommandReport>,
     pub gateway_log: String,
-}
-
-/// Running maxima and sums over every gateway process of the campaign.
-#[derive(Default)]
-struct Watch {
-    peak_backlog: f64,
-    peak_rss: f64,
-    mailbox: BTreeMap<String, f64>,
-    /// Restarts of processes already killed, plus the live one's last sample.
-    restarts_done: BTreeMap<String, f64>,
-    restarts_live: BTreeMap<String, f64>,
-    /// Set when the last fault ends; `caught_up` is the first sample after it with a normal
-    /// backlog (at most `normal_backlog` records).
-    last_fault_end: Option<Instant>,
-    caught_up: Option<Instant>,
-    normal_backlog: f64,
-}
-
-impl Watch {
-    fn add(&mut self, s: &Sample, rss: f64) {
-        self.peak_backlog = self.peak_backlog.max(s.backlog);
-        if self.last_fault_end.is_some()
-            && self.caught_up.is_none()
-            && s.backlog <= self.normal_backlog
-        {
-            self.caught_up = Some(Instant::now());
-        }
-        self.peak_rss = self.peak_rss.max(rss);
-        for (a, v) in &s.mailbox_max {
-            let e = self.mailbox.entry(a.clone()).or_default();
-            *e = e.max(*v);
-        }
-        self.restarts_live = s.restarts.clone();
-    }
-
-    /// The process is about to die: fold its restart counters into the totals.
-    fn process_ends(&mut self) {
-        for (a, v) in std::mem::take(&mut self.restarts_live) {
-            *self.restarts_done.entry(a).or_default() += v;
-        }
-    }
-
-    fn restarts(&self) -> BTreeMap<String, f64> {
-        let mut out = self.restarts_done.clone();
-        for (a, v) in &self.restarts_live {
-            *out.entry(a.clone()).or_default() += v;
-        }
-        out.retain(|_, v| *v > 0.0);
-        out
-    }
 }
 
 fn attack_kind_overrun(f: &Fault) -> Duration {
@@ -226,10 +177,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     }
 
     // Faults, on the schedule.
-    let mut watch = Watch {
-        normal_backlog: (o.rate * (n_mqtt + n_http) as f64).max(20.0),
-        ..Watch::default()
-    };
+    let mut watch = Watch::new((o.rate * (n_mqtt + n_http) as f64).max(20.0));
     let mut faults: BTreeMap<String, u64> = BTreeMap::new();
     let mut kills = 0u64;
     let start = Instant::now();
@@ -408,69 +356,4 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         commands: command_report,
         gateway_log: log,
     })
-}
-
-async fn wait_ready(c: &reqwest::Client, gw: &Gateway) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = c.get(gw.admin("/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!(
-        "gateway not ready after 30 s; going on (see {})",
-        gw.log_path().display()
-    );
-}
-
-/// Samples metrics and RSS every 250 ms until `until`.
-async fn sample_until(c: &reqwest::Client, gw: &Gateway, w: &mut Watch, until: Instant) {
-    loop {
-        if let Some(s) = gw.sample(c).await {
-            w.add(&s, gw.rss_mib());
-        }
-        let now = Instant::now();
-        if now >= until {
-            return;
-        }
-        tokio::time::sleep((until - now).min(Duration::from_millis(250))).await;
-    }
-}
-
-/// Per sink: (key, reason) of every dead letter.
-async fn dead_letters(
-    c: &reqwest::Client,
-    gw: &Gateway,
-    sinks: &[&str],
-) -> HashMap<String, Vec<(String, String)>> {
-    let mut out = HashMap::new();
-    for s in sinks {
-        let Ok(r) = c
-            .get(gw.admin(&format!("/admin/dead-letters/{s}?limit=10000")))
-            .bearer_auth(&gw.admin_token)
-            .send()
-            .await
-        else {
-            continue;
-        };
-        let Ok(v) = r.json::<serde_json::Value>().await else {
-            continue;
-        };
-        let rows = v["dead_letters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| {
-                Some((
-                    d["record"]["idempotency_key"].as_str()?.to_string(),
-                    d["reason"].as_str().unwrap_or("").to_string(),
-                ))
-            })
-            .collect();
-        out.insert(s.to_string(), rows);
-    }
-    out
 }
