@@ -61,7 +61,7 @@ async fn pings_and_device_commands_through_both_doors() {
     let dir = tempfile::tempdir().unwrap();
     let broker = mqtt::plain(&dir.path().join("broker"));
     let gw = Gateway::start(&config(&dir.path().join("gw"), &broker, ""));
-    gw.wait_metric("edge_gateway_control_link_up", |v| v == 1.0)
+    gw.wait_metric("edge_gateway_control_link_up{link=\"edge\"}", |v| v == 1.0)
         .await;
     let device = Listener::start(broker.port, "dev-s-1", "devices/s-1/commands", None, true).await;
     let backend = Listener::start(broker.port, "backend", RESPONSE, None, false).await;
@@ -185,14 +185,14 @@ async fn a_command_survives_a_broker_outage_and_a_sigkill_and_an_expired_one_nev
     let mut broker = mqtt::plain(&dir.path().join("broker"));
     let cfg = config(&dir.path().join("gw"), &broker, "");
     let gw = Gateway::start(&cfg);
-    gw.wait_metric("edge_gateway_control_link_up", |v| v == 1.0)
+    gw.wait_metric("edge_gateway_control_link_up{link=\"edge\"}", |v| v == 1.0)
         .await;
     // Devices with persistent sessions: the broker queues their commands while they are away.
     let s2 = Listener::start(broker.port, "dev-s-2", "devices/s-2/commands", None, true).await;
     let s3 = Listener::start(broker.port, "dev-s-3", "devices/s-3/commands", None, true).await;
 
     broker.stop();
-    gw.wait_metric("edge_gateway_control_link_up", |v| v == 0.0)
+    gw.wait_metric("edge_gateway_control_link_up{link=\"edge\"}", |v| v == 0.0)
         .await;
     for (id, dev, ttl) in [("k-1", "s-2", 600), ("k-2", "s-2", 600), ("x-1", "s-3", 1)] {
         let (s, v) = command(
@@ -261,7 +261,7 @@ async fn with_a_secret_only_signed_requests_are_taken() {
         &broker,
         &format!("hmac_secret_file = {:?}\n", secret.display().to_string()),
     ));
-    gw.wait_metric("edge_gateway_control_link_up", |v| v == 1.0)
+    gw.wait_metric("edge_gateway_control_link_up{link=\"edge\"}", |v| v == 1.0)
         .await;
     let backend = Listener::start(broker.port, "backend", RESPONSE, None, false).await;
     // Unsigned: refused, counted, answered with the reason, and not recorded (it cannot take
@@ -343,7 +343,7 @@ async fn on_the_shipped_broker_a_device_reads_only_its_own_commands() {
             p("gateway@edge-gateway.key"),
         ),
     ));
-    gw.wait_metric("edge_gateway_control_link_up", |v| v == 1.0)
+    gw.wait_metric("edge_gateway_control_link_up{link=\"edge\"}", |v| v == 1.0)
         .await;
     let tls = |cn: &str| Some(tls_transport(&pki.dir, "ca.pem", Some(cn)));
     // Device A subscribes to device B's commands: the broker may grant the subscription, but
@@ -415,7 +415,7 @@ async fn what_the_control_topics_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let broker = mqtt::plain(&dir.path().join("broker"));
     let gw = Gateway::start(&config(&dir.path().join("gw"), &broker, ""));
-    gw.wait_metric("edge_gateway_control_link_up", |v| v == 1.0)
+    gw.wait_metric("edge_gateway_control_link_up{link=\"edge\"}", |v| v == 1.0)
         .await;
     let backend = Listener::start(broker.port, "backend", RESPONSE, None, false).await;
     let raw = |topic: &'static str, body: Vec<u8>| {
@@ -488,4 +488,65 @@ async fn what_the_control_topics_refuse() {
     // Nothing of it was recorded but the two valid-id requests.
     let all = gw.admin_get("/admin/control?limit=10").await;
     assert_eq!(all["commands"].as_array().unwrap().len(), 2, "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_door_on_the_upstream_broker_commands_devices_on_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = mqtt::plain(&dir.path().join("edge"));
+    let cloud = mqtt::plain(&dir.path().join("cloud"));
+    std::fs::create_dir_all(dir.path().join("gw")).unwrap();
+    let gw = Gateway::start(&write_config(
+        &dir.path().join("gw"),
+        &format!(
+            "[mqtt]\nenabled = true\nbroker = \"{}\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\
+             [control]\nlink = true\nrequests = \"upstream\"\n\
+             [[sinks]]\nname = \"cloud\"\ntype = \"mqtt\"\nurl = \"{}\"\n",
+            edge.url(),
+            cloud.url()
+        ),
+    ));
+    gw.wait_metric("edge_gateway_control_link_up{link=\"upstream\"}", |v| {
+        v == 1.0
+    })
+    .await;
+    gw.wait_metric("edge_gateway_control_link_up{link=\"edge\"}", |v| v == 1.0)
+        .await;
+    let device = Listener::start(edge.port, "dev-s-1", "devices/s-1/commands", None, true).await;
+    let backend = Listener::start(cloud.port, "backend", RESPONSE, None, false).await;
+    // On the edge broker the request topic is not listened to.
+    let edge_backend = Listener::start(edge.port, "edge-backend", RESPONSE, None, false).await;
+    edge_backend
+        .publish(REQUEST, &json!({"command_id": "e-1", "kind": "ping"}))
+        .await;
+    backend
+        .publish(
+            REQUEST,
+            &json!({"command_id": "u-1", "kind": "device.command",
+                                   "device_id": "s-1", "payload": {"x": 1}}),
+        )
+        .await;
+    device
+        .wait_for(Duration::from_secs(20), with_id("u-1"))
+        .await
+        .expect("the device got the backend's command");
+    backend
+        .wait_for(Duration::from_secs(20), |v| {
+            v["command_id"] == "u-1" && v["state"] == "acknowledged"
+        })
+        .await
+        .expect("its fate answered upstream");
+    let all = gw.admin_get("/admin/control?limit=10").await;
+    let ids: Vec<&str> = all["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["command_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["u-1"],
+        "the edge broker's request topic is no door: {all}"
+    );
+    assert_eq!(edge_backend.count(|_| true), 0);
 }

@@ -14,6 +14,9 @@ pub enum RequestDoor {
     Off,
     /// `request_topic` on the edge broker (`[mqtt]`), over the control link.
     Edge,
+    /// `request_topic` on an mqtt sink's broker (`requests_sink`, or the only mqtt sink): where
+    /// an operator's backend usually is.
+    Upstream,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -27,8 +30,11 @@ pub struct ControlConfig {
     /// that makes identities client ids (the shipped config) it needs its own identity (below),
     /// or it and the ingest session would take each other's session over.
     pub link: bool,
-    /// The MQTT door for requests (`off` or `edge`).
+    /// The MQTT door for requests (`off`, `edge` or `upstream`).
     pub requests: RequestDoor,
+    /// With `requests = "upstream"`: the mqtt sink whose broker (address, TLS, credentials)
+    /// carries the door; unset: the only mqtt sink.
+    pub requests_sink: Option<String>,
     /// Where requests arrive and answers go (`{gateway_id}` is replaced).
     pub request_topic: String,
     pub response_topic: String,
@@ -65,6 +71,7 @@ impl Default for ControlConfig {
             max_commands: 10_000,
             link: false,
             requests: RequestDoor::Off,
+            requests_sink: None,
             request_topic: "gateways/{gateway_id}/control/request".into(),
             response_topic: "gateways/{gateway_id}/control/response".into(),
             hmac_secret_file: None,
@@ -125,6 +132,21 @@ impl ControlConfig {
             );
         }
         out
+    }
+
+    /// The mqtt sink carrying the upstream request door, among `mqtt_sinks` (names).
+    pub fn door_sink<'a>(&self, mqtt_sinks: &'a [String]) -> Result<&'a str, String> {
+        match &self.requests_sink {
+            Some(n) => mqtt_sinks
+                .iter()
+                .find(|s| *s == n)
+                .map(String::as_str)
+                .ok_or_else(|| format!("no mqtt sink named {n:?}")),
+            None if mqtt_sinks.len() == 1 => Ok(&mqtt_sinks[0]),
+            None => Err(format!(
+                "\"upstream\" needs an mqtt sink: set control.requests_sink to one of {mqtt_sinks:?}"
+            )),
+        }
     }
 
     /// The topic filter the link subscribes to for device acknowledgements.

@@ -109,6 +109,17 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
     for (path, m) in c.control.problems(c.mqtt.enabled) {
         problem(&mut out, &path, m);
     }
+    if c.control.requests == crate::control::RequestDoor::Upstream {
+        let mqtt: Vec<String> = c
+            .sinks
+            .iter()
+            .filter(|s| matches!(s, crate::sink::SinkConfig::Mqtt(_)))
+            .map(|s| s.name().to_string())
+            .collect();
+        if let Err(m) = c.control.door_sink(&mqtt) {
+            problem(&mut out, "control.requests_sink", m);
+        }
+    }
     if c.wal.max_group == 0 {
         problem(&mut out, "wal.max_group", "must be > 0");
     }

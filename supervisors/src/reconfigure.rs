@@ -53,6 +53,8 @@ pub struct Reconfigurer {
     /// Client actors' files as last seen, to tell a change.
     pub client_files: std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>,
     pub control: Addr<edge_gateway_actors::control::ControlMsg>,
+    /// The mqtt sink carrying the upstream request door, if any.
+    pub upstream_door: Option<edge_gateway_config::MqttSinkConfig>,
 }
 
 async fn sup(

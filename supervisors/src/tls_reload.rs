@@ -38,11 +38,15 @@ impl Reconfigurer {
             .map(drop)
             .map_err(|e| e.to_string());
             out.push(("mqtt_session".to_string(), files, check));
-            if cfg.control.link {
-                let mut files = files_of(&cfg.control);
-                files.extend(files_of(&cfg.mqtt));
-                out.push(("control link".to_string(), files, Ok(())));
+        }
+        if cfg.control.link || cfg.control.requests == edge_gateway_config::RequestDoor::Upstream {
+            // The links are made from these at each connection: a reconnection takes them.
+            let mut files = files_of(&cfg.control);
+            files.extend(files_of(&cfg.mqtt));
+            if let Some(door) = &self.upstream_door {
+                files.extend(files_of(door));
             }
+            out.push(("control link".to_string(), files, Ok(())));
         }
         for s in &cfg.sinks {
             let files = files_of(s);

@@ -101,6 +101,25 @@ fn supervisor_of(
     })
 }
 
+/// The mqtt sink carrying the control plane's request door, with `control.requests =
+/// "upstream"` (validation made sure there is one).
+fn upstream_door(cfg: &Config) -> Option<edge_gateway_config::MqttSinkConfig> {
+    if cfg.control.requests != edge_gateway_config::RequestDoor::Upstream {
+        return None;
+    }
+    let mqtt: Vec<&edge_gateway_config::MqttSinkConfig> = cfg
+        .sinks
+        .iter()
+        .filter_map(|s| match s {
+            edge_gateway_config::SinkConfig::Mqtt(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let names: Vec<String> = mqtt.iter().map(|m| m.name.clone()).collect();
+    let name = cfg.control.door_sink(&names).ok()?;
+    mqtt.into_iter().find(|m| m.name == name).cloned()
+}
+
 /// Builds the tree; spawn the returned root with `Actor::spawn(None, Supervisor, args)`.
 pub fn build(
     cfg: &Config,
@@ -298,12 +317,14 @@ pub fn build(
         reloader: reloader.clone(),
         client_files: Default::default(),
         control: control_addr.clone(),
+        upstream_door: upstream_door(cfg),
     });
     reconfigure.note_client_files();
     let control_args = ControlArgs {
         store_path: cfg.data_dir.join("control.redb"),
         control: cfg.control.clone(),
         edge: (cfg.mqtt.enabled && cfg.control.link).then(|| cfg.mqtt.clone()),
+        upstream: upstream_door(cfg),
         gateway_id: cfg.gateway_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started: std::time::SystemTime::now(),

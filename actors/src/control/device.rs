@@ -8,7 +8,7 @@
 //! `command_id`) or settled, never forgotten.
 
 use super::command::DeviceCommand;
-use super::link::{Link, Out};
+use super::link::Out;
 use super::outbox::{Entry, Stage};
 use super::store::CommandRecord;
 use super::{blocking, now_rfc3339, ControlError, ControlState};
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Device commands on the wire at once (each device has at most one).
-const MAX_PUBLISHING: usize = 32;
+pub(super) const MAX_PUBLISHING: usize = 32;
 
 /// Wall-clock milliseconds: expiry is a promise about real time and survives restarts.
 pub fn now_ms() -> u64 {
@@ -111,9 +111,15 @@ impl ControlState {
             .set(self.outbox.len() as i64);
     }
 
-    /// Publishes what is due, if the link is up.
+    /// Publishes what is due, if the edge link is up.
     pub(super) fn pump(&mut self) {
-        let Some(link) = self.link.as_mut().filter(|l| l.connected) else {
+        let Some(link) = self
+            .slots
+            .iter_mut()
+            .find(|s| s.role == super::links::Role::Edge)
+            .and_then(|s| s.link.as_mut())
+            .filter(|l| l.connected)
+        else {
             return;
         };
         let room = MAX_PUBLISHING.saturating_sub(link.device_publishes());
@@ -243,105 +249,8 @@ impl ControlState {
             self.settle(&e, "expired", |r| r.result["reason"] = why.into())
                 .await?;
         }
-        self.reconnect_if_due();
+        self.reconnect_if_due()?;
         self.pump();
         Ok(())
-    }
-
-    /// The link went down: what had no PUBACK is queued again; reconnect after a backoff.
-    pub(super) fn link_lost(&mut self, why: &str) {
-        if let Some(l) = self.link.take() {
-            if l.connected {
-                tracing::warn!(error = %why, "control link to the edge broker lost; reconnecting");
-            } else {
-                tracing::warn!(error = %why, retry_in_ms = self.backoff.as_millis() as u64, "control link to the edge broker failed");
-            }
-        }
-        self.args.metrics.control.link_up.set(0);
-        self.args.metrics.control.link_errors.inc();
-        self.outbox.lost();
-        self.reconnect_at = Some(tokio::time::Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
-    }
-
-    pub(super) fn link_connected(&mut self) {
-        let c = &self.args.control;
-        let gw = &self.args.gateway_id;
-        let Some(link) = self.link.as_mut() else {
-            return;
-        };
-        link.connected = true;
-        self.backoff = Duration::from_millis(500);
-        let mut filters = vec![c.ack_filter(gw)];
-        if c.requests == edge_gateway_config::RequestDoor::Edge {
-            filters.push(c.request_topic.replace("{gateway_id}", gw));
-        }
-        for f in filters {
-            let _ = link.client.try_subscribe(f, rumqttc::QoS::AtLeastOnce);
-        }
-        self.args.metrics.control.link_up.set(1);
-        tracing::info!("control link connected to the edge broker");
-        self.pump();
-    }
-
-    fn reconnect_if_due(&mut self) {
-        if self.link.is_some() || self.args.edge.is_none() {
-            return;
-        }
-        if self
-            .reconnect_at
-            .is_some_and(|t| t > tokio::time::Instant::now())
-        {
-            return;
-        }
-        self.generation += 1;
-        match self.connect_link() {
-            Ok(l) => self.link = Some(l),
-            Err(e) => {
-                tracing::error!(error = %e, "control link settings");
-                self.reconnect_at = Some(tokio::time::Instant::now() + Duration::from_secs(30));
-            }
-        }
-    }
-
-    fn connect_link(&self) -> Result<Link, crate::mqtt_options::MqttSetupError> {
-        let m = self.args.edge.as_ref().expect("checked by the caller");
-        let c = &self.args.control;
-        let tls = m.tls.clone().unwrap_or_default();
-        let (cert, key) = match (&c.client_cert_file, &c.client_key_file) {
-            (Some(cert), Some(key)) => (Some(cert.as_path()), Some(key.as_path())),
-            _ => (
-                tls.client_cert_file.as_deref(),
-                tls.client_key_file.as_deref(),
-            ),
-        };
-        let (user, password) = match &c.username {
-            Some(u) => (Some(u.as_str()), c.password_file.as_deref()),
-            None => (m.username.as_deref(), m.password_file.as_deref()),
-        };
-        let settings = crate::mqtt_options::ClientSettings {
-            broker: &m.broker,
-            client_id: c.client_id.clone().unwrap_or_else(|| {
-                format!(
-                    "{}-control",
-                    crate::ingest::mqtt::client_id(m, &self.args.gateway_id)
-                )
-            }),
-            keep_alive: Duration::from_secs(m.keep_alive_secs),
-            clean_session: false,
-            ca_file: tls.ca_file.as_deref(),
-            client_cert_file: cert,
-            client_key_file: key,
-            username: user,
-            password_file: password,
-            inflight: MAX_PUBLISHING as u16 + 8,
-            max_incoming_packet: crate::mqtt_options::ingest_packet_limit(m.max_payload_bytes),
-        };
-        Link::connect(
-            &settings,
-            self.generation,
-            self.myself.clone(),
-            self.args.addr.clone(),
-        )
     }
 }

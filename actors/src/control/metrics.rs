@@ -2,7 +2,7 @@
 //! control plane's own words, never request text.
 
 use crate::metrics::reg;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub struct ControlMetrics {
     /// Commands taken, by door and the state they were answered in.
@@ -15,9 +15,9 @@ pub struct ControlMetrics {
     pub acks_ignored: IntCounterVec,
     /// Device commands queued or awaiting their device.
     pub outbox: IntGauge,
-    /// 1 while the control link to the edge broker is connected.
-    pub link_up: IntGauge,
-    pub link_errors: IntCounter,
+    /// 1 while a control link (`edge`, `upstream`) is connected.
+    pub link_up: IntGaugeVec,
+    pub link_errors: IntCounterVec,
 }
 
 impl ControlMetrics {
@@ -59,19 +59,19 @@ impl ControlMetrics {
             ),
             link_up: reg(
                 r,
-                IntGauge::new(
-                    "control_link_up",
-                    "1 while the control link to the edge broker is connected",
+                IntGaugeVec::new(
+                    Opts::new(
+                        "control_link_up",
+                        "1 while the control link (edge, upstream) is connected",
+                    ),
+                    &["link"],
                 )
                 .unwrap(),
             ),
-            link_errors: reg(
-                r,
-                IntCounter::new(
-                    "control_link_errors_total",
-                    "Connection losses of the control link to the edge broker",
-                )
-                .unwrap(),
+            link_errors: vec(
+                "control_link_errors_total",
+                "Connection losses of the control links",
+                &["link"],
             ),
         }
     }

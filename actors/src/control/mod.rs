@@ -31,6 +31,7 @@ pub mod command;
 mod device;
 mod kinds;
 pub mod link;
+mod links;
 pub mod metrics;
 mod mqtt_door;
 pub mod outbox;
@@ -45,7 +46,8 @@ use crate::sinks::health::SinkHealth;
 use crate::wal::WalMsg;
 use command::{Command, Invalid, Limits};
 use edge_gateway_config::{ControlConfig, MqttConfig};
-use link::{Link, LinkNote};
+use link::LinkNote;
+use links::{Role, Slot};
 use outbox::Outbox;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{json, Value};
@@ -127,6 +129,8 @@ pub struct ControlArgs {
     pub control: ControlConfig,
     /// The edge broker (`[mqtt]`), when the control link is on: device commands go there.
     pub edge: Option<MqttConfig>,
+    /// The mqtt sink whose broker carries the request door (`control.requests = "upstream"`).
+    pub upstream: Option<edge_gateway_config::MqttSinkConfig>,
     pub gateway_id: String,
     pub version: String,
     pub started: SystemTime,
@@ -155,10 +159,9 @@ pub struct ControlState {
     bodies: HashMap<String, (String, Vec<u8>)>,
     /// Publishes of each queued device command by this instance, not yet written down.
     publishes: HashMap<String, u64>,
-    link: Option<Link>,
+    /// The control plane's MQTT connections (`links.rs`).
+    slots: Vec<Slot>,
     generation: u64,
-    reconnect_at: Option<tokio::time::Instant>,
-    backoff: Duration,
     myself: ActorRef<ControlMsg>,
     _tasks: crate::tasks::Tasks,
 }
@@ -249,27 +252,38 @@ impl ControlState {
 
 impl ControlState {
     async fn on_link(&mut self, generation: u64, note: LinkNote) -> Result<(), ControlError> {
-        let Some(link) = self.link.as_mut().filter(|l| l.generation == generation) else {
+        let Some(i) = self.slot_of(generation) else {
             // A dropped link's note: an inbound message of it goes unacknowledged and the
             // broker redelivers it on the current connection.
             return Ok(());
         };
+        let role = self.slots[i].role;
         match note {
-            LinkNote::Connected => self.link_connected(),
-            LinkNote::Sent(pkid) => link.sent(pkid),
+            LinkNote::Connected => self.link_connected(i),
+            LinkNote::Sent(pkid) => {
+                if let Some(l) = self.slots[i].link.as_mut() {
+                    l.sent(pkid);
+                }
+            }
             LinkNote::Acked(pkid) => {
-                if let Some(what) = link.acked(pkid) {
+                let what = self.slots[i].link.as_mut().and_then(|l| l.acked(pkid));
+                if let Some(what) = what {
                     self.on_puback(what).await?;
                 }
             }
             LinkNote::Inbound(p, _permit) => {
-                self.on_inbound(&p).await?;
-                if let Some(l) = self.link.as_ref().filter(|l| l.generation == generation) {
-                    let _ = l.client.try_ack(&p);
+                self.on_inbound(role, &p).await?;
+                // Acknowledged once handled, on the connection it came by, if still that one.
+                if let Some(i) = self.slot_of(generation) {
+                    if let Some(l) = &self.slots[i].link {
+                        let _ = l.client.try_ack(&p);
+                    }
                 }
             }
-            LinkNote::Refused(why) => tracing::error!(reason = %why, "control link"),
-            LinkNote::Lost(why) => self.link_lost(&why),
+            LinkNote::Refused(why) => {
+                tracing::error!(link = role.name(), reason = %why, "control link")
+            }
+            LinkNote::Lost(why) => self.link_lost(i, &why),
         }
         Ok(())
     }
@@ -332,13 +346,17 @@ impl Actor for Control {
             outbox: Outbox::default(),
             bodies: HashMap::new(),
             publishes: HashMap::new(),
-            link: None,
+            slots: Vec::new(),
             generation: 0,
-            reconnect_at: None,
-            backoff: Duration::from_millis(500),
             myself,
             _tasks: tasks,
         };
+        if state.args.edge.is_some() {
+            state.slots.push(Slot::new(Role::Edge));
+        }
+        if state.args.upstream.is_some() {
+            state.slots.push(Slot::new(Role::Upstream));
+        }
         state.load_queue().await?;
         // Pauses recorded by earlier runs hold again (a removed sink's is harmless).
         for sink in blocking(&state.store, |s| s.paused()).await? {
@@ -374,13 +392,8 @@ impl Actor for Control {
             ControlMsg::Link(generation, note) => state.on_link(generation, note).await?,
             ControlMsg::Tick => state.tick().await?,
             ControlMsg::Relink => {
-                if state.link.take().is_some() {
-                    // What had no PUBACK goes again on the new connection.
-                    state.outbox.lost();
-                    state.args.metrics.control.link_up.set(0);
-                    tracing::info!("control link reconnecting with its reloaded files");
-                }
-                state.reconnect_at = None;
+                // What had no PUBACK goes again on the new connections.
+                state.relink();
                 state.tick().await?;
             }
             ControlMsg::Fail(reason) => return Err(format!("failure injected: {reason}").into()),

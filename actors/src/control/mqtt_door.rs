@@ -1,5 +1,6 @@
-//! The MQTT door (`control.requests = "edge"`): requests on `request_topic`, answers on
-//! `response_topic` (QoS 1), and what came in on the control link sorted out.
+//! The MQTT door (`control.requests = "edge"` or `"upstream"`): requests on `request_topic`,
+//! answers on `response_topic` (QoS 1) on the same broker, and what came in on the control
+//! links sorted out.
 //!
 //! Trust: whoever may publish to the request topic may command the gateway — the broker's
 //! ACL and TLS identities are the boundary (docs/security.md). With `hmac_secret_file` a
@@ -7,9 +8,11 @@
 //! refused, counted and never recorded, so it cannot take a `command_id` either.
 
 use super::link::Out;
+use super::links::Role;
 use super::signed;
 use super::store::CommandRecord;
 use super::{ControlError, ControlState, Door};
+use edge_gateway_config::RequestDoor;
 use rumqttc::Publish;
 use serde_json::{json, Value};
 
@@ -18,16 +21,20 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 impl ControlState {
     /// Sorts out one message from the control link. The caller acknowledges it afterwards.
-    pub(super) async fn on_inbound(&mut self, p: &Publish) -> Result<(), ControlError> {
+    pub(super) async fn on_inbound(&mut self, role: Role, p: &Publish) -> Result<(), ControlError> {
         let c = &self.args.control;
         let gw = &self.args.gateway_id;
         let topic = p.topic.as_str();
-        if c.requests == edge_gateway_config::RequestDoor::Edge
-            && topic == c.request_topic.replace("{gateway_id}", gw)
-        {
+        let door = match c.requests {
+            RequestDoor::Edge => Some(Role::Edge),
+            RequestDoor::Upstream => Some(Role::Upstream),
+            RequestDoor::Off => None,
+        };
+        if door == Some(role) && topic == c.request_topic.replace("{gateway_id}", gw) {
             return self.on_request(&p.payload).await;
         }
-        if let Some(device) = c.ack_device(gw, topic) {
+        // Device acknowledgements come from the edge broker only.
+        if let Some(device) = c.ack_device(gw, topic).filter(|_| role == Role::Edge) {
             let device = device.to_string();
             return self.on_device_ack(&device, &p.payload).await;
         }
@@ -116,8 +123,7 @@ impl ControlState {
             .replace("{gateway_id}", &self.args.gateway_id);
         let body = serde_json::to_vec(v).unwrap_or_default();
         let published = self
-            .link
-            .as_mut()
+            .door_link()
             .is_some_and(|l| l.publish(topic, body, Out::Response));
         if !published {
             tracing::warn!("control response not published: the control link is down (the command's record has it)");
