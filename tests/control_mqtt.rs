@@ -463,9 +463,10 @@ async fn what_the_control_topics_refuse() {
             )
             .await;
     }
+    // Each at least once (a flood past what the link keeps is shed and redelivered).
     gw.wait_metric(
         "edge_gateway_control_device_acks_ignored_total{reason=\"unknown\"}",
-        |v| v == 500.0,
+        |v| v >= 500.0,
     )
     .await;
     let m = gw.metrics().await;

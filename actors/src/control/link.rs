@@ -9,8 +9,10 @@
 //!
 //! The event-loop task only polls and reports ([`LinkNote`]s, tagged with the link's
 //! generation so that notes of a dropped link are told apart). It never waits on the actor:
-//! past `MAX_UNREAD` messages not yet handled it reports the link lost instead, and the
-//! broker redelivers what had no PUBACK on the next connection.
+//! past `MAX_UNREAD` messages (or `MAX_UNREAD_BYTES`) not yet handled it *sheds* — drops what
+//! comes, unacknowledged, until every message it kept has been handled — then reconnects, and
+//! the broker redelivers what was shed (as the ingest session does: a flood of device acks
+//! costs a reconnection, never memory, and nothing kept is handled twice).
 
 use super::ControlMsg;
 use crate::addr::Addr;
@@ -20,8 +22,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Inbound messages handed to the actor and not yet handled, at most.
-const MAX_UNREAD: usize = 256;
+/// Inbound messages handed to the actor and not yet handled, at most (the shipped edge
+/// broker sends up to 1,000 unacknowledged: most floods fit).
+const MAX_UNREAD: usize = 1024;
+/// Their payload bytes, at most.
+const MAX_UNREAD_BYTES: usize = 8 << 20;
 
 /// What the event-loop task saw, in order.
 #[derive(Debug)]
@@ -34,9 +39,23 @@ pub enum LinkNote {
     Lost(String),
 }
 
-/// One unread inbound message's share of `MAX_UNREAD`.
+/// One unread inbound message's share of `MAX_UNREAD` and `MAX_UNREAD_BYTES`.
 #[derive(Debug)]
-pub struct Permit(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Permit(
+    #[allow(dead_code)] OwnedSemaphorePermit,
+    #[allow(dead_code)] Option<OwnedSemaphorePermit>,
+);
+
+/// Both shares for a payload of `len` bytes, or neither.
+fn take(unread: &Arc<Semaphore>, bytes: &Arc<Semaphore>, len: usize) -> Option<Permit> {
+    let one = unread.clone().try_acquire_owned().ok()?;
+    let n = u32::try_from(len.min(MAX_UNREAD_BYTES)).ok()?;
+    let b = match n {
+        0 => None,
+        n => Some(bytes.clone().try_acquire_many_owned(n).ok()?),
+    };
+    Some(Permit(one, b))
+}
 
 /// What a publish on the link was for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,9 +94,30 @@ impl Link {
         let (client, mut events) = AsyncClient::new(o, 256);
         events.set_network_options(network_options());
         let unread = Arc::new(Semaphore::new(MAX_UNREAD));
+        let bytes = Arc::new(Semaphore::new(MAX_UNREAD_BYTES));
+        let leaver = client.clone();
         let task = tokio::spawn(async move {
+            // Messages dropped since the connection began, for want of a share.
+            let mut shed = 0u64;
+            // Disconnecting for redelivery: nothing more is kept.
+            let mut leaving = false;
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
             loop {
-                let note = match events.poll().await {
+                let polled = tokio::select! {
+                    ev = events.poll() => ev,
+                    _ = tick.tick(), if shed > 0 => {
+                        if unread.available_permits() == MAX_UNREAD {
+                            // Everything kept is handled and its PUBACK queued: disconnect
+                            // after them (the request channel is in order), then reconnect
+                            // for the shed ones.
+                            tracing::warn!(shed, "control messages handled; reconnecting for the shed ones");
+                            leaving = leaver.try_disconnect().is_ok();
+                            shed = 0;
+                        }
+                        continue;
+                    }
+                };
+                let note = match polled {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => LinkNote::Connected,
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkNote::Sent(pkid),
                     Ok(Event::Incoming(Packet::PubAck(a))) => LinkNote::Acked(a.pkid),
@@ -96,13 +136,26 @@ impl Link {
                         ))
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        match unread.clone().try_acquire_owned() {
-                            Ok(permit) => LinkNote::Inbound(Box::new(p), Permit(permit)),
-                            Err(_) => LinkNote::Lost(format!(
-                                "more than {MAX_UNREAD} control messages unread; reconnecting \
-                                 for their redelivery"
-                            )),
+                        // Once shedding, everything until the reconnection: what is kept
+                        // stays a prefix of what the broker sent.
+                        let permit = match (shed, leaving) {
+                            (0, false) => take(&unread, &bytes, p.payload.len()),
+                            _ => None,
+                        };
+                        match permit {
+                            Some(permit) => LinkNote::Inbound(Box::new(p), permit),
+                            None if leaving => continue,
+                            None => {
+                                if shed == 0 {
+                                    tracing::warn!("more control messages unread than the link keeps; shedding until those are handled");
+                                }
+                                shed += 1;
+                                continue;
+                            }
                         }
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                        LinkNote::Lost("disconnected to get shed messages redelivered".into())
                     }
                     Ok(_) => continue,
                     Err(e) => LinkNote::Lost(e.to_string()),
