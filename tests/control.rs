@@ -42,6 +42,10 @@ async fn ping_config_and_the_audit_trail() {
     assert_eq!(v["result"]["gateway_id"], "edge-gateway", "{v}");
     assert_eq!(v["result"]["backlog"]["api"], 0, "{v}");
     assert!(
+        v["result"]["oldest_pending_age_secs"]["api"].is_null(),
+        "nothing pending: {v}"
+    );
+    assert!(
         v["result"]["readiness"]["components"]["control"] == "running",
         "{v}"
     );
@@ -106,6 +110,36 @@ async fn pause_and_resume_act_once_per_command_id_across_restarts() {
     assert_eq!(sink.deliveries(), 0, "paused");
     let wal = gw.admin_get("/admin/wal").await;
     assert_eq!(wal["sinks"][0]["pending"], 20, "{wal}");
+    // The backlog's SLO figures: its oldest reading's wait, in the metrics and the ping.
+    gw.wait_metric(
+        "edge_gateway_oldest_pending_age_seconds{sink=\"api\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    let m = gw.metrics().await;
+    for name in [
+        "edge_gateway_wal_runway_seconds",
+        "edge_gateway_drain_eta_seconds{sink=\"api\"}",
+        "edge_gateway_process_resident_memory_bytes",
+        "edge_gateway_process_open_fds",
+        "edge_gateway_process_threads",
+        "edge_gateway_process_cpu_seconds",
+    ] {
+        assert!(metric(&m, name).is_some(), "{name} in {m}");
+    }
+    assert_eq!(
+        metric(&m, "edge_gateway_drain_eta_seconds{sink=\"api\"}"),
+        Some(f64::INFINITY),
+        "paused: never"
+    );
+    let (_, ping) = command(&gw, json!({"command_id": "c-p", "kind": "ping"})).await;
+    assert!(
+        ping["result"]["oldest_pending_age_secs"]["api"]
+            .as_f64()
+            .unwrap()
+            >= 1.0,
+        "{ping}"
+    );
     let (s, v) = command(
         &gw,
         json!({"command_id": "r-1", "kind": "sink.resume", "sink": "api"}),

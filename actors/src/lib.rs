@@ -20,5 +20,6 @@ pub mod readiness;
 pub mod reload;
 pub mod serve;
 pub mod sinks;
+pub mod slo;
 pub mod tasks;
 pub mod wal;

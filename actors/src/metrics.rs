@@ -12,6 +12,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// The control plane's (issue 12).
     pub control: crate::control::metrics::ControlMetrics,
+    /// Buffer SLOs and the process (issue 13).
+    pub slo: crate::slo::SloMetrics,
     /// Readings by source (`http`, `mqtt`) and result (`accepted`, `duplicate`, `rejected`, `unavailable`).
     pub ingest_records: IntCounterVec,
     /// Requests refused for a reason, by `code` (`bad_request`, `unauthorized`, `wal_full`, …).
@@ -452,12 +454,14 @@ impl Metrics {
                 .unwrap(),
             ),
             control: crate::control::metrics::ControlMetrics::new(&r),
+            slo: crate::slo::SloMetrics::new(&r),
             registry: r,
         }
     }
 
-    /// Prometheus text exposition of everything registered.
+    /// Prometheus text exposition of everything registered (the process figures read now).
     pub fn render(&self) -> String {
+        self.slo.observe_process();
         let mut buf = String::new();
         prometheus::TextEncoder::new()
             .encode_utf8(&self.registry.gather(), &mut buf)
@@ -467,6 +471,7 @@ impl Metrics {
 
     /// Publishes WAL counts as gauges.
     pub fn observe_wal(&self, s: &crate::wal::WalStats) {
+        self.slo.observe(s);
         self.wal_file_bytes.set(s.file_bytes as i64);
         self.wal_live_bytes.set(s.live_bytes as i64);
         self.wal_live_records.set(s.records as i64);

@@ -20,6 +20,7 @@ impl ControlState {
                     a.mqtt.as_ref(),
                 );
                 // Records pending per sink (every configured sink, 0 when it has none).
+                let mut oldest = serde_json::Map::new();
                 let mut backlog: serde_json::Map<String, Value> = a
                     .live
                     .sink_names()
@@ -34,6 +35,10 @@ impl ControlState {
                     Ok(stats) => {
                         for s in &stats.sinks {
                             backlog.insert(s.sink.clone(), json!(s.pending));
+                            oldest.insert(
+                                s.sink.clone(),
+                                json!(s.oldest_pending_age_ms.map(|ms| ms as f64 / 1000.0)),
+                            );
                         }
                     }
                     Err(e) => {
@@ -48,6 +53,7 @@ impl ControlState {
                     "ready": ready,
                     "readiness": readiness,
                     "backlog": backlog,
+                    "oldest_pending_age_secs": oldest,
                     "paused_sinks": a.holds.all(),
                 }))
             }

@@ -499,6 +499,10 @@ impl Actor for Wal {
         }
         let reader = store.reader();
         args.metrics.wal_opens.inc();
+        args.metrics.slo.set_capacity(crate::slo::Capacity {
+            max_records: args.limits.max_records,
+            max_bytes: args.limits.max_bytes,
+        });
         let stats = store.stats();
         args.metrics.observe_wal(&stats);
         tracing::info!(path = %store.path().display(), records = stats.records, "WAL open");

@@ -313,4 +313,8 @@ pub struct SinkStats {
     pub in_flight: u64,
     pub dead: u64,
     pub acked_total: u64,
+    /// How long the oldest pending record has waited (WAL time, as of the last maintenance
+    /// run: up to `wal.maintenance_interval_ms` stale); `None` when nothing is pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_age_ms: Option<u64>,
 }

@@ -155,6 +155,23 @@ impl WalStore {
             meta.rejected = meta.rejected.saturating_sub(1);
             report.rejected_purged += 1;
         }
+        // Each sink's oldest pending record, for its age (the SLO metric and `ping`): its
+        // first pending row, whose append time its refs row holds. Two lookups per sink, once
+        // per maintenance run: the age is at most one run stale.
+        self.oldest_pending.clear();
+        for sink in meta.sinks.keys() {
+            let first = tx
+                .pending
+                .range((sink.as_str(), 0)..=(sink.as_str(), u64::MAX))?
+                .next()
+                .transpose()?
+                .map(|(k, _)| k.value().1);
+            if let Some(seq) = first {
+                if let Some(r) = tx.refs.get(seq)? {
+                    self.oldest_pending.insert(sink.clone(), r.value().1);
+                }
+            }
+        }
         Ok(report)
     }
 }

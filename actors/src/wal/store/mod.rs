@@ -161,6 +161,8 @@ pub struct WalStore {
     /// (sink, class) of every record made Dead by the last commits, for the caller to count
     /// once they are committed (`take_dead_events`); gone with the store if a commit fails.
     dead_events: Vec<(String, DeadClass)>,
+    /// sink -> WAL time its oldest pending record was appended, as of the last maintenance.
+    oldest_pending: BTreeMap<String, u64>,
     /// Negative control for the power-loss tests only: commit appends without fsync, so the
     /// test can show it would catch an ack-before-durable bug.
     negative_control_non_durable: bool,
@@ -297,6 +299,7 @@ impl WalStore {
             compact_floor: 0,
             compact_after_ms: 0,
             dead_events: Vec::new(),
+            oldest_pending: BTreeMap::new(),
             // Only in a build with the `negative-control` feature (never a default): the
             // chaos harness's proof that it can see loss.
             negative_control_non_durable: cfg!(feature = "negative-control"),
@@ -417,6 +420,13 @@ impl WalStore {
     /// file size is taken after each commit, on the thread that committed).
     pub fn stats(&self) -> WalStats {
         let mut s = stats_from(&self.meta, &self.inflight, self.file_bytes);
+        for k in &mut s.sinks {
+            k.oldest_pending_age_ms = self
+                .oldest_pending
+                .get(&k.sink)
+                .filter(|_| k.pending > 0)
+                .map(|ts| self.meta.clock_ms.saturating_sub(*ts));
+        }
         s.devices = self.devices.count();
         s
     }
@@ -460,6 +470,7 @@ fn stats_from(
                 in_flight: inflight.get(sink).map(|m| m.len() as u64).unwrap_or(0),
                 dead: *d,
                 acked_total: *a,
+                oldest_pending_age_ms: None,
             })
             .collect(),
     }
