@@ -115,8 +115,8 @@ impl SloMetrics {
             .map(|k| (k.sink.clone(), k.acked_total))
             .collect();
         let mut r = self.rates.lock().expect("rates");
-        match &r.last {
-            Some((t, records, bytes, before)) => {
+        if let Some((t, records, bytes, before)) = &r.last {
+            {
                 let dt = now.duration_since(*t).as_secs_f64();
                 if dt < MIN_DT_SECS {
                     return;
@@ -137,7 +137,6 @@ impl SloMetrics {
                     *e = ewma(*e, d);
                 }
             }
-            None => {}
         }
         r.last = Some((now, s.records, s.live_bytes, acked));
         let c = *self.capacity.lock().expect("capacity");
