@@ -116,26 +116,24 @@ impl SloMetrics {
             .collect();
         let mut r = self.rates.lock().expect("rates");
         if let Some((t, records, bytes, before)) = &r.last {
-            {
-                let dt = now.duration_since(*t).as_secs_f64();
-                if dt < MIN_DT_SECS {
-                    return;
-                }
-                let fr = (s.records as f64 - *records as f64) / dt;
-                let fb = (s.live_bytes as f64 - *bytes as f64) / dt;
-                let delivered: Vec<(String, f64)> = acked
-                    .iter()
-                    .map(|(k, a)| {
-                        let d = a.saturating_sub(before.get(k).copied().unwrap_or(*a)) as f64 / dt;
-                        (k.clone(), d)
-                    })
-                    .collect();
-                r.fill_records = ewma(r.fill_records, fr);
-                r.fill_bytes = ewma(r.fill_bytes, fb);
-                for (k, d) in delivered {
-                    let e = r.delivered.entry(k).or_default();
-                    *e = ewma(*e, d);
-                }
+            let dt = now.duration_since(*t).as_secs_f64();
+            if dt < MIN_DT_SECS {
+                return;
+            }
+            let fr = (s.records as f64 - *records as f64) / dt;
+            let fb = (s.live_bytes as f64 - *bytes as f64) / dt;
+            let delivered: Vec<(String, f64)> = acked
+                .iter()
+                .map(|(k, a)| {
+                    let d = a.saturating_sub(before.get(k).copied().unwrap_or(*a)) as f64 / dt;
+                    (k.clone(), d)
+                })
+                .collect();
+            r.fill_records = ewma(r.fill_records, fr);
+            r.fill_bytes = ewma(r.fill_bytes, fb);
+            for (k, d) in delivered {
+                let e = r.delivered.entry(k).or_default();
+                *e = ewma(*e, d);
             }
         }
         r.last = Some((now, s.records, s.live_bytes, acked));
