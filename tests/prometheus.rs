@@ -130,25 +130,66 @@ fn alert_metrics() -> BTreeSet<String> {
     out
 }
 
+/// Every query of every panel of the shipped dashboards, with the dashboard variables
+/// resolved as Grafana would for "all gateways".
+fn panel_queries() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/dashboards");
+    let mut out = Vec::new();
+    for f in std::fs::read_dir(dir).unwrap() {
+        let path = f.unwrap().path();
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$instance", ".*")
+                    .replace("$__rate_interval", "30s");
+                out.push((format!("{} / {}", d["title"], p["title"]), expr));
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_prometheus_sees_every_metric_the_alerts_name_and_the_outage_alert() {
+async fn a_real_prometheus_answers_every_alert_and_panel_and_sees_the_outage() {
     let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
+    let broker = common::mqtt::plain(&dir.path().join("broker"));
     let gw = Gateway::start(&write_config(
         dir.path(),
         &format!(
             "[admin]\nchaos = true\n[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
+             [mqtt]\nenabled = true\nbroker = \"{}\"\n\
              [[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"{}\"\n",
+            broker.url(),
             sink.url()
         ),
     ));
     let prom = Prometheus::start(dir.path(), &gw.admin.to_string());
-    // Give every alert's metric a series: readings, a dead letter (the API refuses one
-    // reading), an actor restart.
+    // Give every alert's and panel's metric a series: readings over HTTP and MQTT, a refusal,
+    // a retry, a dead letter (the API refuses one reading), an actor restart.
     sink.set(Behaviour::FailNext(400, 1));
     ingest_seqs(&gw, &["d-1"], 1, 1, 0).await;
     gw.wait_dead_letters("api", 1).await;
+    sink.set(Behaviour::FailNext(503, 2));
     ingest_seqs(&gw, &["d-2"], 5, 5, 0).await;
+    let (s, _) = post_json(
+        &client(),
+        &gw.url("/ingest/bad id"),
+        &gw.token,
+        &Value::Null,
+    )
+    .await;
+    assert!((400..500).contains(&s));
+    let mut device = common::mqtt::Device::connect(broker.port, "m-1", None).await;
+    device.publish_seq(0).await;
+    let keys: std::collections::HashSet<String> =
+        ["m-1/seq/0".to_string(), "d-2/seq/4".to_string()].into();
+    sink.wait_for_keys(&keys, Duration::from_secs(20))
+        .await
+        .unwrap();
     let r = client()
         .post(gw.admin_url("/admin/actors/dispatcher/fail"))
         .bearer_auth(&gw.admin_token)
@@ -164,6 +205,13 @@ async fn a_real_prometheus_sees_every_metric_the_alerts_name_and_the_outage_aler
     assert!(names.len() >= 8, "{names:?}");
     for name in &names {
         prom.wait(name, |r| !r.is_empty()).await;
+    }
+    // Every dashboard panel has data: none silently empty because of a renamed metric.
+    let panels = panel_queries();
+    assert!(panels.len() >= 30, "{}", panels.len());
+    for (panel, expr) in &panels {
+        let r = prom.wait(expr, |r| !r.is_empty()).await;
+        assert!(!r.is_empty(), "{panel}: {expr}");
     }
 
     // An outage: the sink-down alert goes pending at once (it fires after its 5 minutes,

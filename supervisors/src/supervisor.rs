@@ -243,6 +243,11 @@ impl Actor for Supervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut children = Vec::with_capacity(args.children.len());
         for spec in args.children {
+            // Each child's restart counter exists from the start, at 0.
+            let _ = args
+                .metrics
+                .actor_restarts
+                .with_label_values(&[spec.entry.name()]);
             let cell = (spec.start)(myself.get_cell())
                 .await
                 .map_err(|e| format!("starting {}: {e}", spec.entry.name()))?;
