@@ -99,6 +99,25 @@ pub enum RunError {
     TreeFailed,
 }
 
+/// Every second: is the gateway wedged? (`/healthz`; `edge_gateway_actors::liveness`). The
+/// verdict's age is itself the runtime's heartbeat.
+async fn monitor_liveness(h: tree::Handles, stall_ms: u64) {
+    let mut m = edge_gateway_actors::liveness::Monitor::default();
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        m.run(&h.directory, &h.metrics.pulse, now, stall_ms);
+        let verdict = m.last.lock().expect("liveness").clone();
+        if !verdict.1.is_empty() {
+            tracing::error!(problems = ?verdict.1, "wedged: /healthz answers 500");
+        }
+        *h.liveness.lock().expect("liveness") = verdict;
+    }
+}
+
 /// Reloads certificates and token files on SIGHUP (all of them) and when they change on disk
 /// (polled every `WATCH_EVERY`).
 async fn watch_files(r: Arc<edge_gateway_supervisors::reconfigure::Reconfigurer>) {
@@ -183,6 +202,17 @@ pub async fn run(
         .await
         .map_err(RunError::Admin)?;
     let reloads = tokio::spawn(watch_files(handles.reconfigure.clone()));
+    // The verdict starts fresh: the monitor's first run is on its way.
+    *handles.liveness.lock().expect("liveness") = (
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        Vec::new(),
+    );
+    let liveness = tokio::spawn(monitor_liveness(
+        handles.clone(),
+        config.admin.liveness_stall_secs.saturating_mul(1000),
+    ));
     if cfg!(feature = "negative-control") {
         tracing::error!(
             "NEGATIVE-CONTROL BUILD: WAL commits are not durable; a crash loses acknowledged \
@@ -205,6 +235,7 @@ pub async fn run(
         _ = &mut root_join => true,
     };
     reloads.abort();
+    liveness.abort();
     if tree_failed {
         admin.stop();
         return Err(RunError::TreeFailed);

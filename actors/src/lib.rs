@@ -14,6 +14,7 @@ pub mod control;
 pub mod dispatcher;
 pub mod ingest;
 pub mod live;
+pub mod liveness;
 pub mod metrics;
 pub mod mqtt_options;
 pub mod readiness;

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub control: crate::control::metrics::ControlMetrics,
     /// Buffer SLOs and the process (issue 13).
     pub slo: crate::slo::SloMetrics,
+    /// Progress marks for liveness (`/healthz`), not exported.
+    pub pulse: crate::liveness::Pulse,
     /// Readings by source (`http`, `mqtt`) and result (`accepted`, `duplicate`, `rejected`, `unavailable`).
     pub ingest_records: IntCounterVec,
     /// Requests refused for a reason, by `code` (`bad_request`, `unauthorized`, `wal_full`, …).
@@ -455,6 +457,7 @@ impl Metrics {
             ),
             control: crate::control::metrics::ControlMetrics::new(&r),
             slo: crate::slo::SloMetrics::new(&r),
+            pulse: crate::liveness::Pulse::default(),
             registry: r,
         }
     }

@@ -143,6 +143,9 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// Enables `POST /admin/actors/{name}/fail`. Off by default: only the chaos harness wants it.
     pub chaos: bool,
+    /// `/healthz` answers 500 once the gateway has been wedged this long: the WAL holding
+    /// work without finishing a commit, or an actor not running.
+    pub liveness_stall_secs: u64,
     /// TLS for the admin listener (off when unset).
     pub tls: Option<TlsConfig>,
     /// Open connections, at most: the admin API's own budget, so probes and metrics stay
@@ -157,6 +160,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:8081".parse().expect("literal address"),
             token_file: None,
             chaos: false,
+            liveness_stall_secs: 60,
             tls: None,
             max_connections: 32,
             max_connections_per_peer: 16,

@@ -1,12 +1,14 @@
 //! Admin API on its own listener (loopback by default).
 //!
-//! Open: `GET /healthz`, `/readyz`, `/metrics`, `/version`.
+//! Open: `GET /healthz` (liveness: 500 naming what is wedged, see
+//! `edge_gateway_actors::liveness`), `/readyz`, `/metrics`, `/version`.
 //! Admin token (`Authorization: Bearer …`): `GET /admin/tree`, `GET /admin/wal`,
 //! `GET /admin/dead-letters/{sink}?limit=N`, `POST /admin/dead-letters/{sink}/requeue?limit=N`
 //! (back to Enqueued, attempts reset, oldest first), `GET /admin/rejected?limit=N` (refused
 //! MQTT messages with payload and reason, newest first), `GET /admin/mqtt` (the MQTT session's
 //! state), and — only with `admin.chaos = true` —
-//! `POST /admin/actors/{name}/fail`. The control plane's door: `POST /admin/control`,
+//! `POST /admin/actors/{name}/fail` and `POST /admin/actors/wal/stall?ms=N` (the next WAL
+//! commit hangs that long, as on a hung disk). The control plane's door: `POST /admin/control`,
 //! `GET /admin/control/{command_id}`, `GET /admin/control?limit=N` (see `control.rs`).
 
 mod control;
@@ -40,6 +42,12 @@ struct Ctx {
     handles: Handles,
     admin_hash: crate::credentials::AdminHash,
     chaos: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn json_status(v: serde_json::Value, s: StatusCode) -> warp::reply::Response {
@@ -101,7 +109,20 @@ async fn route(
     let segs: Vec<&str> = path.as_str().trim_matches('/').split('/').collect();
     let get = method == warp::http::Method::GET;
     let resp = match (get, segs.as_slice()) {
-        (true, ["healthz"]) => json_status(json!({"status": "ok"}), StatusCode::OK),
+        (true, ["healthz"]) => {
+            let problems = {
+                let last = h.liveness.lock().expect("liveness").clone();
+                edge_gateway_actors::liveness::check(&last, now_ms())
+            };
+            if problems.is_empty() {
+                json_status(json!({"status": "ok"}), StatusCode::OK)
+            } else {
+                json_status(
+                    json!({"status": "wedged", "problems": problems}),
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                )
+            }
+        }
         (true, ["readyz"]) => {
             let (ready, body) = readiness(h);
             json_status(
@@ -331,6 +352,23 @@ async fn admin_route(
                     tracing::warn!(sink = %sink, requeued = n, "dead letters requeued through the admin API");
                     json_status(json!({"requeued": n}), StatusCode::OK)
                 }
+                Err(e) => unavailable(e),
+            }
+        }
+        (false, ["actors", "wal", "stall"]) => {
+            if !ctx.chaos {
+                return json_status(
+                    json!({"error": "forbidden", "message": "chaos hooks are off (admin.chaos = false)"}),
+                    StatusCode::FORBIDDEN,
+                );
+            }
+            let ms = query
+                .get("ms")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1000)
+                .min(600_000);
+            match h.wal.cast(WalMsg::Stall(Duration::from_millis(ms))) {
+                Ok(()) => json_status(json!({"stalled_ms": ms}), StatusCode::ACCEPTED),
                 Err(e) => unavailable(e),
             }
         }

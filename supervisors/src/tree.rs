@@ -38,6 +38,8 @@ pub struct Handles {
     pub live: Live,
     /// Live changes: `config.apply`, restarts, reloads (SIGHUP and the file watch use it).
     pub reconfigure: Arc<Reconfigurer>,
+    /// The liveness monitor's last verdict (`/healthz`): when, and what is wedged.
+    pub liveness: Arc<Mutex<(u64, Vec<String>)>>,
     /// Each sink's outage, if any (for `/readyz`).
     pub sink_health: SinkHealth,
     pub control: Addr<ControlMsg>,
@@ -364,6 +366,7 @@ pub fn build(
         http_bound,
         live,
         reconfigure,
+        liveness: Arc::new(Mutex::new((0, Vec::new()))),
         sink_health,
         mqtt: mqtt_status,
         control: control_addr,

@@ -41,7 +41,9 @@ impl SinkHealth {
         // Every per-sink series exists from the start, at 0: a dashboard panel or an alert
         // on it shows "none yet" rather than nothing at all (which hides a renamed metric).
         let _ = metrics.retries.with_label_values(&[sink]);
-        let _ = metrics.publish_results.with_label_values(&[sink, "delivered"]);
+        let _ = metrics
+            .publish_results
+            .with_label_values(&[sink, "delivered"]);
         for class in crate::wal::DeadClass::ALL {
             let _ = metrics
                 .dead_lettered

@@ -16,7 +16,7 @@
 //! - `Maintain`    <- its own timer (retention sweep; also makes earlier settles durable)
 //! - `ReserveMade` <- its own reserve task (the reserve file is back, or not yet)
 //! - `Committed`   <- its own commit task
-//! - `Fail`        <- admin API chaos hook
+//! - `Fail`, `Stall` <- admin API chaos hooks (fail; the next commit hangs as on a hung disk)
 //!
 //! Group commit: operations queue while one commit runs on the blocking pool; when it
 //! returns, everything queued meanwhile goes into the next transaction. One fsync thus
@@ -133,6 +133,8 @@ pub enum WalMsg {
     /// Its own reserve task: whether the reserve file is in place again.
     ReserveMade(bool),
     Committed(Box<Committed>),
+    /// Chaos hook only (`admin.chaos`): the next commit hangs this long, as on a hung disk.
+    Stall(Duration),
     Fail(String),
 }
 
@@ -178,6 +180,8 @@ pub enum Waiter {
 /// The actor's state: the commit queue, and the store when no commit holds it.
 pub struct WalState {
     store: Option<WalStore>,
+    /// Chaos hook: how long the next commit hangs.
+    stall_next: Option<Duration>,
     queue: VecDeque<(Op, Waiter)>,
     in_commit: Vec<Waiter>,
     last_stats: WalStats,
@@ -438,6 +442,8 @@ impl Wal {
             return;
         };
         state.metrics.wal_commit_ops.observe(ops.len() as f64);
+        state.metrics.pulse.wal_busy(now_ms());
+        let stall = state.stall_next.take();
         let now = state.clock.now_ms();
         if let Some(step) = state.clock.observe_wall(now_ms()) {
             state.metrics.clock_jumps.inc();
@@ -452,7 +458,14 @@ impl Wal {
         let addr = state.addr.clone();
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let joined = tokio::task::spawn_blocking(move || store.apply(ops, now)).await;
+            let joined = tokio::task::spawn_blocking(move || {
+                if let Some(d) = stall {
+                    // Chaos hook only (`admin.chaos`): a disk that hangs.
+                    std::thread::sleep(d);
+                }
+                store.apply(ops, now)
+            })
+            .await;
             let result =
                 joined.unwrap_or_else(|e| Err(WalError::Storage(format!("commit task: {e}"))));
             addr.note_sent();
@@ -525,6 +538,7 @@ impl Actor for Wal {
         args.commits
             .send_modify(|mark| *mark = mark.wrapping_add(1));
         Ok(WalState {
+            stall_next: None,
             store: Some(store),
             queue: VecDeque::new(),
             in_commit: Vec::new(),
@@ -563,6 +577,7 @@ impl Actor for Wal {
         state.addr.received();
         match msg {
             WalMsg::Committed(c) => {
+                state.metrics.pulse.wal_committed(now_ms());
                 state
                     .metrics
                     .wal_commit_seconds
@@ -732,6 +747,13 @@ impl Actor for Wal {
                     }
                     WalMsg::Fail(reason) => {
                         return Err(format!("failure injected: {reason}").into());
+                    }
+                    WalMsg::Stall(d) => {
+                        tracing::warn!(
+                            ms = d.as_millis() as u64,
+                            "chaos: the next WAL commit hangs"
+                        );
+                        state.stall_next = Some(d);
                     }
                     WalMsg::Committed(_) | WalMsg::Maintain | WalMsg::ReserveMade(_) => {
                         unreachable!("matched above")
