@@ -124,6 +124,7 @@ async fn watch_files(r: Arc<edge_gateway_supervisors::reconfigure::Reconfigurer>
     use edge_gateway_actors::control::Reconfigure;
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    r.observe_certificates();
     let mut every = tokio::time::interval(edge_gateway_supervisors::tls_reload::WATCH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -140,6 +141,7 @@ async fn watch_files(r: Arc<edge_gateway_supervisors::reconfigure::Reconfigurer>
         if forced {
             tracing::info!("SIGHUP: reloading certificates and token files");
         }
+        r.observe_certificates();
         match r.reload_tls(forced).await {
             Ok(v) if forced || v["restarted"].as_array().is_some_and(|a| !a.is_empty()) => {
                 tracing::info!(report = %v, "certificates and token files reloaded")

@@ -33,7 +33,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn the_alert_rules_parse_and_their_unit_tests_pass() {
     let checked = promtool(&["check", "rules", "alerts.yml"]);
-    assert!(checked.contains("9 rules found"), "{checked}");
+    assert!(checked.contains("10 rules found"), "{checked}");
     promtool(&["test", "rules", "alerts_test.yml"]);
 }
 
@@ -157,14 +157,17 @@ async fn a_real_prometheus_answers_every_alert_and_panel_and_sees_the_outage() {
     let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     let broker = common::mqtt::plain(&dir.path().join("broker"));
+    // A CA file on the sink: a certificate whose expiry the gateway exports.
+    let pki = common::pki::Pki::new(&dir.path().join("pki"));
     let gw = Gateway::start(&write_config(
         dir.path(),
         &format!(
             "[admin]\nchaos = true\n[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
              [mqtt]\nenabled = true\nbroker = \"{}\"\n\
-             [[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"{}\"\n",
+             [[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"{}\"\nca_file = {:?}\n",
             broker.url(),
-            sink.url()
+            sink.url(),
+            pki.path("ca.pem").display().to_string()
         ),
     ));
     let prom = Prometheus::start(dir.path(), &gw.admin.to_string());

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod certs;
 pub mod control;
 pub mod dispatcher;
 pub mod ingest;

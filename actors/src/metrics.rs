@@ -14,6 +14,8 @@ pub struct Metrics {
     pub control: crate::control::metrics::ControlMetrics,
     /// Buffer SLOs and the process (issue 13).
     pub slo: crate::slo::SloMetrics,
+    /// Certificate expiry (issue 13).
+    pub certs: crate::certs::CertMetrics,
     /// Progress marks for liveness (`/healthz`), not exported.
     pub pulse: crate::liveness::Pulse,
     /// Readings by source (`http`, `mqtt`) and result (`accepted`, `duplicate`, `rejected`, `unavailable`).
@@ -458,6 +460,7 @@ impl Metrics {
             control: crate::control::metrics::ControlMetrics::new(&r),
             slo: crate::slo::SloMetrics::new(&r),
             pulse: crate::liveness::Pulse::default(),
+            certs: crate::certs::CertMetrics::new(&r),
             registry: r,
         }
     }

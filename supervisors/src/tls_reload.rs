@@ -118,6 +118,29 @@ impl Reconfigurer {
         }
     }
 
+    /// Exports every configured certificate's expiry (`edge_gateway_tls_certificate_expiry_…`).
+    pub fn observe_certificates(&self) {
+        let cfg = self.parts.live.get();
+        let mut files: Vec<(String, PathBuf)> = Vec::new();
+        // Every file named; those that hold no certificate (keys, passwords) are skipped.
+        let mut add = |owner: &str, v: Vec<PathBuf>| {
+            files.extend(v.into_iter().map(|f| (owner.to_string(), f)));
+        };
+        add("http_ingest", cfg.http.tls.as_ref().map(files_of).unwrap_or_default());
+        add("admin", cfg.admin.tls.as_ref().map(files_of).unwrap_or_default());
+        if cfg.mqtt.enabled {
+            add("mqtt_session", files_of(&cfg.mqtt));
+        }
+        add("control", files_of(&cfg.control));
+        for s in &cfg.sinks {
+            add(&format!("publisher:{}", s.name()), files_of(s));
+        }
+        self.parts
+            .metrics
+            .certs
+            .observe(files.iter().map(|(o, f)| (o.clone(), f.as_path())));
+    }
+
     /// Records the client files as they are at start (a later change is then seen).
     pub fn note_client_files(&self) {
         for (actor, files, _) in self.clients() {
