@@ -69,7 +69,8 @@ mod tests {
         let end = openssl::asn1::Asn1Time::from_unix(1_900_000_000).unwrap();
         b.set_not_before(&start).unwrap();
         b.set_not_after(&end).unwrap();
-        b.sign(&key, openssl::hash::MessageDigest::sha256()).unwrap();
+        b.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
         let f = dir.path().join("c.pem");
         std::fs::write(&f, b.build().to_pem().unwrap()).unwrap();
         assert_eq!(super::not_after(&f), Some(1_900_000_000));

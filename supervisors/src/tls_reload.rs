@@ -126,8 +126,14 @@ impl Reconfigurer {
         let mut add = |owner: &str, v: Vec<PathBuf>| {
             files.extend(v.into_iter().map(|f| (owner.to_string(), f)));
         };
-        add("http_ingest", cfg.http.tls.as_ref().map(files_of).unwrap_or_default());
-        add("admin", cfg.admin.tls.as_ref().map(files_of).unwrap_or_default());
+        add(
+            "http_ingest",
+            cfg.http.tls.as_ref().map(files_of).unwrap_or_default(),
+        );
+        add(
+            "admin",
+            cfg.admin.tls.as_ref().map(files_of).unwrap_or_default(),
+        );
         if cfg.mqtt.enabled {
             add("mqtt_session", files_of(&cfg.mqtt));
         }
