@@ -80,6 +80,58 @@ pub fn wal_stats(
 
 pub use edge_gateway_actors::wal::{DeadClass, DeadFilter};
 
+/// The outages recorded in `data_dir` overlapping `since_ms` onwards (`report outages`).
+pub fn outage_reports(
+    data_dir: &std::path::Path,
+    since_ms: u64,
+) -> std::io::Result<Vec<edge_gateway_actors::outages::Report>> {
+    edge_gateway_actors::outages::log::reports(data_dir, since_ms)
+}
+
+/// The outages as a table for a terminal.
+pub fn outage_table(reports: &[edge_gateway_actors::outages::Report]) -> String {
+    let when = |ms: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string()
+    };
+    let secs = |s: Option<f64>| {
+        s.map_or("-".to_string(), |s| {
+            humantime::format_duration(std::time::Duration::from_secs(s.round() as u64)).to_string()
+        })
+    };
+    let mut out = format!(
+        "{:<12} {:<7} {:<20} {:<10} {:>8} {:>8} {:>10}  {}\n",
+        "SINK", "KIND", "STARTED", "LASTED", "BACKLOG", "PEAK", "DRAINED IN", "REASON"
+    );
+    for r in reports {
+        let lasted = match r.ended_at_ms {
+            Some(_) => secs(r.duration_secs),
+            None => "ongoing".into(),
+        };
+        let drained = match (r.ended_at_ms, r.drained_at_ms) {
+            (Some(_), None) => "draining".into(),
+            _ => secs(r.drain_secs),
+        };
+        out.push_str(&format!(
+            "{:<12} {:<7} {:<20} {:<10} {:>8} {:>8} {:>10}  {}\n",
+            r.sink,
+            r.kind,
+            when(r.started_at_ms),
+            lasted,
+            r.backlog_at_start,
+            r.backlog_peak.map_or("-".into(), |p| p.to_string()),
+            drained,
+            r.last_reason.as_deref().unwrap_or(&r.reason)
+        ));
+    }
+    if reports.is_empty() {
+        out.push_str("(no outage recorded)\n");
+    }
+    out
+}
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_COMMIT: &str = env!("EDGE_GATEWAY_GIT_COMMIT");
 

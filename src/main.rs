@@ -41,6 +41,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// Reports the gateway wrote itself (read from the data directory; running or stopped).
+    Report {
+        #[command(subcommand)]
+        cmd: ReportCmd,
+    },
     /// Print version and git commit.
     Version,
 }
@@ -73,6 +78,21 @@ enum DeadLettersCmd {
         /// At most this many.
         #[arg(long, default_value_t = 1_000_000)]
         limit: usize,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCmd {
+    /// Each period a sink was unreachable or paused: when, why, the backlog, the drain.
+    Outages {
+        /// Only those overlapping the last this long (e.g. `24h`, `7d`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// JSON (one array) instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -262,6 +282,32 @@ fn main() -> anyhow::Result<()> {
                 },
             )?;
             println!("{}", serde_json::json!({"sink": sink, "purged": n}));
+            Ok(())
+        }
+        Cmd::Report {
+            cmd:
+                ReportCmd::Outages {
+                    since,
+                    json,
+                    config: a,
+                },
+        } => {
+            let cfg = a.load()?;
+            let since_ms = since.map_or(0, |d| {
+                std::time::SystemTime::now()
+                    .checked_sub(d)
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as u64)
+            });
+            let reports =
+                edge_gateway::outage_reports(&cfg.data_dir, since_ms).with_context(|| {
+                    format!("reading {}", cfg.data_dir.join("outages.jsonl").display())
+                })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                print!("{}", edge_gateway::outage_table(&reports));
+            }
             Ok(())
         }
         Cmd::Wal {

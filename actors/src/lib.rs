@@ -18,6 +18,7 @@ pub mod live;
 pub mod liveness;
 pub mod metrics;
 pub mod mqtt_options;
+pub mod outages;
 pub mod readiness;
 pub mod reload;
 pub mod serve;

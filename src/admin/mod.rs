@@ -3,6 +3,7 @@
 //! Open: `GET /healthz` (liveness: 500 naming what is wedged, see
 //! `edge_gateway_actors::liveness`), `/readyz`, `/metrics`, `/version`.
 //! Admin token (`Authorization: Bearer …`): `GET /admin/tree`, `GET /admin/wal`,
+//! `GET /admin/outages?since=24h` (each period a sink was unreachable or paused),
 //! `GET /admin/dead-letters/{sink}?limit=N`, `POST /admin/dead-letters/{sink}/requeue?limit=N`
 //! (back to Enqueued, attempts reset, oldest first), `GET /admin/rejected?limit=N` (refused
 //! MQTT messages with payload and reason, newest first), `GET /admin/mqtt` (the MQTT session's
@@ -353,6 +354,24 @@ async fn admin_route(
                     json_status(json!({"requeued": n}), StatusCode::OK)
                 }
                 Err(e) => unavailable(e),
+            }
+        }
+        (true, ["outages"]) => {
+            let since_ms = query
+                .get("since")
+                .and_then(|v| humantime::parse_duration(v).ok())
+                .map_or(0, |d| now_ms().saturating_sub(d.as_millis() as u64));
+            let dd = h.live.get().data_dir.clone();
+            match tokio::task::spawn_blocking(move || crate::outage_reports(&dd, since_ms)).await {
+                Ok(Ok(r)) => json_status(json!({"outages": r}), StatusCode::OK),
+                Ok(Err(e)) => json_status(
+                    json!({"error": "unreadable", "message": e.to_string()}),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                ),
+                Err(e) => json_status(
+                    json!({"error": "unavailable", "message": e.to_string()}),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                ),
             }
         }
         (false, ["actors", "wal", "stall"]) => {

@@ -251,6 +251,54 @@ impl ControlState {
         }
         self.reconnect_if_due()?;
         self.pump();
+        self.record_outages().await;
         Ok(())
+    }
+
+    /// One look at every sink for the outage reports (`crate::outages`); their events are
+    /// appended to `data/outages.jsonl`. A WAL that does not answer in time skips this look.
+    async fn record_outages(&mut self) {
+        let Ok(stats) = self
+            .args
+            .wal
+            .call(crate::wal::WalMsg::Stats, Some(Duration::from_millis(500)))
+            .await
+        else {
+            return;
+        };
+        let health = self.args.sink_health.snapshot();
+        let paused = self.args.holds.all();
+        let observations: Vec<crate::outages::Observation> = self
+            .args
+            .live
+            .sink_names()
+            .into_iter()
+            .map(|sink| {
+                let s = stats.sinks.iter().find(|k| k.sink == sink);
+                crate::outages::Observation {
+                    outage: health.get(&sink).cloned().flatten().map(|o| {
+                        let since = o
+                            .since
+                            .duration_since(UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        (o.reason, since)
+                    }),
+                    paused: paused.contains(&sink),
+                    pending: s.map_or(0, |k| k.pending),
+                    acked_total: s.map_or(0, |k| k.acked_total),
+                    sink,
+                }
+            })
+            .collect();
+        let events = self.outages.observe(now_ms(), &observations);
+        if events.is_empty() {
+            return;
+        }
+        let dd = self.args.live.get().data_dir.clone();
+        match super::blocking_io(move || crate::outages::log::append(&dd, &events)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "outage report not written"),
+            Err(e) => tracing::error!(error = %e, "outage report not written"),
+        }
     }
 }

@@ -161,6 +161,8 @@ pub struct ControlState {
     publishes: HashMap<String, u64>,
     /// The control plane's MQTT connections (`links.rs`).
     slots: Vec<Slot>,
+    /// Sinks in an outage or draining after one (`crate::outages`), fed at each tick.
+    outages: crate::outages::Tracker,
     generation: u64,
     myself: ActorRef<ControlMsg>,
     _tasks: crate::tasks::Tasks,
@@ -347,6 +349,7 @@ impl Actor for Control {
             bodies: HashMap::new(),
             publishes: HashMap::new(),
             slots: Vec::new(),
+            outages: crate::outages::Tracker::default(),
             generation: 0,
             myself,
             _tasks: tasks,
@@ -358,6 +361,12 @@ impl Actor for Control {
             state.slots.push(Slot::new(Role::Upstream));
         }
         state.load_queue().await?;
+        let dd = state.args.live.get().data_dir.clone();
+        let recorded = blocking_io(move || crate::outages::log::reports(&dd, 0))
+            .await
+            .map_err(ControlError::Task)?
+            .unwrap_or_default();
+        state.outages = crate::outages::Tracker::resume(&recorded);
         // Pauses recorded by earlier runs hold again (a removed sink's is harmless).
         for sink in blocking(&state.store, |s| s.paused()).await? {
             if state.args.holds.set(&sink, true) {
