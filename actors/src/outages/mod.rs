@@ -58,6 +58,10 @@ enum Phase {
         backlog_at_start: u64,
         peak: u64,
         reason: String,
+        /// The sink's delivered count at the first look in this phase: an outage ends only
+        /// once the sink delivered again (after a restart the gateway knows nothing of the
+        /// sink until its first answer, which is no evidence the outage is over).
+        acked: Option<u64>,
     },
     Draining {
         backlog_at_start: u64,
@@ -91,6 +95,7 @@ impl Tracker {
                     backlog_at_start: r.backlog_at_start,
                     peak: r.backlog_peak.unwrap_or(r.backlog_at_start),
                     reason: r.reason.clone(),
+                    acked: None,
                 },
                 (Some(_), None) => Phase::Draining {
                     backlog_at_start: r.backlog_at_start,
@@ -118,7 +123,19 @@ impl Tracker {
                     o.paused
                         .then(|| ("paused", "paused by an operator".to_string(), now_ms))
                 });
-            let phase = self.phases.get_mut(&o.sink);
+            let mut phase = self.phases.get_mut(&o.sink);
+            if let Some(Phase::Down {
+                kind, acked, peak, ..
+            }) = phase.as_deref_mut()
+            {
+                let first = *acked.get_or_insert(o.acked_total);
+                // Not down now, but nothing delivered since: not over yet (an outage's end is
+                // a delivery; a pause's is the resume).
+                if down.is_none() && *kind == "outage" && o.acked_total <= first {
+                    *peak = (*peak).max(o.pending);
+                    continue;
+                }
+            }
             match (phase, down) {
                 (Some(Phase::Down { peak, reason, .. }), Some((_, r, _))) => {
                     *peak = (*peak).max(o.pending);
@@ -191,6 +208,7 @@ impl Tracker {
                 backlog_at_start: backlog,
                 peak: o.pending,
                 reason,
+                acked: Some(o.acked_total),
             },
         );
     }
