@@ -9,16 +9,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-async fn command(gw: &Gateway, body: Value) -> (u16, Value) {
-    post_json(
-        &client(),
-        &gw.admin_url("/admin/control"),
-        &gw.admin_token,
-        &body,
-    )
-    .await
-}
-
 fn gateway(dir: &std::path::Path, sink: &RecordingSink) -> std::path::PathBuf {
     write_config(
         dir,

@@ -13,16 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-async fn command(gw: &Gateway, body: Value) -> (u16, Value) {
-    post_json(
-        &client(),
-        &gw.admin_url("/admin/control"),
-        &gw.admin_token,
-        &body,
-    )
-    .await
-}
-
 fn http_sink(name: &str, sink: &RecordingSink) -> Value {
     json!({"name": name, "type": "http", "url": sink.url()})
 }

@@ -28,16 +28,6 @@ fn config(dir: &Path, broker: &Broker, extra: &str) -> PathBuf {
     )
 }
 
-async fn command(gw: &Gateway, body: Value) -> (u16, Value) {
-    post_json(
-        &client(),
-        &gw.admin_url("/admin/control"),
-        &gw.admin_token,
-        &body,
-    )
-    .await
-}
-
 /// Polls the command's record until `ok` holds (the gateway changes it; no event to wait on
 /// from outside); the record, or a panic naming the last one seen.
 async fn wait_state(gw: &Gateway, id: &str, ok: impl Fn(&Value) -> bool) -> Value {

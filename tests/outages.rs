@@ -71,11 +71,9 @@ async fn an_outage_is_reported_with_its_backlog_and_drain_across_a_sigkill() {
     assert!(r["drain_secs"].as_f64().unwrap() >= 0.0, "{r}");
 
     // A pause is reported too.
-    let (s, _) = post_json(
-        &client(),
-        &gw.admin_url("/admin/control"),
-        &gw.admin_token,
-        &json!({"command_id": "p-1", "kind": "sink.pause", "sink": "api"}),
+    let (s, _) = command(
+        &gw,
+        json!({"command_id": "p-1", "kind": "sink.pause", "sink": "api"}),
     )
     .await;
     assert_eq!(s, 200);

@@ -32,13 +32,7 @@ async fn handshake_ok(gw: &Gateway, ca: &Path) -> bool {
 }
 
 async fn reload(gw: &Gateway, token: &str, id: &str) -> (u16, Value) {
-    post_json(
-        &client(),
-        &gw.admin_url("/admin/control"),
-        token,
-        &json!({"command_id": id, "kind": "tls.reload"}),
-    )
-    .await
+    command_as(gw, token, json!({"command_id": id, "kind": "tls.reload"})).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -235,6 +235,17 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Sends a control command through the admin API (`POST /admin/control`); the status and
+/// the answer.
+pub async fn command(gw: &Gateway, body: Value) -> (u16, Value) {
+    command_as(gw, &gw.admin_token, body).await
+}
+
+/// [`command`] with another admin token.
+pub async fn command_as(gw: &Gateway, token: &str, body: Value) -> (u16, Value) {
+    post_json(&client(), &gw.admin_url("/admin/control"), token, &body).await
+}
+
 /// Posts one JSON reading; returns the status and body.
 pub async fn post_json(
     c: &reqwest::Client,

@@ -195,13 +195,9 @@ impl ControlState {
         device: &str,
         payload: &[u8],
     ) -> Result<(), ControlError> {
+        let metrics = self.args.metrics.clone();
         let ignored = |why: &str| {
-            self.args
-                .metrics
-                .control
-                .acks_ignored
-                .with_label_values(&[why])
-                .inc();
+            super::mqtt_door::ignored_ack(&metrics, why);
             tracing::warn!(device_id = %device, reason = why, "device command acknowledgement ignored");
         };
         let Ok(ack) = serde_json::from_slice::<Value>(payload) else {

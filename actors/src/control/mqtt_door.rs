@@ -19,6 +19,11 @@ use serde_json::{json, Value};
 /// Largest request read; anything larger is refused unread.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// Counts an inbound message on an ack topic that changed nothing.
+pub(super) fn ignored_ack(metrics: &crate::metrics::Metrics, why: &str) {
+    metrics.control.acks_ignored.with_label_values(&[why]).inc();
+}
+
 impl ControlState {
     /// Sorts out one message from the control link. The caller acknowledges it afterwards.
     pub(super) async fn on_inbound(&mut self, role: Role, p: &Publish) -> Result<(), ControlError> {
@@ -38,17 +43,8 @@ impl ControlState {
             let device = device.to_string();
             return self.on_device_ack(&device, &p.payload).await;
         }
-        self.ignored_ack("other_topic");
+        ignored_ack(&self.args.metrics, "other_topic");
         Ok(())
-    }
-
-    pub(super) fn ignored_ack(&self, why: &str) {
-        self.args
-            .metrics
-            .control
-            .acks_ignored
-            .with_label_values(&[why])
-            .inc();
     }
 
     fn refuse(&mut self, reason: &'static str, message: String, command_id: Option<Value>) {
