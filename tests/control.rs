@@ -62,14 +62,8 @@ async fn ping_config_and_the_audit_trail() {
     let one = gw.admin_get("/admin/control/c-1").await;
     assert_eq!(one["kind"], "ping", "{one}");
     assert_eq!(one["door"], "admin", "{one}");
-    let all = gw.admin_get("/admin/control?limit=10").await;
-    let ids: Vec<&str> = all["commands"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["command_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["c-3", "c-2", "c-1"], "newest first: {all}");
+    let ids = command_ids(&gw, 10).await;
+    assert_eq!(ids, ["c-3", "c-2", "c-1"], "newest first");
 }
 
 /// A paused sink's readings wait in the WAL; resumed, they arrive in order. A repeated

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::BIN;
+use common::{run_ok, BIN};
 use std::path::Path;
 use std::process::Command;
 
@@ -31,24 +31,19 @@ fn the_compose_stack_refers_to_files_that_exist_and_a_valid_gateway_config() {
     assert!(mounts >= 6, "{mounts} mounts found");
     assert!(compose.contains("context: ../..") && root().join("Dockerfile").exists());
     let data = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["config", "check", "--config"])
-        .arg(dir.join("gateway.toml"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .args([
-            "--http-listen",
-            "0.0.0.0:8080",
-            "--admin-listen",
-            "0.0.0.0:8081",
-        ])
-        .arg("--insecure-listen")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(BIN)
+            .args(["config", "check", "--config"])
+            .arg(dir.join("gateway.toml"))
+            .arg("--data-dir")
+            .arg(data.path())
+            .args([
+                "--http-listen",
+                "0.0.0.0:8080",
+                "--admin-listen",
+                "0.0.0.0:8081",
+            ])
+            .arg("--insecure-listen"),
     );
     // Grafana finds the dashboards where compose mounts them.
     let prov = std::fs::read_to_string(

@@ -97,11 +97,11 @@ async fn an_outage_is_reported_with_its_backlog_and_drain_across_a_sigkill() {
         table.contains("SINK") && table.contains("paused") && table.contains("HTTP 503"),
         "{table}"
     );
-    let out = std::process::Command::new(BIN)
-        .args(["report", "outages", "--json", "--since", "1h", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_ok(
+        std::process::Command::new(BIN)
+            .args(["report", "outages", "--json", "--since", "1h", "--config"])
+            .arg(&cfg),
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
 }

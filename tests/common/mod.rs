@@ -246,6 +246,28 @@ pub async fn command_as(gw: &Gateway, token: &str, body: Value) -> (u16, Value) 
     post_json(&client(), &gw.admin_url("/admin/control"), token, &body).await
 }
 
+/// The audit trail's `command_id`s, newest first (`GET /admin/control?limit=N`).
+pub async fn command_ids(gw: &Gateway, limit: usize) -> Vec<String> {
+    let all = gw.admin_get(&format!("/admin/control?limit={limit}")).await;
+    all["commands"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{all}"))
+        .iter()
+        .map(|c| c["command_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Runs a command line to completion; panics with its stderr unless it succeeded.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Posts one JSON reading; returns the status and body.
 pub async fn post_json(
     c: &reqwest::Client,
