@@ -334,6 +334,9 @@ async fn removed_sinks_records_are_moved_dropped_or_drained() {
         "{v}"
     );
     let later = ingest_seqs(&gw, &["d-3"], 2, 2, 0).await;
+    // A SIGKILL in the middle of the drain: the next start carries on with it.
+    gw.kill9();
+    let gw = Gateway::start(&cfg);
     d.set(common::sink::Behaviour::Ok);
     d.wait_for_keys(&held, Duration::from_secs(30))
         .await

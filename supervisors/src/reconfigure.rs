@@ -290,6 +290,40 @@ impl Reconfigurer {
         .await
     }
 
+    async fn resume_drains_now(&self, sinks: Vec<SinkConfig>) {
+        let _one = self.lock.lock().await;
+        let configured = self.parts.live.sink_names();
+        let mut resumed = Vec::new();
+        for s in sinks {
+            let name = s.name().to_string();
+            // Re-added to the configuration meanwhile, or already draining: nothing to do.
+            if configured.contains(&name) || self.parts.draining().contains_key(&name) {
+                continue;
+            }
+            self.parts
+                .draining
+                .lock()
+                .expect("draining")
+                .insert(name.clone(), s);
+            match sup(&self.sinks, |reply| SupervisorMsg::Add {
+                spec: self.parts.publisher(&name),
+                reply,
+            })
+            .await
+            {
+                Ok(()) => resumed.push(name),
+                Err(e) => {
+                    tracing::error!(sink = %name, error = %e, "a drain could not resume: its backlog waits in the WAL");
+                    self.parts.draining.lock().expect("draining").remove(&name);
+                }
+            }
+        }
+        if !resumed.is_empty() {
+            let _ = self.restart_dispatcher().await;
+            tracing::warn!(sinks = ?resumed, "drains resumed after a restart");
+        }
+    }
+
     async fn finish_drains_now(&self) -> Vec<String> {
         let draining = self.parts.draining();
         if draining.is_empty() {
@@ -344,6 +378,10 @@ impl Reconfigure for Reconfigurer {
 
     fn finish_drains(&self) -> BoxFuture<'_, Vec<String>> {
         Box::pin(self.finish_drains_now())
+    }
+
+    fn resume_drains(&self, sinks: Vec<SinkConfig>) -> BoxFuture<'_, ()> {
+        Box::pin(self.resume_drains_now(sinks))
     }
 
     fn reload_tls(&self, force: bool) -> BoxFuture<'_, Result<Value, Value>> {

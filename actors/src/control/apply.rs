@@ -40,6 +40,10 @@ pub trait Reconfigure: Send + Sync {
     /// Removes draining sinks whose backlog has been delivered; their names.
     fn finish_drains(&self) -> BoxFuture<'_, Vec<String>>;
 
+    /// After a restart: drains recorded before it carry on (each sink gets its publisher and
+    /// a lane again, and takes no new readings).
+    fn resume_drains(&self, sinks: Vec<edge_gateway_config::SinkConfig>) -> BoxFuture<'_, ()>;
+
     /// Re-reads certificates, keys, CA and token files (`force`: even unchanged ones); what
     /// was reloaded or restarted, or (`Err`) the same report when a new file was refused.
     fn reload_tls(&self, force: bool) -> BoxFuture<'_, Result<Value, Value>>;
@@ -158,8 +162,25 @@ impl ControlState {
             .await
             .and_then(|r| r.map_err(|e| e.to_string()))
             .map_err(|e| json!({"error": "not_persisted", "message": e}))?;
+        let old_sinks = a.live.get().sinks.clone();
+        let drains: Vec<String> = removed
+            .iter()
+            .filter(|(_, d)| *d == Disposition::Drain)
+            .map(|(n, _)| n.clone())
+            .collect();
         match a.reconfigure.apply(new, removed).await {
             Ok(mut done) => {
+                // Recorded so that a restart carries on with them.
+                for name in drains {
+                    if let Some(c) = old_sinks.iter().find(|s| s.name() == name).cloned() {
+                        let n = name.clone();
+                        let r = super::blocking(&self.store, move |s| s.set_draining(&n, Some(&c)))
+                            .await;
+                        if let Err(e) = r {
+                            tracing::error!(sink = %name, error = %e, "drain not recorded: it would not resume after a restart");
+                        }
+                    }
+                }
                 done["result"] = "applied".into();
                 Ok(done)
             }

@@ -236,6 +236,8 @@ impl ControlState {
     pub(super) async fn tick(&mut self) -> Result<(), ControlError> {
         for sink in self.args.reconfigure.finish_drains().await {
             tracing::info!(sink = %sink, "drained sink removed");
+            let n = sink.clone();
+            blocking(&self.store, move |s| s.set_draining(&n, None)).await?;
         }
         for e in self.outbox.expire(now_ms()) {
             let why = match e.stage {

@@ -367,6 +367,11 @@ impl Actor for Control {
             .map_err(ControlError::Task)?
             .unwrap_or_default();
         state.outages = crate::outages::Tracker::resume(&recorded);
+        // Drains recorded before a restart carry on.
+        let draining = blocking(&state.store, |s| s.draining()).await?;
+        if !draining.is_empty() {
+            state.args.reconfigure.resume_drains(draining).await;
+        }
         // Pauses recorded by earlier runs hold again (a removed sink's is harmless).
         for sink in blocking(&state.store, |s| s.paused()).await? {
             if state.args.holds.set(&sink, true) {

@@ -19,6 +19,9 @@ const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("device_queue");
 
 /// Paused sinks (`sink.pause`): sink name -> unit. They stay paused across restarts.
 const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused_sinks");
+/// Sinks removed with `drain` whose backlog is not delivered yet: name -> their configuration
+/// (JSON), so a restart carries on with the drain.
+const DRAINING: TableDefinition<&str, &[u8]> = TableDefinition::new("draining_sinks");
 
 /// States of a device command not finished yet; its record is never pruned in them.
 pub const UNFINISHED: [&str; 3] = ["accepted", "queued", "sent"];
@@ -68,6 +71,7 @@ impl ControlStore {
         txn.open_table(ORDER).map_err(redb_err)?;
         txn.open_table(QUEUE).map_err(redb_err)?;
         txn.open_table(PAUSED).map_err(redb_err)?;
+        txn.open_table(DRAINING).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         Ok(ControlStore { db, max_commands })
     }
@@ -140,6 +144,43 @@ impl ControlStore {
         let mut out = Vec::new();
         for row in t.iter().map_err(redb_err)? {
             out.push(row.map_err(redb_err)?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Records a sink as draining (with its configuration) or drained (`None`).
+    pub fn set_draining(
+        &self,
+        sink: &str,
+        cfg: Option<&edge_gateway_config::SinkConfig>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(redb_err)?;
+        {
+            let mut t = txn.open_table(DRAINING).map_err(redb_err)?;
+            match cfg {
+                Some(c) => {
+                    let body = serde_json::to_vec(c).expect("configs serialise");
+                    t.insert(sink, body.as_slice()).map_err(redb_err)?;
+                }
+                None => {
+                    t.remove(sink).map_err(redb_err)?;
+                }
+            }
+        }
+        txn.commit().map_err(redb_err)
+    }
+
+    /// The sinks recorded as draining, with their configurations.
+    pub fn draining(&self) -> Result<Vec<edge_gateway_config::SinkConfig>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let t = txn.open_table(DRAINING).map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            out.push(
+                serde_json::from_slice(v.value())
+                    .map_err(|_| StoreError::Corrupt(k.value().to_string()))?,
+            );
         }
         Ok(out)
     }
