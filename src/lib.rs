@@ -156,8 +156,15 @@ pub enum RunError {
 async fn monitor_liveness(h: tree::Handles, stall_ms: u64) {
     let mut m = edge_gateway_actors::liveness::Monitor::default();
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut runs = 0u64;
     loop {
         every.tick().await;
+        runs += 1;
+        if runs.is_multiple_of(60) {
+            // Per-device health survives a restart (a SIGKILL loses at most a minute of it).
+            let (metrics, dd) = (h.metrics.clone(), h.live.get().data_dir.clone());
+            let _ = tokio::task::spawn_blocking(move || metrics.devices.save(&dd)).await;
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -222,6 +229,8 @@ pub async fn run(
         edge_gateway_actors::serve::TlsAcceptor::new(t).map_err(RunError::Tls)?;
     }
     let metrics = Arc::new(edge_gateway_actors::metrics::Metrics::new());
+    metrics.devices.set_cap(config.admin.max_tracked_devices);
+    metrics.devices.load(&config.data_dir);
     metrics
         .build_info
         .with_label_values(&[VERSION, GIT_COMMIT])
@@ -297,6 +306,9 @@ pub async fn run(
     tracing::info!("shutting down: ingest first, WAL last");
     root.stop(Some("shutdown".into()));
     let _ = root_join.await;
+    if let Err(e) = handles.metrics.devices.save(&config.data_dir) {
+        tracing::warn!(error = %e, "per-device health not saved");
+    }
     admin.stop();
     tracing::info!("stopped");
     Ok(())

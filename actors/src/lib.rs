@@ -12,6 +12,7 @@
 pub mod addr;
 pub mod certs;
 pub mod control;
+pub mod devices;
 pub mod dispatcher;
 pub mod ingest;
 pub mod live;

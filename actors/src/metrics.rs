@@ -16,6 +16,9 @@ pub struct Metrics {
     pub slo: crate::slo::SloMetrics,
     /// Certificate expiry (issue 13).
     pub certs: crate::certs::CertMetrics,
+    /// Per-device health (`/admin/devices`) and its bounded aggregates.
+    pub devices: crate::devices::DeviceBook,
+    pub device_metrics: crate::devices::DeviceMetrics,
     /// Progress marks for liveness (`/healthz`), not exported.
     pub pulse: crate::liveness::Pulse,
     /// Readings by source (`http`, `mqtt`) and result (`accepted`, `duplicate`, `rejected`, `unavailable`).
@@ -92,6 +95,7 @@ impl Metrics {
             }
         }
         let total = outcomes.len() as u64;
+        self.devices.stored(device, total - dups, dups);
         self.ingest_records
             .with_label_values(&[source, "accepted"])
             .inc_by(total - dups);
@@ -461,6 +465,8 @@ impl Metrics {
             slo: crate::slo::SloMetrics::new(&r),
             pulse: crate::liveness::Pulse::default(),
             certs: crate::certs::CertMetrics::new(&r),
+            devices: crate::devices::DeviceBook::new(10_000),
+            device_metrics: crate::devices::DeviceMetrics::new(&r),
             registry: r,
         }
     }
@@ -468,6 +474,10 @@ impl Metrics {
     /// Prometheus text exposition of everything registered (the process figures read now).
     pub fn render(&self) -> String {
         self.slo.observe_process();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.device_metrics.observe(&self.devices, now);
         let mut buf = String::new();
         prometheus::TextEncoder::new()
             .encode_utf8(&self.registry.gather(), &mut buf)

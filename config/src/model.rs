@@ -146,6 +146,8 @@ pub struct AdminConfig {
     /// `/healthz` answers 500 once the gateway has been wedged this long: the WAL holding
     /// work without finishing a commit, or an actor not running.
     pub liveness_stall_secs: u64,
+    /// Devices whose health `GET /admin/devices` keeps (the least recently seen forgotten).
+    pub max_tracked_devices: usize,
     /// TLS for the admin listener (off when unset).
     pub tls: Option<TlsConfig>,
     /// Open connections, at most: the admin API's own budget, so probes and metrics stay
@@ -161,6 +163,7 @@ impl Default for AdminConfig {
             token_file: None,
             chaos: false,
             liveness_stall_secs: 60,
+            max_tracked_devices: 10_000,
             tls: None,
             max_connections: 32,
             max_connections_per_peer: 16,

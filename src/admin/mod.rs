@@ -4,6 +4,7 @@
 //! `edge_gateway_actors::liveness`), `/readyz`, `/metrics`, `/version`.
 //! Admin token (`Authorization: Bearer …`): `GET /admin/tree`, `GET /admin/wal`,
 //! `GET /admin/outages?since=24h` (each period a sink was unreachable or paused),
+//! `GET /admin/devices?limit=N&silent_for=10m` (per-device health, most recently seen first),
 //! `GET /admin/dead-letters/{sink}?limit=N`, `POST /admin/dead-letters/{sink}/requeue?limit=N`
 //! (back to Enqueued, attempts reset, oldest first), `GET /admin/rejected?limit=N` (refused
 //! MQTT messages with payload and reason, newest first), `GET /admin/mqtt` (the MQTT session's
@@ -355,6 +356,19 @@ async fn admin_route(
                 }
                 Err(e) => unavailable(e),
             }
+        }
+        (true, ["devices"]) => {
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(1000usize)
+                .min(100_000);
+            let silent = query
+                .get("silent_for")
+                .and_then(|v| humantime::parse_duration(v).ok())
+                .map(|d| d.as_millis() as u64);
+            let list = h.metrics.devices.list(limit, silent, now_ms());
+            json_status(json!({"devices": list}), StatusCode::OK)
         }
         (true, ["outages"]) => {
             let since_ms = query

@@ -230,6 +230,7 @@ pub fn build(
         max_batch: cfg.http.max_batch,
         wal: wal.clone(),
         routes: routes.clone(),
+        metrics: metrics.clone(),
     };
     let http_bound = Arc::new(Mutex::new(None));
     let mut ingest_children = Vec::new();

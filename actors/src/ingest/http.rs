@@ -237,6 +237,10 @@ where
                 "rejected"
             };
             m.ingest_records.with_label_values(&["http", result]).inc();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            m.devices.refused(&device_id, r.code, now);
             // Every refusal is counted once, here or in `recover`: the router only reports.
             m.ingest_rejections
                 .with_label_values(&["http", r.code])

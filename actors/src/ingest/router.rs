@@ -37,6 +37,8 @@ pub struct Router {
     pub max_batch: usize,
     pub wal: Addr<WalMsg>,
     pub routes: super::routes::RouteTable,
+    /// Per-device health is noted as readings come in (`crate::devices`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Router {
@@ -86,6 +88,7 @@ impl Router {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let records = self.prepare(req, now)?;
+        self.metrics.devices.saw(&records);
         let readings = records.len();
         let (tx, rx) = oneshot::channel();
         self.wal

@@ -198,6 +198,9 @@ async fn settle(ctx: &Ctx, item: &mut Item) -> Settled {
                         .ingest_rejections
                         .with_label_values(&["mqtt", refused.code])
                         .inc();
+                    if let Ok((device, _)) = ctx.subs.route(&item.publish.topic) {
+                        ctx.metrics.devices.refused(&device, refused.code, now_ms());
+                    }
                     tracing::warn!(
                         topic = %item.publish.topic,
                         code = refused.code,
