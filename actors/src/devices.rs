@@ -202,7 +202,7 @@ impl DeviceBook {
             .filter(|d| silent_for_ms.is_none_or(|s| now_ms.saturating_sub(d.last_seen_ms) >= s))
             .cloned()
             .collect();
-        v.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms));
+        v.sort_by_key(|d| std::cmp::Reverse(d.last_seen_ms));
         v.truncate(limit);
         v
     }
