@@ -230,6 +230,10 @@ pub async fn run(
     }
     let metrics = Arc::new(edge_gateway_actors::metrics::Metrics::new());
     metrics.devices.set_cap(config.admin.max_tracked_devices);
+    metrics.devices.set_ranges(config.admin.plausible.clone());
+    for field in config.admin.plausible.keys() {
+        let _ = metrics.implausible.with_label_values(&[field]);
+    }
     metrics.devices.load(&config.data_dir);
     metrics
         .build_info

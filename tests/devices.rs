@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_devices_health_is_shown_and_kept_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "");
+    let cfg = write_config(dir.path(), "[admin.plausible]\ntemp = [-40, 85]\n");
     let gw = Gateway::start(&cfg);
     let c = client();
     let now_s = SystemTime::now()
@@ -36,6 +36,15 @@ async fn each_devices_health_is_shown_and_kept_across_a_restart() {
     let (s, _) = post_json(&c, &gw.url("/ingest/press-1"), &gw.token, &json!([])).await;
     assert_eq!(s, 400, "refused");
     ingest_seqs(&gw, &["other"], 3, 3, 0).await;
+    // A reading out of its plausible range: accepted, and counted.
+    let (s, _) = post_json(
+        &c,
+        &gw.url("/ingest/oven-2"),
+        &gw.token,
+        &json!({"seq": 1, "temp": 412.0}),
+    )
+    .await;
+    assert_eq!(s, 202);
 
     let v = gw.admin_get("/admin/devices").await;
     let d: &Value = v["devices"]
@@ -51,11 +60,26 @@ async fn each_devices_health_is_shown_and_kept_across_a_restart() {
     assert_eq!(d["missing"], json!([[3, 5]]), "{d}");
     assert!(d["clock_skew_ms"].as_i64().unwrap() >= 119_000, "{d}");
     assert_eq!(d["stuck"], true, "{d}");
+    assert_eq!(d["implausible"], 0, "{d}");
     assert_eq!(d["source"], "http");
     assert!(d["last_refusal"][0].is_string(), "{d}");
 
     let m = gw.metrics().await;
-    assert_eq!(metric(&m, "edge_gateway_devices_tracked"), Some(2.0), "{m}");
+    assert_eq!(metric(&m, "edge_gateway_devices_tracked"), Some(3.0), "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "edge_gateway_readings_implausible_total{field=\"temp\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let oven = gw.admin_get("/admin/devices?limit=1").await;
+    assert_eq!(
+        oven["devices"][0]["last_implausible"],
+        json!(["temp", 412.0]),
+        "{oven}"
+    );
     assert_eq!(metric(&m, "edge_gateway_devices_stuck"), Some(1.0));
     assert_eq!(metric(&m, "edge_gateway_devices_clock_skewed"), Some(1.0));
     assert_eq!(metric(&m, "edge_gateway_devices_seq_gaps"), Some(3.0));
@@ -73,7 +97,10 @@ async fn each_devices_health_is_shown_and_kept_across_a_restart() {
         .iter()
         .map(|d| d["device_id"].as_str().unwrap())
         .collect();
-    assert!(ids.contains(&"press-1") && ids.contains(&"other"), "{v}");
+    assert!(
+        ids.contains(&"press-1") && ids.contains(&"other") && ids.contains(&"oven-2"),
+        "{v}"
+    );
     let silent = gw.admin_get("/admin/devices?silent_for=1h").await;
     assert_eq!(silent["devices"], json!([]), "none silent for an hour");
 }

@@ -46,6 +46,10 @@ pub struct DeviceHealth {
     /// Readings in a row with the same values, and whether that makes it stuck.
     pub same_values: u32,
     pub stuck: bool,
+    /// Readings with a field outside its plausible range (`admin.plausible`), and the latest
+    /// such field and value.
+    pub implausible: u64,
+    pub last_implausible: Option<(String, f64)>,
     #[serde(skip)]
     last_values: u64,
 }
@@ -113,6 +117,8 @@ impl DeviceHealth {
 pub struct DeviceBook {
     cap: std::sync::atomic::AtomicUsize,
     map: Mutex<HashMap<String, DeviceHealth>>,
+    /// field -> [low, high] (`admin.plausible`).
+    ranges: Mutex<std::collections::BTreeMap<String, [f64; 2]>>,
 }
 
 /// Bounded aggregates for the metrics.
@@ -130,7 +136,24 @@ impl DeviceBook {
         DeviceBook {
             cap: std::sync::atomic::AtomicUsize::new(cap.max(1)),
             map: Mutex::default(),
+            ranges: Mutex::default(),
         }
+    }
+
+    pub fn set_ranges(&self, ranges: std::collections::BTreeMap<String, [f64; 2]>) {
+        *self.ranges.lock().expect("ranges") = ranges;
+    }
+
+    /// The fields of `r` outside their plausible range, with their values.
+    pub fn implausible(&self, r: &Record) -> Vec<(String, f64)> {
+        let ranges = self.ranges.lock().expect("ranges");
+        ranges
+            .iter()
+            .filter_map(|(field, [lo, hi])| {
+                let v = r.data.get(field)?.as_f64()?;
+                (v < *lo || v > *hi).then(|| (field.clone(), v))
+            })
+            .collect()
     }
 
     /// At most this many devices are tracked (`admin.max_tracked_devices`).
@@ -143,16 +166,24 @@ impl DeviceBook {
         self.cap.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Readings received (validated, on their way to the WAL).
-    pub fn saw(&self, records: &[Record]) {
+    /// Readings received (validated, on their way to the WAL); the implausible fields seen.
+    pub fn saw(&self, records: &[Record]) -> Vec<(String, f64)> {
+        let mut flagged = Vec::new();
+        let bad: Vec<Vec<(String, f64)>> = records.iter().map(|r| self.implausible(r)).collect();
         let mut m = self.map.lock().expect("device book");
-        for r in records {
-            m.entry(r.device_id.clone())
+        for (r, bad) in records.iter().zip(bad) {
+            let d = m
+                .entry(r.device_id.clone())
                 .or_insert_with(|| DeviceHealth {
                     device_id: r.device_id.clone(),
                     ..Default::default()
-                })
-                .saw(r);
+                });
+            d.saw(r);
+            if let Some(last) = bad.last() {
+                d.implausible += 1;
+                d.last_implausible = Some(last.clone());
+            }
+            flagged.extend(bad);
         }
         let cap = self.cap();
         if m.len() > cap {
@@ -166,6 +197,7 @@ impl DeviceBook {
                 m.remove(&id);
             }
         }
+        flagged
     }
 
     /// What the WAL answered for a device's readings.
@@ -349,7 +381,16 @@ mod tests {
             .collect();
         assert_eq!(ids.len(), 2);
         assert!(!ids.contains(&"d".to_string()), "{ids:?}");
-        let a = book.aggregates(base + 30_000 + 600_000, 600_000, 60_000);
+        book.set_ranges([("temp".to_string(), [-40.0, 85.0])].into());
+        let mut hot = reading(1, base + 40_000, 120.0);
+        hot.device_id = "f".into();
+        assert_eq!(book.saw(&[hot]), vec![("temp".to_string(), 120.0)]);
+        let f = book.list(1, None, base).remove(0);
+        assert_eq!(
+            (f.implausible, f.last_implausible),
+            (1, Some(("temp".into(), 120.0)))
+        );
+        let a = book.aggregates(base + 700_000, 600_000, 60_000);
         assert_eq!((a.tracked, a.silent), (2, 2));
         let dir = tempfile::tempdir().unwrap();
         book.save(dir.path()).unwrap();

@@ -19,6 +19,8 @@ pub struct Metrics {
     /// Per-device health (`/admin/devices`) and its bounded aggregates.
     pub devices: crate::devices::DeviceBook,
     pub device_metrics: crate::devices::DeviceMetrics,
+    /// Readings with a field outside its plausible range, by field (`admin.plausible`).
+    pub implausible: IntCounterVec,
     /// Progress marks for liveness (`/healthz`), not exported.
     pub pulse: crate::liveness::Pulse,
     /// Readings by source (`http`, `mqtt`) and result (`accepted`, `duplicate`, `rejected`, `unavailable`).
@@ -467,6 +469,17 @@ impl Metrics {
             certs: crate::certs::CertMetrics::new(&r),
             devices: crate::devices::DeviceBook::new(10_000),
             device_metrics: crate::devices::DeviceMetrics::new(&r),
+            implausible: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "readings_implausible_total",
+                        "Readings accepted with a field outside its plausible range, by field",
+                    ),
+                    &["field"],
+                )
+                .unwrap(),
+            ),
             registry: r,
         }
     }

@@ -148,6 +148,10 @@ pub struct AdminConfig {
     pub liveness_stall_secs: u64,
     /// Devices whose health `GET /admin/devices` keeps (the least recently seen forgotten).
     pub max_tracked_devices: usize,
+    /// Plausible ranges of reading fields, `{ temp_c = [-40.0, 125.0] }`: a reading with a
+    /// number outside its field's range is still accepted, and counted against its device
+    /// (`GET /admin/devices`) and in `edge_gateway_readings_implausible_total{field}`.
+    pub plausible: std::collections::BTreeMap<String, [f64; 2]>,
     /// TLS for the admin listener (off when unset).
     pub tls: Option<TlsConfig>,
     /// Open connections, at most: the admin API's own budget, so probes and metrics stay
@@ -164,6 +168,7 @@ impl Default for AdminConfig {
             chaos: false,
             liveness_stall_secs: 60,
             max_tracked_devices: 10_000,
+            plausible: std::collections::BTreeMap::new(),
             tls: None,
             max_connections: 32,
             max_connections_per_peer: 16,

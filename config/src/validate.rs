@@ -106,6 +106,19 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
     for (path, m) in crate::route::route_problems(&c.routes, &sink_names) {
         problem(&mut out, &path, m);
     }
+    for (field, [lo, hi]) in &c.admin.plausible {
+        // NaN is no bound either.
+        if !matches!(
+            lo.partial_cmp(hi),
+            Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+        ) {
+            problem(
+                &mut out,
+                format!("admin.plausible.{field}"),
+                "[low, high] with low <= high",
+            );
+        }
+    }
     for (path, m) in c.control.problems(c.mqtt.enabled) {
         problem(&mut out, &path, m);
     }

@@ -88,7 +88,9 @@ impl Router {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let records = self.prepare(req, now)?;
-        self.metrics.devices.saw(&records);
+        for (field, _) in self.metrics.devices.saw(&records) {
+            self.metrics.implausible.with_label_values(&[&field]).inc();
+        }
         let readings = records.len();
         let (tx, rx) = oneshot::channel();
         self.wal
