@@ -183,7 +183,7 @@ async fn watch_files(r: Arc<edge_gateway_supervisors::reconfigure::Reconfigurer>
     use edge_gateway_actors::control::Reconfigure;
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    r.observe_certificates();
+    tokio::task::block_in_place(|| r.observe_certificates());
     let mut every = tokio::time::interval(edge_gateway_supervisors::tls_reload::WATCH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -200,7 +200,7 @@ async fn watch_files(r: Arc<edge_gateway_supervisors::reconfigure::Reconfigurer>
         if forced {
             tracing::info!("SIGHUP: reloading certificates and token files");
         }
-        r.observe_certificates();
+        tokio::task::block_in_place(|| r.observe_certificates());
         match r.reload_tls(forced).await {
             Ok(v) if forced || v["restarted"].as_array().is_some_and(|a| !a.is_empty()) => {
                 tracing::info!(report = %v, "certificates and token files reloaded")
@@ -310,7 +310,7 @@ pub async fn run(
     tracing::info!("shutting down: ingest first, WAL last");
     root.stop(Some("shutdown".into()));
     let _ = root_join.await;
-    if let Err(e) = handles.metrics.devices.save(&config.data_dir) {
+    if let Err(e) = tokio::task::block_in_place(|| handles.metrics.devices.save(&config.data_dir)) {
         tracing::warn!(error = %e, "per-device health not saved");
     }
     admin.stop();

@@ -54,6 +54,23 @@ pub struct DeviceHealth {
     last_values: u64,
 }
 
+/// Hashes a JSON value in place (the ingest path: no serialisation, no allocation).
+fn hash_value(v: &serde_json::Value, h: &mut impl Hasher) {
+    use serde_json::Value;
+    std::mem::discriminant(v).hash(h);
+    match v {
+        Value::Null => {}
+        Value::Bool(b) => b.hash(h),
+        Value::Number(n) => n.as_f64().map(f64::to_bits).hash(h),
+        Value::String(s) => s.hash(h),
+        Value::Array(a) => a.iter().for_each(|x| hash_value(x, h)),
+        Value::Object(m) => m.iter().for_each(|(k, x)| {
+            k.hash(h);
+            hash_value(x, h);
+        }),
+    }
+}
+
 /// A device's timestamp as epoch milliseconds, when it is a number of seconds or ms.
 fn device_ms(v: &serde_json::Value) -> Option<i64> {
     let x = v.as_f64()?;
@@ -99,9 +116,10 @@ impl DeviceHealth {
             self.clock_skew_ms = Some(r.receive_ts_ms as i64 - ms);
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(&r.data)
-            .unwrap_or_default()
-            .hash(&mut h);
+        for (k, v) in &r.data {
+            k.hash(&mut h);
+            hash_value(v, &mut h);
+        }
         let values = h.finish();
         if values == self.last_values && self.received > 1 {
             self.same_values += 1;

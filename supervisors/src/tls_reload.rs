@@ -78,8 +78,14 @@ impl Reconfigurer {
             }
         }
         let mut restarted = Vec::new();
-        for (actor, files, check) in self.clients() {
-            let now = fingerprint(&files);
+        // Reading the files and building the clients' TLS is blocking I/O: off the workers.
+        let clients: Vec<_> = tokio::task::block_in_place(|| {
+            self.clients()
+                .into_iter()
+                .map(|(actor, files, check)| (actor, fingerprint(&files), check))
+                .collect()
+        });
+        for (actor, now, check) in clients {
             let seen = self
                 .client_files
                 .lock()
