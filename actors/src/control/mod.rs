@@ -194,6 +194,16 @@ fn now_rfc3339() -> String {
 }
 
 impl ControlState {
+    /// Counts a command taken, by its door and the state it was answered in.
+    fn count(&self, door: Door, state: &str) {
+        self.args
+            .metrics
+            .control
+            .commands
+            .with_label_values(&[door.name(), state])
+            .inc();
+    }
+
     async fn command(&mut self, door: Door, request: Value) -> Result<Answer, ControlError> {
         let id = command::command_id(&request)?.to_string();
         let key = id.clone();
@@ -215,16 +225,11 @@ impl ControlState {
             result: Value::Null,
             finished_at: None,
         };
-        self.args
-            .metrics
-            .control
-            .commands
-            .with_label_values(&[door.name(), "taken"])
-            .inc();
         // Refusals are recorded too: the audit trail shows what was asked and why not.
         let outcome = match parsed {
             Ok(Command::Device(d)) => {
                 let record = self.queue_device(record, d).await?;
+                self.count(door, &record.state);
                 return Ok(Answer {
                     record,
                     duplicate: false,
@@ -244,6 +249,7 @@ impl ControlState {
         };
         let r = record.clone();
         blocking(&self.store, move |s| s.put(&r)).await?;
+        self.count(door, &record.state);
         tracing::info!(command_id = %record.command_id, kind = %record.kind, door = %record.door, state = %record.state, "control command");
         Ok(Answer {
             record,
