@@ -46,6 +46,11 @@ async fn each_devices_health_is_shown_and_kept_across_a_restart() {
     .await;
     assert_eq!(s, 202);
 
+    // Behind the admin token, like every /admin route.
+    for path in ["/admin/devices", "/admin/outages"] {
+        let r = client().get(gw.admin_url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
     let v = gw.admin_get("/admin/devices").await;
     let d: &Value = v["devices"]
         .as_array()
