@@ -110,6 +110,8 @@ fn rec(i: u64) -> Record {
         clock_synced: true,
         fingerprint: Default::default(),
         route: Default::default(),
+        trace: None,
+        send_trace: None,
     };
     // As the ingest edge does, on its own task: the WAL's commit path finds it cached.
     r.fingerprint.0 = Some(edge_gateway_actors::wal::idem::fingerprint(&r));

@@ -147,6 +147,8 @@ pub enum RunError {
     Tls(String),
     #[error("admin API: {0}")]
     Admin(String),
+    #[error(transparent)]
+    Traces(#[from] edge_gateway_actors::traces::TraceError),
     #[error("the supervision tree gave up (restart budget exhausted); see the log for the failing actor")]
     TreeFailed,
 }
@@ -235,6 +237,14 @@ pub async fn run(
         let _ = metrics.implausible.with_label_values(&[field]);
     }
     metrics.devices.load(&config.data_dir);
+    if edge_gateway_actors::traces::init(&config.tracing, &metrics.traces)? {
+        tracing::info!(
+            endpoint = %config::redact_url(&config.tracing.endpoint),
+            sampler = ?config.tracing.sampler,
+            ratio = config.tracing.sampler_arg,
+            "exporting traces over OTLP/HTTP"
+        );
+    }
     metrics
         .build_info
         .with_label_values(&[VERSION, GIT_COMMIT])
@@ -313,6 +323,7 @@ pub async fn run(
     if let Err(e) = tokio::task::block_in_place(|| handles.metrics.devices.save(&config.data_dir)) {
         tracing::warn!(error = %e, "per-device health not saved");
     }
+    edge_gateway_actors::traces::flush(std::time::Duration::from_secs(3)).await;
     admin.stop();
     tracing::info!("stopped");
     Ok(())

@@ -26,4 +26,5 @@ pub mod serve;
 pub mod sinks;
 pub mod slo;
 pub mod tasks;
+pub mod traces;
 pub mod wal;

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub slo: crate::slo::SloMetrics,
     /// Certificate expiry (issue 13).
     pub certs: crate::certs::CertMetrics,
+    /// Span export (issue 13): exported, dropped, failed.
+    pub traces: crate::traces::TraceMetrics,
     /// Per-device health (`/admin/devices`) and its bounded aggregates.
     pub devices: crate::devices::DeviceBook,
     pub device_metrics: crate::devices::DeviceMetrics,
@@ -467,6 +469,7 @@ impl Metrics {
             slo: crate::slo::SloMetrics::new(&r),
             pulse: crate::liveness::Pulse::default(),
             certs: crate::certs::CertMetrics::new(&r),
+            traces: crate::traces::TraceMetrics::new(&r),
             devices: crate::devices::DeviceBook::new(10_000),
             device_metrics: crate::devices::DeviceMetrics::new(&r),
             implausible: reg(

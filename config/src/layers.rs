@@ -15,9 +15,14 @@ pub struct LoadOptions {
     pub overrides: Vec<String>,
 }
 
-/// Reads `EDGE_GATEWAY__SECTION__KEY` variables into dotted paths (`section.key`).
+/// Reads `EDGE_GATEWAY__SECTION__KEY` variables into dotted paths (`section.key`), after
+/// the standard `OTEL_*` ones (`traces::otel_env_overrides`).
 pub fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let vars: Vec<_> = vars.collect();
+    // The standard OpenTelemetry variables first, so `EDGE_GATEWAY__TRACING__*` wins.
+    let otel = crate::traces::otel_env_overrides(&vars);
     let mut out: Vec<_> = vars
+        .into_iter()
         .filter_map(|(k, v)| {
             let rest = k.strip_prefix("EDGE_GATEWAY__")?;
             let path = rest
@@ -29,7 +34,7 @@ pub fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> Vec<(Strin
         })
         .collect();
     out.sort();
-    out
+    otel.into_iter().chain(out).collect()
 }
 
 /// A value as TOML if it parses as one (`8080`, `true`, `[1,2]`, `"x"`), else as a plain string.

@@ -16,6 +16,7 @@ mod model;
 mod mqtt;
 mod route;
 mod sink;
+mod traces;
 mod validate;
 
 pub use applied::*;
@@ -25,6 +26,7 @@ pub use model::*;
 pub use mqtt::*;
 pub use route::*;
 pub use sink::*;
+pub use traces::*;
 pub use validate::{redact_url, url_userinfo, ConfigError, ConfigProblem};
 
 #[cfg(test)]

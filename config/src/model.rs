@@ -27,6 +27,8 @@ pub struct Config {
     pub routes: Vec<crate::route::RouteConfig>,
     pub log: LogConfig,
     pub control: crate::control::ControlConfig,
+    /// OpenTelemetry traces (`traces.rs`); off unless an endpoint is set.
+    pub tracing: crate::traces::TracingConfig,
     /// Accept a listener without TLS on an address other than loopback (`--insecure-listen`).
     /// Off: such a config is refused at start, so cleartext tokens and readings never cross
     /// a network by accident (the container image's default command included).
@@ -48,6 +50,7 @@ impl Default for Config {
             routes: Vec::new(),
             log: LogConfig::default(),
             control: crate::control::ControlConfig::default(),
+            tracing: crate::traces::TracingConfig::default(),
             insecure_listen: false,
         }
     }

@@ -165,6 +165,7 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
     if c.mqtt.enabled {
         validate_mqtt(&mut out, &c.mqtt);
     }
+    crate::traces::validate_tracing(&mut out, &c.tracing);
     out
 }
 

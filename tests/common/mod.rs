@@ -6,6 +6,7 @@
 
 pub mod mqtt;
 pub mod mqtt_client;
+pub mod otlp;
 pub mod pki;
 pub mod sink;
 

@@ -48,6 +48,9 @@ struct Inner {
     batch_keys: Vec<String>,
     by_device: HashMap<String, Vec<u64>>,
     statuses: Vec<u16>,
+    /// The `traceparent` header of each batch received, and each record's own, by key.
+    batch_traces: Vec<String>,
+    record_traces: HashMap<String, String>,
 }
 
 fn is_poison(record: &Value) -> bool {
@@ -78,14 +81,19 @@ impl RecordingSink {
         let route = warp::post()
             .and(warp::header::optional::<String>("idempotency-key"))
             .and(warp::header::optional::<u64>("content-length"))
+            .and(warp::header::optional::<String>("traceparent"))
             .and(warp::body::json())
             .and_then(
-                move |batch_key: Option<String>, length: Option<u64>, body: Value| {
+                move |batch_key: Option<String>,
+                      length: Option<u64>,
+                      trace: Option<String>,
+                      body: Value| {
                     let (inner, behaviour, tx) = (i2.clone(), b2.clone(), tx.clone());
                     async move {
                         let nth = {
                             let mut g = inner.lock().unwrap();
                             g.batches += 1;
+                            g.batch_traces.extend(trace);
                             g.batches
                         };
                         let b = behaviour.lock().unwrap().clone();
@@ -176,6 +184,9 @@ impl RecordingSink {
                             g.deliveries += 1;
                             if let Some(k) = r["idempotency_key"].as_str() {
                                 g.keys.insert(k.to_string());
+                                if let Some(t) = r["traceparent"].as_str() {
+                                    g.record_traces.insert(k.to_string(), t.to_string());
+                                }
                             }
                             if let (Some(d), Some(s)) = (r["device_id"].as_str(), r["seq"].as_u64())
                             {
@@ -218,6 +229,16 @@ impl RecordingSink {
 
     pub fn deliveries(&self) -> usize {
         self.inner.lock().unwrap().deliveries
+    }
+
+    /// `traceparent` headers of the batches received (delivered or not), in order.
+    pub fn batch_traces(&self) -> Vec<String> {
+        self.inner.lock().unwrap().batch_traces.clone()
+    }
+
+    /// The `traceparent` in the JSON of the delivered record with this key.
+    pub fn record_trace(&self, key: &str) -> Option<String> {
+        self.inner.lock().unwrap().record_traces.get(key).cloned()
     }
 
     pub fn statuses(&self) -> Vec<u16> {

@@ -39,6 +39,7 @@ fn env() -> Envelope {
         gateway_id: "gw".into(),
         receive_ts_ms: 1,
         idempotency_key: None,
+        trace: None,
     }
 }
 

@@ -48,7 +48,9 @@ use super::parse::{Encoding, Rejection};
 use super::router::{IngestRequest, Router};
 use crate::addr::{Addr, Failable};
 use crate::metrics::Metrics;
+use crate::traces::{IngestSpan, TraceParent};
 use crate::wal::{AppendError, AppendOutcome, Source};
+use opentelemetry::KeyValue;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -123,8 +125,57 @@ fn unavailable(code: &'static str, msg: impl Into<String>) -> Rejection {
     Rejection::unavailable(code, msg)
 }
 
+/// The request's span (`traces`) around the handling: parented on a valid `traceparent`
+/// header (an invalid one is ignored, as W3C asks), and log lines within carry its ids.
+#[allow(clippy::too_many_arguments)]
 async fn handle_ingest<S, B>(
     ctx: Arc<Ctx>,
+    device_id: String,
+    content_type: Option<String>,
+    idempotency_key: Option<String>,
+    content_length: Option<u64>,
+    traceparent: Option<String>,
+    body: S,
+) -> Result<warp::reply::Response, warp::Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Send,
+    B: bytes::Buf,
+{
+    use tracing::Instrument;
+    let span = IngestSpan::http(
+        &device_id,
+        traceparent.as_deref().and_then(TraceParent::parse),
+    );
+    let log_span = match span.log_ids() {
+        Some((trace_id, span_id)) => tracing::info_span!("ingest", %trace_id, %span_id),
+        None => tracing::Span::none(),
+    };
+    let result = handle_request(
+        ctx,
+        &span,
+        device_id,
+        content_type,
+        idempotency_key,
+        content_length,
+        body,
+    )
+    .instrument(log_span)
+    .await;
+    match &result {
+        Ok(resp) => {
+            let status = resp.status();
+            let error = (status.as_u16() >= 400).then(|| status.as_str().to_string());
+            span.finish(status.as_u16(), error.as_deref());
+        }
+        // A rejection warp answers (its JSON is made by `recover`).
+        Err(_) => span.finish(400, Some("rejected")),
+    }
+    result
+}
+
+async fn handle_request<S, B>(
+    ctx: Arc<Ctx>,
+    span: &IngestSpan,
     device_id: String,
     content_type: Option<String>,
     idempotency_key: Option<String>,
@@ -187,6 +238,7 @@ where
     };
     let result = ingest(
         &ctx,
+        span,
         device_id.clone(),
         content_type,
         idempotency_key,
@@ -307,6 +359,7 @@ where
 
 async fn ingest(
     ctx: &Ctx,
+    span: &IngestSpan,
     device_id: String,
     content_type: Option<String>,
     idempotency_key: Option<String>,
@@ -330,9 +383,26 @@ async fn ingest(
         body,
         encoding: Some(encoding),
         idempotency_key,
+        trace: span.record_context(),
     };
-    let pending = ctx.router.submit(req)?;
-    match tokio::time::timeout_at(deadline, pending.commit).await {
+    let pending = {
+        let _decode = span.step("decode");
+        ctx.router.submit(req)?
+    };
+    let mut append = span.step("wal.append");
+    append.set(KeyValue::new("wal.records", pending.readings as i64));
+    let committed = tokio::time::timeout_at(deadline, pending.commit).await;
+    match &committed {
+        Ok(Ok(Ok(outcomes))) => {
+            if let Some(AppendOutcome::Stored { seq, .. } | AppendOutcome::Duplicate { seq, .. }) =
+                outcomes.first()
+            {
+                append.set(KeyValue::new("wal.seq", *seq as i64));
+            }
+        }
+        _ => append.fail("not committed"),
+    }
+    match committed {
         Ok(Ok(Ok(outcomes))) => Ok(outcomes),
         Ok(Ok(Err(AppendError::Full(f)))) => Err(unavailable("wal_full", format!("backpressure: {f}"))),
         Ok(Ok(Err(AppendError::DiskFull(d)))) => Err(unavailable("disk_full", format!("backpressure: {d}"))),
@@ -402,6 +472,7 @@ fn routes(
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::header::optional::<String>("traceparent"))
         .and(warp::body::stream())
         .and_then(handle_ingest)
         .recover(move |e| recover(e, ctx.metrics.clone()))

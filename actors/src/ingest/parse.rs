@@ -323,6 +323,8 @@ pub struct Envelope {
     pub receive_ts_ms: u64,
     /// The client's `Idempotency-Key` header (HTTP) or its MQTT equivalent.
     pub idempotency_key: Option<String>,
+    /// Stored with each record (`traces`).
+    pub trace: Option<crate::traces::TraceParent>,
 }
 
 /// Validates readings and turns them into records (enrichment included).
@@ -420,6 +422,8 @@ pub fn to_records(
             clock_synced: env.receive_ts_ms >= crate::wal::CLOCK_FLOOR_MS,
             fingerprint: Default::default(),
             route: Default::default(),
+            trace: env.trace,
+            send_trace: None,
         };
         // Last, once the content is final; on this (the caller's) task, not the WAL's.
         record.fingerprint.0 = Some(crate::wal::idem::fingerprint(&record));
@@ -439,6 +443,7 @@ mod tests {
             gateway_id: "gw".into(),
             receive_ts_ms: 42,
             idempotency_key: key.map(str::to_string),
+            trace: None,
         }
     }
 

@@ -22,6 +22,8 @@ pub struct IngestRequest {
     /// `None`: detect from the payload (MQTT).
     pub encoding: Option<Encoding>,
     pub idempotency_key: Option<String>,
+    /// The trace context its records store (`traces::IngestSpan::record_context`).
+    pub trace: Option<crate::traces::TraceParent>,
 }
 
 /// Records on their way into the WAL: `commit` resolves when they are durable (or refused).
@@ -53,6 +55,7 @@ impl Router {
             gateway_id: self.gateway_id.clone(),
             receive_ts_ms: now_ms,
             idempotency_key: req.idempotency_key,
+            trace: req.trace,
         };
         let mut records = to_records(&env, readings, || uuid::Uuid::new_v4().to_string())?;
         let routes = self.routes.current();

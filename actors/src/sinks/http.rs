@@ -41,26 +41,18 @@ pub struct HttpSink {
 impl HttpSink {
     pub fn new(cfg: &HttpSinkConfig, gateway_id: &str) -> Result<HttpSink, String> {
         let url = cfg.url.clone();
-        let mut b = reqwest::Client::builder()
+        let b = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(5_000)))
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(4);
-        if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-            b = b.add_root_certificate(cert);
-        }
-        if let (Some(c), Some(k)) = (&cfg.client_cert_file, &cfg.client_key_file) {
-            let cert =
-                std::fs::read(c).map_err(|e| format!("client_cert_file {}: {e}", c.display()))?;
-            let key =
-                std::fs::read(k).map_err(|e| format!("client_key_file {}: {e}", k.display()))?;
-            let id = reqwest::Identity::from_pkcs8_pem(&cert, &key)
-                .map_err(|e| format!("client identity: {e}"))?;
-            b = b.identity(id);
-        }
+        let b = with_tls(
+            b,
+            cfg.ca_file.as_deref(),
+            cfg.client_cert_file
+                .as_deref()
+                .zip(cfg.client_key_file.as_deref()),
+        )?;
         let bearer = match &cfg.bearer_token_file {
             Some(p) => Some(
                 read_secret(p).map_err(|e| format!("bearer_token_file {}: {e}", p.display()))?,
@@ -104,6 +96,11 @@ impl HttpSink {
         if let Some(t) = &self.bearer {
             req = req.bearer_auth(t);
         }
+        // One request per batch: it continues the first traced record's trace (each record's
+        // own context is in its JSON).
+        if let Some(t) = batch.iter().find_map(|l| l.record.outgoing_trace()) {
+            req = req.header("traceparent", t.to_string());
+        }
         match req.send().await {
             Ok(resp) => {
                 let header = |h: reqwest::header::HeaderName| {
@@ -132,6 +129,30 @@ impl HttpSink {
             Err(e) => PublishResult::outage(format!("request failed: {e}")),
         }
     }
+}
+
+/// A client that trusts `ca` (PEM) besides the system's roots and, with `identity`
+/// (certificate, key: PEM), presents a client certificate (mTLS).
+pub fn with_tls(
+    mut b: reqwest::ClientBuilder,
+    ca: Option<&std::path::Path>,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<reqwest::ClientBuilder, String> {
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    if let Some((c, k)) = identity {
+        let cert =
+            std::fs::read(c).map_err(|e| format!("client_cert_file {}: {e}", c.display()))?;
+        let key = std::fs::read(k).map_err(|e| format!("client_key_file {}: {e}", k.display()))?;
+        let id = reqwest::Identity::from_pkcs8_pem(&cert, &key)
+            .map_err(|e| format!("client identity: {e}"))?;
+        b = b.identity(id);
+    }
+    Ok(b)
 }
 
 /// The answer's headers that decide what it means.

@@ -2,6 +2,7 @@
 //! (no intermediate `serde_json::Value` per record). `idempotency_key` is stable across
 //! redeliveries: downstream de-duplicates on it.
 
+use crate::traces::TraceParentText;
 use crate::wal::{Leased, Source};
 use serde::{Serialize, Serializer};
 
@@ -26,6 +27,10 @@ pub struct RecordJson<'a> {
     /// Only when false, so every other record reads as it always did.
     #[serde(skip_serializing_if = "is_true")]
     clock_synced: bool,
+    /// The context stored with the record (the ingest span, or the device's own): the same
+    /// on every attempt, so re-sends stay byte-identical.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<TraceParentText>,
 }
 
 fn is_true(v: &bool) -> bool {
@@ -60,6 +65,7 @@ impl<'a> RecordJson<'a> {
             wal_seq: l.seq,
             attempt: Some(l.attempts),
             clock_synced: r.clock_synced,
+            traceparent: r.trace.map(TraceParentText),
         }
     }
 }
@@ -113,6 +119,8 @@ mod tests {
                 clock_synced: true,
                 fingerprint: Default::default(),
                 route: Default::default(),
+                trace: None,
+                send_trace: None,
             },
         };
         let mut out = Vec::new();

@@ -103,7 +103,8 @@ impl KafkaSink {
                 .topic
                 .replace("{device_id}", &l.record.device_id)
                 .replace("{gateway_id}", &self.gateway_id);
-            let headers = OwnedHeaders::new()
+            let trace = l.record.outgoing_trace().map(|t| t.to_string());
+            let mut headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "idempotency_key",
                     value: Some(l.record.idempotency_key.as_str()),
@@ -116,6 +117,12 @@ impl KafkaSink {
                     key: "gateway_id",
                     value: Some(self.gateway_id.as_str()),
                 });
+            if let Some(t) = &trace {
+                headers = headers.insert(Header {
+                    key: "traceparent",
+                    value: Some(t.as_str()),
+                });
+            }
             let record = FutureRecord::to(&topic)
                 .key(l.record.device_id.as_str())
                 .payload(p.as_slice())

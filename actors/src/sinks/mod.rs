@@ -28,6 +28,7 @@ pub mod utc;
 
 use crate::addr::{Addr, Failable};
 use crate::metrics::Metrics;
+use crate::traces::PublishSpans;
 use crate::wal::Leased;
 use edge_gateway_config::SinkConfig;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -145,6 +146,19 @@ enum SinkImpl {
     Kafka(Box<kafka::KafkaSink>),
 }
 
+impl SinkImpl {
+    /// `messaging.system` of its spans.
+    fn system(&self) -> &'static str {
+        match self {
+            SinkImpl::File(_) => "file",
+            SinkImpl::Http(_) => "http",
+            SinkImpl::Mqtt(_) => "mqtt",
+            SinkImpl::S3(_) => "s3",
+            SinkImpl::Kafka(_) => "kafka",
+        }
+    }
+}
+
 pub struct PublisherState {
     name: String,
     sink: SinkImpl,
@@ -209,8 +223,9 @@ impl Actor for Publisher {
                 let _ = reply.send(PublishResult::NotSent);
                 Ok(())
             }
-            PublisherMsg::Publish { batch, reply } => {
+            PublisherMsg::Publish { mut batch, reply } => {
                 let records = batch.len();
+                let spans = PublishSpans::start(&state.name, state.sink.system(), &mut batch);
                 let started = tokio::time::Instant::now();
                 let result = match &mut state.sink {
                     SinkImpl::File(s) => s.publish(&batch).await,
@@ -241,8 +256,11 @@ impl Actor for Publisher {
                 state.health.observe(&state.name, &result, &state.metrics);
                 state.holding = !matches!(result, PublishResult::Delivered);
                 if state.holding {
-                    tracing::warn!(sink = %state.name, records, result = ?result, "publish failed");
+                    // The first kept record's trace leads from this line to the attempt's spans.
+                    let trace_id = spans.first_trace_id();
+                    tracing::warn!(sink = %state.name, records, result = ?result, trace_id, "publish failed");
                 }
+                spans.finish(&result, records);
                 let _ = reply.send(result);
                 Ok(())
             }

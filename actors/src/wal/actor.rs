@@ -456,8 +456,21 @@ impl Wal {
         }
         let me = myself.clone();
         let addr = state.addr.clone();
+        // The group's span (`traces`): only looked for when traces are on.
+        let (records, append_ops, kept) = if crate::traces::enabled() {
+            let appended = ops.iter().filter_map(|op| match op {
+                Op::Append(rs) => Some(rs),
+                _ => None,
+            });
+            let records = appended.clone().map(Vec::len).sum::<usize>();
+            let kept = crate::traces::kept_contexts(appended.clone().flatten());
+            (records, appended.count(), kept)
+        } else {
+            (0, 0, Vec::new())
+        };
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
+            let started_wall = std::time::SystemTime::now();
             let joined = tokio::task::spawn_blocking(move || {
                 if let Some(d) = stall {
                     // Chaos hook only (`admin.chaos`): a disk that hangs.
@@ -468,6 +481,9 @@ impl Wal {
             .await;
             let result =
                 joined.unwrap_or_else(|e| Err(WalError::Storage(format!("commit task: {e}"))));
+            if result.is_ok() {
+                crate::traces::commit_span(started_wall, &kept, records, append_ops);
+            }
             addr.note_sent();
             let _ = me.cast(WalMsg::Committed(Box::new(Committed {
                 result,

@@ -118,6 +118,8 @@ mod tests {
             clock_synced: true,
             fingerprint: Default::default(),
             route: Default::default(),
+            trace: None,
+            send_trace: None,
         }
     }
 

@@ -57,6 +57,15 @@ pub struct Record {
     /// stored: the WAL's pending rows are the record of it.
     #[serde(skip)]
     pub route: Route,
+    /// The trace context the reading's later spans join (`traces`): the ingest span when it
+    /// was kept, else the device's own `traceparent`. Stored (25 bytes) so a delivery after a
+    /// restart or a long outage still joins the reading's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::traces::TraceParent>,
+    /// The context a sink passes on for this attempt (`traces::PublishSpans`): the publish
+    /// span's when it is kept. Never stored.
+    #[serde(skip)]
+    pub send_trace: Option<crate::traces::TraceParent>,
 }
 
 /// A reading's sinks, by name (`None`: every sink). Names, not positions: the sink set can
@@ -112,6 +121,11 @@ impl Record {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         ciborium::from_reader(bytes).map_err(|e| e.to_string())
+    }
+
+    /// What a sink sends as this record's `traceparent`.
+    pub fn outgoing_trace(&self) -> Option<crate::traces::TraceParent> {
+        self.send_trace.or(self.trace)
     }
 }
 

@@ -45,6 +45,8 @@ pub(crate) fn rec(key: &str, ts: u64) -> Record {
         clock_synced: true,
         fingerprint: Default::default(),
         route: Default::default(),
+        trace: None,
+        send_trace: None,
     }
 }
 

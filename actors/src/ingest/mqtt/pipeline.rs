@@ -26,6 +26,7 @@ use crate::addr::Addr;
 use crate::ingest::parse::{Encoding, RefusalKind, Rejection};
 use crate::ingest::router::{IngestRequest, Router};
 use crate::metrics::Metrics;
+use crate::traces::IngestSpan;
 use crate::wal::{AppendError, AppendReply, Rejected, Source, WalMsg};
 use rumqttc::{AsyncClient, Publish};
 use std::sync::Arc;
@@ -97,14 +98,26 @@ async fn try_submit(ctx: &Ctx, p: &Publish, received_ms: u64) -> Pending {
     let refused = match route(ctx, p) {
         Err(r) => r,
         Ok((device_id, encoding)) => {
+            // The span covers receipt to hand-over; the commit is waited for by the ack task
+            // (`wal.commit` links back to it).
+            let span = IngestSpan::mqtt(&p.topic, Some(&device_id));
             let req = IngestRequest {
                 device_id,
                 source: Source::Mqtt,
                 body: p.payload.clone(),
                 encoding,
                 idempotency_key: None,
+                trace: span.record_context(),
             };
-            match ctx.router.submit(req) {
+            let submitted = {
+                let _decode = span.step("decode");
+                ctx.router.submit(req)
+            };
+            match &submitted {
+                Ok(_) => span.finish(0, None),
+                Err(rej) => span.finish(0, Some(rej.code)),
+            }
+            match submitted {
                 Ok(pending) => return Pending::Append(pending.commit),
                 Err(rej) if rej.kind == RefusalKind::Unavailable => {
                     return Pending::Retry(rej.message)

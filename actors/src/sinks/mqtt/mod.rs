@@ -112,15 +112,20 @@ enum Client {
 }
 
 impl Client {
-    async fn publish(&self, topic: String, payload: Vec<u8>, key: &str) -> Result<(), String> {
+    async fn publish(&self, topic: String, payload: Vec<u8>, l: &Leased) -> Result<(), String> {
         match self {
             Client::V4(c) => c
                 .publish(topic, QoS::AtLeastOnce, false, payload)
                 .await
                 .map_err(|e| e.to_string()),
             Client::V5(c) => {
+                let mut user_properties =
+                    vec![("idempotency_key".into(), l.record.idempotency_key.clone())];
+                if let Some(t) = l.record.outgoing_trace() {
+                    user_properties.push(("traceparent".into(), t.to_string()));
+                }
                 let props = PublishProperties {
-                    user_properties: vec![("idempotency_key".into(), key.to_string())],
+                    user_properties,
                     content_type: Some("application/json".into()),
                     ..Default::default()
                 };
@@ -421,12 +426,8 @@ impl MqttSink {
         let conn = self.conn.as_mut().expect("set above");
         let deadline = tokio::time::Instant::now() + self.timeout;
         for ((topic, payload), l) in prepared.into_iter().zip(batch) {
-            let queued = tokio::time::timeout_at(
-                deadline,
-                conn.client
-                    .publish(topic, payload, &l.record.idempotency_key),
-            )
-            .await;
+            let queued =
+                tokio::time::timeout_at(deadline, conn.client.publish(topic, payload, l)).await;
             match queued {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(format!("upstream client: {e}").into()),
