@@ -92,7 +92,7 @@ pub fn init(cfg: &TracingConfig, metrics: &TraceMetrics) -> Result<bool, TraceEr
         .into_iter()
         .collect();
     if let Some(p) = &cfg.headers_file {
-        let text = std::fs::read_to_string(p)
+        let text = crate::ingest::auth::read_secret(p)
             .map_err(|e| TraceError::Config(format!("headers_file {}: {e}", p.display())))?;
         headers.extend(parse_pairs(&text).map_err(TraceError::Config)?);
     }
