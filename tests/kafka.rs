@@ -105,6 +105,28 @@ async fn every_reading_arrives_keyed_by_device_in_order() {
     assert_eq!(check(&got, &devices, 200), 0, "no faults, no duplicates");
     let wal = gw.admin_get("/admin/wal").await;
     assert_eq!(wal["sinks"][0]["dead"], 0, "{wal}");
+    // A device's W3C trace context travels with its reading, as a header (traces off here:
+    // passed on unchanged).
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = client()
+        .post(gw.url("/ingest/d9"))
+        .bearer_auth(&gw.token)
+        .header("traceparent", tp)
+        .json(&json!({"seq": 1, "t": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let got = wait_seen(&seen, &HashSet::from(["d9/seq/1".to_string()])).await;
+    let m = got
+        .iter()
+        .find(|s| s.idempotency_key == "d9/seq/1")
+        .unwrap();
+    assert_eq!(m.traceparent, tp);
+    assert!(got
+        .iter()
+        .filter(|s| s.idempotency_key != "d9/seq/1")
+        .all(|s| s.traceparent.is_empty()));
 }
 
 /// The broker down: held (readiness names it), nothing dead; back: the backlog arrives.

@@ -567,7 +567,15 @@ async fn mqtt5_upstream_carries_the_key_as_a_user_property_and_refusals_dead_let
     subbed.await.unwrap();
     let sink = RecordingSink::start().await;
     let cfg = gateway_config(dir.path(), &edge, &sink, Some(&up), "");
-    append_config(&cfg, "protocol = \"v5\"\n");
+    // Every reading traced: its publish span travels upstream as a user property.
+    let collector = common::otlp::Collector::start().await;
+    append_config(
+        &cfg,
+        &format!(
+            "protocol = \"v5\"\n[tracing]\nendpoint = \"{}/v1/traces\"\nsampler = \"always_on\"\n",
+            collector.endpoint()
+        ),
+    );
     let gw = Gateway::start(&cfg);
     wait_ready(&gw).await;
 
@@ -587,6 +595,26 @@ async fn mqtt5_upstream_carries_the_key_as_a_user_property_and_refusals_dead_let
             props.contains(&("idempotency_key".to_string(), key.to_string())),
             "{props:?}"
         );
+        // The record's stored context (the MQTT receive span) and this attempt's publish
+        // span: one trace.
+        let stored = v["traceparent"].as_str().unwrap().to_string();
+        let sent = props
+            .iter()
+            .find(|(k, _)| k == "traceparent")
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("no traceparent: {props:?}"));
+        assert_eq!(stored[..35], sent[..35], "same trace id");
+        let (trace, receive_span) = (stored[3..35].to_string(), stored[36..52].to_string());
+        let spans = collector
+            .wait_for(Duration::from_secs(20), |s| {
+                s.iter()
+                    .any(|p| p.name == "publish upstream" && sent.contains(&p.span_id))
+            })
+            .await;
+        let receive = spans.iter().find(|s| s.span_id == receive_span).unwrap();
+        assert_eq!(receive.name, "receive devices/stm32-a/telemetry");
+        assert_eq!(receive.trace_id, trace);
+        assert_eq!(receive.attrs["messaging.system"], "mqtt");
     }
     // The upstream broker refuses stm32-b's topic with reason NotAuthorized: dead-lettered
     // with that reason, not retried forever.

@@ -100,7 +100,7 @@ async fn a_reading_with_a_traceparent_is_one_trace_from_ingest_to_the_sink() {
     );
     assert_eq!(ingest.attrs["http.response.status_code"], "202");
     assert_eq!(ingest.attrs["device.id"], "d-1");
-    for step in ["decode", "wal.append", "wal.commit"] {
+    for step in ["decode", "wal.append", "wal.commit", "dispatcher.lease"] {
         assert_eq!(one(&spans, step).parent_span_id, ingest.span_id, "{step}");
     }
     let seq = &one(&spans, "wal.append").attrs["wal.seq"];

@@ -46,6 +46,8 @@ pub struct Seen {
     pub key: String,
     pub payload: Vec<u8>,
     pub idempotency_key: String,
+    /// The `traceparent` header ("" when none).
+    pub traceparent: String,
 }
 
 impl KafkaBroker {
@@ -175,6 +177,7 @@ pub fn follow(brokers: String, topic: String, seen: Arc<Mutex<Vec<Seen>>>) {
                             .unwrap_or_default(),
                         payload: m.payload().unwrap_or_default().to_vec(),
                         idempotency_key: header("idempotency_key"),
+                        traceparent: header("traceparent"),
                     };
                     seen.lock().expect("seen").push(s);
                 }

@@ -48,6 +48,7 @@ use command::{Command, Invalid, Limits};
 use edge_gateway_config::{ControlConfig, MqttConfig};
 use link::LinkNote;
 use links::{Role, Slot};
+use opentelemetry::KeyValue;
 use outbox::Outbox;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{json, Value};
@@ -401,7 +402,24 @@ impl Actor for Control {
                 request,
                 reply,
             } => {
-                let _ = reply.send(state.command(door, request).await);
+                let kind = request["kind"].as_str().unwrap_or("unknown").to_string();
+                let mut span = crate::traces::root_span(
+                    format!("control {kind}"),
+                    vec![
+                        KeyValue::new("control.kind", kind),
+                        KeyValue::new("control.door", door.name()),
+                        KeyValue::new(
+                            "control.command_id",
+                            request["command_id"].as_str().unwrap_or("").to_string(),
+                        ),
+                    ],
+                );
+                let answer = state.command(door, request).await;
+                match &answer {
+                    Ok(a) => span.set(KeyValue::new("control.state", a.record.state.clone())),
+                    Err(e) => span.fail(&e.to_string()),
+                }
+                let _ = reply.send(answer);
             }
             ControlMsg::Get { command_id, reply } => {
                 let _ = reply.send(blocking(&state.store, move |s| s.get(&command_id)).await);

@@ -34,6 +34,7 @@ use crate::wal::{Fill, Leased, WalMsg};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use edge_gateway_config::DeliveryConfig;
 use lane::{Action, Event, Lane, Pause};
+use opentelemetry::KeyValue;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 pub use spec::{Holds, SinkSpec};
 use std::time::Duration;
@@ -228,6 +229,8 @@ impl DispatcherState {
                 };
                 let sent = self.wal.cast(lease).map_err(|e| e.to_string());
                 let (me, addr) = (myself.clone(), self.addr.clone());
+                let sink = s.name.clone();
+                let started = std::time::SystemTime::now();
                 self.tasks.push(tokio::spawn(async move {
                     let batch = match sent {
                         Err(e) => Err(e),
@@ -238,6 +241,18 @@ impl DispatcherState {
                         },
                     };
                     addr.note_sent();
+                    if let Ok(b) = &batch {
+                        let kept = crate::traces::kept_contexts(b.iter().map(|l| &l.record));
+                        crate::traces::group_span(
+                            "dispatcher.lease",
+                            started,
+                            &kept,
+                            vec![
+                                KeyValue::new("sink.name", sink),
+                                KeyValue::new("lease.records", b.len() as i64),
+                            ],
+                        );
+                    }
                     let _ = me.cast(DispatcherMsg::Leased {
                         sink: i,
                         cycle,

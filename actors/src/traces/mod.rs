@@ -19,7 +19,9 @@ mod export;
 mod spans;
 
 pub use context::{TraceParent, TraceParentText};
-pub use spans::{commit_span, kept_contexts, IngestSpan, PublishSpans, StepSpan};
+pub use spans::{
+    commit_span, group_span, kept_contexts, root_span, IngestSpan, PublishSpans, StepSpan,
+};
 
 use crate::metrics::reg;
 use edge_gateway_config::{parse_pairs, Sampler as SamplerConfig, TracingConfig};

@@ -151,7 +151,16 @@ impl IngestSpan {
     }
 }
 
-/// A child of an ingest span; ends when dropped.
+/// A span that starts a trace of its own (a control command), kept as the sampler decides.
+pub fn root_span(name: String, attrs: Vec<KeyValue>) -> StepSpan {
+    StepSpan(tracer().map(|t| {
+        t.span_builder(name)
+            .with_attributes(attrs)
+            .start_with_context(t, &Context::new())
+    }))
+}
+
+/// A child of an ingest span, or a root (`root_span`); ends when dropped.
 pub struct StepSpan(Option<Span>);
 
 impl StepSpan {
@@ -186,10 +195,28 @@ pub fn kept_contexts<'a>(records: impl Iterator<Item = &'a Record>) -> Vec<Trace
         .collect()
 }
 
-/// The WAL's group commit, started at `started` and ending now: a child of the first kept
-/// reading it carried, linked to the others (at most [`MAX_LINKS`]). Nothing when no reading
-/// in the group is kept.
+/// The WAL's group commit, started at `started` and ending now (see [`group_span`]).
 pub fn commit_span(started: SystemTime, kept: &[TraceParent], records: usize, appends: usize) {
+    group_span(
+        "wal.commit",
+        started,
+        kept,
+        vec![
+            KeyValue::new("wal.records", records as i64),
+            KeyValue::new("wal.appends", appends as i64),
+        ],
+    );
+}
+
+/// A step that handles many readings at once (a group commit, a lease), started at `started`
+/// and ending now: a child of the first kept reading it carried, linked to the others (at most
+/// [`MAX_LINKS`]). Nothing when no reading in it is kept.
+pub fn group_span(
+    name: &'static str,
+    started: SystemTime,
+    kept: &[TraceParent],
+    attrs: Vec<KeyValue>,
+) {
     let (Some(t), Some(first)) = (tracer(), kept.first()) else {
         return;
     };
@@ -199,13 +226,10 @@ pub fn commit_span(started: SystemTime, kept: &[TraceParent], records: usize, ap
         .map(|tp| Link::with_context(remote(*tp).span().span_context().clone()))
         .collect();
     let mut span = t
-        .span_builder("wal.commit")
+        .span_builder(name)
         .with_start_time(started)
         .with_links(links)
-        .with_attributes([
-            KeyValue::new("wal.records", records as i64),
-            KeyValue::new("wal.appends", appends as i64),
-        ])
+        .with_attributes(attrs)
         .start_with_context(t, &remote(*first));
     span.end();
 }
