@@ -17,6 +17,8 @@
 //!   bridge (persistence on) in the same run (`BENCH_FORWARD_MESSAGES`, default 50,000).
 //! - `steady`: sustained ingest with delivery keeping up (`BENCH_STEADY_SECS`, default 60):
 //!   the WAL file size and RSS sampled over time, to show they level off.
+//! - `traces`: the same HTTP closed loops with traces off, at the default sampler and with
+//!   every reading traced, exporting to a local collector (`BENCH_TRACES_SECS`, default 5).
 
 use edge_gateway_actors::wal::{Op, Record, Source, WalLimits, WalStore};
 use serde_json::json;
@@ -32,6 +34,8 @@ use std::time::{Duration, Instant};
 mod mqtt;
 #[path = "support/sinks.rs"]
 mod sinks;
+#[path = "support/traces.rs"]
+mod traces;
 
 /// The gateway binary: the one built with this bench, or `BENCH_GATEWAY` (another build, e.g.
 /// an older commit's, so two binaries are measured by the same harness in the same run; the
@@ -82,6 +86,9 @@ fn main() {
     }
     if want("steady") {
         rt.block_on(steady());
+    }
+    if want("traces") {
+        rt.block_on(traces::cost());
     }
 }
 

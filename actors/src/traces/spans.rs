@@ -49,15 +49,20 @@ impl IngestSpan {
     /// `POST /ingest/{device_id}`, parented on the request's `traceparent`.
     pub fn http(device_id: &str, incoming: Option<TraceParent>) -> IngestSpan {
         Self::start(incoming, |t, parent| {
-            t.span_builder("POST /ingest/{device_id}")
+            let mut span = t
+                .span_builder("POST /ingest/{device_id}")
                 .with_kind(SpanKind::Server)
-                .with_attributes([
+                .start_with_context(t, parent);
+            // Attributes only on kept spans: most are not, and would only allocate.
+            if span.is_recording() {
+                span.set_attributes([
                     KeyValue::new("http.request.method", "POST"),
                     KeyValue::new("http.route", "/ingest/{device_id}"),
                     KeyValue::new("url.path", format!("/ingest/{device_id}")),
                     KeyValue::new("device.id", device_id.to_string()),
-                ])
-                .start_with_context(t, parent)
+                ]);
+            }
+            span
         })
     }
 
@@ -65,18 +70,23 @@ impl IngestSpan {
     /// which has no user properties: the span starts a trace).
     pub fn mqtt(topic: &str, device_id: Option<&str>) -> IngestSpan {
         Self::start(None, |t, parent| {
-            let mut attrs = vec![
-                KeyValue::new("messaging.system", "mqtt"),
-                KeyValue::new("messaging.operation.type", "receive"),
-                KeyValue::new("messaging.destination.name", topic.to_string()),
-            ];
-            if let Some(d) = device_id {
-                attrs.push(KeyValue::new("device.id", d.to_string()));
-            }
-            t.span_builder(format!("receive {topic}"))
+            let mut span = t
+                .span_builder("receive")
                 .with_kind(SpanKind::Consumer)
-                .with_attributes(attrs)
-                .start_with_context(t, parent)
+                .start_with_context(t, parent);
+            // Named and described only when kept: most are not, and would only allocate.
+            if span.is_recording() {
+                span.update_name(format!("receive {topic}"));
+                span.set_attributes([
+                    KeyValue::new("messaging.system", "mqtt"),
+                    KeyValue::new("messaging.operation.type", "receive"),
+                    KeyValue::new("messaging.destination.name", topic.to_string()),
+                ]);
+                if let Some(d) = device_id {
+                    span.set_attribute(KeyValue::new("device.id", d.to_string()));
+                }
+            }
+            span
         })
     }
 
