@@ -102,8 +102,8 @@ pub fn outage_table(reports: &[edge_gateway_actors::outages::Report]) -> String 
         })
     };
     let mut out = format!(
-        "{:<12} {:<7} {:<20} {:<10} {:>8} {:>8} {:>10}  {}\n",
-        "SINK", "KIND", "STARTED", "LASTED", "BACKLOG", "PEAK", "DRAINED IN", "REASON"
+        "{:<12} {:<7} {:<20} {:<10} {:>8} {:>8} {:>10} {:>7}  {}\n",
+        "SINK", "KIND", "STARTED", "LASTED", "BACKLOG", "PEAK", "DRAINED IN", "RESENT", "REASON"
     );
     for r in reports {
         let lasted = match r.ended_at_ms {
@@ -115,7 +115,7 @@ pub fn outage_table(reports: &[edge_gateway_actors::outages::Report]) -> String 
             _ => secs(r.drain_secs),
         };
         out.push_str(&format!(
-            "{:<12} {:<7} {:<20} {:<10} {:>8} {:>8} {:>10}  {}\n",
+            "{:<12} {:<7} {:<20} {:<10} {:>8} {:>8} {:>10} {:>7}  {}\n",
             r.sink,
             r.kind,
             when(r.started_at_ms),
@@ -123,6 +123,7 @@ pub fn outage_table(reports: &[edge_gateway_actors::outages::Report]) -> String 
             r.backlog_at_start,
             r.backlog_peak.map_or("-".into(), |p| p.to_string()),
             drained,
+            r.resent.map_or("-".into(), |n| n.to_string()),
             r.last_reason.as_deref().unwrap_or(&r.reason)
         ));
     }

@@ -93,6 +93,10 @@ enum ReportCmd {
         /// JSON (one array) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also draw them into this SVG file: each outage's backlog, the ingest and delivery
+        /// rates, the outage shaded and the drain marked.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<std::path::PathBuf>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -289,6 +293,7 @@ fn main() -> anyhow::Result<()> {
                 ReportCmd::Outages {
                     since,
                     json,
+                    svg,
                     config: a,
                 },
         } => {
@@ -307,6 +312,18 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&reports)?);
             } else {
                 print!("{}", edge_gateway::outage_table(&reports));
+            }
+            if let Some(path) = svg {
+                let chart = edge_gateway_actors::outages::chart::render(&reports);
+                std::fs::write(&path, chart)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!(
+                    "chart of {} outage(s) written to {}",
+                    reports
+                        .len()
+                        .min(edge_gateway_actors::outages::chart::MAX_OUTAGES),
+                    path.display()
+                );
             }
             Ok(())
         }

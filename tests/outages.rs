@@ -104,4 +104,36 @@ async fn an_outage_is_reported_with_its_backlog_and_drain_across_a_sigkill() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    assert!(v[0]["resent"].is_number(), "{v}");
+
+    // The chart, drawn from the gateway's own samples, renders (librsvg, as a viewer would).
+    let svg = dir.path().join("outages.svg");
+    run_ok(
+        std::process::Command::new(BIN)
+            .args(["report", "outages", "--svg"])
+            .arg(&svg)
+            .arg("--config")
+            .arg(&cfg),
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("sink api — outage from"), "{text}");
+    assert!(text.contains("drained"), "{text}");
+    assert!(
+        text.matches("<polyline").count() >= 2,
+        "the drained outage has its ingest and delivery rates: {text}"
+    );
+    let png = dir.path().join("outages.png");
+    let rendered = std::process::Command::new("rsvg-convert")
+        .arg("-o")
+        .arg(&png)
+        .arg(&svg)
+        .output()
+        .expect("rsvg-convert (Debian's librsvg2-bin; .ci/test installs it)");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let head = std::fs::read(&png).unwrap();
+    assert_eq!(&head[1..4], b"PNG");
 }

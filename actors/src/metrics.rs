@@ -56,6 +56,9 @@ pub struct Metrics {
     pub wal_commit_records: Histogram,
     pub backpressure_active: IntGauge,
     pub publish_results: IntCounterVec,
+    /// Records delivered after an attempt that may have reached the sink failed: an upper
+    /// bound on duplicates downstream (`sinks/resent.rs`).
+    pub publish_resent: IntCounterVec,
     /// 1 while a sink is in an outage (its last answer blamed no record and was no delivery).
     pub sink_outage: IntGaugeVec,
     pub publish_seconds: HistogramVec,
@@ -329,6 +332,18 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new("publish_batches_total", "Sink publish attempts by result"),
                     &["sink", "result"],
+                )
+                .unwrap(),
+            ),
+            publish_resent: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "publish_resent_total",
+                        "Records delivered after an attempt that may have reached the sink \
+                         failed (an upper bound on duplicates downstream), by sink",
+                    ),
+                    &["sink"],
                 )
                 .unwrap(),
             ),

@@ -266,6 +266,11 @@ impl ControlState {
         };
         let health = self.args.sink_health.snapshot();
         let paused = self.args.holds.all();
+        let m = &self.args.metrics;
+        let accepted_total = ["http", "mqtt"]
+            .iter()
+            .map(|src| m.ingest_records.with_label_values(&[src, "accepted"]).get())
+            .sum::<u64>();
         let observations: Vec<crate::outages::Observation> = self
             .args
             .live
@@ -284,11 +289,19 @@ impl ControlState {
                     paused: paused.contains(&sink),
                     pending: s.map_or(0, |k| k.pending),
                     acked_total: s.map_or(0, |k| k.acked_total),
+                    accepted_total,
+                    resent_total: m.publish_resent.with_label_values(&[&sink]).get(),
                     sink,
                 }
             })
             .collect();
-        let events = self.outages.observe(now_ms(), &observations);
+        let now = now_ms();
+        let events = self.outages.observe(now, &observations);
+        let tracker = &self.outages;
+        let samples = self
+            .outage_series
+            .observe(now, &observations, &events, |sink| tracker.is_open(sink));
+        let events = crate::outages::series::merge(events, samples);
         if events.is_empty() {
             return;
         }

@@ -164,6 +164,8 @@ pub struct ControlState {
     slots: Vec<Slot>,
     /// Sinks in an outage or draining after one (`crate::outages`), fed at each tick.
     outages: crate::outages::Tracker,
+    /// Which looks are kept as samples for the outage charts.
+    outage_series: crate::outages::Series,
     generation: u64,
     myself: ActorRef<ControlMsg>,
     _tasks: crate::tasks::Tasks,
@@ -357,6 +359,7 @@ impl Actor for Control {
             publishes: HashMap::new(),
             slots: Vec::new(),
             outages: crate::outages::Tracker::default(),
+            outage_series: crate::outages::Series::default(),
             generation: 0,
             myself,
             _tasks: tasks,

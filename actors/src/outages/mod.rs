@@ -8,7 +8,11 @@
 //! by the control actor's tick; [`log`] appends the events to `data/outages.jsonl` (fsync'd)
 //! and reads them back into [`Report`]s, with the gateway running or stopped.
 
+pub mod chart;
 pub mod log;
+pub mod series;
+
+pub use series::{Sample, Series};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,6 +27,10 @@ pub struct Observation {
     pub paused: bool,
     pub pending: u64,
     pub acked_total: u64,
+    /// Readings the gateway accepted since it started (every source): the ingest rate.
+    pub accepted_total: u64,
+    /// Records the sink was sent again after a failed attempt (`sinks/resent.rs`).
+    pub resent_total: u64,
 }
 
 /// What the log records, one line each.
@@ -49,6 +57,27 @@ pub enum Event {
         at_ms: u64,
         delivered: u64,
     },
+    /// The sink's counters, every few seconds from an outage's start until it drained
+    /// (`series.rs`): what the chart is drawn from.
+    Sample {
+        sink: String,
+        at_ms: u64,
+        pending: u64,
+        acked: u64,
+        accepted: u64,
+        resent: u64,
+    },
+}
+
+impl Event {
+    pub fn sink(&self) -> &str {
+        match self {
+            Event::Start { sink, .. }
+            | Event::End { sink, .. }
+            | Event::Drained { sink, .. }
+            | Event::Sample { sink, .. } => sink,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +138,11 @@ impl Tracker {
             t.phases.insert(r.sink.clone(), phase);
         }
         t
+    }
+
+    /// Whether an outage or its drain is open for `sink`.
+    pub fn is_open(&self, sink: &str) -> bool {
+        self.phases.contains_key(sink)
     }
 
     /// One look at every sink; the events it makes.
@@ -254,6 +288,13 @@ pub struct Report {
     /// Readings delivered while it drained.
     pub delivered_while_draining: Option<u64>,
     pub last_reason: Option<String>,
+    /// Records sent again after a failed attempt that may have reached the sink, from the
+    /// outage's start until it drained: an upper bound on the duplicates it caused downstream
+    /// (a SIGKILL meanwhile resets the count).
+    pub resent: Option<u64>,
+    /// The counters over time (not in the JSON: `report outages --svg` draws them).
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
 }
 
 /// The reports the events make, oldest first.
@@ -293,6 +334,25 @@ pub fn assemble(events: &[Event]) -> Vec<Report> {
                     r.last_reason = Some(last_reason.clone());
                 }
             }
+            Event::Sample {
+                sink,
+                at_ms,
+                pending,
+                acked,
+                accepted,
+                resent,
+            } => {
+                if let Some(r) = open.get(sink).map(|&i| &mut out[i]) {
+                    r.samples.push(Sample {
+                        at_ms: *at_ms,
+                        pending: *pending,
+                        acked: *acked,
+                        accepted: *accepted,
+                        resent: *resent,
+                    });
+                    r.resent = Some(series::increase(r.samples.iter().map(|s| s.resent)));
+                }
+            }
             Event::Drained {
                 sink,
                 at_ms,
@@ -323,6 +383,8 @@ mod tests {
             paused,
             pending,
             acked_total: acked,
+            accepted_total: 0,
+            resent_total: 0,
         }]
     }
 

@@ -41,6 +41,7 @@ impl SinkHealth {
         // Every per-sink series exists from the start, at 0: a dashboard panel or an alert
         // on it shows "none yet" rather than nothing at all (which hides a renamed metric).
         let _ = metrics.retries.with_label_values(&[sink]);
+        let _ = metrics.publish_resent.with_label_values(&[sink]);
         let _ = metrics
             .publish_results
             .with_label_values(&[sink, "delivered"]);

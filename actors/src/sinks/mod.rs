@@ -23,6 +23,7 @@ pub mod http;
 pub mod json;
 pub mod kafka;
 pub mod mqtt;
+pub mod resent;
 pub mod s3;
 pub mod utc;
 
@@ -167,6 +168,7 @@ pub struct PublisherState {
     addr: Addr<PublisherMsg>,
     /// A batch failed and no `Resume` came since.
     holding: bool,
+    resent: resent::Resent,
 }
 
 impl Actor for Publisher {
@@ -204,6 +206,7 @@ impl Actor for Publisher {
             // A fresh instance holds until the dispatcher's first `Resume`: a batch forwarded
             // to it before the dispatcher saw its predecessor fail must not overtake.
             holding: true,
+            resent: resent::Resent::default(),
         })
     }
 
@@ -226,6 +229,7 @@ impl Actor for Publisher {
             PublisherMsg::Publish { mut batch, reply } => {
                 let records = batch.len();
                 let spans = PublishSpans::start(&state.name, state.sink.system(), &mut batch);
+                let seqs: Vec<u64> = batch.iter().map(|l| l.seq).collect();
                 let started = tokio::time::Instant::now();
                 let result = match &mut state.sink {
                     SinkImpl::File(s) => s.publish(&batch).await,
@@ -254,6 +258,14 @@ impl Actor for Publisher {
                     .with_label_values(&[&state.name])
                     .observe(started.elapsed().as_secs_f64());
                 state.health.observe(&state.name, &result, &state.metrics);
+                let resent = state.resent.observe(&seqs, &result);
+                if resent > 0 {
+                    state
+                        .metrics
+                        .publish_resent
+                        .with_label_values(&[&state.name])
+                        .inc_by(resent);
+                }
                 state.holding = !matches!(result, PublishResult::Delivered);
                 if state.holding {
                     // The first kept record's trace leads from this line to the attempt's spans.
