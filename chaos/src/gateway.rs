@@ -24,6 +24,10 @@ pub struct Gateway {
 #[derive(Debug, Default, Clone)]
 pub struct Sample {
     pub backlog: f64,
+    /// Enqueued and in flight, per sink.
+    pub backlog_by_sink: BTreeMap<String, f64>,
+    /// Gaps in devices' `seq` the gateway noticed (`edge_gateway_devices_seq_gaps`).
+    pub seq_gaps: f64,
     pub mailbox_max: BTreeMap<String, f64>,
     pub restarts: BTreeMap<String, f64>,
 }
@@ -169,6 +173,11 @@ impl Gateway {
                 && (name.contains("state=\"enqueued\"") || name.contains("state=\"in_flight\""))
             {
                 s.backlog += v;
+                if let Some(k) = label("sink") {
+                    *s.backlog_by_sink.entry(k).or_default() += v;
+                }
+            } else if name == "edge_gateway_devices_seq_gaps" {
+                s.seq_gaps = v;
             } else if name.starts_with("edge_gateway_actor_mailbox_depth_max{") {
                 if let Some(a) = label("actor") {
                     s.mailbox_max.insert(a, v);
@@ -180,6 +189,25 @@ impl Gateway {
             }
         }
         Some(s)
+    }
+}
+
+impl Gateway {
+    /// `edge-gateway report outages --json --svg <svg>`: the gateway's own outage reports
+    /// (read from its data directory; the gateway may be stopped), and its chart drawn.
+    pub fn outage_reports(&self, svg: &Path) -> std::io::Result<Vec<serde_json::Value>> {
+        let out = std::process::Command::new(&self.bin)
+            .args(["report", "outages", "--json", "--svg"])
+            .arg(svg)
+            .arg("--config")
+            .arg(&self.config)
+            .output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(std::io::Error::other)
     }
 }
 

@@ -17,6 +17,8 @@
 //!   in the `control` and `mixed` scenarios.
 //! - [`abuse`]: hostile clients (idle sockets, slow bodies, a flooding device, colliding
 //!   keys) for the `abuse` scenario, beside the honest devices.
+//! - [`outages`]: the gateway's own outage reports against the outages the campaign made
+//!   (`field-demo`).
 //! - [`run`]: the campaign: start, inject, drain, judge, report; [`watch`]: what it samples
 //!   meanwhile.
 
@@ -29,6 +31,7 @@ pub mod devices;
 pub mod gateway;
 pub mod kafka;
 pub mod ledger;
+pub mod outages;
 pub mod process;
 pub mod run;
 pub mod scenario;

@@ -93,10 +93,15 @@ fn main() -> anyhow::Result<()> {
         drain_timeout: a.drain_timeout,
         s3: a.s3,
         kafka: a.kafka,
+        chart: a.report.with_extension("svg"),
     }))?;
     std::fs::write(&a.report, serde_json::to_vec_pretty(&report)?)?;
     print_summary(&report);
-    eprintln!("report: {}", a.report.display());
+    eprintln!(
+        "report: {} (outage chart: {})",
+        a.report.display(),
+        a.report.with_extension("svg").display()
+    );
     let code = if a.expect_loss {
         if report.verdict.lost > 0 {
             eprintln!("negative control: loss seen, as it must be");

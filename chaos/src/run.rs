@@ -34,6 +34,8 @@ pub struct Options {
     pub s3: bool,
     /// Add a Kafka sink (a tansu broker whose topic the oracle reads back).
     pub kafka: bool,
+    /// Where the gateway's outage chart is written (`report outages --svg`).
+    pub chart: PathBuf,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,8 +69,16 @@ pub struct Report {
     pub abuse_outcomes: BTreeMap<String, u64>,
     /// Scenarios with control traffic: the device commands' fate.
     pub commands: Option<crate::commands::CommandReport>,
+    /// The gateway's own outage reports (`report outages --json`).
+    pub gateway_outages: Vec<serde_json::Value>,
+    /// `field-demo`: those reports against the outages the campaign made.
+    pub outage_check: Option<crate::outages::OutageCheck>,
     pub gateway_log: String,
 }
+
+/// `delivery.backoff_max_ms` of the campaign's gateway: how long a sink that is back may wait
+/// for its next try.
+const BACKOFF_MAX_MS: u64 = 2000;
 
 fn attack_kind_overrun(f: &Fault) -> Duration {
     match f {
@@ -102,7 +112,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     let extra = format!(
         "[admin]\nchaos = true\n\
          [mqtt]\nenabled = true\nbroker = \"{}\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 1000\n\
-         [delivery]\nbackoff_initial_ms = 100\nbackoff_max_ms = 2000\nlease_timeout_ms = 5000\nmax_attempts = 100\n\
+         [delivery]\nbackoff_initial_ms = 100\nbackoff_max_ms = {BACKOFF_MAX_MS}\nlease_timeout_ms = 5000\nmax_attempts = 100\n\
          [[sinks]]\nname = \"analytics\"\ntype = \"http\"\nurl = \"{}\"\ntimeout_ms = 2000\n\
          [[sinks]]\nname = \"upstream\"\ntype = \"mqtt\"\nurl = \"{}\"\ntopic_prefix = \"chaos\"\ntimeout_ms = 5000\n{}",
         edge.url(),
@@ -191,6 +201,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
             p.fault.kind()
         );
         *faults.entry(p.fault.kind()).or_default() += 1;
+        watch.fault_begins();
         match &p.fault {
             Fault::FailActor(name) => {
                 let r = http
@@ -212,9 +223,11 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
                 gw.run()?;
             }
             Fault::UpstreamOutage { .. } => {
+                watch.sink_down("upstream");
                 upstream.stop();
                 sample_until(&http, &gw, &mut watch, Instant::now() + p.fault.duration()).await;
                 upstream.start()?;
+                watch.sink_up();
             }
             Fault::EdgeBrokerRestart => {
                 edge.stop();
@@ -328,7 +341,32 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         violations.extend(c.violations.iter().map(|v| format!("command {v}")));
     }
     let log = gw.log_path().display().to_string();
+    // The gateway's outage evidence, once its tracker has seen every backlog drain.
+    crate::watch::outages_settled(&http, &gw, Duration::from_secs(10)).await;
     gw.stop();
+    let gateway_outages = gw.outage_reports(&o.chart).unwrap_or_else(|e| {
+        violations.push(format!("report outages failed: {e}"));
+        Vec::new()
+    });
+    let outage_check = (o.scenario == Scenario::FieldDemo).then(|| {
+        let dups = verdict.sinks.get("upstream").map_or(0, |s| s.duplicates);
+        crate::outages::check(
+            &watch.windows,
+            &gateway_outages,
+            dups,
+            watch.seq_gaps,
+            crate::outages::Tolerance {
+                start_ms: 1_000,
+                // The retry after the broker is back waits up to twice the backoff (its
+                // jitter), then a connect, then the tracker's next look (1 s).
+                end_ms: 2 * BACKOFF_MAX_MS + 2_000,
+                peak_records: o.rate * (n_mqtt + n_http) as f64 * 1.5,
+            },
+        )
+    });
+    if let Some(c) = &outage_check {
+        violations.extend(c.violations.iter().map(|v| format!("outage report: {v}")));
+    }
     Ok(Report {
         scenario: o.scenario,
         seed: o.seed,
@@ -354,6 +392,8 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         schedule,
         abuse_outcomes: abuse_outcomes.snapshot(),
         commands: command_report,
+        gateway_outages,
+        outage_check,
         gateway_log: log,
     })
 }

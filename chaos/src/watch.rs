@@ -19,6 +19,12 @@ pub struct Watch {
     pub last_fault_end: Option<Instant>,
     pub caught_up: Option<Instant>,
     pub normal_backlog: f64,
+    /// The outages the campaign made, and the one still growing its peak (until the next
+    /// fault begins).
+    pub windows: Vec<crate::outages::Window>,
+    open_window: Option<usize>,
+    /// The most the gateway reported of gaps in devices' `seq`.
+    pub seq_gaps: f64,
 }
 
 impl Watch {
@@ -32,6 +38,11 @@ impl Watch {
 
     pub fn add(&mut self, s: &Sample, rss: f64) {
         self.peak_backlog = self.peak_backlog.max(s.backlog);
+        self.seq_gaps = self.seq_gaps.max(s.seq_gaps);
+        if let Some(w) = self.open_window.and_then(|i| self.windows.get_mut(i)) {
+            let b = s.backlog_by_sink.get(&w.sink).copied().unwrap_or(0.0);
+            w.peak_backlog = w.peak_backlog.max(b);
+        }
         if self.last_fault_end.is_some()
             && self.caught_up.is_none()
             && s.backlog <= self.normal_backlog
@@ -44,6 +55,28 @@ impl Watch {
             *e = e.max(*v);
         }
         self.restarts_live = s.restarts.clone();
+    }
+
+    /// A fault begins: the open window's peak is final.
+    pub fn fault_begins(&mut self) {
+        self.open_window = None;
+    }
+
+    /// `sink` goes down now (its broker stopped); its window stays open past `sink_up`.
+    pub fn sink_down(&mut self, sink: &str) {
+        self.windows.push(crate::outages::Window {
+            sink: sink.to_string(),
+            down_ms: wall_ms(),
+            up_ms: None,
+            peak_backlog: 0.0,
+        });
+        self.open_window = Some(self.windows.len() - 1);
+    }
+
+    pub fn sink_up(&mut self) {
+        if let Some(w) = self.open_window.and_then(|i| self.windows.get_mut(i)) {
+            w.up_ms = Some(wall_ms());
+        }
     }
 
     /// The process is about to die: fold its restart counters into the totals.
@@ -79,6 +112,13 @@ pub async fn wait_ready(c: &reqwest::Client, gw: &Gateway) {
     );
 }
 
+/// The wall clock, as the gateway dates its outages.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Samples metrics and RSS every 250 ms until `until`.
 pub async fn sample_until(c: &reqwest::Client, gw: &Gateway, w: &mut Watch, until: Instant) {
     loop {
@@ -90,6 +130,31 @@ pub async fn sample_until(c: &reqwest::Client, gw: &Gateway, w: &mut Watch, unti
             return;
         }
         tokio::time::sleep((until - now).min(Duration::from_millis(250))).await;
+    }
+}
+
+/// Polls `GET /admin/outages` (it offers nothing to wait on) until every outage the gateway
+/// recorded has drained, or `within` passed.
+pub async fn outages_settled(c: &reqwest::Client, gw: &Gateway, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let open = match c
+            .get(gw.admin("/admin/outages"))
+            .bearer_auth(&gw.admin_token)
+            .send()
+            .await
+        {
+            Ok(r) => r.json::<serde_json::Value>().await.ok().map(|v| {
+                v["outages"]
+                    .as_array()
+                    .is_none_or(|l| l.iter().any(|o| o["drained_at_ms"].is_null()))
+            }),
+            Err(_) => None,
+        };
+        if open == Some(false) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -36,6 +36,8 @@ pub struct HttpSink {
     gateway_id: String,
     max_batch_bytes: u64,
     ack: HttpAck,
+    /// The last request failed to connect: nothing of it reached the sink.
+    last_unsent: bool,
 }
 
 impl HttpSink {
@@ -68,10 +70,18 @@ impl HttpSink {
                 .max_batch_bytes
                 .unwrap_or(edge_gateway_config::DEFAULT_HTTP_MAX_BATCH_BYTES),
             ack: cfg.ack.unwrap_or(HttpAck::Status),
+            last_unsent: false,
         })
     }
 
+    /// Whether the last request may have reached the API (a failed connect cannot have
+    /// made a duplicate: `sinks/resent.rs`).
+    pub fn last_sent_any(&self) -> bool {
+        !self.last_unsent
+    }
+
     pub async fn publish(&mut self, batch: &[Leased]) -> PublishResult {
+        self.last_unsent = false;
         let mut h = Sha256::new();
         for l in batch {
             h.update(l.record.idempotency_key.as_bytes());
@@ -124,7 +134,10 @@ impl HttpSink {
                 }
             }
             // Refused, unroutable, reset or timed out: the sink's trouble, not the records'.
-            Err(e) if e.is_connect() => PublishResult::outage(format!("connect: {e}")),
+            Err(e) if e.is_connect() => {
+                self.last_unsent = true;
+                PublishResult::outage(format!("connect: {e}"))
+            }
             Err(e) if e.is_timeout() => PublishResult::outage(format!("timeout: {e}")),
             Err(e) => PublishResult::outage(format!("request failed: {e}")),
         }

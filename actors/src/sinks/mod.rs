@@ -148,6 +148,16 @@ enum SinkImpl {
 }
 
 impl SinkImpl {
+    /// Whether the last publish may have reached the sink (conservative: yes unless the
+    /// sink knows nothing left).
+    fn last_sent_any(&self) -> bool {
+        match self {
+            SinkImpl::Http(s) => s.last_sent_any(),
+            SinkImpl::Mqtt(s) => s.last_sent_any(),
+            SinkImpl::File(_) | SinkImpl::S3(_) | SinkImpl::Kafka(_) => true,
+        }
+    }
+
     /// `messaging.system` of its spans.
     fn system(&self) -> &'static str {
         match self {
@@ -258,7 +268,9 @@ impl Actor for Publisher {
                     .with_label_values(&[&state.name])
                     .observe(started.elapsed().as_secs_f64());
                 state.health.observe(&state.name, &result, &state.metrics);
-                let resent = state.resent.observe(&seqs, &result);
+                let resent = state
+                    .resent
+                    .observe(&seqs, &result, state.sink.last_sent_any());
                 if resent > 0 {
                     state
                         .metrics

@@ -104,6 +104,8 @@ pub struct MqttSink {
     /// Gateway presence on this broker, with `presence = true`.
     presence: Option<Presence>,
     conn: Option<Conn>,
+    /// Publishes the last batch wrote to a connection.
+    last_sent: usize,
 }
 
 enum Client {
@@ -212,6 +214,7 @@ impl MqttSink {
             announced_max: None,
             presence: cfg.presence.then(|| Presence::new(gateway_id)),
             conn: None,
+            last_sent: 0,
         };
         s.settings_check()?;
         // Connected from the start, not at the first batch: presence says `online` at once.
@@ -234,6 +237,7 @@ impl MqttSink {
             announced_max: None,
             presence: None,
             conn: None,
+            last_sent: 0,
         };
         s.settings_check()
     }
@@ -342,9 +346,17 @@ impl MqttSink {
         })
     }
 
+    /// Whether the last publish wrote anything to a connection (a failed one that wrote
+    /// nothing cannot have made a duplicate: `sinks/resent.rs`).
+    pub fn last_sent_any(&self) -> bool {
+        self.last_sent > 0
+    }
+
     pub async fn publish(&mut self, batch: &[Leased]) -> PublishResult {
         let mut sent = 0usize;
-        match self.try_publish(batch, &mut sent).await {
+        let result = self.try_publish(batch, &mut sent).await;
+        self.last_sent = sent;
+        match result {
             Ok(()) => PublishResult::Delivered,
             Err(Failure::Refused(why)) => {
                 self.conn = None;
