@@ -168,6 +168,17 @@ async fn a_delivery_after_an_outage_and_a_sigkill_joins_the_readings_trace() {
         assert!(tokio::time::Instant::now() < deadline, "{}", gw.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The outage report leads to the same trace.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = gw.admin_get("/admin/outages").await;
+        if let Some(o) = v["outages"].as_array().and_then(|l| l.first()) {
+            assert_eq!(o["trace_id"], TRACE, "{v}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     gw.kill9();
 
     sink.set(Behaviour::Ok);

@@ -278,8 +278,10 @@ impl ControlState {
             .into_iter()
             .map(|sink| {
                 let s = stats.sinks.iter().find(|k| k.sink == sink);
+                let current = health.get(&sink).cloned().flatten();
                 crate::outages::Observation {
-                    outage: health.get(&sink).cloned().flatten().map(|o| {
+                    outage_trace: current.as_ref().and_then(|o| o.trace_id.clone()),
+                    outage: current.map(|o| {
                         let since = o
                             .since
                             .duration_since(UNIX_EPOCH)

@@ -72,6 +72,7 @@ mod tests {
             kind: "outage".into(),
             reason: "HTTP 502".into(),
             backlog: 0,
+            trace_id: None,
         };
         append(dir.path(), std::slice::from_ref(&e)).unwrap();
         std::fs::OpenOptions::new()

@@ -24,6 +24,8 @@ pub struct Observation {
     /// In an outage: its reason (the latest answer's) and when it began (the first answer
     /// that was no delivery).
     pub outage: Option<(String, u64)>,
+    /// The trace of the outage's first failed attempt, when it was traced.
+    pub outage_trace: Option<String>,
     pub paused: bool,
     pub pending: u64,
     pub acked_total: u64,
@@ -44,6 +46,9 @@ pub enum Event {
         kind: String,
         reason: String,
         backlog: u64,
+        /// The trace of the first failed attempt (when it was traced): where to look first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
     },
     End {
         sink: String,
@@ -234,6 +239,7 @@ impl Tracker {
             kind: kind.into(),
             reason: reason.clone(),
             backlog,
+            trace_id: o.outage_trace.clone(),
         });
         self.phases.insert(
             o.sink.clone(),
@@ -274,6 +280,9 @@ pub struct Report {
     /// `outage` (unreachable or refusing the gateway) or `paused` (an operator's `sink.pause`).
     pub kind: String,
     pub reason: String,
+    /// The trace of the first failed attempt, when it was traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub started_at_ms: u64,
     pub ended_at_ms: Option<u64>,
     pub drained_at_ms: Option<u64>,
@@ -309,12 +318,14 @@ pub fn assemble(events: &[Event]) -> Vec<Report> {
                 kind,
                 reason,
                 backlog,
+                trace_id,
             } => {
                 open.insert(sink.clone(), out.len());
                 out.push(Report {
                     sink: sink.clone(),
                     kind: kind.clone(),
                     reason: reason.clone(),
+                    trace_id: trace_id.clone(),
                     started_at_ms: *at_ms,
                     backlog_at_start: *backlog,
                     ..Default::default()
@@ -380,6 +391,7 @@ mod tests {
         vec![Observation {
             sink: "api".into(),
             outage: outage.map(|r| (r.to_string(), 900)),
+            outage_trace: None,
             paused,
             pending,
             acked_total: acked,
@@ -430,6 +442,7 @@ mod tests {
                 kind: "outage".into(),
                 reason: "HTTP 502".into(),
                 backlog: 2,
+                trace_id: None,
             },
             Event::End {
                 sink: "api".into(),

@@ -121,6 +121,7 @@ mod tests {
         Observation {
             sink: "api".into(),
             outage: outage.then(|| ("HTTP 503".to_string(), 0)),
+            outage_trace: None,
             paused: false,
             pending,
             acked_total: acked,

@@ -18,6 +18,8 @@ pub struct Outage {
     /// The latest answer's reason (the sink may change its mind: 502, then a timeout).
     pub reason: String,
     pub since: SystemTime,
+    /// The trace of the first failed attempt, when it was traced (`traces`).
+    pub trace_id: Option<String>,
 }
 
 /// Every sink's outage, if it is in one. Cheap to clone.
@@ -65,6 +67,7 @@ impl SinkHealth {
                 *state = Some(Outage {
                     reason: reason.clone(),
                     since: now,
+                    trace_id: None,
                 });
             }
             (PublishResult::Delivered, Some(o)) => {
@@ -74,6 +77,19 @@ impl SinkHealth {
                 *state = None;
             }
             _ => {}
+        }
+    }
+}
+
+impl SinkHealth {
+    /// Links `sink`'s current outage to a trace, if it has none yet: the first traced attempt
+    /// that failed in it.
+    pub fn note_trace(&self, sink: &str, trace_id: Option<String>) {
+        let mut map = self.0.lock().expect("sink health lock");
+        if let Some(Some(o)) = map.get_mut(sink) {
+            if o.trace_id.is_none() {
+                o.trace_id = trace_id;
+            }
         }
     }
 }

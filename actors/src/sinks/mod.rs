@@ -268,6 +268,9 @@ impl Actor for Publisher {
                     .with_label_values(&[&state.name])
                     .observe(started.elapsed().as_secs_f64());
                 state.health.observe(&state.name, &result, &state.metrics);
+                if matches!(result, PublishResult::Outage { .. }) {
+                    state.health.note_trace(&state.name, spans.first_trace_id());
+                }
                 let resent = state
                     .resent
                     .observe(&seqs, &result, state.sink.last_sent_any());
