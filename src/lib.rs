@@ -16,6 +16,7 @@
 
 pub mod admin;
 mod credentials;
+pub mod wal_tools;
 
 pub use credentials::{resolve_credentials, Credentials, CredentialsError};
 pub use edge_gateway_config as config;
@@ -72,12 +73,6 @@ pub fn purge_dead_letters(
 }
 
 /// WAL counts from a file no process holds open.
-pub fn wal_stats(
-    path: &std::path::Path,
-) -> Result<edge_gateway_actors::wal::WalStats, edge_gateway_actors::wal::WalError> {
-    edge_gateway_actors::wal::WalStore::offline_stats(path)
-}
-
 pub use edge_gateway_actors::wal::{DeadClass, DeadFilter};
 
 /// The outages recorded in `data_dir` overlapping `since_ms` onwards (`report outages`).

@@ -58,8 +58,26 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum WalCmd {
-    /// Counts by state and sink. Works while the gateway is stopped.
+    /// Counts by state and sink, and the sinks the WAL holds records for that the
+    /// configuration lacks (`orphaned`). Works while the gateway is stopped.
     Stats(ConfigArgs),
+    /// A sink was renamed: carry its pending records and dead letters over to the new name
+    /// (which must be in the configuration). Gateway stopped; counted and audited.
+    MoveSink {
+        /// The old name (no longer in the configuration).
+        from: String,
+        /// The new name (in the configuration).
+        to: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// A sink was removed for good: delete its pending records and dead letters. Gateway
+    /// stopped; counted and audited.
+    DropSink {
+        sink: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -158,6 +176,14 @@ impl ConfigArgs {
             overrides,
         }
     }
+}
+
+/// For the commands that change the WAL: their warnings on stderr, as text.
+fn init_cli_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .try_init();
 }
 
 /// JSON (or text) logs on stdout at `log.level` (`RUST_LOG` wins); the returned function
@@ -331,10 +357,33 @@ fn main() -> anyhow::Result<()> {
             cmd: WalCmd::Stats(a),
         } => {
             let cfg = a.load()?;
-            let path = cfg.data_dir.join("wal.redb");
-            let stats = edge_gateway::wal_stats(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let stats = edge_gateway::wal_tools::stats(&cfg)
+                .with_context(|| format!("reading {}", cfg.data_dir.join("wal.redb").display()))?;
             println!("{}", serde_json::to_string_pretty(&stats)?);
+            Ok(())
+        }
+        Cmd::Wal {
+            cmd: WalCmd::MoveSink { from, to, config },
+        } => {
+            let cfg = config.load()?;
+            init_cli_logging();
+            let c = edge_gateway::wal_tools::move_sink(&cfg, &from, &to)?;
+            println!(
+                "{}",
+                serde_json::json!({"from": from, "to": to, "moved": c.moved, "moved_dead": c.moved_dead})
+            );
+            Ok(())
+        }
+        Cmd::Wal {
+            cmd: WalCmd::DropSink { sink, config },
+        } => {
+            let cfg = config.load()?;
+            init_cli_logging();
+            let c = edge_gateway::wal_tools::drop_sink(&cfg, &sink)?;
+            println!(
+                "{}",
+                serde_json::json!({"sink": sink, "dropped": c.dropped})
+            );
             Ok(())
         }
         Cmd::Run(a) => {

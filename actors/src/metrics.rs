@@ -46,6 +46,10 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Records by `state` (`enqueued`, `in_flight`, `dead`) and `sink`.
     pub wal_records: IntGaugeVec,
+    /// Records (pending and dead) held for sinks the configuration lacks, by sink.
+    pub wal_orphaned_records: IntGaugeVec,
+    /// The same, for `/readyz`.
+    pub orphaned_sinks: std::sync::Mutex<Vec<crate::wal::OrphanedSink>>,
     pub wal_acked: IntGaugeVec,
     pub wal_file_bytes: IntGauge,
     pub wal_live_bytes: IntGauge,
@@ -257,6 +261,19 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            wal_orphaned_records: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wal_orphaned_records",
+                        "Records held for a sink the configuration no longer has (renamed or \
+                         removed): nothing delivers them until `wal move-sink` or `drop-sink`",
+                    ),
+                    &["sink"],
+                )
+                .unwrap(),
+            ),
+            orphaned_sinks: std::sync::Mutex::new(Vec::new()),
             wal_records: reg(
                 &r,
                 IntGaugeVec::new(
@@ -522,6 +539,13 @@ impl Metrics {
         self.wal_file_bytes.set(s.file_bytes as i64);
         self.wal_live_bytes.set(s.live_bytes as i64);
         self.wal_live_records.set(s.records as i64);
+        self.wal_orphaned_records.reset();
+        for o in &s.orphaned {
+            self.wal_orphaned_records
+                .with_label_values(&[&o.sink])
+                .set((o.pending + o.dead) as i64);
+        }
+        *self.orphaned_sinks.lock().expect("orphans lock") = s.orphaned.clone();
         for k in &s.sinks {
             self.wal_records
                 .with_label_values(&["enqueued", &k.sink])

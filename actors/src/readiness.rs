@@ -61,8 +61,28 @@ pub fn readiness(
             comps.insert("mqtt_session_last_error".into(), json!(e));
         }
     }
-    (
-        ready,
-        json!({"ready": ready, "components": comps, "sinks": sinks}),
-    )
+    let mut body = json!({"ready": ready, "components": comps, "sinks": sinks});
+    // Records no sink delivers do not stop ingest, but the operator must decide: named here.
+    let orphaned = metrics.orphaned_sinks.lock().expect("orphans lock").clone();
+    if !orphaned.is_empty() {
+        body["orphaned_sinks"] = orphaned
+            .iter()
+            .map(|o| {
+                (
+                    o.sink.clone(),
+                    json!({
+                        "pending": o.pending,
+                        "dead": o.dead,
+                        "action": format!(
+                            "not in the configuration: nothing delivers these; stop the gateway, \
+                             then `edge-gateway wal move-sink {0} NEW` or `wal drop-sink {0}`",
+                            o.sink
+                        ),
+                    }),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    (ready, body)
 }

@@ -535,6 +535,20 @@ impl Actor for Wal {
         let stats = store.stats();
         args.metrics.observe_wal(&stats);
         tracing::info!(path = %store.path().display(), records = stats.records, "WAL open");
+        for o in &stats.orphaned {
+            tracing::error!(
+                sink = %o.sink,
+                pending = o.pending,
+                dead = o.dead,
+                "the WAL holds records for sink {:?}, which the configuration no longer has: \
+                 nothing delivers them. Stop the gateway and run `edge-gateway wal move-sink {} \
+                 <new name>` (a renamed sink) or `edge-gateway wal drop-sink {}` (counted and \
+                 logged), or restore the sink",
+                o.sink,
+                o.sink,
+                o.sink
+            );
+        }
         let clock = WalClock::new(store.clock_ms(), now_ms());
         let me = myself.clone();
         let addr = args.addr.clone();

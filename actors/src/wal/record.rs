@@ -317,6 +317,19 @@ pub struct WalStats {
     pub rejected: u64,
     /// Devices holding records (see `quota.rs`).
     pub devices: u64,
+    /// Sinks the WAL holds records for that the configuration no longer has (renamed or
+    /// removed while the gateway was stopped): nothing delivers them until an operator moves
+    /// or drops them (`edge-gateway wal move-sink` / `drop-sink`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub orphaned: Vec<OrphanedSink>,
+}
+
+/// A sink the WAL holds records for and the configuration lacks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OrphanedSink {
+    pub sink: String,
+    pub pending: u64,
+    pub dead: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

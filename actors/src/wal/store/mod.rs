@@ -428,6 +428,16 @@ impl WalStore {
                 .map(|ts| self.meta.clock_ms.saturating_sub(*ts));
         }
         s.devices = self.devices.count();
+        s.orphaned = s
+            .sinks
+            .iter()
+            .filter(|k| !self.sinks.contains(&k.sink) && (k.pending > 0 || k.dead > 0))
+            .map(|k| super::record::OrphanedSink {
+                sink: k.sink.clone(),
+                pending: k.pending,
+                dead: k.dead,
+            })
+            .collect();
         s
     }
 
@@ -473,6 +483,7 @@ fn stats_from(
                 oldest_pending_age_ms: None,
             })
             .collect(),
+        orphaned: Vec::new(),
     }
 }
 

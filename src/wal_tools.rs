@@ -1,0 +1,159 @@
+//! Offline WAL tools for the operator (issue 14): carry a renamed sink's records over, or drop
+//! a removed sink's, with the gateway stopped. Each change is counted, logged and appended to
+//! `data/audit.jsonl` (fsync'd) — what was done to readings, by whom is the host's business.
+
+use edge_gateway_actors::wal::{
+    Op, OpResult, OrphanedSink, Removal, SinksChanged, WalError, WalLimits, WalStats, WalStore,
+};
+use edge_gateway_config::Config;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalToolError {
+    #[error(
+        "the WAL is open in a running gateway: stop it first (while it runs, remove the sink \
+         with `config.apply` and a disposition: drop or move_to)"
+    )]
+    Running,
+    #[error(
+        "sink {0:?} is still in the configuration: its records are delivered; remove it from \
+         the configuration first"
+    )]
+    StillConfigured(String),
+    #[error("sink {0:?} is not in the configuration: add it first, so something delivers them")]
+    NotConfigured(String),
+    #[error("the WAL holds nothing for sink {0:?}")]
+    Nothing(String),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("audit log {path}: {source}")]
+    Audit {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn configured(cfg: &Config) -> Vec<String> {
+    cfg.sinks.iter().map(|s| s.name().to_string()).collect()
+}
+
+fn open(cfg: &Config) -> Result<WalStore, WalToolError> {
+    let limits = WalLimits::from_config(&cfg.wal, &cfg.delivery);
+    WalStore::open(&cfg.data_dir.join("wal.redb"), configured(cfg), limits).map_err(|e| match e {
+        WalError::AlreadyOpen => WalToolError::Running,
+        e => WalToolError::Wal(e),
+    })
+}
+
+/// Counts by state and sink, read without the writer, and the sinks the WAL holds records for
+/// that `cfg` lacks.
+pub fn stats(cfg: &Config) -> Result<WalStats, WalError> {
+    let mut s = WalStore::offline_stats(&cfg.data_dir.join("wal.redb"))?;
+    let names = configured(cfg);
+    s.orphaned = s
+        .sinks
+        .iter()
+        .filter(|k| !names.contains(&k.sink) && (k.pending > 0 || k.dead > 0))
+        .map(|k| OrphanedSink {
+            sink: k.sink.clone(),
+            pending: k.pending,
+            dead: k.dead,
+        })
+        .collect();
+    Ok(s)
+}
+
+/// `from`'s pending records and dead letters become `to`'s (a renamed sink).
+pub fn move_sink(cfg: &Config, from: &str, to: &str) -> Result<SinksChanged, WalToolError> {
+    let names = configured(cfg);
+    if names.iter().any(|n| n == from) {
+        return Err(WalToolError::StillConfigured(from.into()));
+    }
+    if !names.iter().any(|n| n == to) {
+        return Err(WalToolError::NotConfigured(to.into()));
+    }
+    change(cfg, from, Removal::Rename(to.into()), "wal.move-sink")
+}
+
+/// `sink`'s pending records and dead letters are deleted.
+pub fn drop_sink(cfg: &Config, sink: &str) -> Result<SinksChanged, WalToolError> {
+    if configured(cfg).iter().any(|n| n == sink) {
+        return Err(WalToolError::StillConfigured(sink.into()));
+    }
+    change(cfg, sink, Removal::Drop, "wal.drop-sink")
+}
+
+fn change(
+    cfg: &Config,
+    sink: &str,
+    how: Removal,
+    action: &str,
+) -> Result<SinksChanged, WalToolError> {
+    let store = open(cfg)?;
+    let held = store
+        .stats()
+        .sinks
+        .iter()
+        .find(|k| k.sink == sink)
+        .is_some_and(|k| k.pending > 0 || k.dead > 0);
+    if !held {
+        return Err(WalToolError::Nothing(sink.into()));
+    }
+    let now = store.clock_ms();
+    let op = Op::Sinks {
+        sinks: configured(cfg),
+        removed: vec![(sink.to_string(), how.clone())],
+    };
+    let (_, results) = store.apply(vec![op], now)?;
+    let changed = match results.into_iter().next() {
+        Some(OpResult::SinksSet(c)) => c,
+        _ => SinksChanged::default(),
+    };
+    let to = match &how {
+        Removal::Rename(t) | Removal::MoveTo(t) => Some(t.as_str()),
+        Removal::Drop => None,
+    };
+    tracing::warn!(
+        action,
+        sink,
+        to,
+        moved = changed.moved,
+        moved_dead = changed.moved_dead,
+        dropped = changed.dropped,
+        "WAL changed from the command line"
+    );
+    audit(
+        &cfg.data_dir,
+        &serde_json::json!({
+            "at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            "action": action,
+            "sink": sink,
+            "to": to,
+            "moved": changed.moved,
+            "moved_dead": changed.moved_dead,
+            "dropped": changed.dropped,
+            "user": std::env::var("USER").unwrap_or_default(),
+        }),
+    )?;
+    Ok(changed)
+}
+
+/// Appends one line to `data/audit.jsonl`, durably.
+fn audit(data_dir: &Path, line: &serde_json::Value) -> Result<(), WalToolError> {
+    let path = data_dir.join("audit.jsonl");
+    let err = |source| WalToolError::Audit {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o640);
+    let mut f = o.open(&path).map_err(err)?;
+    let mut buf = serde_json::to_vec(line).expect("JSON");
+    buf.push(b'\n');
+    f.write_all(&buf).map_err(err)?;
+    f.sync_data().map_err(err)
+}
