@@ -140,6 +140,36 @@ fn change(
     Ok(changed)
 }
 
+/// `wal verify`: the WAL's pages and invariants (gateway stopped).
+pub fn verify(cfg: &Config) -> Result<edge_gateway_actors::wal::VerifyReport, WalToolError> {
+    WalStore::verify(&cfg.data_dir.join("wal.redb")).map_err(|e| match e {
+        WalError::AlreadyOpen => WalToolError::Running,
+        e => WalToolError::Wal(e),
+    })
+}
+
+/// The report for a terminal.
+pub fn verify_text(r: &edge_gateway_actors::wal::VerifyReport) -> String {
+    let mut out = format!(
+        "{}: {} records, {} pending rows, {} dead rows\n",
+        r.path, r.records, r.pending_rows, r.dead_rows
+    );
+    if r.ok() {
+        out.push_str("OK: every page and every invariant checked holds\n");
+        return out;
+    }
+    for p in &r.problems {
+        out.push_str(&format!("PROBLEM [{}] {}\n", p.kind, p.detail));
+    }
+    if r.problems_not_listed > 0 {
+        out.push_str(&format!("… and {} more\n", r.problems_not_listed));
+    }
+    out.push_str(
+        "NOT OK: keep a copy of the file; see docs/operations.md, \"The WAL file is corrupt\"\n",
+    );
+    out
+}
+
 /// Appends one line to `data/audit.jsonl`, durably.
 fn audit(data_dir: &Path, line: &serde_json::Value) -> Result<(), WalToolError> {
     let path = data_dir.join("audit.jsonl");

@@ -211,6 +211,19 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// `edge-gateway wal verify` on the stopped gateway's WAL: `(passed, its report)`.
+    pub fn verify_wal(&self) -> std::io::Result<(bool, String)> {
+        let out = std::process::Command::new(&self.bin)
+            .args(["wal", "verify", "--config"])
+            .arg(&self.config)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        Ok((out.status.success(), text.trim().to_string()))
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();

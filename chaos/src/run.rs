@@ -73,6 +73,8 @@ pub struct Report {
     pub gateway_outages: Vec<serde_json::Value>,
     /// `field-demo`: those reports against the outages the campaign made.
     pub outage_check: Option<crate::outages::OutageCheck>,
+    /// `edge-gateway wal verify` on the WAL the campaign left (must pass).
+    pub wal_verify: String,
     pub gateway_log: String,
 }
 
@@ -344,6 +346,18 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     // The gateway's outage evidence, once its tracker has seen every backlog drain.
     crate::watch::outages_settled(&http, &gw, Duration::from_secs(10)).await;
     gw.stop();
+    // The WAL the campaign leaves behind passes every check (issue 14).
+    let wal_verify = match gw.verify_wal() {
+        Ok((true, report)) => report,
+        Ok((false, report)) => {
+            violations.push(format!("wal verify failed: {report}"));
+            report
+        }
+        Err(e) => {
+            violations.push(format!("wal verify did not run: {e}"));
+            e.to_string()
+        }
+    };
     let gateway_outages = gw.outage_reports(&o.chart).unwrap_or_else(|e| {
         violations.push(format!("report outages failed: {e}"));
         Vec::new()
@@ -394,6 +408,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         commands: command_report,
         gateway_outages,
         outage_check,
+        wal_verify,
         gateway_log: log,
     })
 }

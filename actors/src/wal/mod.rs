@@ -11,8 +11,8 @@ pub use record::*;
 pub use rejected::Rejected;
 pub use store::{
     free_space_of, AppendRefused, Compacted, DeadFilter, DeadLetter, DiskFull, Dump, FreeSpace,
-    Full, MaintainReport, Op, OpResult, Removal, SinksChanged, WalError, WalLimits, WalReader,
-    WalStore, FORMAT_VERSION,
+    Full, MaintainReport, Op, OpResult, Problem, Removal, SinksChanged, VerifyReport, WalError,
+    WalLimits, WalReader, WalStore, FORMAT_VERSION,
 };
 
 #[cfg(test)]

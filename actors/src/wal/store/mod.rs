@@ -50,12 +50,14 @@ mod meta;
 mod reader;
 mod sinks;
 mod types;
+mod verify;
 mod write;
 
 use meta::Meta;
 pub use reader::{DeadLetter, Dump, WalReader};
 pub use sinks::{Removal, SinksChanged};
 pub use types::*;
+pub use verify::{Problem, VerifyReport};
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 #[cfg(test)]

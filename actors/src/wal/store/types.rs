@@ -4,7 +4,12 @@ use super::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
-    #[error("cannot open WAL {path}: {source}")]
+    #[error(
+        "cannot open WAL {path}: {source}. If the file is damaged, keep a copy of it before \
+         anything else and run `edge-gateway wal verify` with the gateway stopped \
+         (docs/operations.md, \"The WAL file is corrupt\"); the gateway does not start on an \
+         empty WAL in its place"
+    )]
     Open {
         path: PathBuf,
         #[source]

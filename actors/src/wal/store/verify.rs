@@ -1,0 +1,184 @@
+//! `edge-gateway wal verify` (issue 14): the file's pages (redb's integrity check) and every
+//! invariant the store keeps between its tables, read in one transaction with the gateway
+//! stopped:
+//! - every record decodes;
+//! - `refs[seq].0` equals the `pending` plus `dead` rows naming `seq`; no record without a
+//!   `refs` row or the other way round; no `pending` or `dead` row naming a missing record;
+//! - every dead entry decodes;
+//! - the counters in `meta` equal the rows they count (records, live bytes, per-sink pending
+//!   and dead).
+//!
+//! Nothing is changed beyond what redb itself does on open (recovery after a crash, as the
+//! gateway would) and its integrity check's repair, which is reported.
+
+use super::*;
+use serde::Serialize;
+
+/// One thing wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `pages`, `record`, `refs`, `orphan_row`, `dead_entry`, `counter`.
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub path: String,
+    pub records: u64,
+    pub pending_rows: u64,
+    pub dead_rows: u64,
+    pub problems: Vec<Problem>,
+    /// Problems beyond the first 1,000 of a kind are counted, not listed.
+    pub problems_not_listed: u64,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty() && self.problems_not_listed == 0
+    }
+
+    fn problem(&mut self, kind: &'static str, detail: String) {
+        if self.problems.iter().filter(|p| p.kind == kind).count() >= 1_000 {
+            self.problems_not_listed += 1;
+        } else {
+            self.problems.push(Problem { kind, detail });
+        }
+    }
+}
+
+impl WalStore {
+    /// Checks the WAL file at `path`, which no process may hold open.
+    pub fn verify(path: &Path) -> Result<VerifyReport, WalError> {
+        let mut report = VerifyReport {
+            path: path.display().to_string(),
+            ..Default::default()
+        };
+        let mut db = match Database::open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(WalError::AlreadyOpen),
+            Err(e) => {
+                report.problem("pages", format!("the file does not open as a WAL: {e}"));
+                return Ok(report);
+            }
+        };
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => report.problem(
+                "pages",
+                "redb found damaged pages and repaired the file (what they held may be gone: \
+                 the checks below say what is inconsistent now)"
+                    .into(),
+            ),
+            Err(e) => {
+                report.problem("pages", format!("redb's integrity check failed: {e}"));
+                return Ok(report);
+            }
+        }
+        let txn = db.begin_write()?;
+        let meta = Meta::load(&txn)?;
+        txn.abort()?;
+        let txn = db.begin_read()?;
+        // seq -> rows naming it (pending + dead).
+        let mut named: HashMap<u64, u32> = HashMap::new();
+        let mut per_sink: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for row in txn.open_table(PENDING)?.iter()? {
+            let (k, _) = row?;
+            let (sink, seq) = k.value();
+            *named.entry(seq).or_default() += 1;
+            per_sink.entry(sink.to_string()).or_default().0 += 1;
+            report.pending_rows += 1;
+        }
+        for row in txn.open_table(DEAD)?.iter()? {
+            let (k, v) = row?;
+            let (sink, seq) = k.value();
+            *named.entry(seq).or_default() += 1;
+            per_sink.entry(sink.to_string()).or_default().1 += 1;
+            report.dead_rows += 1;
+            if ciborium::from_reader::<DeadEntry, _>(v.value()).is_err() {
+                report.problem(
+                    "dead_entry",
+                    format!("the dead letter of seq {seq} for sink {sink:?} does not decode"),
+                );
+            }
+        }
+        let refs = txn.open_table(REFS)?;
+        let mut live_bytes = 0u64;
+        let mut seen = std::collections::HashSet::new();
+        for row in txn.open_table(RECORDS)?.iter()? {
+            let (k, v) = row?;
+            let seq = k.value();
+            seen.insert(seq);
+            report.records += 1;
+            live_bytes += v.value().len() as u64;
+            if let Err(e) = Record::decode(v.value()) {
+                report.problem("record", format!("record {seq} does not decode: {e}"));
+            }
+            let want = named.get(&seq).copied().unwrap_or(0);
+            match refs.get(seq)?.map(|r| r.value().0) {
+                None => report.problem("refs", format!("record {seq} has no refs row")),
+                Some(n) if n != want => report.problem(
+                    "refs",
+                    format!("record {seq}: refs says {n} rows name it, {want} do"),
+                ),
+                Some(_) => {}
+            }
+        }
+        for row in refs.iter()? {
+            let seq = row?.0.value();
+            if !seen.contains(&seq) {
+                report.problem(
+                    "refs",
+                    format!("a refs row for record {seq}, which is gone"),
+                );
+            }
+        }
+        let mut missing: Vec<u64> = named
+            .keys()
+            .filter(|s| !seen.contains(s))
+            .copied()
+            .collect();
+        missing.sort_unstable();
+        for seq in missing {
+            report.problem(
+                "orphan_row",
+                format!("pending or dead rows name record {seq}, which is gone"),
+            );
+        }
+        if meta.records != report.records {
+            report.problem(
+                "counter",
+                format!(
+                    "meta says {} records, {} are stored",
+                    meta.records, report.records
+                ),
+            );
+        }
+        if meta.live_bytes != live_bytes {
+            report.problem(
+                "counter",
+                format!(
+                    "meta says {} live bytes, the records hold {live_bytes}",
+                    meta.live_bytes
+                ),
+            );
+        }
+        let sinks: std::collections::BTreeSet<&String> =
+            meta.sinks.keys().chain(per_sink.keys()).collect();
+        for sink in sinks {
+            let (mp, md, _) = meta.sinks.get(sink).copied().unwrap_or_default();
+            let (rp, rd) = per_sink.get(sink).copied().unwrap_or_default();
+            if (mp, md) != (rp, rd) {
+                report.problem(
+                    "counter",
+                    format!(
+                        "sink {sink:?}: meta says {mp} pending and {md} dead, the rows are {rp} \
+                         and {rd}"
+                    ),
+                );
+            }
+        }
+        Ok(report)
+    }
+}
