@@ -274,6 +274,19 @@ pub async fn run(
     let admin = admin::start(&config, handles.clone(), admin_hash, &reloader)
         .await
         .map_err(RunError::Admin)?;
+    // Where the command line finds the running gateway (`wal backup`): the admin address.
+    let scheme = if config.admin.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let addr_file = config.data_dir.join("admin.addr");
+    let written = tokio::task::block_in_place(|| {
+        std::fs::write(&addr_file, format!("{scheme}://{}\n", admin.addr))
+    });
+    if let Err(e) = written {
+        tracing::warn!(path = %addr_file.display(), error = %e, "admin address not written");
+    }
     let reloads = tokio::spawn(watch_files(handles.reconfigure.clone()));
     // The verdict starts fresh: the monitor's first run is on its way.
     *handles.liveness.lock().expect("liveness") = (

@@ -81,6 +81,21 @@ enum WalCmd {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// A consistent copy of the WAL in DEST (a new file): from the file when the gateway is
+    /// stopped, else through its admin API beside its commits. Restore: copy it to
+    /// `data/wal.redb` with the gateway stopped.
+    Backup {
+        dest: PathBuf,
+        /// The admin token, for a running gateway (default: `EDGE_GATEWAY_ADMIN_TOKEN`, then
+        /// the generated `data/admin.token`).
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        /// The CA of the admin listener's certificate, when it has TLS.
+        #[arg(long)]
+        admin_ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// A sink was removed for good: delete its pending records and dead letters. Gateway
     /// stopped; counted and audited.
     DropSink {
@@ -397,6 +412,24 @@ fn main() -> anyhow::Result<()> {
             if !r.ok() {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Cmd::Wal {
+            cmd:
+                WalCmd::Backup {
+                    dest,
+                    admin_token_file,
+                    admin_ca_file,
+                    config,
+                },
+        } => {
+            let cfg = config.load()?;
+            let access = edge_gateway::wal_tools::AdminAccess {
+                token_file: admin_token_file,
+                ca_file: admin_ca_file,
+            };
+            let (r, via) = edge_gateway::wal_tools::backup(&cfg, &dest, &access)?;
+            println!("{}", serde_json::json!({"backup": r, "via": via}));
             Ok(())
         }
         Cmd::Wal {

@@ -170,6 +170,106 @@ pub fn verify_text(r: &edge_gateway_actors::wal::VerifyReport) -> String {
     out
 }
 
+/// Where `wal backup` takes its copy from.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupVia {
+    /// The gateway was stopped: the file was read directly.
+    File,
+    /// Through the running gateway's admin API (`POST /admin/wal/backup`).
+    Gateway(String),
+}
+
+/// How the command line reaches a running gateway's admin API.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    /// A file holding the admin token; else `EDGE_GATEWAY_ADMIN_TOKEN`; else the generated
+    /// `data/admin.token`.
+    pub token_file: Option<std::path::PathBuf>,
+    /// The CA that signed the admin listener's certificate (`admin.tls`).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(
+        "the gateway is running and cannot be reached through its admin API ({0}); pass \
+         --admin-token-file (or set EDGE_GATEWAY_ADMIN_TOKEN), and --admin-ca-file if the admin \
+         listener has TLS, or stop the gateway and run this again"
+    )]
+    Unreachable(String),
+    #[error("the gateway refused the backup: {0}")]
+    Refused(String),
+}
+
+/// `wal backup DEST`: a consistent copy of the WAL at `dest` (a new file). With the gateway
+/// stopped, from the file; while it runs, through its admin API (found in `data/admin.addr`),
+/// beside its commits.
+pub fn backup(
+    cfg: &Config,
+    dest: &Path,
+    access: &AdminAccess,
+) -> Result<(edge_gateway_actors::wal::BackupReport, BackupVia), BackupError> {
+    let dest = std::path::absolute(dest).map_err(|e| WalError::Storage(e.to_string()))?;
+    match WalStore::offline_backup(&cfg.data_dir.join("wal.redb"), &dest) {
+        Ok(r) => return Ok((r, BackupVia::File)),
+        Err(WalError::AlreadyOpen) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let unreachable = |e: &dyn std::fmt::Display| BackupError::Unreachable(e.to_string());
+    let base = std::fs::read_to_string(cfg.data_dir.join("admin.addr"))
+        .map_err(|e| unreachable(&format!("data/admin.addr: {e}")))?;
+    let base = base.trim().to_string();
+    let token = match (
+        &access.token_file,
+        std::env::var("EDGE_GATEWAY_ADMIN_TOKEN"),
+    ) {
+        (Some(f), _) => edge_gateway_actors::ingest::auth::read_secret(f),
+        (None, Ok(t)) => Ok(t),
+        (None, Err(_)) => {
+            edge_gateway_actors::ingest::auth::read_secret(&cfg.data_dir.join("admin.token"))
+        }
+    }
+    .map_err(|e| unreachable(&format!("the admin token: {e}")))?;
+    let client = edge_gateway_actors::sinks::http::with_tls(
+        reqwest::Client::builder(),
+        access.ca_file.as_deref(),
+        None,
+    )
+    .and_then(|b| b.build().map_err(|e| e.to_string()))
+    .map_err(|e| unreachable(&e))?;
+    let url = reqwest::Url::parse_with_params(
+        &format!("{base}/admin/wal/backup"),
+        &[("dest", dest.display().to_string())],
+    )
+    .map_err(|e| unreachable(&e))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unreachable(&e))?;
+    let (status, body) = rt
+        .block_on(async {
+            let resp = client.post(url).bearer_auth(token.trim()).send().await?;
+            let status = resp.status();
+            Ok::<(reqwest::StatusCode, String), reqwest::Error>((status, resp.text().await?))
+        })
+        .map_err(|e| unreachable(&e))?;
+    if !status.is_success() {
+        return Err(BackupError::Refused(format!("HTTP {status}: {body}")));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| BackupError::Refused(format!("{e}: {body}")))?;
+    let report = edge_gateway_actors::wal::BackupReport {
+        dest: v["dest"].as_str().unwrap_or_default().to_string(),
+        records: v["records"].as_u64().unwrap_or(0),
+        bytes: v["bytes"].as_u64().unwrap_or(0),
+        millis: v["millis"].as_u64().unwrap_or(0),
+    };
+    Ok((report, BackupVia::Gateway(base)))
+}
+
 /// Appends one line to `data/audit.jsonl`, durably.
 fn audit(data_dir: &Path, line: &serde_json::Value) -> Result<(), WalToolError> {
     let path = data_dir.join("audit.jsonl");

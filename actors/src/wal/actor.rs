@@ -5,8 +5,9 @@
 //!   the records: stored ids, duplicates, or `Full` / `DeviceQuota` for backpressure)
 //! - `Lease`       <- Dispatcher (reply: up to N Enqueued records of one sink, now InFlight)
 //! - `Settle`      <- Dispatcher (cast: Acked / Retry / Dead per record for one sink)
-//! - `Stats`, `DeadLetters` <- admin API (reply; dead letters are read on the blocking pool
-//!   through a `WalReader`, never waiting for the writer)
+//! - `Stats`, `DeadLetters`, `Backup` <- admin API (reply; dead letters are read, and a
+//!   backup copied from one read transaction, on the blocking pool through a `WalReader`,
+//!   never waiting for the writer)
 //! - `Requeue`     <- admin API (reply after the commit: dead letters of a sink back to Enqueued)
 //! - `Reject`      <- MqttSession (reply after the commit that holds a refused message, so
 //!   it is acknowledged to the broker only once it is kept)
@@ -96,6 +97,11 @@ pub enum WalMsg {
         outcomes: Vec<(u64, Outcome)>,
     },
     Stats(RpcReplyPort<WalStats>),
+    /// A consistent copy of the WAL at `dest` (a new file), beside commits (admin API).
+    Backup {
+        dest: std::path::PathBuf,
+        reply: RpcReplyPort<Result<super::BackupReport, String>>,
+    },
     DeadLetters {
         sink: String,
         limit: usize,
@@ -707,6 +713,17 @@ impl Actor for Wal {
                             .map(WalStore::stats)
                             .unwrap_or_else(|| state.last_stats.clone());
                         let _ = reply.send(s);
+                    }
+                    WalMsg::Backup { dest, reply } => {
+                        let Some(reader) = state.reader.clone() else {
+                            let _ = reply.send(Err(REOPENING.into()));
+                            return Ok(());
+                        };
+                        state.tasks.push(tokio::spawn(async move {
+                            let done =
+                                tokio::task::spawn_blocking(move || reader.backup(&dest)).await;
+                            let _ = reply.send(read_answer(done));
+                        }));
                     }
                     WalMsg::DeadLetters { sink, limit, reply } => {
                         let Some(reader) = state.reader.clone() else {

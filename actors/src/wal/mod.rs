@@ -10,9 +10,9 @@ pub use quota::{DeviceQuota, Usage};
 pub use record::*;
 pub use rejected::Rejected;
 pub use store::{
-    free_space_of, AppendRefused, Compacted, DeadFilter, DeadLetter, DiskFull, Dump, FreeSpace,
-    Full, MaintainReport, Op, OpResult, Problem, Removal, SinksChanged, VerifyReport, WalError,
-    WalLimits, WalReader, WalStore, FORMAT_VERSION,
+    free_space_of, AppendRefused, BackupReport, Compacted, DeadFilter, DeadLetter, DiskFull, Dump,
+    FreeSpace, Full, MaintainReport, Op, OpResult, Problem, Removal, SinksChanged, VerifyReport,
+    WalError, WalLimits, WalReader, WalStore, FORMAT_VERSION,
 };
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ use redb::{
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+mod backup;
 mod compact;
 mod deliver;
 mod maintain;
@@ -53,6 +54,7 @@ mod types;
 mod verify;
 mod write;
 
+pub use backup::BackupReport;
 use meta::Meta;
 pub use reader::{DeadLetter, Dump, WalReader};
 pub use sinks::{Removal, SinksChanged};

@@ -72,7 +72,7 @@ pub type DeadLetter = (u64, DeadEntry, Option<Record>);
 /// Read-only access to the WAL (redb readers never block the writer). Blocking: call from a
 /// blocking thread.
 #[derive(Clone)]
-pub struct WalReader(Shared);
+pub struct WalReader(pub(super) Shared);
 
 impl WalReader {
     /// Dead-lettered entries of a sink, oldest first (for inspection).

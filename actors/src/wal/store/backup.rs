@@ -1,0 +1,106 @@
+//! `edge-gateway wal backup DEST` (issue 14): a consistent copy of the WAL, taken from one read
+//! transaction — so while the gateway runs, beside its commits, it holds exactly what some
+//! commit held: every reading acknowledged before the backup began. Leases are not copied (they
+//! live in memory): restored, in-flight records are delivered again (duplicates, same keys).
+//!
+//! Written to `DEST.partial`, synced, then renamed: a backup interrupted part way never looks
+//! like a finished one. `DEST` must not exist.
+
+use super::*;
+use redb::ReadTransaction;
+use serde::Serialize;
+
+/// What a backup wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub dest: String,
+    pub records: u64,
+    pub bytes: u64,
+    pub millis: u64,
+}
+
+fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
+    src: &ReadTransaction,
+    dst: &WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<u64, WalError> {
+    let from = src.open_table(def)?;
+    let mut to = dst.open_table(def)?;
+    let mut n = 0;
+    for row in from.iter()? {
+        let (k, v) = row?;
+        to.insert(k.value(), v.value())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn storage(what: &str, e: impl std::fmt::Display) -> WalError {
+    WalError::Storage(format!("{what}: {e}"))
+}
+
+/// Copies every table of `src`'s snapshot into a new WAL file at `dest`.
+pub(super) fn write(src: &ReadTransaction, dest: &Path) -> Result<BackupReport, WalError> {
+    let started = std::time::Instant::now();
+    if dest.exists() {
+        return Err(WalError::Storage(format!(
+            "{} exists: a backup never overwrites a file",
+            dest.display()
+        )));
+    }
+    let partial = dest.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    let db = Database::create(&partial).map_err(|e| storage("creating the backup", e))?;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| storage("durability", e))?;
+    let records = copy(src, &txn, RECORDS)?;
+    copy(src, &txn, REFS)?;
+    copy(src, &txn, PENDING)?;
+    copy(src, &txn, DEAD)?;
+    copy(src, &txn, META)?;
+    copy(src, &txn, REJECTED)?;
+    copy(src, &txn, IDEM)?;
+    copy(src, &txn, DEVICE_USAGE)?;
+    txn.commit()?;
+    drop(db);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| storage("chmod 600", e))?;
+    }
+    std::fs::File::open(&partial)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| storage("syncing the backup", e))?;
+    std::fs::rename(&partial, dest).map_err(|e| storage("renaming the backup", e))?;
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| storage("syncing the backup's directory", e))?;
+    }
+    Ok(BackupReport {
+        dest: dest.display().to_string(),
+        records,
+        bytes: std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0),
+        millis: started.elapsed().as_millis() as u64,
+    })
+}
+
+impl WalReader {
+    /// A consistent copy of the WAL at `dest`, beside the running writer. Blocking.
+    pub fn backup(&self, dest: &Path) -> Result<BackupReport, WalError> {
+        let db = read_db(&self.0);
+        let txn = db.begin_read()?;
+        write(&txn, dest)
+    }
+}
+
+impl WalStore {
+    /// A copy of a WAL file no process holds open.
+    pub fn offline_backup(path: &Path, dest: &Path) -> Result<BackupReport, WalError> {
+        let db = Database::open(path).map_err(|e| open_error(path, e))?;
+        let txn = db.begin_read()?;
+        write(&txn, dest)
+    }
+}
