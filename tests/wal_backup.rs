@@ -92,6 +92,14 @@ async fn a_backup_taken_under_load_restores_to_a_gateway_that_delivers_everythin
         .log()
         .contains("WAL backup written through the admin API"));
 
+    // Only with the admin token; only to an absolute path.
+    let c = client();
+    let url = gw.admin_url("/admin/wal/backup?dest=/tmp/x.redb");
+    assert_eq!(c.post(&url).send().await.unwrap().status().as_u16(), 401);
+    let rel = gw.admin_url("/admin/wal/backup?dest=x.redb");
+    let r = c.post(&rel).bearer_auth(&gw.admin_token).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
     // Never over an existing file.
     let (c, d) = (cfg.clone(), dest.display().to_string());
     let (ok, _, err) = tokio::task::spawn_blocking(move || cli(&c, &["backup", &d]))
