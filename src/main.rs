@@ -81,6 +81,18 @@ enum WalCmd {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Where is my reading? The record a WAL seq, correlation id or idempotency key names, and
+    /// its state at each sink (pending with attempts, dead with the reason, settled). From the
+    /// file when the gateway is stopped, else through its admin API. Exit 1 when not found.
+    Show {
+        id: String,
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        #[arg(long)]
+        admin_ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// A consistent copy of the WAL in DEST (a new file): from the file when the gateway is
     /// stopped, else through its admin API beside its commits. Restore: copy it to
     /// `data/wal.redb` with the gateway stopped.
@@ -411,6 +423,33 @@ fn main() -> anyhow::Result<()> {
             }
             if !r.ok() {
                 std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Wal {
+            cmd:
+                WalCmd::Show {
+                    id,
+                    admin_token_file,
+                    admin_ca_file,
+                    config,
+                },
+        } => {
+            let cfg = config.load()?;
+            let access = edge_gateway::wal_tools::AdminAccess {
+                token_file: admin_token_file,
+                ca_file: admin_ca_file,
+            };
+            match edge_gateway::wal_tools::show(&cfg, &id, &access)? {
+                Some(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+                None => {
+                    eprintln!(
+                        "{id:?} is not in the WAL: no record has it as WAL seq, correlation id or \
+                         idempotency key (every sink settled it — delivered or purged — or it \
+                         never came)"
+                    );
+                    std::process::exit(1);
+                }
             }
             Ok(())
         }

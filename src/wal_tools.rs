@@ -191,7 +191,7 @@ pub struct AdminAccess {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BackupError {
+pub enum OnlineError {
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error(
@@ -200,7 +200,7 @@ pub enum BackupError {
          listener has TLS, or stop the gateway and run this again"
     )]
     Unreachable(String),
-    #[error("the gateway refused the backup: {0}")]
+    #[error("the gateway answered: {0}")]
     Refused(String),
 }
 
@@ -211,17 +211,47 @@ pub fn backup(
     cfg: &Config,
     dest: &Path,
     access: &AdminAccess,
-) -> Result<(edge_gateway_actors::wal::BackupReport, BackupVia), BackupError> {
+) -> Result<(edge_gateway_actors::wal::BackupReport, BackupVia), OnlineError> {
     let dest = std::path::absolute(dest).map_err(|e| WalError::Storage(e.to_string()))?;
     match WalStore::offline_backup(&cfg.data_dir.join("wal.redb"), &dest) {
         Ok(r) => return Ok((r, BackupVia::File)),
         Err(WalError::AlreadyOpen) => {}
         Err(e) => return Err(e.into()),
     }
-    let unreachable = |e: &dyn std::fmt::Display| BackupError::Unreachable(e.to_string());
+    let (status, body) = admin_request(
+        cfg,
+        access,
+        reqwest::Method::POST,
+        "/admin/wal/backup",
+        &[("dest", dest.display().to_string())],
+    )?;
+    if !(200..300).contains(&status) {
+        return Err(OnlineError::Refused(format!("HTTP {status}: {body}")));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| OnlineError::Refused(format!("{e}: {body}")))?;
+    let report = edge_gateway_actors::wal::BackupReport {
+        dest: v["dest"].as_str().unwrap_or_default().to_string(),
+        records: v["records"].as_u64().unwrap_or(0),
+        bytes: v["bytes"].as_u64().unwrap_or(0),
+        millis: v["millis"].as_u64().unwrap_or(0),
+    };
+    let base = std::fs::read_to_string(cfg.data_dir.join("admin.addr")).unwrap_or_default();
+    Ok((report, BackupVia::Gateway(base.trim().to_string())))
+}
+
+/// One request to the running gateway's admin API, found in `data/admin.addr`, with the admin
+/// token: `(status, body)`.
+fn admin_request(
+    cfg: &Config,
+    access: &AdminAccess,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, String)],
+) -> Result<(u16, String), OnlineError> {
+    let unreachable = |e: &dyn std::fmt::Display| OnlineError::Unreachable(e.to_string());
     let base = std::fs::read_to_string(cfg.data_dir.join("admin.addr"))
         .map_err(|e| unreachable(&format!("data/admin.addr: {e}")))?;
-    let base = base.trim().to_string();
     let token = match (
         &access.token_file,
         std::env::var("EDGE_GATEWAY_ADMIN_TOKEN"),
@@ -240,34 +270,62 @@ pub fn backup(
     )
     .and_then(|b| b.build().map_err(|e| e.to_string()))
     .map_err(|e| unreachable(&e))?;
-    let url = reqwest::Url::parse_with_params(
-        &format!("{base}/admin/wal/backup"),
-        &[("dest", dest.display().to_string())],
-    )
-    .map_err(|e| unreachable(&e))?;
+    let url = reqwest::Url::parse_with_params(&format!("{}{path}", base.trim()), query)
+        .map_err(|e| unreachable(&e))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| unreachable(&e))?;
-    let (status, body) = rt
-        .block_on(async {
-            let resp = client.post(url).bearer_auth(token.trim()).send().await?;
-            let status = resp.status();
-            Ok::<(reqwest::StatusCode, String), reqwest::Error>((status, resp.text().await?))
-        })
-        .map_err(|e| unreachable(&e))?;
-    if !status.is_success() {
-        return Err(BackupError::Refused(format!("HTTP {status}: {body}")));
+    rt.block_on(async {
+        let resp = client
+            .request(method, url)
+            .bearer_auth(token.trim())
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok::<(u16, String), reqwest::Error>((status, resp.text().await?))
+    })
+    .map_err(|e| unreachable(&e))
+}
+
+/// `wal show ID`: the record a WAL seq, correlation id or idempotency key names, with its state
+/// per sink — from the file when the gateway is stopped, else through its admin API.
+pub fn show(
+    cfg: &Config,
+    id: &str,
+    access: &AdminAccess,
+) -> Result<Option<serde_json::Value>, OnlineError> {
+    match WalStore::offline_find(&cfg.data_dir.join("wal.redb"), id) {
+        Ok(v) => return Ok(v.map(|v| serde_json::to_value(v).unwrap_or_default())),
+        Err(WalError::AlreadyOpen) => {}
+        Err(e) => return Err(e.into()),
     }
-    let v: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| BackupError::Refused(format!("{e}: {body}")))?;
-    let report = edge_gateway_actors::wal::BackupReport {
-        dest: v["dest"].as_str().unwrap_or_default().to_string(),
-        records: v["records"].as_u64().unwrap_or(0),
-        bytes: v["bytes"].as_u64().unwrap_or(0),
-        millis: v["millis"].as_u64().unwrap_or(0),
-    };
-    Ok((report, BackupVia::Gateway(base)))
+    let (status, body) = admin_request(
+        cfg,
+        access,
+        reqwest::Method::GET,
+        &format!("/admin/records/{}", url_segment(id)),
+        &[],
+    )?;
+    match status {
+        404 => Ok(None),
+        200 => serde_json::from_str(&body)
+            .map(Some)
+            .map_err(|e| OnlineError::Refused(format!("{e}: {body}"))),
+        s => Err(OnlineError::Refused(format!("HTTP {s}: {body}"))),
+    }
+}
+
+/// `id` as one URL path segment (keys hold `/`).
+fn url_segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Appends one line to `data/audit.jsonl`, durably.

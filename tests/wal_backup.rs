@@ -97,7 +97,12 @@ async fn a_backup_taken_under_load_restores_to_a_gateway_that_delivers_everythin
     let url = gw.admin_url("/admin/wal/backup?dest=/tmp/x.redb");
     assert_eq!(c.post(&url).send().await.unwrap().status().as_u16(), 401);
     let rel = gw.admin_url("/admin/wal/backup?dest=x.redb");
-    let r = c.post(&rel).bearer_auth(&gw.admin_token).send().await.unwrap();
+    let r = c
+        .post(&rel)
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 
     // Never over an existing file.

@@ -8,7 +8,8 @@
 //! `GET /admin/dead-letters/{sink}?limit=N`, `POST /admin/dead-letters/{sink}/requeue?limit=N`
 //! (back to Enqueued, attempts reset, oldest first), `GET /admin/rejected?limit=N` (refused
 //! MQTT messages with payload and reason, newest first), `GET /admin/mqtt` (the MQTT session's
-//! state), `POST /admin/wal/backup?dest=/absolute/new/file` (a consistent copy of the WAL
+//! state), `GET /admin/records/{seq | correlation id | idempotency key}` (a record and its state
+//! per sink), `POST /admin/wal/backup?dest=/absolute/new/file` (a consistent copy of the WAL
 //! beside its commits), and — only with `admin.chaos = true` —
 //! `POST /admin/actors/{name}/fail` and `POST /admin/actors/wal/stall?ms=N` (the next WAL
 //! commit hangs that long, as on a hung disk). The control plane's door: `POST /admin/control`,
@@ -16,6 +17,7 @@
 
 mod control;
 mod tree;
+mod wal;
 
 use edge_gateway_actors::addr::SendError;
 use edge_gateway_actors::ingest::auth::{ct_eq, hash_token};
@@ -332,38 +334,15 @@ async fn admin_route(
             }
             None => json_status(json!({"enabled": false}), StatusCode::OK),
         },
-        (false, ["wal", "backup"]) => {
-            let Some(dest) = query.get("dest").map(std::path::PathBuf::from) else {
-                return json_status(
-                    json!({"error": "bad_request", "field": "dest", "message": "?dest=/absolute/path/of/a/new/file"}),
-                    StatusCode::BAD_REQUEST,
-                );
-            };
-            if !dest.is_absolute() {
-                return json_status(
-                    json!({"error": "bad_request", "field": "dest", "message": "dest must be an absolute path"}),
-                    StatusCode::BAD_REQUEST,
-                );
-            }
-            match h
-                .wal
-                .call(
-                    |reply| WalMsg::Backup { dest, reply },
-                    Some(Duration::from_secs(3600)),
-                )
-                .await
-            {
-                Ok(Ok(r)) => {
-                    tracing::warn!(dest = %r.dest, records = r.records, bytes = r.bytes, "WAL backup written through the admin API");
-                    json_status(serde_json::to_value(r).unwrap_or_default(), StatusCode::OK)
-                }
-                Ok(Err(why)) => json_status(
-                    json!({"error": "backup_failed", "message": why}),
-                    StatusCode::CONFLICT,
-                ),
-                Err(e) => unavailable(e),
-            }
-        }
+        (true, ["records", id]) => wal::find_record(h, wal::percent_decode(id)).await,
+        (true, ["records"]) => match query.get("id") {
+            Some(id) => wal::find_record(h, id.clone()).await,
+            None => json_status(
+                json!({"error": "bad_request", "field": "id", "message": "GET /admin/records/{id} or /admin/records?id=…"}),
+                StatusCode::BAD_REQUEST,
+            ),
+        },
+        (false, ["wal", "backup"]) => wal::backup(h, query).await,
         (false, ["dead-letters", sink, "requeue"]) => {
             let limit = query
                 .get("limit")

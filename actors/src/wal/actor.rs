@@ -5,7 +5,7 @@
 //!   the records: stored ids, duplicates, or `Full` / `DeviceQuota` for backpressure)
 //! - `Lease`       <- Dispatcher (reply: up to N Enqueued records of one sink, now InFlight)
 //! - `Settle`      <- Dispatcher (cast: Acked / Retry / Dead per record for one sink)
-//! - `Stats`, `DeadLetters`, `Backup` <- admin API (reply; dead letters are read, and a
+//! - `Stats`, `DeadLetters`, `Find`, `Backup` <- admin API (reply; dead letters are read, and a
 //!   backup copied from one read transaction, on the blocking pool through a `WalReader`,
 //!   never waiting for the writer)
 //! - `Requeue`     <- admin API (reply after the commit: dead letters of a sink back to Enqueued)
@@ -97,6 +97,12 @@ pub enum WalMsg {
         outcomes: Vec<(u64, Outcome)>,
     },
     Stats(RpcReplyPort<WalStats>),
+    /// The record a WAL seq, correlation id or idempotency key names, and its state per sink
+    /// (admin API: "where is my reading?").
+    Find {
+        id: String,
+        reply: RpcReplyPort<Result<Option<super::RecordView>, String>>,
+    },
     /// A consistent copy of the WAL at `dest` (a new file), beside commits (admin API).
     Backup {
         dest: std::path::PathBuf,
@@ -713,6 +719,16 @@ impl Actor for Wal {
                             .map(WalStore::stats)
                             .unwrap_or_else(|| state.last_stats.clone());
                         let _ = reply.send(s);
+                    }
+                    WalMsg::Find { id, reply } => {
+                        let Some(reader) = state.reader.clone() else {
+                            let _ = reply.send(Err(REOPENING.into()));
+                            return Ok(());
+                        };
+                        state.tasks.push(tokio::spawn(async move {
+                            let found = tokio::task::spawn_blocking(move || reader.find(&id)).await;
+                            let _ = reply.send(read_answer(found));
+                        }));
                     }
                     WalMsg::Backup { dest, reply } => {
                         let Some(reader) = state.reader.clone() else {

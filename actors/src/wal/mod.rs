@@ -11,8 +11,8 @@ pub use record::*;
 pub use rejected::Rejected;
 pub use store::{
     free_space_of, AppendRefused, BackupReport, Compacted, DeadFilter, DeadLetter, DiskFull, Dump,
-    FreeSpace, Full, MaintainReport, Op, OpResult, Problem, Removal, SinksChanged, VerifyReport,
-    WalError, WalLimits, WalReader, WalStore, FORMAT_VERSION,
+    FreeSpace, Full, MaintainReport, Op, OpResult, Problem, RecordView, Removal, SinkState,
+    SinksChanged, VerifyReport, WalError, WalLimits, WalReader, WalStore, FORMAT_VERSION,
 };
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 mod backup;
 mod compact;
 mod deliver;
+mod lookup;
 mod maintain;
 mod meta;
 mod reader;
@@ -55,6 +56,7 @@ mod verify;
 mod write;
 
 pub use backup::BackupReport;
+pub use lookup::{RecordView, SinkState};
 use meta::Meta;
 pub use reader::{DeadLetter, Dump, WalReader};
 pub use sinks::{Removal, SinksChanged};

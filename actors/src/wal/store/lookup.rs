@@ -1,0 +1,122 @@
+//! "Where is my reading?" (issue 14, part 1): a record found by its WAL sequence number,
+//! correlation id or idempotency key, with its state at each sink the WAL knows.
+//!
+//! By sequence number it is one lookup; by correlation id or key it is a scan of the stored
+//! records (no index is kept for them: each would cost every append a row), about a second per
+//! million records. Only what the WAL still holds is found: a record every sink has settled is
+//! deleted (a per-record history kept after that is not built).
+
+use super::*;
+use serde::Serialize;
+
+/// One sink's view of a record.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkState {
+    pub sink: String,
+    /// `pending` (enqueued or in flight: leases are in the writer's memory), `dead`, or
+    /// `settled` (no row: delivered, or never routed to this sink).
+    pub state: &'static str,
+    /// Deliveries tried so far (pending and dead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead: Option<DeadEntry>,
+}
+
+/// A record and where it stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordView {
+    pub wal_seq: u64,
+    /// WAL time of its append (see "Time" in `store/mod.rs`).
+    pub appended_at_wal_ms: Option<u64>,
+    pub record: serde_json::Value,
+    pub sinks: Vec<SinkState>,
+}
+
+/// Finds `id` in `txn`: a number is tried as a WAL sequence number first, then every stored
+/// record's correlation id and idempotency key are compared.
+pub(super) fn find(txn: &redb::ReadTransaction, id: &str) -> Result<Option<RecordView>, WalError> {
+    let records = txn.open_table(RECORDS)?;
+    let mut found = None;
+    if let Ok(seq) = id.parse::<u64>() {
+        if let Some(b) = records.get(seq)? {
+            found = Some((seq, b.value().to_vec()));
+        }
+    }
+    if found.is_none() {
+        for row in records.iter()? {
+            let (k, v) = row?;
+            if let Ok(r) = Record::decode(v.value()) {
+                if r.correlation_id == id || r.idempotency_key == id {
+                    found = Some((k.value(), v.value().to_vec()));
+                    break;
+                }
+            }
+        }
+    }
+    let Some((seq, body)) = found else {
+        return Ok(None);
+    };
+    let record = match Record::decode(&body) {
+        Ok(r) => {
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            if let Some(t) = r.trace {
+                v["trace"] = serde_json::json!(t.to_string());
+            }
+            v
+        }
+        Err(e) => serde_json::json!({"undecodable": e}),
+    };
+    let appended = txn.open_table(REFS)?.get(seq)?.map(|v| v.value().1);
+    let (pending, dead) = (txn.open_table(PENDING)?, txn.open_table(DEAD)?);
+    let meta = txn.open_table(META)?;
+    let mut sinks = std::collections::BTreeSet::new();
+    for row in meta.iter()? {
+        let (k, _) = row?;
+        if let Some(("pending", s)) = k.value().split_once('/') {
+            sinks.insert(s.to_string());
+        }
+    }
+    let mut out = Vec::new();
+    for sink in sinks {
+        let p = pending.get((sink.as_str(), seq))?.map(|v| v.value());
+        let d = dead
+            .get((sink.as_str(), seq))?
+            .and_then(|v| ciborium::from_reader::<DeadEntry, _>(v.value()).ok());
+        let state = match (&p, &d) {
+            (Some(_), _) => "pending",
+            (None, Some(_)) => "dead",
+            (None, None) => "settled",
+        };
+        out.push(SinkState {
+            sink,
+            state,
+            attempts: p.or(d.as_ref().map(|e| e.attempts)),
+            dead: d,
+        });
+    }
+    Ok(Some(RecordView {
+        wal_seq: seq,
+        appended_at_wal_ms: appended,
+        record,
+        sinks: out,
+    }))
+}
+
+impl WalReader {
+    /// The record `id` names, beside the running writer. Blocking.
+    pub fn find(&self, id: &str) -> Result<Option<RecordView>, WalError> {
+        let db = read_db(&self.0);
+        let txn = db.begin_read()?;
+        find(&txn, id)
+    }
+}
+
+impl WalStore {
+    /// The record `id` names in a WAL file no process holds open.
+    pub fn offline_find(path: &Path, id: &str) -> Result<Option<RecordView>, WalError> {
+        let db = Database::open(path).map_err(|e| open_error(path, e))?;
+        let txn = db.begin_read()?;
+        find(&txn, id)
+    }
+}

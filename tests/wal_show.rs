@@ -1,0 +1,127 @@
+//! "Where is my reading?" (issue 14, part 1): `GET /admin/records/{id}` and `edge-gateway wal
+//! show ID` find a record by WAL seq, correlation id or idempotency key, with its state at
+//! each sink — pending with attempts, dead with the reason, settled — while the gateway runs
+//! (through the admin API) and stopped (from the file).
+
+mod common;
+
+use common::sink::{Behaviour, RecordingSink};
+use common::*;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+fn show(cfg: &std::path::Path, id: &str) -> (bool, Value, String) {
+    let out = Command::new(BIN)
+        .args(["wal", "show", id, "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (
+        out.status.success(),
+        v,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn state<'a>(v: &'a Value, sink: &str) -> &'a Value {
+    v["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sink"] == sink)
+        .unwrap_or_else(|| panic!("no {sink} in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_is_found_by_seq_correlation_id_or_key_with_its_state_per_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = RecordingSink::start().await;
+    api.set(Behaviour::Poison);
+    let slow = RecordingSink::start().await;
+    slow.set(Behaviour::Always(503));
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n\
+             [[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"{}\"\n\
+             [[sinks]]\nname = \"slow\"\ntype = \"http\"\nurl = \"{}\"\n",
+            api.url(),
+            slow.url()
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let c = client();
+    let (s, ok) = post_json(
+        &c,
+        &gw.url("/ingest/d-1"),
+        &gw.token,
+        &json!({"seq": 1, "t": 2}),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let (s, _) = post_json(
+        &c,
+        &gw.url("/ingest/d-1"),
+        &gw.token,
+        &json!({"seq": 2, "poison": true}),
+    )
+    .await;
+    assert_eq!(s, 202);
+    api.wait_for_keys(
+        &HashSet::from(["d-1/seq/1".to_string()]),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    gw.wait_dead_letters("api", 1).await;
+
+    // Running: through the admin API, by key (it holds '/').
+    let (found, v, err) = show(&cfg, "d-1/seq/2");
+    assert!(found, "{err}");
+    assert_eq!(v["record"]["idempotency_key"], "d-1/seq/2", "{v}");
+    let dead = state(&v, "api");
+    assert_eq!(dead["state"], "dead", "{v}");
+    assert!(
+        dead["dead"]["reason"].as_str().unwrap().contains("400"),
+        "{v}"
+    );
+    assert_eq!(state(&v, "slow")["state"], "pending", "{v}");
+    // By correlation id, and by WAL seq: the same record.
+    let corr = ok["correlation_id"].as_str().unwrap();
+    let by_corr: Value = gw.admin_get(&format!("/admin/records/{corr}")).await;
+    assert_eq!(
+        by_corr["record"]["idempotency_key"], "d-1/seq/1",
+        "{by_corr}"
+    );
+    assert_eq!(state(&by_corr, "api")["state"], "settled");
+    let seq = by_corr["wal_seq"].as_u64().unwrap();
+    let by_seq: Value = gw.admin_get(&format!("/admin/records/{seq}")).await;
+    assert_eq!(by_seq["record"]["correlation_id"], corr);
+    let missing = c
+        .get(gw.admin_url("/admin/records/nothing-like-it"))
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    let unauth = c
+        .get(gw.admin_url("/admin/records/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauth.status().as_u16(), 401);
+    assert!(gw.terminate().success());
+
+    // Stopped: from the file.
+    let (found, v, _) = show(&cfg, corr);
+    assert!(found);
+    assert_eq!(v["wal_seq"], seq, "{v}");
+    // A sink in an outage uses up no attempts (docs/operations.md).
+    assert_eq!(state(&v, "slow")["state"], "pending", "{v}");
+    assert_eq!(state(&v, "slow")["attempts"], 0, "{v}");
+    let (found, _, err) = show(&cfg, "nothing-like-it");
+    assert!(!found && err.contains("not in the WAL"), "{err}");
+}
