@@ -16,6 +16,8 @@
 
 pub mod admin;
 mod credentials;
+pub mod dlq_tools;
+pub mod online;
 pub mod wal_tools;
 
 pub use credentials::{resolve_credentials, Credentials, CredentialsError};

@@ -5,6 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use edge_gateway::config::{self, Config, LoadOptions};
 use std::path::PathBuf;
 
+mod walcli;
+
 #[derive(Parser)]
 #[command(
     name = "edge-gateway",
@@ -25,10 +27,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
-    /// Inspect the write-ahead log.
+    /// The write-ahead log: stats, verify, backup, find a reading, renamed sinks.
     Wal {
         #[command(subcommand)]
-        cmd: WalCmd,
+        cmd: walcli::WalCmd,
+    },
+    /// Dead letters at scale: list (paged), export (JSON Lines), requeue, purge — filtered by
+    /// device, reason and time; the gateway stopped or running.
+    Dlq {
+        #[command(subcommand)]
+        cmd: walcli::DlqCmd,
     },
     /// Dead letters: purge what will never be delivered (the gateway must be stopped; a
     /// running one takes `DELETE /admin/dead-letters/{sink}`).
@@ -54,67 +62,6 @@ enum Cmd {
 enum ConfigCmd {
     /// Validate the configuration and print the effective result (secrets redacted).
     Check(ConfigArgs),
-}
-
-#[derive(Subcommand)]
-enum WalCmd {
-    /// Counts by state and sink, and the sinks the WAL holds records for that the
-    /// configuration lacks (`orphaned`). Works while the gateway is stopped.
-    Stats(ConfigArgs),
-    /// A sink was renamed: carry its pending records and dead letters over to the new name
-    /// (which must be in the configuration). Gateway stopped; counted and audited.
-    MoveSink {
-        /// The old name (no longer in the configuration).
-        from: String,
-        /// The new name (in the configuration).
-        to: String,
-        #[command(flatten)]
-        config: ConfigArgs,
-    },
-    /// Check the WAL file: redb's page checks and every invariant between its tables (reference
-    /// counts, rows naming missing records, records that do not decode, counters). Gateway
-    /// stopped. Exit status 1 when anything is wrong.
-    Verify {
-        /// The report as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
-    },
-    /// Where is my reading? The record a WAL seq, correlation id or idempotency key names, and
-    /// its state at each sink (pending with attempts, dead with the reason, settled). From the
-    /// file when the gateway is stopped, else through its admin API. Exit 1 when not found.
-    Show {
-        id: String,
-        #[arg(long)]
-        admin_token_file: Option<PathBuf>,
-        #[arg(long)]
-        admin_ca_file: Option<PathBuf>,
-        #[command(flatten)]
-        config: ConfigArgs,
-    },
-    /// A consistent copy of the WAL in DEST (a new file): from the file when the gateway is
-    /// stopped, else through its admin API beside its commits. Restore: copy it to
-    /// `data/wal.redb` with the gateway stopped.
-    Backup {
-        dest: PathBuf,
-        /// The admin token, for a running gateway (default: `EDGE_GATEWAY_ADMIN_TOKEN`, then
-        /// the generated `data/admin.token`).
-        #[arg(long)]
-        admin_token_file: Option<PathBuf>,
-        /// The CA of the admin listener's certificate, when it has TLS.
-        #[arg(long)]
-        admin_ca_file: Option<PathBuf>,
-        #[command(flatten)]
-        config: ConfigArgs,
-    },
-    /// A sink was removed for good: delete its pending records and dead letters. Gateway
-    /// stopped; counted and audited.
-    DropSink {
-        sink: String,
-        #[command(flatten)]
-        config: ConfigArgs,
-    },
 }
 
 #[derive(Subcommand)]
@@ -165,7 +112,7 @@ enum TokenCmd {
 }
 
 #[derive(Args, Clone)]
-struct ConfigArgs {
+pub(crate) struct ConfigArgs {
     /// TOML config file. Without it the embedded defaults apply.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -216,7 +163,7 @@ impl ConfigArgs {
 }
 
 /// For the commands that change the WAL: their warnings on stderr, as text.
-fn init_cli_logging() {
+pub(crate) fn init_cli_logging() {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::WARN)
@@ -338,6 +285,7 @@ fn main() -> anyhow::Result<()> {
             let filter = edge_gateway::DeadFilter {
                 reason,
                 older_than_ms: older_than.map(|d| d.as_millis() as u64),
+                ..Default::default()
             };
             let n = edge_gateway::purge_dead_letters(&cfg, &sink, filter, limit).with_context(
                 || {
@@ -390,99 +338,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Wal {
-            cmd: WalCmd::Stats(a),
-        } => {
-            let cfg = a.load()?;
-            let stats = edge_gateway::wal_tools::stats(&cfg)
-                .with_context(|| format!("reading {}", cfg.data_dir.join("wal.redb").display()))?;
-            println!("{}", serde_json::to_string_pretty(&stats)?);
-            Ok(())
-        }
-        Cmd::Wal {
-            cmd: WalCmd::MoveSink { from, to, config },
-        } => {
-            let cfg = config.load()?;
-            init_cli_logging();
-            let c = edge_gateway::wal_tools::move_sink(&cfg, &from, &to)?;
-            println!(
-                "{}",
-                serde_json::json!({"from": from, "to": to, "moved": c.moved, "moved_dead": c.moved_dead})
-            );
-            Ok(())
-        }
-        Cmd::Wal {
-            cmd: WalCmd::Verify { json, config },
-        } => {
-            let cfg = config.load()?;
-            let r = edge_gateway::wal_tools::verify(&cfg)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", edge_gateway::wal_tools::verify_text(&r));
-            }
-            if !r.ok() {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-        Cmd::Wal {
-            cmd:
-                WalCmd::Show {
-                    id,
-                    admin_token_file,
-                    admin_ca_file,
-                    config,
-                },
-        } => {
-            let cfg = config.load()?;
-            let access = edge_gateway::wal_tools::AdminAccess {
-                token_file: admin_token_file,
-                ca_file: admin_ca_file,
-            };
-            match edge_gateway::wal_tools::show(&cfg, &id, &access)? {
-                Some(v) => println!("{}", serde_json::to_string_pretty(&v)?),
-                None => {
-                    eprintln!(
-                        "{id:?} is not in the WAL: no record has it as WAL seq, correlation id or \
-                         idempotency key (every sink settled it — delivered or purged — or it \
-                         never came)"
-                    );
-                    std::process::exit(1);
-                }
-            }
-            Ok(())
-        }
-        Cmd::Wal {
-            cmd:
-                WalCmd::Backup {
-                    dest,
-                    admin_token_file,
-                    admin_ca_file,
-                    config,
-                },
-        } => {
-            let cfg = config.load()?;
-            let access = edge_gateway::wal_tools::AdminAccess {
-                token_file: admin_token_file,
-                ca_file: admin_ca_file,
-            };
-            let (r, via) = edge_gateway::wal_tools::backup(&cfg, &dest, &access)?;
-            println!("{}", serde_json::json!({"backup": r, "via": via}));
-            Ok(())
-        }
-        Cmd::Wal {
-            cmd: WalCmd::DropSink { sink, config },
-        } => {
-            let cfg = config.load()?;
-            init_cli_logging();
-            let c = edge_gateway::wal_tools::drop_sink(&cfg, &sink)?;
-            println!(
-                "{}",
-                serde_json::json!({"sink": sink, "dropped": c.dropped})
-            );
-            Ok(())
-        }
+        Cmd::Wal { cmd } => walcli::wal(cmd),
+        Cmd::Dlq { cmd } => walcli::dlq(cmd),
         Cmd::Run(a) => {
             let cfg = a.load()?;
             let set_log_level = init_logging(&cfg);

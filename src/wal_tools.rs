@@ -2,6 +2,7 @@
 //! a removed sink's, with the gateway stopped. Each change is counted, logged and appended to
 //! `data/audit.jsonl` (fsync'd) — what was done to readings, by whom is the host's business.
 
+use crate::online::{admin_request, url_segment, AdminAccess, OnlineError};
 use edge_gateway_actors::wal::{
     Op, OpResult, OrphanedSink, Removal, SinksChanged, WalError, WalLimits, WalStats, WalStore,
 };
@@ -180,30 +181,6 @@ pub enum BackupVia {
     Gateway(String),
 }
 
-/// How the command line reaches a running gateway's admin API.
-#[derive(Debug, Clone, Default)]
-pub struct AdminAccess {
-    /// A file holding the admin token; else `EDGE_GATEWAY_ADMIN_TOKEN`; else the generated
-    /// `data/admin.token`.
-    pub token_file: Option<std::path::PathBuf>,
-    /// The CA that signed the admin listener's certificate (`admin.tls`).
-    pub ca_file: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum OnlineError {
-    #[error(transparent)]
-    Wal(#[from] WalError),
-    #[error(
-        "the gateway is running and cannot be reached through its admin API ({0}); pass \
-         --admin-token-file (or set EDGE_GATEWAY_ADMIN_TOKEN), and --admin-ca-file if the admin \
-         listener has TLS, or stop the gateway and run this again"
-    )]
-    Unreachable(String),
-    #[error("the gateway answered: {0}")]
-    Refused(String),
-}
-
 /// `wal backup DEST`: a consistent copy of the WAL at `dest` (a new file). With the gateway
 /// stopped, from the file; while it runs, through its admin API (found in `data/admin.addr`),
 /// beside its commits.
@@ -240,54 +217,6 @@ pub fn backup(
     Ok((report, BackupVia::Gateway(base.trim().to_string())))
 }
 
-/// One request to the running gateway's admin API, found in `data/admin.addr`, with the admin
-/// token: `(status, body)`.
-fn admin_request(
-    cfg: &Config,
-    access: &AdminAccess,
-    method: reqwest::Method,
-    path: &str,
-    query: &[(&str, String)],
-) -> Result<(u16, String), OnlineError> {
-    let unreachable = |e: &dyn std::fmt::Display| OnlineError::Unreachable(e.to_string());
-    let base = std::fs::read_to_string(cfg.data_dir.join("admin.addr"))
-        .map_err(|e| unreachable(&format!("data/admin.addr: {e}")))?;
-    let token = match (
-        &access.token_file,
-        std::env::var("EDGE_GATEWAY_ADMIN_TOKEN"),
-    ) {
-        (Some(f), _) => edge_gateway_actors::ingest::auth::read_secret(f),
-        (None, Ok(t)) => Ok(t),
-        (None, Err(_)) => {
-            edge_gateway_actors::ingest::auth::read_secret(&cfg.data_dir.join("admin.token"))
-        }
-    }
-    .map_err(|e| unreachable(&format!("the admin token: {e}")))?;
-    let client = edge_gateway_actors::sinks::http::with_tls(
-        reqwest::Client::builder(),
-        access.ca_file.as_deref(),
-        None,
-    )
-    .and_then(|b| b.build().map_err(|e| e.to_string()))
-    .map_err(|e| unreachable(&e))?;
-    let url = reqwest::Url::parse_with_params(&format!("{}{path}", base.trim()), query)
-        .map_err(|e| unreachable(&e))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| unreachable(&e))?;
-    rt.block_on(async {
-        let resp = client
-            .request(method, url)
-            .bearer_auth(token.trim())
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        Ok::<(u16, String), reqwest::Error>((status, resp.text().await?))
-    })
-    .map_err(|e| unreachable(&e))
-}
-
 /// `wal show ID`: the record a WAL seq, correlation id or idempotency key names, with its state
 /// per sink — from the file when the gateway is stopped, else through its admin API.
 pub fn show(
@@ -316,20 +245,8 @@ pub fn show(
     }
 }
 
-/// `id` as one URL path segment (keys hold `/`).
-fn url_segment(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Appends one line to `data/audit.jsonl`, durably.
-fn audit(data_dir: &Path, line: &serde_json::Value) -> Result<(), WalToolError> {
+pub(crate) fn audit(data_dir: &Path, line: &serde_json::Value) -> Result<(), WalToolError> {
     let path = data_dir.join("audit.jsonl");
     let err = |source| WalToolError::Audit {
         path: path.display().to_string(),

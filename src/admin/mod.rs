@@ -5,8 +5,9 @@
 //! Admin token (`Authorization: Bearer …`): `GET /admin/tree`, `GET /admin/wal`,
 //! `GET /admin/outages?since=24h` (each period a sink was unreachable or paused),
 //! `GET /admin/devices?limit=N&silent_for=10m` (per-device health, most recently seen first),
-//! `GET /admin/dead-letters/{sink}?limit=N`, `POST /admin/dead-letters/{sink}/requeue?limit=N`
-//! (back to Enqueued, attempts reset, oldest first), `GET /admin/rejected?limit=N` (refused
+//! dead letters (`dlq.rs`): `GET /admin/dead-letters/{sink}` (a page), `…/export` (JSON Lines,
+//! streamed), `POST …/requeue`, `DELETE /admin/dead-letters/{sink}`, all with the same
+//! filters, `GET /admin/rejected?limit=N` (refused
 //! MQTT messages with payload and reason, newest first), `GET /admin/mqtt` (the MQTT session's
 //! state), `GET /admin/records/{seq | correlation id | idempotency key}` (a record and its state
 //! per sink), `POST /admin/wal/backup?dest=/absolute/new/file` (a consistent copy of the WAL
@@ -16,12 +17,13 @@
 //! `GET /admin/control/{command_id}`, `GET /admin/control?limit=N` (see `control.rs`).
 
 mod control;
+mod dlq;
 mod tree;
 mod wal;
 
 use edge_gateway_actors::addr::SendError;
 use edge_gateway_actors::ingest::auth::{ct_eq, hash_token};
-use edge_gateway_actors::wal::{DeadClass, DeadFilter, WalMsg};
+use edge_gateway_actors::wal::WalMsg;
 use edge_gateway_config::Config;
 use edge_gateway_supervisors::tree::Handles;
 use serde_json::json;
@@ -161,95 +163,12 @@ async fn route(
         }
         (_, ["admin", ..]) => match refused(&ctx, authz.as_deref()) {
             Some(r) => r,
-            None if method == warp::http::Method::DELETE => {
-                admin_delete(&ctx, &segs[1..], &query).await
-            }
+            None if method == warp::http::Method::DELETE => dlq::purge(h, &segs[1..], &query).await,
             None => admin_route(&ctx, get, &segs[1..], &query).await,
         },
         _ => json_status(json!({"error": "not_found"}), StatusCode::NOT_FOUND),
     };
     Ok(resp)
-}
-
-/// Which dead letters a purge asks for: `reason` (a class as in the metrics), `older_than`
-/// (seconds), `limit`. Errors name the parameter.
-fn dead_filter(
-    query: &std::collections::HashMap<String, String>,
-) -> Result<(DeadFilter, usize), (&'static str, String)> {
-    let reason = match query.get("reason").map(|r| (r, DeadClass::parse(r))) {
-        None => None,
-        Some((_, Some(class))) => Some(class),
-        Some((r, None)) => {
-            let classes = DeadClass::ALL.map(DeadClass::as_str);
-            return Err(("reason", format!("{r:?} is not one of {classes:?}")));
-        }
-    };
-    let older_than_ms = match query.get("older_than") {
-        None => None,
-        Some(s) => match s.parse::<u64>() {
-            Ok(secs) => Some(secs.saturating_mul(1000)),
-            Err(_) => return Err(("older_than", "must be whole seconds".into())),
-        },
-    };
-    let limit = match query.get("limit") {
-        None => 100_000,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if n > 0 => n.min(1_000_000),
-            _ => return Err(("limit", "must be a positive whole number".into())),
-        },
-    };
-    Ok((
-        DeadFilter {
-            reason,
-            older_than_ms,
-        },
-        limit,
-    ))
-}
-
-/// `DELETE /admin/dead-letters/{sink}?reason=&older_than=&limit=`: the operator's purge,
-/// counted (`dead_letters_purged_total{why="operator"}`) and logged by the WAL.
-async fn admin_delete(
-    ctx: &Ctx,
-    segs: &[&str],
-    query: &std::collections::HashMap<String, String>,
-) -> warp::reply::Response {
-    let h = &ctx.handles;
-    let ["dead-letters", sink] = segs else {
-        return json_status(json!({"error": "not_found"}), StatusCode::NOT_FOUND);
-    };
-    if !h.live.sink_names().iter().any(|s| s == sink) {
-        return json_status(
-            json!({"error": "unknown_sink", "field": "sink", "message": format!("no sink named {sink:?}")}),
-            StatusCode::NOT_FOUND,
-        );
-    }
-    let (filter, limit) = match dead_filter(query) {
-        Ok(f) => f,
-        Err((field, message)) => {
-            return json_status(
-                json!({"error": "invalid_query", "field": field, "message": message}),
-                StatusCode::BAD_REQUEST,
-            )
-        }
-    };
-    let sink = sink.to_string();
-    match h
-        .wal
-        .call(
-            |reply| WalMsg::PurgeDead {
-                sink,
-                filter,
-                limit,
-                reply,
-            },
-            Some(Duration::from_secs(60)),
-        )
-        .await
-    {
-        Ok(n) => json_status(json!({"purged": n}), StatusCode::OK),
-        Err(e) => unavailable(e),
-    }
 }
 
 async fn admin_route(
@@ -278,33 +197,8 @@ async fn admin_route(
             Ok(s) => json_status(serde_json::to_value(s).unwrap_or_default(), StatusCode::OK),
             Err(e) => unavailable(e),
         },
-        (true, ["dead-letters", sink]) => {
-            let limit = query
-                .get("limit")
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(100usize)
-                .min(10_000);
-            let sink = sink.to_string();
-            match h
-                .wal
-                .call(
-                    |reply| WalMsg::DeadLetters { sink, limit, reply },
-                    Some(Duration::from_secs(5)),
-                )
-                .await
-            {
-                Ok(Err(why)) => read_failed(why),
-                Ok(Ok(rows)) => {
-                    let items: Vec<_> = rows
-                        .into_iter()
-                        .map(|(seq, d, r)| json!({"wal_seq": seq, "reason": d.reason, "attempts": d.attempts, "dead_at_ms": d.dead_at_ms,
-                            "record": r.map(|r| json!({"device_id": r.device_id, "idempotency_key": r.idempotency_key, "correlation_id": r.correlation_id, "data": r.data}))}))
-                        .collect();
-                    json_status(json!({"dead_letters": items}), StatusCode::OK)
-                }
-                Err(e) => unavailable(e),
-            }
-        }
+        (true, ["dead-letters", sink]) => dlq::list(h, sink, query).await,
+        (true, ["dead-letters", sink, "export"]) => dlq::export(h, sink, query).await,
         (true, ["rejected"]) => {
             let limit = query
                 .get("limit")
@@ -343,32 +237,7 @@ async fn admin_route(
             ),
         },
         (false, ["wal", "backup"]) => wal::backup(h, query).await,
-        (false, ["dead-letters", sink, "requeue"]) => {
-            let limit = query
-                .get("limit")
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(1000usize)
-                .min(100_000);
-            let sink = sink.to_string();
-            match h
-                .wal
-                .call(
-                    |reply| WalMsg::Requeue {
-                        sink: sink.clone(),
-                        limit,
-                        reply,
-                    },
-                    Some(Duration::from_secs(30)),
-                )
-                .await
-            {
-                Ok(n) => {
-                    tracing::warn!(sink = %sink, requeued = n, "dead letters requeued through the admin API");
-                    json_status(json!({"requeued": n}), StatusCode::OK)
-                }
-                Err(e) => unavailable(e),
-            }
-        }
+        (false, ["dead-letters", sink, "requeue"]) => dlq::requeue(h, sink, query).await,
         (true, ["devices"]) => {
             let limit = query
                 .get("limit")

@@ -198,7 +198,9 @@ impl Gateway {
     pub async fn wait_dead_letters(&self, sink: &str, n: usize) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let dl = self.admin_get(&format!("/admin/dead-letters/{sink}")).await;
+            let dl = self
+                .admin_get(&format!("/admin/dead-letters/{sink}?limit=10000"))
+                .await;
             if dl["dead_letters"].as_array().is_some_and(|a| a.len() >= n) {
                 return dl;
             }

@@ -73,6 +73,7 @@ impl ControlState {
                         |reply| WalMsg::Requeue {
                             sink: s,
                             limit,
+                            filter: Default::default(),
                             reply,
                         },
                         Some(Duration::from_secs(30)),

@@ -394,6 +394,7 @@ fn the_operator_purges_dead_letters_by_reason_and_age() {
             vec![purge(DeadFilter {
                 reason: Some(DeadClass::Expired),
                 older_than_ms: None,
+                ..Default::default()
             })],
             40,
         )
@@ -411,6 +412,7 @@ fn the_operator_purges_dead_letters_by_reason_and_age() {
             vec![purge(DeadFilter {
                 reason: Some(DeadClass::Rejected),
                 older_than_ms: Some(15),
+                ..Default::default()
             })],
             40,
         )

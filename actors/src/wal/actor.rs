@@ -5,7 +5,7 @@
 //!   the records: stored ids, duplicates, or `Full` / `DeviceQuota` for backpressure)
 //! - `Lease`       <- Dispatcher (reply: up to N Enqueued records of one sink, now InFlight)
 //! - `Settle`      <- Dispatcher (cast: Acked / Retry / Dead per record for one sink)
-//! - `Stats`, `DeadLetters`, `Find`, `Backup` <- admin API (reply; dead letters are read, and a
+//! - `Stats`, `DeadLetters`, `Find`, `Backup`, `Reader` <- admin API (reply; dead letters are read, and a
 //!   backup copied from one read transaction, on the blocking pool through a `WalReader`,
 //!   never waiting for the writer)
 //! - `Requeue`     <- admin API (reply after the commit: dead letters of a sink back to Enqueued)
@@ -103,6 +103,9 @@ pub enum WalMsg {
         id: String,
         reply: RpcReplyPort<Result<Option<super::RecordView>, String>>,
     },
+    /// A read-only handle for long reads on the caller's blocking threads (an export of dead
+    /// letters streamed by the admin API); `Err` while the WAL reopens.
+    Reader(RpcReplyPort<Result<super::WalReader, String>>),
     /// A consistent copy of the WAL at `dest` (a new file), beside commits (admin API).
     Backup {
         dest: std::path::PathBuf,
@@ -117,6 +120,7 @@ pub enum WalMsg {
     Requeue {
         sink: String,
         limit: usize,
+        filter: super::DeadFilter,
         reply: RpcReplyPort<usize>,
     },
     Reject {
@@ -720,6 +724,9 @@ impl Actor for Wal {
                             .unwrap_or_else(|| state.last_stats.clone());
                         let _ = reply.send(s);
                     }
+                    WalMsg::Reader(reply) => {
+                        let _ = reply.send(state.reader.clone().ok_or_else(|| REOPENING.into()));
+                    }
                     WalMsg::Find { id, reply } => {
                         let Some(reader) = state.reader.clone() else {
                             let _ = reply.send(Err(REOPENING.into()));
@@ -754,11 +761,20 @@ impl Actor for Wal {
                             let _ = reply.send(read_answer(rows));
                         }));
                     }
-                    WalMsg::Requeue { sink, limit, reply } => {
+                    WalMsg::Requeue {
+                        sink,
+                        limit,
+                        filter,
+                        reply,
+                    } => {
                         Self::enqueue(
                             &myself,
                             state,
-                            Op::Requeue { sink, limit },
+                            Op::Requeue {
+                                sink,
+                                limit,
+                                filter,
+                            },
                             Waiter::Requeue(reply),
                         );
                     }

@@ -10,9 +10,10 @@ pub use quota::{DeviceQuota, Usage};
 pub use record::*;
 pub use rejected::Rejected;
 pub use store::{
-    free_space_of, AppendRefused, BackupReport, Compacted, DeadFilter, DeadLetter, DiskFull, Dump,
-    FreeSpace, Full, MaintainReport, Op, OpResult, Problem, RecordView, Removal, SinkState,
-    SinksChanged, VerifyReport, WalError, WalLimits, WalReader, WalStore, FORMAT_VERSION,
+    free_space_of, glob, AppendRefused, BackupReport, Compacted, DeadFilter, DeadLetter, DeadRow,
+    DiskFull, Dump, FreeSpace, Full, MaintainReport, Op, OpResult, Problem, RecordView, Removal,
+    SinkState, SinksChanged, VerifyReport, WalError, WalLimits, WalReader, WalStore,
+    FORMAT_VERSION,
 };
 
 #[cfg(test)]

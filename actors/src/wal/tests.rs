@@ -352,6 +352,7 @@ fn requeue_moves_dead_letters_back_with_attempts_reset() {
         Op::Requeue {
             sink: "a".into(),
             limit: 1,
+            filter: Default::default(),
         },
         0,
     );
@@ -743,7 +744,7 @@ proptest! {
                 MOp::Requeue(si) => {
                     let sink = SINKS[si];
                     let back: Vec<(String, u64)> = m.dead.iter().filter(|(k, _)| k == sink).take(2).cloned().collect();
-                    let (s2, r) = one(s, Op::Requeue { sink: sink.into(), limit: 2 }, now);
+                    let (s2, r) = one(s, Op::Requeue { sink: sink.into(), limit: 2, filter: Default::default() }, now);
                     prop_assert_eq!(r, OpResult::Requeued(back.len()));
                     for k in back {
                         m.dead.remove(&k);

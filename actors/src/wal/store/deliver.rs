@@ -135,13 +135,9 @@ impl WalStore {
         meta: &mut Meta,
         sink: &str,
         limit: usize,
+        filter: Option<(&DeadFilter, u64)>,
     ) -> Result<usize, WalError> {
-        let seqs: Vec<u64> = tx
-            .dead
-            .range((sink, 0)..=(sink, u64::MAX))?
-            .take(limit)
-            .map(|r| r.map(|(k, _)| k.value().1))
-            .collect::<Result<_, _>>()?;
+        let seqs = self.dead_matching(tx, sink, limit, filter)?;
         for &seq in &seqs {
             // The dead row's reference passes to the pending row: `refs` is unchanged.
             tx.dead.remove((sink, seq))?;

@@ -5,25 +5,17 @@ use super::*;
 impl WalStore {
     /// Deletes up to `limit` of `sink`'s dead letters that `matches` accepts, oldest first
     /// (`None`: an entry that no longer decodes).
+    /// Deletes up to `limit` of `sink`'s dead letters (oldest first) that `filter` takes
+    /// (`None`: all).
     pub(super) fn purge_dead(
         &mut self,
         tx: &mut Tx<'_>,
         meta: &mut Meta,
         sink: &str,
         limit: usize,
-        matches: impl Fn(Option<&DeadEntry>) -> bool,
+        filter: Option<(&DeadFilter, u64)>,
     ) -> Result<usize, WalError> {
-        let mut seqs = Vec::new();
-        for row in tx.dead.range((sink, 0)..=(sink, u64::MAX))? {
-            if seqs.len() >= limit {
-                break;
-            }
-            let (k, v) = row?;
-            let entry: Option<DeadEntry> = ciborium::from_reader(v.value()).ok();
-            if matches(entry.as_ref()) {
-                seqs.push(k.value().1);
-            }
-        }
+        let seqs = self.dead_matching(tx, sink, limit, filter)?;
         for &seq in &seqs {
             tx.dead.remove((sink, seq))?;
             let s = meta.sink(sink);
@@ -31,6 +23,42 @@ impl WalStore {
             self.unref(tx, meta, seq)?;
         }
         Ok(seqs.len())
+    }
+
+    /// The seqs of up to `limit` of `sink`'s dead letters, oldest first, that `filter` takes.
+    pub(super) fn dead_matching(
+        &self,
+        tx: &mut Tx<'_>,
+        sink: &str,
+        limit: usize,
+        filter: Option<(&DeadFilter, u64)>,
+    ) -> Result<Vec<u64>, WalError> {
+        let mut seqs = Vec::new();
+        for row in tx.dead.range((sink, 0)..=(sink, u64::MAX))? {
+            if seqs.len() >= limit {
+                break;
+            }
+            let (k, v) = row?;
+            let seq = k.value().1;
+            let take = match filter {
+                None => true,
+                Some((f, now)) => {
+                    let entry: Option<DeadEntry> = ciborium::from_reader(v.value()).ok();
+                    let device = if f.needs_device() {
+                        tx.records
+                            .get(seq)?
+                            .and_then(|b| quota::device_of(b.value()))
+                    } else {
+                        None
+                    };
+                    f.matches(entry.as_ref(), device.as_deref(), now)
+                }
+            };
+            if take {
+                seqs.push(seq);
+            }
+        }
+        Ok(seqs)
     }
 
     pub(super) fn maintain(
@@ -123,7 +151,7 @@ impl WalStore {
                 continue;
             }
             let n = excess.min(SWEEP_LIMIT);
-            let purged = self.purge_dead(tx, meta, &sink, n, |_| true)?;
+            let purged = self.purge_dead(tx, meta, &sink, n, None)?;
             report.more |= excess > SWEEP_LIMIT;
             report.dead_over_budget.push((sink, purged as u64));
         }

@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 mod backup;
 mod compact;
 mod deliver;
+mod dlq;
 mod lookup;
 mod maintain;
 mod meta;
@@ -56,6 +57,7 @@ mod verify;
 mod write;
 
 pub use backup::BackupReport;
+pub use dlq::DeadRow;
 pub use lookup::{RecordView, SinkState};
 use meta::Meta;
 pub use reader::{DeadLetter, Dump, WalReader};
@@ -374,9 +376,17 @@ impl WalStore {
                     Op::Maintain => {
                         OpResult::Maintained(self.maintain(&mut tx, &mut meta, now_ms)?)
                     }
-                    Op::Requeue { sink, limit } => {
-                        OpResult::Requeued(self.requeue(&mut tx, &mut meta, &sink, limit)?)
-                    }
+                    Op::Requeue {
+                        sink,
+                        limit,
+                        filter,
+                    } => OpResult::Requeued(self.requeue(
+                        &mut tx,
+                        &mut meta,
+                        &sink,
+                        limit,
+                        Some((&filter, now_ms)),
+                    )?),
                     Op::Sinks { sinks, removed } => {
                         OpResult::SinksSet(self.set_sinks(&mut tx, &mut meta, sinks, removed)?)
                     }
@@ -390,9 +400,13 @@ impl WalStore {
                         filter,
                         limit,
                     } => {
-                        let purged = self.purge_dead(&mut tx, &mut meta, &sink, limit, |e| {
-                            filter.matches(e, now_ms)
-                        })?;
+                        let purged = self.purge_dead(
+                            &mut tx,
+                            &mut meta,
+                            &sink,
+                            limit,
+                            Some((&filter, now_ms)),
+                        )?;
                         OpResult::Purged { sink, purged }
                     }
                     Op::Reject(mut r) => {

@@ -72,7 +72,7 @@ impl WalStore {
                 out.moved_dead += self.rename_dead(tx, meta, &sink, to)?;
             }
             if how == Removal::Drop {
-                let dead = self.purge_dead(tx, meta, &sink, usize::MAX, |_| true)?;
+                let dead = self.purge_dead(tx, meta, &sink, usize::MAX, None)?;
                 out.dropped += dead as u64;
             }
         }

@@ -148,6 +148,7 @@ pub enum Op {
     Requeue {
         sink: String,
         limit: usize,
+        filter: DeadFilter,
     },
     /// Keep a refused message for inspection (see `rejected.rs`).
     Reject(Rejected),
@@ -168,26 +169,73 @@ pub enum Op {
     },
 }
 
-/// Which dead letters a purge takes.
+/// Which dead letters a listing, export, requeue or purge takes: every condition set must
+/// hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadFilter {
     /// Reason class, as in the metrics; `None`: any.
     pub reason: Option<DeadClass>,
     /// Dead for at least this long (WAL time, see "Time"); `None`: any age.
     pub older_than_ms: Option<u64>,
+    /// Device ids matching this glob (`*` any run, `?` one character).
+    pub device: Option<String>,
+    /// Dead at or after / before these times (WAL time, which follows the wall clock but for
+    /// its jumps: see "Time").
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
 }
 
 impl DeadFilter {
-    /// An entry that no longer decodes (`None`) matches only a filter without conditions.
-    pub(super) fn matches(&self, e: Option<&DeadEntry>, now: u64) -> bool {
+    /// Whether the record's device must be read to decide.
+    pub(super) fn needs_device(&self) -> bool {
+        self.device.is_some()
+    }
+
+    /// An entry that no longer decodes (`None`) matches only a filter without conditions on
+    /// the entry; a record whose device cannot be read matches no device filter.
+    pub fn matches(&self, e: Option<&DeadEntry>, device: Option<&str>, now: u64) -> bool {
+        if let Some(g) = &self.device {
+            if !device.is_some_and(|d| glob(g, d)) {
+                return false;
+            }
+        }
         let Some(e) = e else {
-            return self.reason.is_none() && self.older_than_ms.is_none();
+            return self.reason.is_none()
+                && self.older_than_ms.is_none()
+                && self.since_ms.is_none()
+                && self.until_ms.is_none();
         };
         self.reason.is_none_or(|r| e.class() == r)
             && self
                 .older_than_ms
                 .is_none_or(|age| e.dead_at_ms.saturating_add(age) <= now)
+            && self.since_ms.is_none_or(|t| e.dead_at_ms >= t)
+            && self.until_ms.is_none_or(|t| e.dead_at_ms < t)
     }
+}
+
+/// `*` matches any run of characters, `?` one; everything else itself.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Iterative with one backtrack point: linear in practice, never exponential.
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 impl Op {
