@@ -18,6 +18,7 @@ pub mod admin;
 mod credentials;
 pub mod dlq_tools;
 pub mod online;
+pub mod replay;
 pub mod wal_tools;
 
 pub use credentials::{resolve_credentials, Credentials, CredentialsError};

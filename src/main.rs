@@ -32,6 +32,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: walcli::WalCmd,
     },
+    /// Re-enqueue records for one sink from JSON Lines — a `dlq export`, or what a sink
+    /// received (a file sink's output) — keeping their idempotency keys; at most `--rate` a
+    /// second; the gateway stopped or running.
+    Replay(walcli::ReplayArgs),
     /// Dead letters at scale: list (paged), export (JSON Lines), requeue, purge — filtered by
     /// device, reason and time; the gateway stopped or running.
     Dlq {
@@ -340,6 +344,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Wal { cmd } => walcli::wal(cmd),
         Cmd::Dlq { cmd } => walcli::dlq(cmd),
+        Cmd::Replay(a) => walcli::replay(a),
         Cmd::Run(a) => {
             let cfg = a.load()?;
             let set_log_level = init_logging(&cfg);

@@ -144,3 +144,31 @@ pub fn admin_stream(
         Ok(lines)
     })
 }
+
+/// A POST with a body (JSON Lines) to the running gateway: `(status, answer)`.
+pub fn admin_post(
+    cfg: &Config,
+    access: &AdminAccess,
+    path: &str,
+    query: &[(&str, String)],
+    body: String,
+) -> Result<(u16, String), OnlineError> {
+    let (client, url, token) = prepare(cfg, access, path, query)?;
+    let unreachable = |e: &dyn std::fmt::Display| OnlineError::Unreachable(e.to_string());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unreachable(&e))?;
+    rt.block_on(async {
+        let resp = client
+            .post(url)
+            .bearer_auth(token.trim())
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok::<(u16, String), reqwest::Error>((status, resp.text().await?))
+    })
+    .map_err(|e| unreachable(&e))
+}

@@ -246,7 +246,7 @@ pub fn show(
 }
 
 /// Appends one line to `data/audit.jsonl`, durably.
-pub(crate) fn audit(data_dir: &Path, line: &serde_json::Value) -> Result<(), WalToolError> {
+pub fn audit(data_dir: &Path, line: &serde_json::Value) -> Result<(), WalToolError> {
     let path = data_dir.join("audit.jsonl");
     let err = |source| WalToolError::Audit {
         path: path.display().to_string(),

@@ -365,3 +365,72 @@ fn change(
     println!("{}", serde_json::json!({"sink": filters.sink, key: n}));
     Ok(())
 }
+
+#[derive(Args)]
+pub(crate) struct ReplayArgs {
+    /// JSON Lines of records (`-` for stdin).
+    file: PathBuf,
+    /// The sink they are re-enqueued for.
+    #[arg(long)]
+    sink: String,
+    /// At most this many records a second (default: as fast as the WAL commits).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+pub(crate) fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    let cfg = a.config.load()?;
+    init_cli_logging();
+    let input: Box<dyn std::io::BufRead> = if a.file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(&a.file)
+                .with_context(|| format!("opening {}", a.file.display()))?,
+        ))
+    };
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let mut progress = |n: u64| {
+        if last.elapsed() >= std::time::Duration::from_secs(1) {
+            last = std::time::Instant::now();
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            eprintln!("replayed {n} ({:.0}/s)", n as f64 / secs);
+        }
+    };
+    let r = edge_gateway::replay::replay(
+        &cfg,
+        &a.admin.access(),
+        input,
+        &a.sink,
+        a.rate,
+        &mut progress,
+    );
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => anyhow::bail!("{e} (records before the failing chunk were replayed)"),
+    };
+    tracing::warn!(sink = %a.sink, replayed = r.replayed, skipped = r.skipped, file = %a.file.display(), "records replayed from the command line");
+    edge_gateway::wal_tools::audit(
+        &cfg.data_dir,
+        &serde_json::json!({
+            "at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            "action": "replay",
+            "sink": a.sink,
+            "file": a.file.display().to_string(),
+            "replayed": r.replayed,
+            "skipped": r.skipped,
+            "user": std::env::var("USER").unwrap_or_default(),
+        }),
+    )?;
+    println!(
+        "{}",
+        serde_json::json!({"sink": a.sink, "replayed": r.replayed, "skipped": r.skipped,
+            "skipped_lines": r.skipped_lines, "secs": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}

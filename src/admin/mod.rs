@@ -366,6 +366,31 @@ pub async fn start(
                 }
             },
         );
+    // POST /admin/wal/replay?sink=S carries JSON Lines (a chunk of records, 8 MiB at most).
+    let replay_ctx = ctx.clone();
+    let replay_post = warp::post()
+        .and(warp::path!("admin" / "wal" / "replay"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(
+            warp::query::<std::collections::HashMap<String, String>>()
+                .or(warp::any().map(Default::default))
+                .unify(),
+        )
+        .and(warp::body::content_length_limit(8 << 20))
+        .and(warp::body::bytes())
+        .then(
+            move |authz: Option<String>,
+                  q: std::collections::HashMap<String, String>,
+                  body: warp::hyper::body::Bytes| {
+                let ctx = replay_ctx.clone();
+                async move {
+                    match refused(&ctx, authz.as_deref()) {
+                        Some(r) => r,
+                        None => wal::replay(&ctx.handles, &q, &body).await,
+                    }
+                }
+            },
+        );
     let filter = warp::any()
         .map(move || ctx.clone())
         .and(warp::method())
@@ -378,6 +403,8 @@ pub async fn start(
         )
         .and_then(route);
     let filter = control_post
+        .or(replay_post)
+        .unify()
         .or(filter)
         .unify()
         .recover(|_r: warp::Rejection| async {

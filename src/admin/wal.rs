@@ -89,3 +89,58 @@ pub(super) async fn backup(
         Err(e) => unavailable(e),
     }
 }
+
+/// `POST /admin/wal/replay?sink=S` with JSON Lines of records (`crate::replay::parse_line`):
+/// re-enqueued for S, keys kept; all or none of the chunk.
+pub(super) async fn replay(
+    h: &Handles,
+    query: &std::collections::HashMap<String, String>,
+    body: &[u8],
+) -> warp::reply::Response {
+    let bad = |field: &str, message: String| {
+        json_status(
+            json!({"error": "bad_request", "field": field, "message": message}),
+            StatusCode::BAD_REQUEST,
+        )
+    };
+    let Some(sink) = query.get("sink").cloned() else {
+        return bad("sink", "?sink=NAME".into());
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return bad("body", "not UTF-8".into());
+    };
+    let mut records = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        match crate::replay::parse_line(line) {
+            Ok(r) => records.push(r),
+            Err(e) => return bad("body", format!("line {}: {e}", i + 1)),
+        }
+    }
+    let n = records.len();
+    match h
+        .wal
+        .call(
+            |reply| WalMsg::Replay {
+                sink: sink.clone(),
+                records,
+                reply,
+            },
+            Some(Duration::from_secs(60)),
+        )
+        .await
+    {
+        Ok(Ok(stored)) => {
+            tracing::warn!(sink = %sink, replayed = stored, "records replayed through the admin API");
+            json_status(json!({"replayed": stored}), StatusCode::OK)
+        }
+        Ok(Err(why)) => json_status(
+            json!({"error": "not_replayed", "records": n, "message": why}),
+            StatusCode::CONFLICT,
+        ),
+        Err(e) => unavailable(e),
+    }
+}

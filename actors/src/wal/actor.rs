@@ -9,6 +9,7 @@
 //!   backup copied from one read transaction, on the blocking pool through a `WalReader`,
 //!   never waiting for the writer)
 //! - `Requeue`     <- admin API (reply after the commit: dead letters of a sink back to Enqueued)
+//! - `Replay`      <- admin API (reply after the commit: records re-enqueued for one sink)
 //! - `Reject`      <- MqttSession (reply after the commit that holds a refused message, so
 //!   it is acknowledged to the broker only once it is kept)
 //! - `Rejected`    <- admin API (reply: refused messages, newest first, read like dead letters)
@@ -103,6 +104,13 @@ pub enum WalMsg {
         id: String,
         reply: RpcReplyPort<Result<Option<super::RecordView>, String>>,
     },
+    /// Records re-enqueued for one sink, keys kept (admin API: `replay`); the count, after
+    /// the commit.
+    Replay {
+        sink: String,
+        records: Vec<super::Record>,
+        reply: RpcReplyPort<Result<usize, String>>,
+    },
     /// A read-only handle for long reads on the caller's blocking threads (an export of dead
     /// letters streamed by the admin API); `Err` while the WAL reopens.
     Reader(RpcReplyPort<Result<super::WalReader, String>>),
@@ -188,6 +196,7 @@ pub enum Waiter {
     Lease(RpcReplyPort<Vec<Leased>>),
     Requeue(RpcReplyPort<usize>),
     Purge(RpcReplyPort<usize>),
+    Replay(RpcReplyPort<Result<usize, String>>),
     Sinks(RpcReplyPort<crate::wal::store::SinksChanged>),
     Reject(RpcReplyPort<Result<u64, AppendError>>),
     Nobody,
@@ -358,6 +367,10 @@ impl WalState {
                 (Waiter::Lease(reply), OpResult::Leased(v)) => {
                     let _ = reply.send(v);
                 }
+                (Waiter::Replay(reply), OpResult::Replayed(r)) => {
+                    new_work |= r.as_ref().is_ok_and(|n| *n > 0);
+                    let _ = reply.send(r);
+                }
                 (Waiter::Requeue(reply), OpResult::Requeued(n)) => {
                     new_work |= n > 0;
                     let _ = reply.send(n);
@@ -390,6 +403,7 @@ impl WalState {
                 | (Waiter::Lease(_), _)
                 | (Waiter::Requeue(_), _)
                 | (Waiter::Purge(_), _)
+                | (Waiter::Replay(_), _)
                 | (Waiter::Sinks(_), _)
                 | (Waiter::Reject(_), _) => {
                     unreachable!("results come back in the order of their operations")
@@ -419,6 +433,9 @@ impl WalState {
                 }
                 Waiter::Reject(reply) => {
                     let _ = reply.send(Err(AppendError::Unavailable(why.to_string())));
+                }
+                Waiter::Replay(reply) => {
+                    let _ = reply.send(Err(format!("not replayed: {why}")));
                 }
                 _ => {}
             }
@@ -723,6 +740,18 @@ impl Actor for Wal {
                             .map(WalStore::stats)
                             .unwrap_or_else(|| state.last_stats.clone());
                         let _ = reply.send(s);
+                    }
+                    WalMsg::Replay {
+                        sink,
+                        records,
+                        reply,
+                    } => {
+                        Self::enqueue(
+                            &myself,
+                            state,
+                            Op::Replay { sink, records },
+                            Waiter::Replay(reply),
+                        );
                     }
                     WalMsg::Reader(reply) => {
                         let _ = reply.send(state.reader.clone().ok_or_else(|| REOPENING.into()));

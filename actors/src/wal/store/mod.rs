@@ -51,6 +51,7 @@ mod lookup;
 mod maintain;
 mod meta;
 mod reader;
+mod replay;
 mod sinks;
 mod types;
 mod verify;
@@ -376,6 +377,15 @@ impl WalStore {
                     Op::Maintain => {
                         OpResult::Maintained(self.maintain(&mut tx, &mut meta, now_ms)?)
                     }
+                    Op::Replay { sink, records } if self.sinks.contains(&sink) => {
+                        OpResult::Replayed(
+                            self.replay(&mut tx, &mut meta, &sink, records, now_ms)?
+                                .map_err(|e| e.to_string()),
+                        )
+                    }
+                    Op::Replay { sink, .. } => OpResult::Replayed(Err(format!(
+                        "no sink named {sink:?} in the configuration"
+                    ))),
                     Op::Requeue {
                         sink,
                         limit,

@@ -161,6 +161,12 @@ pub enum Op {
         sinks: Vec<String>,
         removed: Vec<(String, super::Removal)>,
     },
+    /// Records re-enqueued for one sink, keys kept, the idempotency window bypassed
+    /// (`replay.rs`).
+    Replay {
+        sink: String,
+        records: Vec<Record>,
+    },
     /// The operator deletes up to `limit` of a sink's dead letters matching `filter`.
     PurgeDead {
         sink: String,
@@ -245,6 +251,7 @@ impl Op {
         matches!(
             self,
             Op::Append(_)
+                | Op::Replay { .. }
                 | Op::Maintain
                 | Op::Requeue { .. }
                 | Op::Reject(_)
@@ -279,6 +286,8 @@ pub enum OpResult {
         sink: String,
         purged: usize,
     },
+    /// Records replayed, or why none were (the WAL full, a sink not configured).
+    Replayed(Result<usize, String>),
 }
 
 /// The filesystem holding the WAL is nearly full: appends wait, delivery goes on.
