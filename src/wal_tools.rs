@@ -149,6 +149,45 @@ pub fn verify(cfg: &Config) -> Result<edge_gateway_actors::wal::VerifyReport, Wa
     })
 }
 
+/// `wal compact` (gateway stopped).
+pub fn compact(cfg: &Config) -> Result<edge_gateway_actors::wal::Compacted, WalToolError> {
+    WalStore::offline_compact(&cfg.data_dir.join("wal.redb")).map_err(|e| match e {
+        WalError::AlreadyOpen => WalToolError::Running,
+        e => WalToolError::Wal(e),
+    })
+}
+
+/// `wal repair` (gateway stopped): quarantines what cannot be kept, recomputes the rest;
+/// logged and audited.
+pub fn repair(
+    cfg: &Config,
+    quarantine: Option<&Path>,
+) -> Result<edge_gateway_actors::wal::RepairReport, WalToolError> {
+    let q = quarantine.map_or_else(|| cfg.data_dir.join("quarantine.jsonl"), Path::to_path_buf);
+    let r = WalStore::offline_repair(&cfg.data_dir.join("wal.redb"), &q).map_err(|e| match e {
+        WalError::AlreadyOpen => WalToolError::Running,
+        e => WalToolError::Wal(e),
+    })?;
+    tracing::warn!(
+        records_quarantined = r.records_quarantined,
+        rows_quarantined = r.rows_quarantined,
+        refs_rewritten = r.refs_rewritten,
+        counters_fixed = r.counters_fixed,
+        quarantine = %q.display(),
+        "WAL repaired from the command line"
+    );
+    audit(
+        &cfg.data_dir,
+        &serde_json::json!({
+            "at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            "action": "wal.repair",
+            "report": r,
+            "user": std::env::var("USER").unwrap_or_default(),
+        }),
+    )?;
+    Ok(r)
+}
+
 /// The report for a terminal.
 pub fn verify_text(r: &edge_gateway_actors::wal::VerifyReport) -> String {
     let mut out = format!(

@@ -73,6 +73,23 @@ pub(crate) enum WalCmd {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Give the file's free space back to the filesystem (the gateway does it by itself after
+    /// a backlog drains; this is for a stopped gateway). Crash-safe: each step commits whole.
+    Compact {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Make a damaged WAL consistent (after `wal verify` found problems): records that do not
+    /// decode and rows naming missing records go to a quarantine file (never dropped
+    /// silently); reference counts and counters are recomputed. Gateway stopped; audited.
+    Repair {
+        /// Where what cannot be kept goes (JSON Lines, appended; default
+        /// `data/quarantine.jsonl`).
+        #[arg(long)]
+        quarantine: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// A sink was removed for good: delete its pending records and dead letters. Gateway
     /// stopped; counted and audited.
     DropSink {
@@ -139,6 +156,22 @@ pub(crate) fn wal(cmd: WalCmd) -> anyhow::Result<()> {
             let access = admin.access();
             let (r, via) = edge_gateway::wal_tools::backup(&cfg, &dest, &access)?;
             println!("{}", serde_json::json!({"backup": r, "via": via}));
+            Ok(())
+        }
+        WalCmd::Compact { config } => {
+            let cfg = config.load()?;
+            let c = edge_gateway::wal_tools::compact(&cfg)?;
+            println!(
+                "{}",
+                serde_json::json!({"before_bytes": c.before, "after_bytes": c.after, "millis": c.millis})
+            );
+            Ok(())
+        }
+        WalCmd::Repair { quarantine, config } => {
+            let cfg = config.load()?;
+            init_cli_logging();
+            let r = edge_gateway::wal_tools::repair(&cfg, quarantine.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         }
         WalCmd::DropSink { sink, config } => {

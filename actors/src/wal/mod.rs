@@ -12,7 +12,7 @@ pub use rejected::Rejected;
 pub use store::{
     free_space_of, glob, AppendRefused, BackupReport, Compacted, DeadFilter, DeadLetter, DeadRow,
     DiskFull, Dump, FreeSpace, Full, MaintainReport, Op, OpResult, Problem, RecordView, Removal,
-    SinkState, SinksChanged, VerifyReport, WalError, WalLimits, WalReader, WalStore,
+    RepairReport, SinkState, SinksChanged, VerifyReport, WalError, WalLimits, WalReader, WalStore,
     FORMAT_VERSION,
 };
 

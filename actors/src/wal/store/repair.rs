@@ -1,0 +1,184 @@
+//! `edge-gateway wal repair` (issue 14, part 5): makes a damaged WAL consistent again, with the
+//! gateway stopped, never dropping anything silently: what cannot be kept is written to a
+//! quarantine file (JSON Lines, synced before the repair commits) and counted.
+//!
+//! - a record that does not decode: quarantined with its bytes (base64) and the sinks that
+//!   held it, then removed with its rows;
+//! - a pending or dead row naming a missing record: quarantined and removed;
+//! - a record no row names any more: quarantined and removed (nothing would deliver it);
+//! - every `refs` row, the per-device usage and the counters in `meta`: recomputed from the
+//!   rows.
+//!
+//! Pages redb cannot repair are beyond this: restore a backup.
+
+use super::quota::Devices;
+use super::*;
+use base64::Engine;
+use std::io::Write;
+
+/// What a repair did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RepairReport {
+    pub quarantine: String,
+    pub records_quarantined: u64,
+    pub rows_quarantined: u64,
+    pub refs_rewritten: u64,
+    pub counters_fixed: bool,
+}
+
+impl WalStore {
+    /// Repairs the WAL file at `path` (no process may hold it), quarantining into `quarantine`
+    /// (appended to).
+    pub fn offline_repair(path: &Path, quarantine: &Path) -> Result<RepairReport, WalError> {
+        let mut db = Database::open(path).map_err(|e| open_error(path, e))?;
+        db.check_integrity().map_err(|e| {
+            WalError::Storage(format!(
+                "redb cannot repair this file's pages ({e}): restore a backup (`wal backup`)"
+            ))
+        })?;
+        let mut report = RepairReport {
+            quarantine: quarantine.display().to_string(),
+            ..Default::default()
+        };
+        let mut lines: Vec<serde_json::Value> = Vec::new();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let txn = db.begin_write()?;
+        let mut meta = Meta::load(&txn)?;
+        {
+            let mut records = txn.open_table(RECORDS)?;
+            let mut refs = txn.open_table(REFS)?;
+            let mut pending = txn.open_table(PENDING)?;
+            let mut dead = txn.open_table(DEAD)?;
+            // Rows by seq: (sink, is_dead).
+            let mut rows: BTreeMap<u64, Vec<(String, bool)>> = BTreeMap::new();
+            for r in pending.iter()? {
+                let (k, _) = r?;
+                let (sink, seq) = k.value();
+                rows.entry(seq).or_default().push((sink.to_string(), false));
+            }
+            for r in dead.iter()? {
+                let (k, _) = r?;
+                let (sink, seq) = k.value();
+                rows.entry(seq).or_default().push((sink.to_string(), true));
+            }
+            let mut bad = Vec::new();
+            let mut good = std::collections::BTreeSet::new();
+            for r in records.iter()? {
+                let (k, v) = r?;
+                let seq = k.value();
+                if Record::decode(v.value()).is_err() {
+                    bad.push((seq, v.value().to_vec(), "does not decode"));
+                } else if !rows.contains_key(&seq) {
+                    bad.push((seq, v.value().to_vec(), "no sink holds it"));
+                } else {
+                    good.insert(seq);
+                }
+            }
+            for (seq, bytes, why) in bad {
+                let sinks = rows.remove(&seq).unwrap_or_default();
+                lines.push(serde_json::json!({
+                    "kind": "record", "wal_seq": seq, "why": why,
+                    "sinks": sinks.iter().map(|(s, d)| serde_json::json!({"sink": s, "dead": d})).collect::<Vec<_>>(),
+                    "bytes_base64": b64.encode(&bytes),
+                }));
+                records.remove(seq)?;
+                for (sink, is_dead) in sinks {
+                    if is_dead {
+                        dead.remove((sink.as_str(), seq))?;
+                    } else {
+                        pending.remove((sink.as_str(), seq))?;
+                    }
+                }
+                report.records_quarantined += 1;
+            }
+            // Rows naming a record that is gone.
+            for (seq, sinks) in rows.iter().filter(|(s, _)| !good.contains(s)) {
+                for (sink, is_dead) in sinks {
+                    let entry = if *is_dead {
+                        dead.remove((sink.as_str(), *seq))?
+                            .map(|v| b64.encode(v.value()))
+                    } else {
+                        pending.remove((sink.as_str(), *seq))?;
+                        None
+                    };
+                    lines.push(serde_json::json!({
+                        "kind": if *is_dead { "dead_row" } else { "pending_row" },
+                        "sink": sink, "wal_seq": seq, "why": "its record is gone",
+                        "dead_entry_base64": entry,
+                    }));
+                    report.rows_quarantined += 1;
+                }
+            }
+            // refs: exactly one row per kept record, counting the rows that name it.
+            let mut stale = Vec::new();
+            for r in refs.iter()? {
+                let (k, v) = r?;
+                let seq = k.value();
+                let want = rows.get(&seq).map(Vec::len).unwrap_or(0) as u32;
+                if !good.contains(&seq) || v.value().0 != want {
+                    stale.push(seq);
+                }
+            }
+            for seq in stale {
+                refs.remove(seq)?;
+            }
+            for &seq in &good {
+                let want = rows[&seq].len() as u32;
+                if refs.get(seq)?.map(|v| v.value().0) != Some(want) {
+                    let at = meta.clock_ms;
+                    refs.insert(seq, (want, at))?;
+                    report.refs_rewritten += 1;
+                }
+            }
+            // Counters, from the rows.
+            let before = (meta.records, meta.live_bytes, meta.sinks.clone());
+            meta.records = 0;
+            meta.live_bytes = 0;
+            for r in records.iter()? {
+                meta.records += 1;
+                meta.live_bytes += r?.1.value().len() as u64;
+            }
+            for v in meta.sinks.values_mut() {
+                (v.0, v.1) = (0, 0);
+            }
+            for (seq, sinks) in &rows {
+                if good.contains(seq) {
+                    for (sink, is_dead) in sinks {
+                        let e = meta.sink(sink);
+                        if *is_dead {
+                            e.1 += 1;
+                        } else {
+                            e.0 += 1;
+                        }
+                    }
+                }
+            }
+            report.counters_fixed = before != (meta.records, meta.live_bytes, meta.sinks.clone());
+            let mut usage = txn.open_table(super::quota::DEVICE_USAGE)?;
+            let mut devices = Devices::scan(&records)?;
+            usage.retain(|_, _| false)?;
+            devices.save(&mut usage)?;
+        }
+        meta.save(&txn)?;
+        // The quarantine is on disk before anything it holds leaves the WAL.
+        if !lines.is_empty() {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(quarantine)
+                .map_err(|e| {
+                    WalError::Storage(format!("quarantine {}: {e}", quarantine.display()))
+                })?;
+            for l in &lines {
+                let mut b = serde_json::to_vec(l).expect("JSON");
+                b.push(b'\n');
+                f.write_all(&b)
+                    .map_err(|e| WalError::Storage(format!("quarantine: {e}")))?;
+            }
+            f.sync_all()
+                .map_err(|e| WalError::Storage(format!("quarantine: {e}")))?;
+        }
+        txn.commit()?;
+        Ok(report)
+    }
+}
