@@ -54,6 +54,9 @@ fn damaged(good: &[u8], cfg: &Path, wal: &Path, kind: &str, damage: impl FnOnce(
     out
 }
 
+/// Damage done to a WAL file.
+type Damage = Box<dyn Fn(&Path)>;
+
 fn with_db(wal: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
     let db = redb::Database::open(wal).unwrap();
     let txn = db.begin_write().unwrap();
@@ -149,7 +152,7 @@ async fn verify_names_each_damage_and_a_damaged_file_stops_the_gateway() {
     // `wal repair` on each damage it can fix: verify passes after it, and what could not be
     // kept is in the quarantine, never dropped silently.
     let quarantine = dir.path().join("q.jsonl");
-    let repairs: [(&str, Box<dyn Fn(&Path)>, u64); 3] = [
+    let repairs: [(&str, Damage, u64); 3] = [
         (
             "record",
             Box::new(|p: &Path| {
