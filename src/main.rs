@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use edge_gateway::config::{self, Config, LoadOptions};
 use std::path::PathBuf;
 
+mod progress;
 mod walcli;
 
 #[derive(Parser)]

@@ -335,31 +335,34 @@ pub(crate) fn dlq(cmd: DlqCmd) -> anyhow::Result<()> {
             config,
         } => {
             let cfg = config.load()?;
-            let mut sink: Box<dyn std::io::Write> = match &out {
+            // Written beside the destination and renamed when complete: an export stopped
+            // part way (Ctrl-C) never looks like a whole one.
+            let partial = out.as_ref().map(|p| p.with_extension("partial"));
+            if let Some(p) = &out {
+                anyhow::ensure!(!p.exists(), "{} exists (never overwritten)", p.display());
+            }
+            let mut sink: Box<dyn std::io::Write> = match &partial {
                 Some(p) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create_new(p)
-                        .with_context(|| format!("creating {} (never overwritten)", p.display()))?,
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            let started = std::time::Instant::now();
-            let mut progress = |n: u64| {
-                let secs = started.elapsed().as_secs_f64().max(1e-3);
-                eprintln!("exported {n} ({:.0}/s)", n as f64 / secs);
-            };
+            let mut bar = crate::progress::Progress::new("dead letters exported");
             let n = edge_gateway::dlq_tools::export(
                 &cfg,
                 &admin.access(),
                 &filters.sink,
                 &filters.filters(),
                 &mut sink,
-                &mut progress,
+                &mut |n| bar.set(n),
             )?;
-            eprintln!(
-                "exported {n} dead letters of {} in {:.1} s",
-                filters.sink,
-                started.elapsed().as_secs_f64()
-            );
+            drop(sink);
+            if let (Some(p), Some(o)) = (&partial, &out) {
+                std::fs::File::open(p).and_then(|f| f.sync_all())?;
+                std::fs::rename(p, o)?;
+            }
+            bar.finish(n);
             Ok(())
         }
         DlqCmd::Requeue {
@@ -427,14 +430,8 @@ pub(crate) fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         ))
     };
     let started = std::time::Instant::now();
-    let mut last = std::time::Instant::now();
-    let mut progress = |n: u64| {
-        if last.elapsed() >= std::time::Duration::from_secs(1) {
-            last = std::time::Instant::now();
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            eprintln!("replayed {n} ({:.0}/s)", n as f64 / secs);
-        }
-    };
+    let mut bar = crate::progress::Progress::new("records replayed");
+    let mut progress = |n: u64| bar.set(n);
     let r = edge_gateway::replay::replay(
         &cfg,
         &a.admin.access(),
@@ -447,6 +444,7 @@ pub(crate) fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         Ok(r) => r,
         Err(e) => anyhow::bail!("{e} (records before the failing chunk were replayed)"),
     };
+    bar.finish(r.replayed);
     tracing::warn!(sink = %a.sink, replayed = r.replayed, skipped = r.skipped, file = %a.file.display(), "records replayed from the command line");
     edge_gateway::wal_tools::audit(
         &cfg.data_dir,

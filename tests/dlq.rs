@@ -288,6 +288,7 @@ fn peak(cfg: &Path, args: &[&str]) -> u64 {
         .args(args)
         .arg("--config")
         .arg(cfg)
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
