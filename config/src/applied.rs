@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 /// What `config.apply` may change while the gateway runs (a table name covers its keys).
-pub const LIVE_KEYS: [&str; 7] = [
+pub const LIVE_KEYS: [&str; 8] = [
     "sinks",
     "routes",
     "log.level",
@@ -23,6 +23,7 @@ pub const LIVE_KEYS: [&str; 7] = [
     "delivery.backoff_initial_ms",
     "delivery.backoff_max_ms",
     "delivery.poll_interval_ms",
+    "delivery.max_records_per_sec",
 ];
 
 pub const APPLIED_FILE: &str = "config.applied.toml";

@@ -279,6 +279,10 @@ pub struct DeliveryConfig {
     pub lease_timeout_ms: u64,
     /// Idle poll period; appends also wake the dispatcher at once.
     pub poll_interval_ms: u64,
+    /// A ceiling per sink, in records a second (`{ api = 500 }`): a backlog drains at most
+    /// this fast after an outage, so a sink that just came back is not flooded. No entry: as
+    /// fast as the sink takes them.
+    pub max_records_per_sec: std::collections::BTreeMap<String, f64>,
 }
 
 impl Default for DeliveryConfig {
@@ -290,6 +294,7 @@ impl Default for DeliveryConfig {
             backoff_max_ms: 30_000,
             lease_timeout_ms: 60_000,
             poll_interval_ms: 200,
+            max_records_per_sec: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -136,6 +136,15 @@ pub fn validate(c: &Config) -> Vec<ConfigProblem> {
     if c.wal.max_group == 0 {
         problem(&mut out, "wal.max_group", "must be > 0");
     }
+    for (sink, rate) in &c.delivery.max_records_per_sec {
+        let path = format!("delivery.max_records_per_sec.{sink}");
+        if !c.sinks.iter().any(|s| s.name() == sink) {
+            problem(&mut out, &path, "names no configured sink");
+        }
+        if !(rate.is_finite() && *rate >= 0.1) {
+            problem(&mut out, &path, "must be at least 0.1 records a second");
+        }
+    }
     if c.delivery.batch_size == 0 {
         problem(&mut out, "delivery.batch_size", "must be > 0");
     }

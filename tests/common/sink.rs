@@ -51,6 +51,8 @@ struct Inner {
     /// The `traceparent` header of each batch received, and each record's own, by key.
     batch_traces: Vec<String>,
     record_traces: HashMap<String, String>,
+    /// Records in each batch accepted, in order.
+    batch_sizes: Vec<usize>,
 }
 
 fn is_poison(record: &Value) -> bool {
@@ -193,6 +195,7 @@ impl RecordingSink {
                                 g.by_device.entry(d.to_string()).or_default().push(s);
                             }
                         }
+                        g.batch_sizes.push(accepted);
                         let n = g.keys.len();
                         drop(g);
                         tx.send_replace(n);
@@ -229,6 +232,11 @@ impl RecordingSink {
 
     pub fn deliveries(&self) -> usize {
         self.inner.lock().unwrap().deliveries
+    }
+
+    /// Records in each batch accepted, in order.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.inner.lock().unwrap().batch_sizes.clone()
     }
 
     /// `traceparent` headers of the batches received (delivered or not), in order.

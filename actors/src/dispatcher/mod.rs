@@ -26,6 +26,7 @@
 pub mod lane;
 #[cfg(test)]
 mod lane_tests;
+pub mod rate;
 mod spec;
 
 use crate::addr::{Addr, Failable};
@@ -86,6 +87,12 @@ pub struct SinkDriver {
     /// A fill sink's WAL answered "not full yet": no lease is cast before this (the lane gets
     /// an empty answer at once), and a recheck is due at it.
     fill_gate: Option<Instant>,
+    /// `delivery.max_records_per_sec` of this sink, if it has one; a recheck is due at
+    /// `rate_gate` when the ceiling cut a lease short; `reserved` holds each lease's grant
+    /// until it returns.
+    bucket: Option<rate::Bucket>,
+    rate_gate: Option<Instant>,
+    reserved: std::collections::HashMap<u64, usize>,
 }
 
 /// The dispatcher's state: the lanes and the handles their actions go to.
@@ -133,13 +140,19 @@ impl DispatcherState {
         let sinks = specs
             .into_iter()
             .map(|s| SinkDriver {
-                name: s.name,
                 publisher: s.publisher,
                 lane: Lane::new(s.batch_size),
                 backoff: backoff(&config),
                 paused_until: None,
                 fill: s.fill,
                 fill_gate: None,
+                bucket: config
+                    .max_records_per_sec
+                    .get(&s.name)
+                    .map(|r| rate::Bucket::new(*r, Instant::now())),
+                rate_gate: None,
+                reserved: Default::default(),
+                name: s.name,
             })
             .collect();
         DispatcherState {
@@ -168,9 +181,13 @@ impl DispatcherState {
                 self.sinks[i].paused_until = None;
                 self.on(i, Event::PauseOver, myself);
             }
-            let filled = self.sinks[i].fill_gate.is_some_and(|t| t <= now);
+            let mut filled = self.sinks[i].fill_gate.is_some_and(|t| t <= now);
             if filled {
                 self.sinks[i].fill_gate = None;
+            }
+            if self.sinks[i].rate_gate.is_some_and(|t| t <= now) {
+                self.sinks[i].rate_gate = None;
+                filled = true;
             }
             if recheck || filled {
                 self.on(i, Event::Recheck, myself);
@@ -181,8 +198,12 @@ impl DispatcherState {
 
     /// A fill sink whose WAL found no full batch is asked again after a while, not at
     /// every commit: each ask reads up to a batch of bodies.
-    fn leased(&mut self, i: usize, batch: &Result<Vec<Leased>, String>) {
+    fn leased(&mut self, i: usize, cycle: u64, batch: &Result<Vec<Leased>, String>) {
         let s = &mut self.sinks[i];
+        if let (Some(b), Some(granted)) = (&mut s.bucket, s.reserved.remove(&cycle)) {
+            let used = batch.as_ref().map_or(0, Vec::len);
+            b.refund(granted.saturating_sub(used));
+        }
         if let (Some(f), Ok(b)) = (s.fill, batch) {
             if b.is_empty() {
                 s.fill_gate = Some(Instant::now() + fill_recheck(f));
@@ -219,6 +240,24 @@ impl DispatcherState {
                         cycle,
                         batch: Ok(Vec::new()),
                     });
+                }
+                // The sink's ceiling: a lease takes what the bucket grants; cut short, the
+                // lane is asked again once a whole batch is allowed.
+                let mut max = max;
+                if let Some(b) = &mut s.bucket {
+                    let now = Instant::now();
+                    let granted = b.grant(max, now);
+                    if granted < max {
+                        s.rate_gate = Some(now + b.wait_for(max));
+                    }
+                    if granted == 0 {
+                        return Some(Event::Leased {
+                            cycle,
+                            batch: Ok(Vec::new()),
+                        });
+                    }
+                    s.reserved.insert(cycle, granted);
+                    max = granted;
                 }
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let lease = WalMsg::Lease {
@@ -403,7 +442,7 @@ impl Actor for Dispatcher {
         match msg {
             DispatcherMsg::Wake => state.wake(&myself),
             DispatcherMsg::Leased { sink, cycle, batch } => {
-                state.leased(sink, &batch);
+                state.leased(sink, cycle, &batch);
                 state.on(sink, Event::Leased { cycle, batch }, &myself)
             }
             DispatcherMsg::Published {
