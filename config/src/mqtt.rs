@@ -87,6 +87,8 @@ pub enum PayloadEncoding {
     Auto,
     Json,
     Cbor,
+    /// `proto/telemetry.proto`: a Reading or a Batch (never guessed by `auto`).
+    Protobuf,
 }
 
 /// TLS to an MQTT broker: CA to trust (PEM) and, for mutual TLS, a client certificate and

@@ -119,6 +119,23 @@ fn json_tree() -> impl Strategy<Value = Json> {
     })
 }
 
+/// Protobuf values as a device may set them, nested maps included.
+fn pb_value() -> impl Strategy<Value = crate::ingest::protobuf::pb::Value> {
+    use crate::ingest::protobuf::pb::{value::Kind, Map, Value};
+    let leaf = prop_oneof![
+        any::<f64>().prop_map(Kind::Number),
+        any::<i64>().prop_map(Kind::Integer),
+        ".{0,12}".prop_map(Kind::Text),
+        any::<bool>().prop_map(Kind::Flag),
+    ]
+    .prop_map(|k| Value { kind: Some(k) });
+    leaf.prop_recursive(40, 128, 4, |inner| {
+        prop::collection::hash_map(".{0,8}", inner, 0..4).prop_map(|fields| Value {
+            kind: Some(Kind::Map(Map { fields })),
+        })
+    })
+}
+
 /// CBOR the way a device's encoder may write it: tags, byte strings, big integers, floats
 /// of every kind, maps with non-text keys.
 fn cbor_tree() -> impl Strategy<Value = Cbor> {
@@ -149,7 +166,38 @@ proptest! {
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
         accepted_round_trips(&body, Encoding::Json)?;
         accepted_round_trips(&body, Encoding::Cbor)?;
+        accepted_round_trips(&body, Encoding::Protobuf)?;
         let _ = Encoding::sniff(&body);
+    }
+
+    /// Well-formed Protobuf with arbitrary names, values and nesting, then cut or flipped:
+    /// never a panic, and what is accepted survives the WAL's encoding.
+    #[test]
+    fn arbitrary_protobuf_is_decoded_or_refused(
+        values in prop::collection::btree_map(".{0,8}", pb_value(), 0..6),
+        seq in any::<Option<u64>>(),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<(prop::sample::Index, u8)>(),
+    ) {
+        use prost::Message;
+        let r = crate::ingest::protobuf::pb::Reading {
+            device_time_ms: 1,
+            seq,
+            msg_id: None,
+            schema: 0,
+            values: values.into_iter().collect(),
+        };
+        let body = r.encode_to_vec();
+        accepted_round_trips(&body, Encoding::Protobuf)?;
+        let batch = crate::ingest::protobuf::pb::Batch { readings: vec![r.clone(), r] }.encode_to_vec();
+        accepted_round_trips(&batch, Encoding::Protobuf)?;
+        if !body.is_empty() {
+            accepted_round_trips(&body[..cut.index(body.len())], Encoding::Protobuf)?;
+            let mut flipped = body.clone();
+            let i = flip.0.index(flipped.len());
+            flipped[i] ^= flip.1;
+            accepted_round_trips(&flipped, Encoding::Protobuf)?;
+        }
     }
 
     #[test]

@@ -5,5 +5,6 @@ mod fuzz_tests;
 pub mod http;
 pub mod mqtt;
 pub mod parse;
+pub mod protobuf;
 pub mod router;
 pub mod routes;

@@ -111,6 +111,8 @@ impl std::fmt::Display for Rejection {
 pub enum Encoding {
     Json,
     Cbor,
+    /// `proto/telemetry.proto` (`protobuf.rs`); never guessed.
+    Protobuf,
 }
 
 impl Encoding {
@@ -121,7 +123,8 @@ impl Encoding {
                 415,
                 "unsupported_media_type",
                 Some("content-type".into()),
-                "Content-Type is required: application/json or application/cbor",
+                "Content-Type is required: application/json, application/cbor or \
+                 application/x-protobuf",
             ));
         };
         let base = ct
@@ -133,17 +136,24 @@ impl Encoding {
         match base.as_str() {
             "application/json" => Ok(Encoding::Json),
             "application/cbor" => Ok(Encoding::Cbor),
+            "application/x-protobuf"
+            | "application/protobuf"
+            | "application/vnd.google.protobuf" => Ok(Encoding::Protobuf),
             _ => Err(Rejection::new(
                 415,
                 "unsupported_media_type",
                 Some("content-type".into()),
-                format!("{base:?} is not supported: use application/json or application/cbor"),
+                format!(
+                    "{base:?} is not supported: use application/json, application/cbor or \
+                     application/x-protobuf"
+                ),
             )),
         }
     }
 
     /// Guesses from the first byte (MQTT payloads carry no content type): JSON starts with
-    /// `{` or `[` after optional whitespace; anything else is tried as CBOR.
+    /// `{` or `[` after optional whitespace; anything else is tried as CBOR. Protobuf is never
+    /// guessed (its bytes can look like CBOR's): a subscription says `encoding = "protobuf"`.
     pub fn sniff(body: &[u8]) -> Encoding {
         match body.iter().find(|b| !b.is_ascii_whitespace()) {
             Some(b'{') | Some(b'[') => Encoding::Json,
@@ -226,6 +236,32 @@ pub fn decode(
         ));
     }
     let v: Value = match enc {
+        Encoding::Protobuf => {
+            let readings = super::protobuf::decode(body)?;
+            if readings.is_empty() {
+                return Err(Rejection::new(
+                    400,
+                    "empty_batch",
+                    Some("body".into()),
+                    "batch holds no readings",
+                ));
+            }
+            if readings.len() > max_batch {
+                return Err(Rejection::new(
+                    413,
+                    "batch_too_large",
+                    Some("body".into()),
+                    format!(
+                        "batch of {} readings exceeds the limit of {max_batch}",
+                        readings.len()
+                    ),
+                ));
+            }
+            for (i, m) in readings.iter().enumerate() {
+                check_nesting(m, || format!("readings[{i}]"))?;
+            }
+            return Ok(readings);
+        }
         Encoding::Json => serde_json::from_slice(body).map_err(|e| {
             Rejection::new(
                 400,

@@ -33,6 +33,7 @@ impl Subscriptions {
                         PayloadEncoding::Auto => None,
                         PayloadEncoding::Json => Some(Encoding::Json),
                         PayloadEncoding::Cbor => Some(Encoding::Cbor),
+                        PayloadEncoding::Protobuf => Some(Encoding::Protobuf),
                     },
                 })
             })
