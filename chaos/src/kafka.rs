@@ -99,12 +99,21 @@ impl KafkaBroker {
         let child = crate::process::spawn_listening(cmd, self.port, &self.log, &what)?;
         self.child = Some(child);
         for t in topics {
-            let ok = Command::new(&bin)
-                .args(["topic", "create", "--broker", &url, "--partitions", "3", t])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()?
-                .success();
+            // Listening is not yet serving: on a loaded machine the first create can fail
+            // (seen once in CI). A few tries, a fifth of a second apart.
+            let mut ok = false;
+            for _ in 0..25 {
+                ok = Command::new(&bin)
+                    .args(["topic", "create", "--broker", &url, "--partitions", "3", t])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()?
+                    .success();
+                if ok {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
             if !ok {
                 return Err(std::io::Error::other(format!("topic {t} not created")));
             }
