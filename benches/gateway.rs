@@ -17,6 +17,8 @@
 //!   bridge (persistence on) in the same run (`BENCH_FORWARD_MESSAGES`, default 50,000).
 //! - `steady`: sustained ingest with delivery keeping up (`BENCH_STEADY_SECS`, default 60):
 //!   the WAL file size and RSS sampled over time, to show they level off.
+//! - `protobuf`: MQTT ingest of one reading as JSON and as Protobuf, side by side
+//!   (`BENCH_MQTT_MESSAGES`).
 //! - `traces`: the same HTTP closed loops with traces off, at the default sampler and with
 //!   every reading traced, exporting to a local collector (`BENCH_TRACES_SECS`, default 5).
 
@@ -89,6 +91,9 @@ fn main() {
     }
     if want("traces") {
         rt.block_on(traces::cost());
+    }
+    if want("protobuf") {
+        rt.block_on(mqtt::encodings());
     }
 }
 

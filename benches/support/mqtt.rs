@@ -19,6 +19,32 @@ fn messages() -> usize {
 
 /// `clients` devices publish `n` QoS 1 messages between them as fast as the broker acks.
 async fn publish(port: u16, n: usize, clients: usize) {
+    publish_with(port, n, clients, |i| {
+        serde_json::to_vec(&json!({"seq": i, "temp_c": 21.5})).unwrap()
+    })
+    .await
+}
+
+/// The same reading (`seq`, `temp_c`) as Protobuf (`proto/telemetry.proto`).
+fn protobuf_reading(i: usize) -> Vec<u8> {
+    use edge_gateway_actors::ingest::protobuf::pb;
+    use prost::Message;
+    pb::Reading {
+        device_time_ms: 0,
+        seq: Some(i as u64),
+        msg_id: None,
+        schema: 0,
+        values: std::collections::HashMap::from([(
+            "temp_c".to_string(),
+            pb::Value {
+                kind: Some(pb::value::Kind::Number(21.5)),
+            },
+        )]),
+    }
+    .encode_to_vec()
+}
+
+async fn publish_with(port: u16, n: usize, clients: usize, payload: fn(usize) -> Vec<u8>) {
     let per = n / clients;
     let mut tasks = vec![];
     for c in 0..clients {
@@ -47,7 +73,7 @@ async fn publish(port: u16, n: usize, clients: usize) {
             });
             let topic = format!("devices/bench-{c}/telemetry");
             for i in 0..per {
-                let body = serde_json::to_vec(&json!({"seq": i, "temp_c": 21.5})).unwrap();
+                let body = payload(i);
                 client
                     .publish(&topic, QoS::AtLeastOnce, false, body)
                     .await
@@ -295,4 +321,63 @@ pub async fn forward() {
         "| edge-gateway (durable WAL, PUBACK after commit) | {gateway:.0} | {:.0} % |",
         100.0 * gateway / bridge
     );
+}
+
+/// `protobuf` section: MQTT ingest of the same reading as JSON and as Protobuf, side by side
+/// (one gateway each, the same publishers, PUBACK after commit).
+pub async fn encodings() {
+    let n = messages();
+    let clients = 4;
+    println!("\n## MQTT ingest by payload encoding: {n} QoS 1 messages, {clients} publishers");
+    println!("| encoding | payload bytes | msg/s (PUBACK after commit) | gateway CPU µs/msg |");
+    println!("|---|---|---|---|");
+    let json_size = serde_json::to_vec(&json!({"seq": 12345, "temp_c": 21.5}))
+        .unwrap()
+        .len();
+    for (label, encoding, payload, size) in [
+        (
+            "JSON",
+            "json",
+            (|i| serde_json::to_vec(&json!({"seq": i, "temp_c": 21.5})).unwrap())
+                as fn(usize) -> Vec<u8>,
+            json_size,
+        ),
+        (
+            "Protobuf",
+            "protobuf",
+            protobuf_reading as fn(usize) -> Vec<u8>,
+            protobuf_reading(12345).len(),
+        ),
+    ] {
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let broker = Broker::plain(dir.path(), false, "").expect("mosquitto");
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let gw = Gw::start(&format!(
+            "[mqtt]\nenabled = true\nbroker = \"mqtt://127.0.0.1:{}\"\n\
+             [[mqtt.subscriptions]]\nfilter = \"devices/+/telemetry\"\nencoding = \"{encoding}\"\n\
+             [delivery]\nbackoff_max_ms = 30000\n[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"http://{dead}/\"\n",
+            broker.port
+        ));
+        while metric(&gw, "edge_gateway_mqtt_session_up").await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cpu0 = super::traces::cpu_secs(gw.child.id());
+        let start = Instant::now();
+        publish_with(broker.port, n, clients, payload).await;
+        let name = "edge_gateway_ingest_records_total{result=\"accepted\",source=\"mqtt\"}";
+        while metric(&gw, name).await < n as f64
+            || metric(&gw, "edge_gateway_mqtt_unacked_messages").await > 0.0
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        let cpu = super::traces::cpu_secs(gw.child.id()) - cpu0;
+        println!(
+            "| {label} | {size} | {rate:.0} | {:.1} |",
+            1e6 * cpu / n as f64
+        );
+    }
 }
