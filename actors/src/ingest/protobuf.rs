@@ -164,6 +164,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn schema_evolution_added_and_removed_fields() {
+        // Newer firmware: a field this gateway does not know (field 9, a varint, and field
+        // 10, a string) is skipped, never refused; the reading is what it knows.
+        let mut newer = sample(4).encode_to_vec();
+        newer.extend_from_slice(&[0x48, 0x2a, 0x52, 0x02, b'h', b'i']);
+        assert_eq!(
+            decode(&newer).unwrap(),
+            decode(&sample(4).encode_to_vec()).unwrap()
+        );
+        // Older firmware: fields it never set are simply absent.
+        let older = pb::Reading {
+            device_time_ms: 0,
+            seq: Some(4),
+            msg_id: None,
+            schema: 0,
+            values: HashMap::from([("temp".to_string(), num(21.5))]),
+        };
+        let m = &decode(&older.encode_to_vec()).unwrap()[0];
+        assert_eq!(
+            Value::Object(m.clone()),
+            serde_json::json!({"seq": 4, "temp": 21.5})
+        );
+    }
+
+    #[test]
     fn hostile_nesting_is_stopped_by_the_decoder() {
         // 200 maps deep: over prost's recursion limit.
         let mut v = num(1.0);
