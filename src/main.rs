@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use edge_gateway::config::{self, Config, LoadOptions};
 use std::path::PathBuf;
 
+mod dlqcli;
 mod progress;
 mod walcli;
 
@@ -41,7 +42,7 @@ enum Cmd {
     /// device, reason and time; the gateway stopped or running.
     Dlq {
         #[command(subcommand)]
-        cmd: walcli::DlqCmd,
+        cmd: dlqcli::DlqCmd,
     },
     /// Dead letters: purge what will never be delivered (the gateway must be stopped; a
     /// running one takes `DELETE /admin/dead-letters/{sink}`).
@@ -344,7 +345,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Wal { cmd } => walcli::wal(cmd),
-        Cmd::Dlq { cmd } => walcli::dlq(cmd),
+        Cmd::Dlq { cmd } => dlqcli::dlq(cmd),
         Cmd::Replay(a) => walcli::replay(a),
         Cmd::Run(a) => {
             let cfg = a.load()?;
