@@ -220,13 +220,11 @@ pub fn change(
     );
     audit(
         &cfg.data_dir,
-        &serde_json::json!({
-            "at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            "action": action,
+        action,
+        serde_json::json!({
             "sink": sink,
             "filters": f.query().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "count": n,
-            "user": std::env::var("USER").unwrap_or_default(),
         }),
     )
     .map_err(|e| OnlineError::Refused(e.to_string()))?;

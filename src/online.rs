@@ -38,22 +38,48 @@ pub fn admin_request(
     path: &str,
     query: &[(&str, String)],
 ) -> Result<(u16, String), OnlineError> {
+    send(cfg, access, method, path, query, None)
+}
+
+/// A POST with a body (JSON Lines) to the running gateway: `(status, answer)`.
+pub fn admin_post(
+    cfg: &Config,
+    access: &AdminAccess,
+    path: &str,
+    query: &[(&str, String)],
+    body: String,
+) -> Result<(u16, String), OnlineError> {
+    send(cfg, access, reqwest::Method::POST, path, query, Some(body))
+}
+
+fn send(
+    cfg: &Config,
+    access: &AdminAccess,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, String)],
+    body: Option<String>,
+) -> Result<(u16, String), OnlineError> {
     let (client, url, token) = prepare(cfg, access, path, query)?;
-    let unreachable = |e: &dyn std::fmt::Display| OnlineError::Unreachable(e.to_string());
-    let rt = tokio::runtime::Builder::new_current_thread()
+    runtime()?
+        .block_on(async {
+            let mut req = client.request(method, url).bearer_auth(token.trim());
+            if let Some(b) = body {
+                req = req.header("content-type", "application/x-ndjson").body(b);
+            }
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            Ok::<(u16, String), reqwest::Error>((status, resp.text().await?))
+        })
+        .map_err(|e| OnlineError::Unreachable(e.to_string()))
+}
+
+/// A runtime for one request of the command line.
+fn runtime() -> Result<tokio::runtime::Runtime, OnlineError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| unreachable(&e))?;
-    rt.block_on(async {
-        let resp = client
-            .request(method, url)
-            .bearer_auth(token.trim())
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        Ok::<(u16, String), reqwest::Error>((status, resp.text().await?))
-    })
-    .map_err(|e| unreachable(&e))
+        .map_err(|e| OnlineError::Unreachable(e.to_string()))
 }
 
 /// The client, URL and token for a request to the running gateway.
@@ -113,11 +139,7 @@ pub fn admin_stream(
 ) -> Result<u64, OnlineError> {
     let (client, url, token) = prepare(cfg, access, path, query)?;
     let unreachable = |e: &dyn std::fmt::Display| OnlineError::Unreachable(e.to_string());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| unreachable(&e))?;
-    rt.block_on(async {
+    runtime()?.block_on(async {
         let mut resp = client
             .get(url)
             .bearer_auth(token.trim())
@@ -143,32 +165,4 @@ pub fn admin_stream(
             .map_err(|e| OnlineError::Refused(format!("writing the export: {e}")))?;
         Ok(lines)
     })
-}
-
-/// A POST with a body (JSON Lines) to the running gateway: `(status, answer)`.
-pub fn admin_post(
-    cfg: &Config,
-    access: &AdminAccess,
-    path: &str,
-    query: &[(&str, String)],
-    body: String,
-) -> Result<(u16, String), OnlineError> {
-    let (client, url, token) = prepare(cfg, access, path, query)?;
-    let unreachable = |e: &dyn std::fmt::Display| OnlineError::Unreachable(e.to_string());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| unreachable(&e))?;
-    rt.block_on(async {
-        let resp = client
-            .post(url)
-            .bearer_auth(token.trim())
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        Ok::<(u16, String), reqwest::Error>((status, resp.text().await?))
-    })
-    .map_err(|e| unreachable(&e))
 }

@@ -127,15 +127,13 @@ fn change(
     );
     audit(
         &cfg.data_dir,
-        &serde_json::json!({
-            "at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            "action": action,
+        action,
+        serde_json::json!({
             "sink": sink,
             "to": to,
             "moved": changed.moved,
             "moved_dead": changed.moved_dead,
             "dropped": changed.dropped,
-            "user": std::env::var("USER").unwrap_or_default(),
         }),
     )?;
     Ok(changed)
@@ -178,11 +176,9 @@ pub fn repair(
     );
     audit(
         &cfg.data_dir,
-        &serde_json::json!({
-            "at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            "action": "wal.repair",
+        "wal.repair",
+        serde_json::json!({
             "report": r,
-            "user": std::env::var("USER").unwrap_or_default(),
         }),
     )?;
     Ok(r)
@@ -284,8 +280,21 @@ pub fn show(
     }
 }
 
-/// Appends one line to `data/audit.jsonl`, durably.
-pub fn audit(data_dir: &Path, line: &serde_json::Value) -> Result<(), WalToolError> {
+/// Appends one line to `data/audit.jsonl`, durably: when, what, who (`$USER`), and `details`
+/// (a JSON object) merged in.
+pub fn audit(
+    data_dir: &Path,
+    action: &str,
+    details: serde_json::Value,
+) -> Result<(), WalToolError> {
+    let mut line = serde_json::json!({
+        "at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "action": action,
+        "user": std::env::var("USER").unwrap_or_default(),
+    });
+    if let (Some(l), serde_json::Value::Object(d)) = (line.as_object_mut(), details) {
+        l.extend(d);
+    }
     let path = data_dir.join("audit.jsonl");
     let err = |source| WalToolError::Audit {
         path: path.display().to_string(),
@@ -296,7 +305,7 @@ pub fn audit(data_dir: &Path, line: &serde_json::Value) -> Result<(), WalToolErr
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o640);
     let mut f = o.open(&path).map_err(err)?;
-    let mut buf = serde_json::to_vec(line).expect("JSON");
+    let mut buf = serde_json::to_vec(&line).expect("JSON");
     buf.push(b'\n');
     f.write_all(&buf).map_err(err)?;
     f.sync_data().map_err(err)

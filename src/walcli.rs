@@ -233,14 +233,12 @@ pub(crate) fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     tracing::warn!(sink = %a.sink, replayed = r.replayed, skipped = r.skipped, file = %a.file.display(), "records replayed from the command line");
     edge_gateway::wal_tools::audit(
         &cfg.data_dir,
-        &serde_json::json!({
-            "at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            "action": "replay",
+        "replay",
+        serde_json::json!({
             "sink": a.sink,
             "file": a.file.display().to_string(),
             "replayed": r.replayed,
             "skipped": r.skipped,
-            "user": std::env::var("USER").unwrap_or_default(),
         }),
     )?;
     println!(

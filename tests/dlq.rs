@@ -15,18 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn dlq(cfg: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("dlq")
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cli(cfg, &[&["dlq"], args].concat())
 }
 
 async fn poison(gw: &Gateway, device: &str, n: u64) {

@@ -17,14 +17,8 @@ fn http_sink(name: &str, url: &str) -> String {
     format!("[[sinks]]\nname = \"{name}\"\ntype = \"http\"\nurl = \"{url}\"\n")
 }
 
-fn wal(cfg: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("wal")
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .output()
-        .unwrap()
+fn wal(cfg: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    cli(cfg, &[&["wal"], args].concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +47,7 @@ async fn a_renamed_sinks_backlog_is_named_then_moved_and_delivered() {
         ),
     );
     let out = wal(&cfg, &["stats"]);
-    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stats: Value = serde_json::from_str(&out.1).unwrap();
     assert_eq!(stats["orphaned"][0]["sink"], "api", "{stats}");
     assert_eq!(stats["orphaned"][0]["pending"], 1001, "{stats}");
 
@@ -65,14 +59,7 @@ async fn a_renamed_sinks_backlog_is_named_then_moved_and_delivered() {
         "{}",
         gw.log()
     );
-    let ready: Value = client()
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = gw.readyz().await;
     assert_eq!(ready["orphaned_sinks"]["api"]["pending"], 1001, "{ready}");
     let m = gw.metrics().await;
     assert_eq!(
@@ -81,27 +68,19 @@ async fn a_renamed_sinks_backlog_is_named_then_moved_and_delivered() {
     );
     // Not while the gateway holds the WAL.
     let refused = wal(&cfg, &["move-sink", "api", "analytics"]);
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("stop it first"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    assert!(!refused.0);
+    assert!(refused.2.contains("stop it first"), "{}", refused.2);
     assert!(gw.terminate().success());
 
     // The wrong way round, and a name not configured: refused with the reason.
     let out = wal(&cfg, &["move-sink", "analytics", "api"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("still in the configuration"));
+    assert!(out.2.contains("still in the configuration"));
     let out = wal(&cfg, &["move-sink", "api", "nowhere"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the configuration"));
+    assert!(out.2.contains("not in the configuration"));
 
     let out = wal(&cfg, &["move-sink", "api", "analytics"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let moved: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.0, "{}", out.2);
+    let moved: Value = serde_json::from_str(&out.1).unwrap();
     assert_eq!(moved["moved"], 1001, "{moved}");
     let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
     assert!(audit.contains("\"action\":\"wal.move-sink\"") && audit.contains("\"moved\":1001"));
@@ -111,14 +90,7 @@ async fn a_renamed_sinks_backlog_is_named_then_moved_and_delivered() {
     sink.wait_for_keys(&keys, Duration::from_secs(60))
         .await
         .unwrap();
-    let ready: Value = client()
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = gw.readyz().await;
     assert!(ready.get("orphaned_sinks").is_none(), "{ready}");
 }
 
@@ -142,17 +114,13 @@ async fn a_removed_sinks_backlog_is_dropped_counted_and_audited() {
         "[[sinks]]\nname = \"file\"\ntype = \"file\"\npath = \"out.jsonl\"\n",
     );
     let out = wal(&cfg, &["drop-sink", "old"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.0, "{}", out.2);
+    let v: Value = serde_json::from_str(&out.1).unwrap();
     assert_eq!(v["dropped"], 40, "{v}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("WAL changed from the command line"));
+    assert!(out.2.contains("WAL changed from the command line"));
     let again = wal(&cfg, &["drop-sink", "old"]);
-    assert!(String::from_utf8_lossy(&again.stderr).contains("holds nothing"));
-    let stats: Value = serde_json::from_slice(&wal(&cfg, &["stats"]).stdout).unwrap();
+    assert!(again.2.contains("holds nothing"));
+    let stats: Value = serde_json::from_str(&wal(&cfg, &["stats"]).1).unwrap();
     assert!(stats.get("orphaned").is_none(), "{stats}");
     let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
     assert!(audit.contains("\"action\":\"wal.drop-sink\"") && audit.contains("\"dropped\":40"));

@@ -12,17 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 fn run(args: &[&str], cfg: &std::path::Path) -> (bool, Value, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (ok, out, err) = cli(cfg, args);
+    (ok, serde_json::from_str(&out).unwrap_or(Value::Null), err)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,19 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn cli(cfg: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("wal")
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn wal(cfg: &Path, args: &[&str]) -> (bool, String, String) {
+    cli(cfg, &[&["wal"], args].concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +62,7 @@ async fn a_backup_taken_under_load_restores_to_a_gateway_that_delivers_everythin
     before.extend(acked.lock().unwrap().iter().cloned());
     let dest = dir.path().join("backup.redb");
     let (c, d) = (cfg.clone(), dest.display().to_string());
-    let (ok, out, err) = tokio::task::spawn_blocking(move || cli(&c, &["backup", &d]))
+    let (ok, out, err) = tokio::task::spawn_blocking(move || wal(&c, &["backup", &d]))
         .await
         .unwrap();
     assert!(ok, "{out}{err}");
@@ -107,14 +96,14 @@ async fn a_backup_taken_under_load_restores_to_a_gateway_that_delivers_everythin
 
     // Never over an existing file.
     let (c, d) = (cfg.clone(), dest.display().to_string());
-    let (ok, _, err) = tokio::task::spawn_blocking(move || cli(&c, &["backup", &d]))
+    let (ok, _, err) = tokio::task::spawn_blocking(move || wal(&c, &["backup", &d]))
         .await
         .unwrap();
     assert!(!ok && err.contains("never overwrites"), "{err}");
     assert!(gw.terminate().success());
 
     // Stopped: copied from the file.
-    let (ok, out, err) = cli(
+    let (ok, out, err) = wal(
         &cfg,
         &["backup", dir.path().join("offline.redb").to_str().unwrap()],
     );
@@ -127,7 +116,7 @@ async fn a_backup_taken_under_load_restores_to_a_gateway_that_delivers_everythin
     std::fs::create_dir_all(dir2.path().join("data")).unwrap();
     std::fs::copy(&dest, dir2.path().join("data/wal.redb")).unwrap();
     let cfg2 = write_config(dir2.path(), &sinks);
-    let (ok, out, _) = cli(&cfg2, &["verify"]);
+    let (ok, out, _) = wal(&cfg2, &["verify"]);
     assert!(ok, "{out}");
     sink.set(Behaviour::Ok);
     let _gw2 = Gateway::start(&cfg2);

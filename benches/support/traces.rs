@@ -18,20 +18,6 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-async fn counter(gw: &Gw, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", gw.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 pub async fn cost() {
     println!("\n## Traces: the cost of spans at ingest (release binary, local OTLP collector)");
     let sink = accept_all_sink(Arc::new(AtomicBool::new(true))).await;
@@ -62,16 +48,18 @@ pub async fn cost() {
             let pid = gw.child.id();
             let (cpu0, exp0, drop0) = (
                 cpu_secs(pid),
-                counter(&gw, "edge_gateway_otel_spans_exported_total").await,
-                counter(&gw, "edge_gateway_otel_spans_dropped_total").await,
+                super::mqtt::metric(&gw, "edge_gateway_otel_spans_exported_total").await,
+                super::mqtt::metric(&gw, "edge_gateway_otel_spans_dropped_total").await,
             );
             let (rate, lat) = closed_loop(&gw, conc, per, secs).await;
             let readings = rate * secs as f64;
             let cpu = cpu_secs(pid) - cpu0;
             // Let the last export go out before counting.
             tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-            let exported = counter(&gw, "edge_gateway_otel_spans_exported_total").await - exp0;
-            let dropped = counter(&gw, "edge_gateway_otel_spans_dropped_total").await - drop0;
+            let exported =
+                super::mqtt::metric(&gw, "edge_gateway_otel_spans_exported_total").await - exp0;
+            let dropped =
+                super::mqtt::metric(&gw, "edge_gateway_otel_spans_dropped_total").await - drop0;
             println!(
                 "| {label} | {conc} × {per} | {rate:.0} | {:.2} | {:.2} | {:.1} | {exported:.0} | {dropped:.0} |",
                 pct(&lat, 0.5),

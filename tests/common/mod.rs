@@ -212,6 +212,18 @@ impl Gateway {
         }
     }
 
+    /// `GET /readyz`'s body, whatever its status.
+    pub async fn readyz(&self) -> Value {
+        client()
+            .get(self.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn metrics(&self) -> String {
         client()
             .get(self.admin_url("/metrics"))
@@ -229,6 +241,21 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `edge-gateway ARGS --config CFG` to its end: (success, stdout, stderr).
+pub fn cli(cfg: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .expect("run edge-gateway");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn client() -> reqwest::Client {

@@ -221,6 +221,27 @@ fn check_nesting(m: &Map<String, Value>, field: impl FnOnce() -> String) -> Resu
     Ok(())
 }
 
+/// A batch holds at least one reading and at most `max_batch`.
+fn check_batch_len(n: usize, max_batch: usize) -> Result<(), Rejection> {
+    if n == 0 {
+        return Err(Rejection::new(
+            400,
+            "empty_batch",
+            Some("body".into()),
+            "batch holds no readings",
+        ));
+    }
+    if n > max_batch {
+        return Err(Rejection::new(
+            413,
+            "batch_too_large",
+            Some("body".into()),
+            format!("batch of {n} readings exceeds the limit of {max_batch}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes a body into its readings (one map, or an array of maps).
 pub fn decode(
     body: &[u8],
@@ -238,25 +259,7 @@ pub fn decode(
     let v: Value = match enc {
         Encoding::Protobuf => {
             let readings = super::protobuf::decode(body)?;
-            if readings.is_empty() {
-                return Err(Rejection::new(
-                    400,
-                    "empty_batch",
-                    Some("body".into()),
-                    "batch holds no readings",
-                ));
-            }
-            if readings.len() > max_batch {
-                return Err(Rejection::new(
-                    413,
-                    "batch_too_large",
-                    Some("body".into()),
-                    format!(
-                        "batch of {} readings exceeds the limit of {max_batch}",
-                        readings.len()
-                    ),
-                ));
-            }
+            check_batch_len(readings.len(), max_batch)?;
             for (i, m) in readings.iter().enumerate() {
                 check_nesting(m, || format!("readings[{i}]"))?;
             }
@@ -291,25 +294,7 @@ pub fn decode(
             Ok(vec![m])
         }
         Value::Array(items) => {
-            if items.is_empty() {
-                return Err(Rejection::new(
-                    400,
-                    "empty_batch",
-                    Some("body".into()),
-                    "batch holds no readings",
-                ));
-            }
-            if items.len() > max_batch {
-                return Err(Rejection::new(
-                    413,
-                    "batch_too_large",
-                    Some("body".into()),
-                    format!(
-                        "batch of {} readings exceeds the limit of {max_batch}",
-                        items.len()
-                    ),
-                ));
-            }
+            check_batch_len(items.len(), max_batch)?;
             items
                 .into_iter()
                 .enumerate()

@@ -16,21 +16,8 @@ impl WalStore {
     ) -> Result<Result<usize, AppendRefused>, WalError> {
         let bodies: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
         let bytes: u64 = bodies.iter().map(|b| b.len() as u64).sum();
-        let file_full =
-            self.limits.max_file_bytes > 0 && self.file_bytes >= self.limits.max_file_bytes;
-        if meta.records + bodies.len() as u64 > self.limits.max_records
-            || meta.live_bytes + bytes > self.limits.max_bytes
-            || file_full
-        {
-            return Ok(Err(Full {
-                records: meta.records,
-                bytes: meta.live_bytes,
-                max_records: self.limits.max_records,
-                max_bytes: self.limits.max_bytes,
-                file_bytes: self.file_bytes,
-                max_file_bytes: self.limits.max_file_bytes,
-            }
-            .into()));
+        if let Err(full) = self.room_for(meta, bodies.len() as u64, bytes) {
+            return Ok(Err(full.into()));
         }
         for (r, body) in records.iter().zip(&bodies) {
             let seq = meta.next_seq;

@@ -78,22 +78,10 @@ impl WalStore {
             new_bytes += bytes.len() as u64;
             plans.push(Plan::New { fp, arrived, bytes });
         }
-        let file_full =
-            self.limits.max_file_bytes > 0 && self.file_bytes >= self.limits.max_file_bytes;
-        if new_count > 0
-            && (meta.records + new_count > self.limits.max_records
-                || meta.live_bytes + new_bytes > self.limits.max_bytes
-                || file_full)
-        {
-            return Ok(Err(Full {
-                records: meta.records,
-                bytes: meta.live_bytes,
-                max_records: self.limits.max_records,
-                max_bytes: self.limits.max_bytes,
-                file_bytes: self.file_bytes,
-                max_file_bytes: self.limits.max_file_bytes,
+        if new_count > 0 {
+            if let Err(full) = self.room_for(meta, new_count, new_bytes) {
+                return Ok(Err(full.into()));
             }
-            .into()));
         }
         // Per-device share (one request holds one device's readings; checked per device
         // all the same).
@@ -182,6 +170,26 @@ impl WalStore {
             out.push(outcome);
         }
         Ok(Ok(out))
+    }
+
+    /// Whether `records` more records of `bytes` fit the WAL's limits (and its file's).
+    pub(super) fn room_for(&self, meta: &Meta, records: u64, bytes: u64) -> Result<(), Full> {
+        let file_full =
+            self.limits.max_file_bytes > 0 && self.file_bytes >= self.limits.max_file_bytes;
+        if meta.records + records > self.limits.max_records
+            || meta.live_bytes + bytes > self.limits.max_bytes
+            || file_full
+        {
+            return Err(Full {
+                records: meta.records,
+                bytes: meta.live_bytes,
+                max_records: self.limits.max_records,
+                max_bytes: self.limits.max_bytes,
+                file_bytes: self.file_bytes,
+                max_file_bytes: self.limits.max_file_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// The row of `key` if it is still within the idempotency window.
