@@ -10,7 +10,6 @@ mod common;
 use common::sink::{Behaviour, RecordingSink};
 use common::*;
 use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 
 fn http_sink(name: &str, url: &str) -> String {
