@@ -8,7 +8,6 @@ use common::sink::{Behaviour, RecordingSink};
 use common::*;
 use serde_json::Value;
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::Duration;
 
 fn run(args: &[&str], cfg: &std::path::Path) -> (bool, Value, String) {

@@ -10,7 +10,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
