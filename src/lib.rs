@@ -236,7 +236,11 @@ pub async fn run(
         let _ = metrics.implausible.with_label_values(&[field]);
     }
     metrics.devices.load(&config.data_dir);
-    if edge_gateway_actors::traces::init(&config.tracing, &metrics.traces)? {
+    // Reads a headers file: off the workers (the export task it spawns needs the runtime,
+    // which `block_in_place` keeps).
+    if tokio::task::block_in_place(|| {
+        edge_gateway_actors::traces::init(&config.tracing, &metrics.traces)
+    })? {
         tracing::info!(
             endpoint = %config::redact_url(&config.tracing.endpoint),
             sampler = ?config.tracing.sampler,
