@@ -115,7 +115,13 @@ pub fn check(
         } else if w.up_ms.is_some() && row.gateway_started_ms.is_some() {
             violations.push(format!("{what}: over, the gateway's report never ended it"));
         }
-        if row.gateway_started_ms.is_some() && row.gateway_drained_ms.is_none() {
+        // A drain cut short by the sink's next outage is not over, and rightly never dated.
+        let next_began = row.gateway_ended_ms.is_some_and(|end| {
+            mine.iter().any(|r| {
+                r["sink"] == w.sink.as_str() && num(r, "started_at_ms").is_some_and(|s| s >= end)
+            })
+        });
+        if row.gateway_started_ms.is_some() && row.gateway_drained_ms.is_none() && !next_began {
             violations.push(format!("{what}: the gateway never saw its backlog drain"));
         }
         if let Some(p) = row.gateway_peak_backlog {
@@ -189,6 +195,27 @@ mod tests {
         );
         assert!(c.violations.is_empty(), "{:?}", c.violations);
         assert_eq!((c.gateway_outages, c.gateway_resent), (2, 4));
+    }
+
+    #[test]
+    fn a_drain_cut_short_by_the_next_outage_is_not_a_mismatch() {
+        let mut first = report(10_200, 16_500, 310, 4);
+        first["drained_at_ms"] = Value::Null;
+        let c = check(
+            &[window(10_000, 15_000, 300.0), window(17_000, 20_000, 250.0)],
+            &[first.clone(), report(17_050, 21_000, 240, 0)],
+            0,
+            0.0,
+            TOL,
+        );
+        assert!(c.violations.is_empty(), "{:?}", c.violations);
+        // The last one never drained: that is one.
+        let c = check(&[window(10_000, 15_000, 300.0)], &[first], 0, 0.0, TOL);
+        assert!(
+            c.violations[0].contains("never saw its backlog drain"),
+            "{:?}",
+            c.violations
+        );
     }
 
     #[test]
