@@ -16,15 +16,8 @@ const PENDING: TableDefinition<(&str, u64), u32> = TableDefinition::new("pending
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 fn verify(cfg: &Path) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(["wal", "verify", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let (ok, out, err) = cli(cfg, &["wal", "verify"]);
+    (ok, out + &err)
 }
 
 /// A filled WAL (300 readings waiting for a sink that answers 503), and its config.
@@ -190,18 +183,9 @@ async fn verify_names_each_damage_and_a_damaged_file_stops_the_gateway() {
     for (kind, damage, left) in repairs {
         let _ = std::fs::remove_file(&quarantine);
         damaged(&good, &cfg, &wal, kind, damage);
-        let out = Command::new(BIN)
-            .args(["wal", "repair", "--quarantine"])
-            .arg(&quarantine)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{kind}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let q = quarantine.to_str().unwrap();
+        let (ok, _, err) = cli(&cfg, &["wal", "repair", "--quarantine", q]);
+        assert!(ok, "{kind}: {err}");
         let (ok, report) = verify(&cfg);
         assert!(ok, "{kind}: still damaged after repair:\n{report}");
         assert!(
@@ -214,17 +198,9 @@ async fn verify_names_each_damage_and_a_damaged_file_stops_the_gateway() {
 
     // `wal compact` offline: the file shrinks or stays, and still verifies.
     std::fs::write(&wal, &good).unwrap();
-    let out = Command::new(BIN)
-        .args(["wal", "compact", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, out, err) = cli(&cfg, &["wal", "compact"]);
+    assert!(ok, "{err}");
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
         c["after_bytes"].as_u64() <= c["before_bytes"].as_u64(),
         "{c}"
