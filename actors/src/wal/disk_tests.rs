@@ -36,7 +36,8 @@ fn appends_wait_for_room_while_settles_go_on() {
             &r[0],
             OpResult::Appended(Err(AppendRefused::DiskFull(DiskFull {
                 free: 999,
-                min_free: 1_000
+                min_free: 1_000,
+                reserve_in_use: false,
             })))
         ),
         "{r:?}"
@@ -78,4 +79,57 @@ fn enospc_is_told_apart_from_other_storage_errors() {
     );
     assert!(!WalError::Storage("I/O error: Input/output error (os error 5)".into()).is_no_space());
     assert!(!WalError::AlreadyOpen.is_no_space());
+    let open = WalError::Open {
+        path: "wal.redb".into(),
+        source: redb::DatabaseError::Storage(redb::StorageError::Io(
+            std::io::Error::from_raw_os_error(28),
+        )),
+    };
+    assert!(open.is_no_space(), "{open}");
+}
+
+#[test]
+fn tight_after_enospc_appends_wait_whatever_min_free_says_and_settles_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = limits();
+    l.min_free_bytes = 0; // the guard off, as a misconfigured box has it
+    let s = WalStore::open(&dir.path().join("wal.redb"), vec!["a".into()], l).unwrap();
+    let (mut s, r) = s.apply(vec![Op::Append(vec![rec("k1", 1)])], 1).unwrap();
+    assert!(matches!(&r[0], OpResult::Appended(Ok(_))));
+    s.set_tight(true);
+    let (s, r) = s
+        .apply(
+            vec![
+                Op::Append(vec![rec("k2", 2)]),
+                Op::Lease {
+                    sink: "a".into(),
+                    max: 10,
+                    fill: None,
+                },
+            ],
+            2,
+        )
+        .unwrap();
+    let OpResult::Appended(Err(AppendRefused::DiskFull(d))) = &r[0] else {
+        panic!("{r:?}")
+    };
+    assert!(d.reserve_in_use);
+    assert!(d.to_string().contains("reserve is in use"), "{d}");
+    let OpResult::Leased(leased) = &r[1] else {
+        panic!("{r:?}")
+    };
+    let acks = leased.iter().map(|l| (l.seq, Outcome::Acked)).collect();
+    let (mut s, r) = s
+        .apply(
+            vec![Op::Settle {
+                sink: "a".into(),
+                outcomes: acks,
+            }],
+            3,
+        )
+        .unwrap();
+    assert!(matches!(&r[0], OpResult::Settled { acked: 1, .. }), "{r:?}");
+    s.set_tight(false);
+    let (_, r) = s.apply(vec![Op::Append(vec![rec("k3", 4)])], 4).unwrap();
+    assert!(matches!(&r[0], OpResult::Appended(Ok(_))));
 }

@@ -34,8 +34,11 @@
 //! process filled the disk), the actor deletes its reserve file (`wal.reserve_bytes`, kept
 //! beside the WAL), reopens the store in place — its callers get an error, never an ack — and
 //! carries on, so settles and deletes, which free space, keep committing. No restart is
-//! counted, so a full disk never exhausts a restart budget. The reserve is recreated once
-//! the filesystem has room again.
+//! counted, so a full disk never exhausts a restart budget. Until the reserve is back the
+//! WAL is *tight*: appends are refused (503 `disk_full`, whatever `min_free_bytes` says) and
+//! every commit is durable, so the reserve's room goes to settles and deletes and the pages
+//! they free are reused by the next commit. A reopen that itself meets ENOSPC waits for room
+//! rather than failing. The reserve is recreated once the filesystem has room again.
 
 use super::quota::DeviceQuota;
 use super::record::{AppendOutcome, Leased, Outcome, Record, WalStats};
@@ -223,6 +226,9 @@ pub struct WalState {
     open: OpenArgs,
     /// The reserve was deleted (or could not be made): recreate it when there is room.
     reserve_missing: bool,
+    /// A commit met ENOSPC and the reserve is not back yet: appends are refused and every
+    /// commit is durable (`WalStore::set_tight`), so the reserve's room goes to settles.
+    tight: bool,
     tasks: crate::tasks::Tasks,
 }
 
@@ -246,6 +252,33 @@ async fn open_store(args: &OpenArgs) -> Result<WalStore, WalError> {
             Err(WalError::AlreadyOpen) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Reopens the store after ENOSPC. The reopen commits too (redb's repair, the store's
+/// open transaction), so on a disk with not a byte left it waits for room — freed by the
+/// operator or another process — instead of failing the actor into a restart loop that
+/// would end the process; `/healthz` reports the WAL stalled meanwhile.
+async fn reopen_on_full_disk(args: &OpenArgs) -> Result<WalStore, WalError> {
+    let mut delay = Duration::from_millis(100);
+    let mut tries = 0u32;
+    loop {
+        match open_store(args).await {
+            Err(e) if e.is_no_space() => {
+                tries += 1;
+                if tries == 1 || tries.is_power_of_two() {
+                    tracing::error!(
+                        error = %e,
+                        tries,
+                        "the WAL cannot reopen: the disk is full to the last byte; waiting for room \
+                         (free space on the WAL's filesystem)"
+                    );
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
             other => return other,
         }
@@ -398,6 +431,7 @@ impl Actor for Wal {
             clock,
             open,
             reserve_missing,
+            tight: false,
             tasks: crate::tasks::Tasks::default(),
         })
     }
@@ -455,6 +489,7 @@ impl Actor for Wal {
                         let reserve = state.open.reserve_path();
                         let released = std::fs::remove_file(&reserve).is_ok();
                         state.reserve_missing = true;
+                        state.tight = true;
                         tracing::error!(
                             error = %e,
                             reserve_released = released,
@@ -463,7 +498,7 @@ impl Actor for Wal {
                         // The old database goes with its last handle: ours too, before the
                         // reopen (a read in flight finishes first; open_store waits for it).
                         state.reader = None;
-                        let store = open_store(&state.open).await?;
+                        let store = reopen_on_full_disk(&state.open).await?;
                         state.reader = Some(store.reader());
                         state.store = Some(store);
                         state
@@ -485,6 +520,7 @@ impl Actor for Wal {
             WalMsg::ReserveMade(made) => {
                 state.reserve_missing = !made;
                 if made {
+                    state.tight = false;
                     tracing::info!(path = %state.open.reserve_path().display(), "WAL reserve file in place again");
                 }
                 Ok(())

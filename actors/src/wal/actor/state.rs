@@ -9,7 +9,8 @@ impl WalState {
         if self.queue.is_empty() {
             return None;
         }
-        let store = self.store.take()?;
+        let mut store = self.store.take()?;
+        store.set_tight(self.tight);
         let n = self.queue.len().min(self.max_group);
         let mut ops = Vec::with_capacity(n);
         for (op, waiter) in self.queue.drain(..n) {

@@ -163,6 +163,8 @@ pub struct WalStore {
     devices: Devices,
     /// Free bytes of the WAL's filesystem, asked once per commit that appends.
     free_space: FreeSpace,
+    /// See [`WalStore::set_tight`].
+    tight: bool,
     /// Size of the file after the last commit.
     file_bytes: u64,
     /// Size the last compaction left the file at, and when (WAL time) the next attempt may be
@@ -311,6 +313,7 @@ impl WalStore {
             compact_after_ms: 0,
             dead_events: Vec::new(),
             oldest_pending: BTreeMap::new(),
+            tight: false,
             // Only in a build with the `negative-control` feature (never a default): the
             // chaos harness's proof that it can see loss.
             negative_control_non_durable: cfg!(feature = "negative-control"),
@@ -319,6 +322,12 @@ impl WalStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Tight after a commit met ENOSPC, until the reserve is back: appends refused
+    /// (`DiskFull { reserve_in_use }`), every commit durable (see `apply`).
+    pub fn set_tight(&mut self, tight: bool) {
+        self.tight = tight;
     }
 
     /// Replaces the free-space probe (tests: a disk that fills on demand).
@@ -338,7 +347,11 @@ impl WalStore {
         ops: Vec<Op>,
         now_ms: u64,
     ) -> Result<(WalStore, Vec<OpResult>), WalError> {
-        let durable = ops.iter().any(Op::needs_durability) && !self.negative_control_non_durable;
+        // Tight (the reserve is in use after ENOSPC): every commit durable, so the pages a
+        // settle or delete frees are reusable by the very next commit (redb keeps pages freed
+        // by a non-durable commit until a durable one) and the file need not grow.
+        let durable = (self.tight || ops.iter().any(Op::needs_durability))
+            && !self.negative_control_non_durable;
         let mut txn = read_db(&self.db).begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate
@@ -348,17 +361,24 @@ impl WalStore {
         let mut meta = self.meta.clone();
         meta.clock_ms = meta.clock_ms.max(now_ms);
         // Once per commit that appends: is there room to take more in?
-        let disk_full =
-            if self.limits.min_free_bytes > 0 && ops.iter().any(|o| matches!(o, Op::Append(_))) {
-                (self.free_space)()
-                    .filter(|free| *free < self.limits.min_free_bytes)
-                    .map(|free| DiskFull {
-                        free,
-                        min_free: self.limits.min_free_bytes,
-                    })
-            } else {
-                None
-            };
+        let appends = ops.iter().any(|o| matches!(o, Op::Append(_)));
+        let disk_full = if appends && self.tight {
+            Some(DiskFull {
+                free: (self.free_space)().unwrap_or(0),
+                min_free: 0,
+                reserve_in_use: true,
+            })
+        } else if appends && self.limits.min_free_bytes > 0 {
+            (self.free_space)()
+                .filter(|free| *free < self.limits.min_free_bytes)
+                .map(|free| DiskFull {
+                    free,
+                    min_free: self.limits.min_free_bytes,
+                    reserve_in_use: false,
+                })
+        } else {
+            None
+        };
         let mut results = Vec::with_capacity(ops.len());
         {
             let mut tx = Tx::open(&txn)?;

@@ -36,9 +36,11 @@ pub enum WalError {
 impl WalError {
     /// The filesystem is full (ENOSPC): the store must be reopened, but nothing is wrong
     /// with it, and delivery must go on (see the WAL actor).
+    /// Also when the (re)open itself met it: redb repairs and the store commits at open.
     pub fn is_no_space(&self) -> bool {
         let s = match self {
-            WalError::Storage(s) => s.as_str(),
+            WalError::Storage(s) => s.clone(),
+            WalError::Open { source, .. } => source.to_string(),
             _ => return false,
         };
         s.contains("os error 28") || s.contains("No space left") || s.contains("no storage space")
@@ -292,10 +294,33 @@ pub enum OpResult {
 
 /// The filesystem holding the WAL is nearly full: appends wait, delivery goes on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("disk nearly full: {free} bytes free, wal.min_free_bytes is {min_free}; appends resume once delivery frees space")]
+#[error("{}", self.describe())]
 pub struct DiskFull {
     pub free: u64,
+    /// `wal.min_free_bytes`; 0 when the refusal is the reserve's (`reserve_in_use`).
     pub min_free: u64,
+    /// A commit met ENOSPC and the WAL's reserve file was released: its room is kept for
+    /// settles and deletes, so appends wait until the reserve is back, whatever
+    /// `wal.min_free_bytes` says.
+    pub reserve_in_use: bool,
+}
+
+impl DiskFull {
+    fn describe(&self) -> String {
+        if self.reserve_in_use {
+            format!(
+                "disk full: a commit met ENOSPC and the WAL's reserve is in use ({} bytes free); \
+                 appends resume once delivery has freed room for the reserve again",
+                self.free
+            )
+        } else {
+            format!(
+                "disk nearly full: {} bytes free, wal.min_free_bytes is {}; appends resume once \
+                 delivery frees space",
+                self.free, self.min_free
+            )
+        }
+    }
 }
 
 /// Free bytes of the WAL's filesystem (`None`: unknown, no check).
