@@ -12,7 +12,8 @@
 //! - `idle`:  RSS of an idle gateway.
 //! - `mqtt`:  durable MQTT ingest (PUBACK after commit) beside mosquitto's own rate to an
 //!   ack-only subscriber, as a ratio (`BENCH_MQTT_MESSAGES`, default 100,000); and the drain
-//!   of a backlog to an upstream mosquitto (`BENCH_MQTT_BACKLOG`, default 100,000).
+//!   of a backlog to an upstream mosquitto (`BENCH_MQTT_BACKLOG`, default 100,000; that drain
+//!   alone: `upstream`).
 //! - `forward`: end to end through two mosquitto brokers, the gateway beside a mosquitto
 //!   bridge (persistence on) in the same run (`BENCH_FORWARD_MESSAGES`, default 50,000).
 //! - `steady`: sustained ingest with delivery keeping up (`BENCH_STEADY_SECS`, default 60):
@@ -81,6 +82,8 @@ fn main() {
     }
     if want("mqtt") {
         rt.block_on(mqtt::ingest());
+    }
+    if want("mqtt") || want("upstream") {
         rt.block_on(mqtt::upstream_drain());
     }
     if want("forward") {
