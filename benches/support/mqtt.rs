@@ -238,15 +238,22 @@ pub async fn upstream_drain() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
+    let batch: usize = std::env::var("BENCH_MQTT_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     println!("\n## Upstream MQTT drain: a {n}-record backlog to an upstream mosquitto");
     let dir = tempfile::tempdir_in(".").unwrap();
-    let mut up = Broker::plain(dir.path(), true, "").expect("mosquitto");
+    let extra = std::env::var("BENCH_UPSTREAM_CONF")
+        .unwrap_or_default()
+        .replace("\\n", "\n");
+    let mut up = Broker::plain(dir.path(), true, &extra).expect("mosquitto");
     // A persistent subscriber: its session (and what is queued for it) survives the outage.
     let sub = ack_only_subscriber(up.port, "site/#", "bench-upstream-sub", false, n).await;
     sub.abort();
     up.stop();
     let gw = Gw::start(&format!(
-        "[http]\nmax_batch = 1000\n[delivery]\nbatch_size = 1000\nbackoff_initial_ms = 100\nbackoff_max_ms = 200\n[[sinks]]\nname = \"up\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic_prefix = \"site\"\nmax_in_flight = {inflight}\n",
+        "[http]\nmax_batch = 1000\n[delivery]\nbatch_size = {batch}\nbackoff_initial_ms = 100\nbackoff_max_ms = 200\n[[sinks]]\nname = \"up\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic_prefix = \"site\"\nmax_in_flight = {inflight}\n",
         up.port
     ));
     ingest_batches(&gw, n, 4, 3).await;
@@ -256,9 +263,18 @@ pub async fn upstream_drain() {
     let end = sub.await.unwrap();
     let s = (end - start).as_secs_f64();
     println!(
-        "drained {n} upstream in {s:.1} s ({:.0} msg/s, max_in_flight {inflight}, QoS 1); gateway RSS {:.1} MiB",
+        "drained {n} upstream in {s:.1} s ({:.0} msg/s, batch_size {batch}, max_in_flight {inflight}, QoS 1); gateway RSS {:.1} MiB",
         n as f64 / s,
         gw.rss_kib() as f64 / 1024.0
+    );
+    // Where the time went: inside the publisher (publish all, every PUBACK back) or between.
+    let busy = metric(&gw, "edge_gateway_publish_seconds_sum{sink=\"up\"}").await;
+    let batches = metric(&gw, "edge_gateway_publish_seconds_count{sink=\"up\"}").await;
+    let commits = metric(&gw, "edge_gateway_wal_commit_seconds_count").await;
+    let commit_s = metric(&gw, "edge_gateway_wal_commit_seconds_sum").await;
+    println!(
+        "publisher busy {busy:.2} s over {batches:.0} attempts ({:.1} ms each); WAL commits {commits:.0}, {commit_s:.2} s in all",
+        1000.0 * busy / batches.max(1.0)
     );
 }
 

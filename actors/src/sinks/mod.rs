@@ -5,9 +5,12 @@
 //!   for the whole batch)
 //! - `Resume`  <- Dispatcher (cast: send again after a failure; see below)
 //! - `Fail`    <- admin API chaos hook
+//! - `Done`    <- the MQTT sink's own task (a batch's answer, in batch order)
 //!
-//! One batch at a time per sink: a slow or hanging sink holds only its own publisher (and
-//! its per-request timeout bounds that), never ingest or another sink. After a batch fails,
+//! One batch at a time per sink — except MQTT, whose task streams the next batch while the
+//! last PUBACKs of one are out (`mqtt/pipeline.rs`; it keeps the rules below itself): a slow
+//! or hanging sink holds only its own publisher (and its per-request timeout bounds that),
+//! never ingest or another sink. After a batch fails,
 //! the publisher answers `NotSent` to every batch until the dispatcher sends `Resume`: batches
 //! queued behind a failed one would otherwise overtake it and break per-device order of first
 //! delivery. The dispatcher sends `Resume` just before the first batch leased after the
@@ -78,6 +81,8 @@ pub enum PublisherMsg {
     },
     Resume,
     Fail(String),
+    /// The MQTT sink's task answered a batch.
+    Done(mqtt::Done),
 }
 
 impl Failable for PublisherMsg {
@@ -142,7 +147,7 @@ pub struct PublisherArgs {
 enum SinkImpl {
     File(file::FileSink),
     Http(http::HttpSink),
-    Mqtt(Box<mqtt::MqttSink>),
+    Mqtt(mqtt::MqttPipe),
     S3(Box<s3::S3Sink>),
     Kafka(Box<kafka::KafkaSink>),
 }
@@ -153,8 +158,7 @@ impl SinkImpl {
     fn last_sent_any(&self) -> bool {
         match self {
             SinkImpl::Http(s) => s.last_sent_any(),
-            SinkImpl::Mqtt(s) => s.last_sent_any(),
-            SinkImpl::File(_) | SinkImpl::S3(_) | SinkImpl::Kafka(_) => true,
+            SinkImpl::File(_) | SinkImpl::Mqtt(_) | SinkImpl::S3(_) | SinkImpl::Kafka(_) => true,
         }
     }
 
@@ -176,9 +180,38 @@ pub struct PublisherState {
     metrics: Arc<Metrics>,
     health: health::SinkHealth,
     addr: Addr<PublisherMsg>,
-    /// A batch failed and no `Resume` came since.
+    /// A batch failed and no `Resume` came since (the MQTT task keeps its own).
     holding: bool,
     resent: resent::Resent,
+    /// Batches handed to the MQTT task, oldest first, with their tickets.
+    jobs: std::collections::VecDeque<(u64, Job)>,
+    next_ticket: u64,
+}
+
+/// A batch being published: what its answer needs.
+struct Job {
+    reply: RpcReplyPort<PublishResult>,
+    spans: PublishSpans,
+    seqs: Vec<u64>,
+    records: usize,
+    started: tokio::time::Instant,
+}
+
+impl Job {
+    fn start(
+        name: &str,
+        system: &'static str,
+        batch: &mut [Leased],
+        reply: RpcReplyPort<PublishResult>,
+    ) -> Job {
+        Job {
+            spans: PublishSpans::start(name, system, batch),
+            seqs: batch.iter().map(|l| l.seq).collect(),
+            records: batch.len(),
+            started: tokio::time::Instant::now(),
+            reply,
+        }
+    }
 }
 
 impl Actor for Publisher {
@@ -188,17 +221,20 @@ impl Actor for Publisher {
 
     async fn pre_start(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: PublisherArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let sink = match &args.sink {
             SinkConfig::File(c) => SinkImpl::File(file::FileSink::open(c, &args.data_dir).await?),
             SinkConfig::Http(c) => SinkImpl::Http(http::HttpSink::new(c, &args.gateway_id)?),
-            SinkConfig::Mqtt(c) => SinkImpl::Mqtt(Box::new(mqtt::MqttSink::new(
-                c,
-                &args.gateway_id,
-                args.batch_size,
-            )?)),
+            SinkConfig::Mqtt(c) => {
+                let sink = mqtt::MqttSink::new(c, &args.gateway_id, args.batch_size)?;
+                let addr = args.addr.clone();
+                SinkImpl::Mqtt(mqtt::MqttPipe::start(sink, move |done| {
+                    addr.note_sent();
+                    let _ = myself.cast(PublisherMsg::Done(done));
+                }))
+            }
             SinkConfig::S3(c) => {
                 SinkImpl::S3(Box::new(s3::S3Sink::new(c, &args.gateway_id).await?))
             }
@@ -217,6 +253,8 @@ impl Actor for Publisher {
             // to it before the dispatcher saw its predecessor fail must not overtake.
             holding: true,
             resent: resent::Resent::default(),
+            jobs: Default::default(),
+            next_ticket: 0,
         })
     }
 
@@ -230,68 +268,106 @@ impl Actor for Publisher {
         match msg {
             PublisherMsg::Resume => {
                 state.holding = false;
+                if let SinkImpl::Mqtt(p) = &state.sink {
+                    p.send(mqtt::Cmd::Resume);
+                }
                 Ok(())
+            }
+            PublisherMsg::Publish { mut batch, reply }
+                if matches!(state.sink, SinkImpl::Mqtt(_)) =>
+            {
+                // The MQTT task answers in turn, holding after a failure itself.
+                let job = Job::start(&state.name, "mqtt", &mut batch, reply);
+                let ticket = state.next_ticket;
+                state.next_ticket += 1;
+                let SinkImpl::Mqtt(p) = &state.sink else {
+                    unreachable!("matched above")
+                };
+                if p.send(mqtt::Cmd::Submit { ticket, batch }) {
+                    state.jobs.push_back((ticket, job));
+                    Ok(())
+                } else {
+                    Err("the MQTT sink's task is gone".into())
+                }
             }
             PublisherMsg::Publish { reply, .. } if state.holding => {
                 let _ = reply.send(PublishResult::NotSent);
                 Ok(())
             }
             PublisherMsg::Publish { mut batch, reply } => {
-                let records = batch.len();
-                let spans = PublishSpans::start(&state.name, state.sink.system(), &mut batch);
-                let seqs: Vec<u64> = batch.iter().map(|l| l.seq).collect();
-                let started = tokio::time::Instant::now();
+                let job = Job::start(&state.name, state.sink.system(), &mut batch, reply);
                 let result = match &mut state.sink {
                     SinkImpl::File(s) => s.publish(&batch).await,
                     SinkImpl::Http(s) => s.publish(&batch).await,
-                    SinkImpl::Mqtt(s) => s.publish(&batch).await,
                     // Moved, not copied: an object's batch is large, and built off the runtime.
                     SinkImpl::S3(s) => s.publish(batch).await,
                     SinkImpl::Kafka(s) => s.publish(&batch).await,
+                    SinkImpl::Mqtt(_) => unreachable!("its own task publishes"),
                 };
-                let label = match &result {
-                    PublishResult::Delivered => "delivered",
-                    PublishResult::NotSent => "not_sent",
-                    PublishResult::Outage { .. } => "outage",
-                    PublishResult::TooBig(_) => "too_big",
-                    PublishResult::Transient(_) => "transient_error",
-                    PublishResult::Permanent(_) => "permanent_error",
-                };
-                state
-                    .metrics
-                    .publish_results
-                    .with_label_values(&[&state.name, label])
-                    .inc();
-                state
-                    .metrics
-                    .publish_seconds
-                    .with_label_values(&[&state.name])
-                    .observe(started.elapsed().as_secs_f64());
-                state.health.observe(&state.name, &result, &state.metrics);
-                if matches!(result, PublishResult::Outage { .. }) {
-                    state.health.note_trace(&state.name, spans.first_trace_id());
-                }
-                let resent = state
-                    .resent
-                    .observe(&seqs, &result, state.sink.last_sent_any());
-                if resent > 0 {
-                    state
-                        .metrics
-                        .publish_resent
-                        .with_label_values(&[&state.name])
-                        .inc_by(resent);
-                }
                 state.holding = !matches!(result, PublishResult::Delivered);
-                if state.holding {
-                    // The first kept record's trace leads from this line to the attempt's spans.
-                    let trace_id = spans.first_trace_id();
-                    tracing::warn!(sink = %state.name, records, result = ?result, trace_id, "publish failed");
+                let sent_any = state.sink.last_sent_any();
+                conclude(state, job, result, sent_any);
+                Ok(())
+            }
+            PublisherMsg::Done(done) => {
+                match state.jobs.pop_front() {
+                    Some((ticket, job)) if ticket == done.ticket => {
+                        conclude(state, job, done.result, done.sent_any)
+                    }
+                    other => {
+                        return Err(format!(
+                            "the MQTT task answered batch {} out of turn (expected {:?})",
+                            done.ticket,
+                            other.map(|(t, _)| t)
+                        )
+                        .into())
+                    }
                 }
-                spans.finish(&result, records);
-                let _ = reply.send(result);
                 Ok(())
             }
             PublisherMsg::Fail(reason) => Err(format!("failure injected: {reason}").into()),
         }
     }
+}
+
+/// A batch's answer: counted, observed for the sink's health and the `resent` bound, logged
+/// if it failed, its spans ended, and sent back to the dispatcher.
+fn conclude(state: &mut PublisherState, job: Job, result: PublishResult, sent_any: bool) {
+    let label = match &result {
+        PublishResult::Delivered => "delivered",
+        PublishResult::NotSent => "not_sent",
+        PublishResult::Outage { .. } => "outage",
+        PublishResult::TooBig(_) => "too_big",
+        PublishResult::Transient(_) => "transient_error",
+        PublishResult::Permanent(_) => "permanent_error",
+    };
+    let m = &state.metrics;
+    m.publish_results
+        .with_label_values(&[&state.name, label])
+        .inc();
+    if result != PublishResult::NotSent {
+        m.publish_seconds
+            .with_label_values(&[&state.name])
+            .observe(job.started.elapsed().as_secs_f64());
+    }
+    state.health.observe(&state.name, &result, m);
+    if matches!(result, PublishResult::Outage { .. }) {
+        state
+            .health
+            .note_trace(&state.name, job.spans.first_trace_id());
+    }
+    let resent = state.resent.observe(&job.seqs, &result, sent_any);
+    if resent > 0 {
+        m.publish_resent
+            .with_label_values(&[&state.name])
+            .inc_by(resent);
+    }
+    if !matches!(result, PublishResult::Delivered | PublishResult::NotSent) {
+        // The first kept record's trace leads from this line to the attempt's spans.
+        let trace_id = job.spans.first_trace_id();
+        let records = job.records;
+        tracing::warn!(sink = %state.name, records, result = ?result, trace_id, "publish failed");
+    }
+    job.spans.finish(&result, job.records);
+    let _ = job.reply.send(result);
 }

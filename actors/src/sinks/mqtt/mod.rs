@@ -5,9 +5,11 @@
 //! the record JSON every sink receives, `idempotency_key` included, so a subscriber
 //! de-duplicates redeliveries; with `protocol = "v5"` the key is also an `idempotency_key`
 //! user property (and a refusing PUBACK reason code is honoured: not authorised, bad topic
-//! or bad payload dead-letter the batch, other refusals retry it). Publishes go out in batch order on one connection, at most
-//! `max_in_flight` awaiting PUBACK (rumqttc holds the rest), so a returning broker sees a
-//! bounded stream in WAL order, not a flood.
+//! or bad payload dead-letter the batch, other refusals retry it). Publishes go out in batch
+//! order on one connection, at most `max_in_flight` awaiting PUBACK (rumqttc holds the rest),
+//! so a returning broker sees a bounded stream in WAL order, not a flood. The sink runs as its
+//! own task (`pipeline.rs`): the next batch streams out while the last PUBACKs of the one
+//! before are on their way, and answers go back in batch order (`window.rs`).
 //!
 //! A broker that cannot be reached, a connection lost after publishes left, or a PUBACK
 //! missing past `timeout_ms` make the batch an `Outage` (no delivery attempt used up: an
@@ -27,37 +29,22 @@
 //! A limit learnt from a CONNACK applies from the next batch on (a batch already sent when it
 //! arrives fails as an outage and is split on its retry).
 
+mod pipeline;
 mod presence;
+mod window;
 
-use super::{json::write_record, PublishResult};
+pub use pipeline::{Cmd, MqttPipe};
+pub use window::Done;
+
+use super::json::write_record;
 use crate::mqtt_options::{options, options_v5, ClientSettings};
 use crate::wal::Leased;
 use edge_gateway_config::{render_topic, MqttProtocol, MqttSinkConfig, DEFAULT_SINK_TOPIC};
 use presence::Presence;
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
-use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// Why a batch failed: worth retrying, refused for good, or too big for the broker.
-enum Failure {
-    Retry(String),
-    Refused(String),
-    TooBig(String),
-}
-
-impl From<String> for Failure {
-    fn from(s: String) -> Failure {
-        Failure::Retry(s)
-    }
-}
-
-impl From<&str> for Failure {
-    fn from(s: &str) -> Failure {
-        Failure::Retry(s.to_string())
-    }
-}
 
 /// The connection task: turns the event loop's events into [`Note`]s until the connection
 /// fails. One body for both protocol versions (their event types differ).
@@ -104,8 +91,6 @@ pub struct MqttSink {
     /// Gateway presence on this broker, with `presence = true`.
     presence: Option<Presence>,
     conn: Option<Conn>,
-    /// Publishes the last batch wrote to a connection.
-    last_sent: usize,
 }
 
 enum Client {
@@ -209,12 +194,12 @@ impl MqttSink {
                 .clone()
                 .unwrap_or_else(|| gateway_id.to_string()),
             timeout: Duration::from_millis(cfg.timeout_ms),
-            batch_capacity: batch_size + 16,
+            // Two batches: the next one is queued while the last PUBACKs of one are out.
+            batch_capacity: 2 * batch_size + 16,
             max_packet: cfg.max_packet_bytes,
             announced_max: None,
             presence: cfg.presence.then(|| Presence::new(gateway_id)),
             conn: None,
-            last_sent: 0,
         };
         s.settings_check()?;
         // Connected from the start, not at the first batch: presence says `online` at once.
@@ -237,7 +222,6 @@ impl MqttSink {
             announced_max: None,
             presence: None,
             conn: None,
-            last_sent: 0,
         };
         s.settings_check()
     }
@@ -346,55 +330,9 @@ impl MqttSink {
         })
     }
 
-    /// Whether the last publish wrote anything to a connection (a failed one that wrote
-    /// nothing cannot have made a duplicate: `sinks/resent.rs`).
-    pub fn last_sent_any(&self) -> bool {
-        self.last_sent > 0
-    }
-
-    pub async fn publish(&mut self, batch: &[Leased]) -> PublishResult {
-        let mut sent = 0usize;
-        let result = self.try_publish(batch, &mut sent).await;
-        self.last_sent = sent;
-        match result {
-            Ok(()) => PublishResult::Delivered,
-            Err(Failure::Refused(why)) => {
-                self.conn = None;
-                PublishResult::Permanent(why)
-            }
-            // Nothing was sent: the connection stays; the lane splits the batch.
-            Err(Failure::TooBig(why)) => PublishResult::TooBig(why),
-            // A broker that is down, drops the connection or withholds PUBACKs blames no
-            // record: an outage, whether or not publishes had left.
-            Err(Failure::Retry(why)) => {
-                self.conn = None;
-                // A broker whose ACL does not allow the presence topic refuses the whole
-                // connection (the Last Will is checked at CONNECT): presence gives way to
-                // delivery, and the next connection goes without it.
-                if self.presence.is_some() && why.contains("NotAuthorized") {
-                    tracing::warn!(sink = %self.cfg.name, reason = %why, "the upstream broker refused the connection with the presence Last Will: presence turned off for this sink (allow gateways/<gateway_id>/status in its ACL, or set presence = false)");
-                    self.presence = None;
-                }
-                PublishResult::outage(why)
-            }
-        }
-    }
-
-    /// The smaller of `max_packet_bytes` and the broker's announced limit, and which it is.
-    fn packet_limit(&self) -> Option<(u64, &'static str)> {
-        match (self.max_packet, self.announced_max) {
-            (Some(c), Some(a)) if a < c => Some((a, "the broker's announced maximum packet size")),
-            (Some(c), _) => Some((c, "the sink's max_packet_bytes")),
-            (None, Some(a)) => Some((a, "the broker's announced maximum packet size")),
-            (None, None) => None,
-        }
-    }
-
-    /// `sent` counts publishes written to the connection.
-    async fn try_publish(&mut self, batch: &[Leased], sent: &mut usize) -> Result<(), Failure> {
-        // Every PUBLISH prepared before any is sent: one over the broker's limit makes the
-        // batch too big (the lane splits it until that reading is alone).
-        let prepared: Vec<(String, Vec<u8>)> = batch
+    /// Every PUBLISH of `batch` prepared before any is sent.
+    fn prepare(&self, batch: &[Leased]) -> Vec<(String, Vec<u8>)> {
+        batch
             .iter()
             .map(|l| {
                 let topic = render_topic(
@@ -407,83 +345,34 @@ impl MqttSink {
                 write_record(&mut payload, l);
                 (topic, payload)
             })
-            .collect();
-        // A connection that died while idle is replaced before anything is sent on it.
-        if let Some(c) = &mut self.conn {
-            while let Ok(n) = c.notes.try_recv() {
-                match n {
-                    Note::Lost(_) => {
-                        self.conn = None;
-                        break;
-                    }
-                    Note::Limit(max) => self.announced_max = max.map(u64::from),
-                    _ => {}
-                }
-            }
-        }
-        if let Some((max, which)) = self.packet_limit() {
-            for ((topic, payload), l) in prepared.iter().zip(batch) {
-                let size = publish_size(topic, payload, &l.record.idempotency_key, self.v5());
-                if size > max {
-                    return Err(Failure::TooBig(format!(
-                        "record too large for the broker: a {size}-byte PUBLISH, over {which} \
-                         {max}"
-                    )));
-                }
-            }
-        }
-        if self.conn.is_none() {
-            self.conn = Some(self.connect()?);
-        }
-        let conn = self.conn.as_mut().expect("set above");
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        for ((topic, payload), l) in prepared.into_iter().zip(batch) {
-            let queued =
-                tokio::time::timeout_at(deadline, conn.client.publish(topic, payload, l)).await;
-            match queued {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("upstream client: {e}").into()),
-                Err(_) => return Err("timed out queueing publishes".into()),
-            }
-        }
-        let mut waiting = HashSet::new();
-        while *sent < batch.len() || !waiting.is_empty() {
-            let note = tokio::time::timeout_at(deadline, conn.notes.recv()).await;
-            match note {
-                Err(_) => {
-                    return Err(Failure::Retry(format!(
-                        "upstream broker: {} of {} PUBACKs missing after {} ms",
-                        waiting.len() + batch.len() - *sent,
-                        batch.len(),
-                        self.timeout.as_millis()
-                    )))
-                }
-                Ok(None) => return Err("upstream connection task ended".into()),
-                Ok(Some(Note::Lost(e))) => return Err(format!("upstream broker: {e}").into()),
-                Ok(Some(Note::Sent(pkid))) => {
-                    *sent += 1;
-                    waiting.insert(pkid);
-                }
-                Ok(Some(Note::Acked(pkid))) => {
-                    waiting.remove(&pkid);
-                }
-                Ok(Some(Note::Limit(max))) => self.announced_max = max.map(u64::from),
-                Ok(Some(Note::Refused {
-                    pkid,
-                    reason,
-                    permanent,
-                })) => {
-                    let why =
-                        format!("upstream broker refused a publish (packet {pkid}): {reason}");
-                    return Err(if permanent {
-                        Failure::Refused(why)
-                    } else {
-                        Failure::Retry(why)
-                    });
-                }
+            .collect()
+    }
+
+    /// One PUBLISH over the broker's limit makes the batch too big (the lane splits it until
+    /// that reading is alone).
+    fn check_sizes(&self, prepared: &[(String, Vec<u8>)], batch: &[Leased]) -> Result<(), String> {
+        let Some((max, which)) = self.packet_limit() else {
+            return Ok(());
+        };
+        for ((topic, payload), l) in prepared.iter().zip(batch) {
+            let size = publish_size(topic, payload, &l.record.idempotency_key, self.v5());
+            if size > max {
+                return Err(format!(
+                    "record too large for the broker: a {size}-byte PUBLISH, over {which} {max}"
+                ));
             }
         }
         Ok(())
+    }
+
+    /// The smaller of `max_packet_bytes` and the broker's announced limit, and which it is.
+    fn packet_limit(&self) -> Option<(u64, &'static str)> {
+        match (self.max_packet, self.announced_max) {
+            (Some(c), Some(a)) if a < c => Some((a, "the broker's announced maximum packet size")),
+            (Some(c), _) => Some((c, "the sink's max_packet_bytes")),
+            (None, Some(a)) => Some((a, "the broker's announced maximum packet size")),
+            (None, None) => None,
+        }
     }
 }
 
