@@ -252,7 +252,7 @@ impl Default for WalConfig {
             max_rejected: 10_000,
             max_group: 4096,
             maintenance_interval_ms: 1_000,
-            cache_bytes: 32 * 1024 * 1024,
+            cache_bytes: 8 * 1024 * 1024,
             device_fair_share: true,
             device_max_records: 0,
             device_max_bytes: 0,
