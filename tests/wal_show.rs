@@ -125,3 +125,75 @@ async fn a_reading_is_found_by_seq_correlation_id_or_key_with_its_state_per_sink
     let (found, _, err) = show(&cfg, "nothing-like-it");
     assert!(!found && err.contains("not in the WAL"), "{err}");
 }
+
+/// The CLI reaches a gateway whose admin listener has TLS: with `--admin-ca-file` it trusts
+/// the listener's CA; without it, it says which flag is missing instead of reading a file
+/// the gateway holds open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reaches_an_admin_listener_with_tls_through_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::Pki::new(&dir.path().join("pki"));
+    let down = RecordingSink::start().await;
+    down.set(Behaviour::Always(503));
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[admin.tls]\ncert_file = {:?}\nkey_file = {:?}\n\
+             [[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"{}\"\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            down.url()
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let addr = std::fs::read_to_string(dir.path().join("data/admin.addr")).unwrap();
+    assert!(addr.starts_with("https://"), "{addr}");
+    let (s, _) = post_json(
+        &client(),
+        &gw.url("/ingest/d-tls"),
+        &gw.token,
+        &json!({"seq": 1, "t": 20.5}),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let ca = pki.path("ca.pem");
+    let (ok, out, err) = cli(
+        &cfg,
+        &[
+            "wal",
+            "show",
+            "d-tls/seq/1",
+            "--admin-ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["record"]["device_id"], "d-tls", "{v}");
+    assert_eq!(state(&v, "api")["state"], "pending", "{v}");
+    // Without the CA: refused by TLS, and the message names the flag.
+    let (ok, _, err) = cli(&cfg, &["wal", "show", "d-tls/seq/1"]);
+    assert!(!ok);
+    assert!(err.contains("--admin-ca-file"), "{err}");
+    // The dead-letter tools go the same way.
+    let (ok, out, err) = cli(
+        &cfg,
+        &[
+            "dlq",
+            "list",
+            "--sink",
+            "api",
+            "--json",
+            "--admin-ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        page["dead_letters"].as_array().map(Vec::len),
+        Some(0),
+        "{page}"
+    );
+    drop(gw);
+}
