@@ -6,6 +6,15 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
+/// What `dlq export` writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExportFormat {
+    /// JSON Lines: one JSON object per line.
+    Jsonl,
+    /// A CBOR sequence (RFC 8742): one CBOR map per entry.
+    Cbor,
+}
+
 /// Which dead letters, as flags.
 #[derive(Args, Clone, Default)]
 pub(crate) struct DlqFilters {
@@ -57,12 +66,15 @@ pub(crate) enum DlqCmd {
         config: ConfigArgs,
     },
     /// Every match as JSON Lines (reason, attempts, when, the record), streamed: to `--out`
-    /// or stdout. Progress on stderr.
+    /// or stdout. Progress on stderr. `--format cbor`: a CBOR sequence (RFC 8742), one item
+    /// per entry with the same fields; `replay` reads either.
     Export {
         #[command(flatten)]
         filters: DlqFilters,
         #[arg(long)]
         out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
         #[command(flatten)]
         admin: AdminArgs,
         #[command(flatten)]
@@ -150,6 +162,7 @@ pub(crate) fn dlq(cmd: DlqCmd) -> anyhow::Result<()> {
         DlqCmd::Export {
             filters,
             out,
+            format,
             admin,
             config,
         } => {
@@ -167,6 +180,9 @@ pub(crate) fn dlq(cmd: DlqCmd) -> anyhow::Result<()> {
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
+            if format == ExportFormat::Cbor {
+                sink = Box::new(edge_gateway::cbor_seq::CborSeqWriter::new(sink));
+            }
             let mut bar = crate::progress::Progress::new("dead letters exported");
             let n = edge_gateway::dlq_tools::export(
                 &cfg,

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cbor_seq;
 mod credentials;
 pub mod dlq_tools;
 pub mod online;

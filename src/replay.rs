@@ -83,7 +83,7 @@ pub struct Replayed {
 pub fn replay(
     cfg: &Config,
     access: &AdminAccess,
-    input: impl BufRead,
+    mut input: impl BufRead,
     sink: &str,
     rate: Option<f64>,
     progress: &mut dyn FnMut(u64),
@@ -103,7 +103,14 @@ pub fn replay(
     let mut out = Replayed::default();
     let started = std::time::Instant::now();
     let mut chunk: Vec<(Record, String)> = Vec::with_capacity(CHUNK);
-    let mut lines = input.lines();
+    // A `dlq export --format cbor` file, or JSON Lines (an export, a sink's output).
+    let cbor = crate::cbor_seq::is_cbor(&mut input)
+        .map_err(|e| OnlineError::Refused(format!("reading the input: {e}")))?;
+    let mut lines: Box<dyn Iterator<Item = std::io::Result<String>> + '_> = if cbor {
+        Box::new(crate::cbor_seq::lines(input))
+    } else {
+        Box::new(input.lines())
+    };
     let mut n = 0u64;
     loop {
         let line = lines

@@ -109,6 +109,38 @@ async fn dead_letters_exported_then_replayed_with_the_gateway_stopped() {
         &cfg,
     );
     assert!(ok, "{err}");
+    // The same export as a CBOR sequence: item for item the JSON lines, and replayable.
+    let cbor = dir.path().join("dead.cbor");
+    let (ok, _, err) = run(
+        &[
+            "dlq",
+            "export",
+            "--sink",
+            "api",
+            "--format",
+            "cbor",
+            "--out",
+            cbor.to_str().unwrap(),
+        ],
+        &cfg,
+    );
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(&cbor).unwrap();
+    let mut items = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        items.push(ciborium::from_reader::<Value, _>(&mut rest).unwrap());
+    }
+    let lines: Vec<Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(items.len(), 20);
+    assert_eq!(items, lines, "the CBOR items are the JSON lines");
+    let (ok, v, err) = run(&["replay", cbor.to_str().unwrap(), "--sink", "api"], &cfg);
+    assert!(ok, "{err}");
+    assert_eq!(v["replayed"].as_u64(), Some(20), "{v}");
     // A junk line among them is skipped and named, not fatal.
     let mut text = std::fs::read_to_string(&export).unwrap();
     text.push_str("not a record\n");
