@@ -27,6 +27,8 @@ mod fault_tests;
 #[cfg(test)]
 mod fill_tests;
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
 mod upgrade_tests;
