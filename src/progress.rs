@@ -1,6 +1,7 @@
 //! Progress of long command-line work on stderr: on a terminal, an indicatif spinner with the
-//! count, rate and elapsed time; otherwise (a log, a pipe) a plain line every 5 s and at the
-//! end, so a cron job's output stays readable.
+//! count, rate and elapsed time — a bar with the ETA once the total is known (`set_of`: verify,
+//! backup) — otherwise (a log, a pipe) a plain line every 5 s and at the end, so a cron job's
+//! output stays readable.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -42,6 +43,46 @@ impl Progress {
             }
             None => {}
         }
+    }
+
+    /// `n` done of `total`: a bar with the ETA from the first call on.
+    pub(crate) fn set_of(&mut self, n: u64, total: u64) {
+        match &self.bar {
+            Some(b) => {
+                if b.length() != Some(total) {
+                    b.set_length(total);
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "{msg} [{bar:30}] {pos}/{len} ({per_sec}, ETA {eta})",
+                        )
+                        .expect("a valid template"),
+                    );
+                }
+                b.set_position(n);
+            }
+            None if self.last_line.elapsed() >= Duration::from_secs(5) => {
+                self.last_line = Instant::now();
+                let rate = self.rate(n);
+                let eta = total.saturating_sub(n) as f64 / rate.max(1e-3);
+                eprintln!(
+                    "{}: {n} of {total} ({rate:.0}/s, ETA {eta:.0} s)",
+                    self.what
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// Ends work that had no count to show: its time.
+    pub(crate) fn finish_plain(self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+        eprintln!(
+            "{}: done in {:.1} s",
+            self.what,
+            self.started.elapsed().as_secs_f64()
+        );
     }
 
     pub(crate) fn finish(self, n: u64) {

@@ -140,8 +140,11 @@ fn change(
 }
 
 /// `wal verify`: the WAL's pages and invariants (gateway stopped).
-pub fn verify(cfg: &Config) -> Result<edge_gateway_actors::wal::VerifyReport, WalToolError> {
-    WalStore::verify(&cfg.data_dir.join("wal.redb")).map_err(|e| match e {
+pub fn verify(
+    cfg: &Config,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<edge_gateway_actors::wal::VerifyReport, WalToolError> {
+    WalStore::verify_with(&cfg.data_dir.join("wal.redb"), progress).map_err(|e| match e {
         WalError::AlreadyOpen => WalToolError::Running,
         e => WalToolError::Wal(e),
     })
@@ -223,9 +226,10 @@ pub fn backup(
     cfg: &Config,
     dest: &Path,
     access: &AdminAccess,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(edge_gateway_actors::wal::BackupReport, BackupVia), OnlineError> {
     let dest = std::path::absolute(dest).map_err(|e| WalError::Storage(e.to_string()))?;
-    match WalStore::offline_backup(&cfg.data_dir.join("wal.redb"), &dest) {
+    match WalStore::offline_backup(&cfg.data_dir.join("wal.redb"), &dest, progress) {
         Ok(r) => return Ok((r, BackupVia::File)),
         Err(WalError::AlreadyOpen) => {}
         Err(e) => return Err(e.into()),

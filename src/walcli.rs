@@ -120,7 +120,9 @@ pub(crate) fn wal(cmd: WalCmd) -> anyhow::Result<()> {
         }
         WalCmd::Verify { json, config } => {
             let cfg = config.load()?;
-            let r = edge_gateway::wal_tools::verify(&cfg)?;
+            let mut bar = crate::progress::Progress::new("rows verified");
+            let r = edge_gateway::wal_tools::verify(&cfg, &mut |n, total| bar.set_of(n, total))?;
+            bar.finish(r.pending_rows + r.dead_rows + 2 * r.records);
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -154,13 +156,22 @@ pub(crate) fn wal(cmd: WalCmd) -> anyhow::Result<()> {
         } => {
             let cfg = config.load()?;
             let access = admin.access();
-            let (r, via) = edge_gateway::wal_tools::backup(&cfg, &dest, &access)?;
+            let mut bar = crate::progress::Progress::new("rows copied");
+            let mut copied = 0;
+            let (r, via) = edge_gateway::wal_tools::backup(&cfg, &dest, &access, &mut |n, t| {
+                copied = n;
+                bar.set_of(n, t)
+            })?;
+            bar.finish(copied);
             println!("{}", serde_json::json!({"backup": r, "via": via}));
             Ok(())
         }
         WalCmd::Compact { config } => {
             let cfg = config.load()?;
+            // One call into redb, which reports nothing while it runs: a spinner and the time.
+            let bar = crate::progress::Progress::new("compacting");
             let c = edge_gateway::wal_tools::compact(&cfg)?;
+            bar.finish_plain();
             println!(
                 "{}",
                 serde_json::json!({"before_bytes": c.before, "after_bytes": c.after, "millis": c.millis})

@@ -19,10 +19,18 @@ pub struct BackupReport {
     pub millis: u64,
 }
 
+/// Rows copied so far of how many, for a progress display.
+struct Copied<'a> {
+    done: u64,
+    total: u64,
+    progress: &'a mut dyn FnMut(u64, u64),
+}
+
 fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
     src: &ReadTransaction,
     dst: &WriteTransaction,
     def: TableDefinition<K, V>,
+    c: &mut Copied<'_>,
 ) -> Result<u64, WalError> {
     let from = src.open_table(def)?;
     let mut to = dst.open_table(def)?;
@@ -31,8 +39,24 @@ fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
         let (k, v) = row?;
         to.insert(k.value(), v.value())?;
         n += 1;
+        c.done += 1;
+        if c.done.is_multiple_of(PROGRESS_EVERY) {
+            (c.progress)(c.done, c.total);
+        }
     }
     Ok(n)
+}
+
+/// Rows of every table a backup copies.
+fn rows(src: &ReadTransaction) -> Result<u64, WalError> {
+    Ok(src.open_table(RECORDS)?.len()?
+        + src.open_table(REFS)?.len()?
+        + src.open_table(PENDING)?.len()?
+        + src.open_table(DEAD)?.len()?
+        + src.open_table(META)?.len()?
+        + src.open_table(REJECTED)?.len()?
+        + src.open_table(IDEM)?.len()?
+        + src.open_table(DEVICE_USAGE)?.len()?)
 }
 
 fn storage(what: &str, e: impl std::fmt::Display) -> WalError {
@@ -40,7 +64,11 @@ fn storage(what: &str, e: impl std::fmt::Display) -> WalError {
 }
 
 /// Copies every table of `src`'s snapshot into a new WAL file at `dest`.
-pub(super) fn write(src: &ReadTransaction, dest: &Path) -> Result<BackupReport, WalError> {
+pub(super) fn write(
+    src: &ReadTransaction,
+    dest: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<BackupReport, WalError> {
     let started = std::time::Instant::now();
     if dest.exists() {
         return Err(WalError::Storage(format!(
@@ -54,14 +82,21 @@ pub(super) fn write(src: &ReadTransaction, dest: &Path) -> Result<BackupReport, 
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)
         .map_err(|e| storage("durability", e))?;
-    let records = copy(src, &txn, RECORDS)?;
-    copy(src, &txn, REFS)?;
-    copy(src, &txn, PENDING)?;
-    copy(src, &txn, DEAD)?;
-    copy(src, &txn, META)?;
-    copy(src, &txn, REJECTED)?;
-    copy(src, &txn, IDEM)?;
-    copy(src, &txn, DEVICE_USAGE)?;
+    let mut c = Copied {
+        done: 0,
+        total: rows(src)?,
+        progress,
+    };
+    (c.progress)(0, c.total);
+    let records = copy(src, &txn, RECORDS, &mut c)?;
+    copy(src, &txn, REFS, &mut c)?;
+    copy(src, &txn, PENDING, &mut c)?;
+    copy(src, &txn, DEAD, &mut c)?;
+    copy(src, &txn, META, &mut c)?;
+    copy(src, &txn, REJECTED, &mut c)?;
+    copy(src, &txn, IDEM, &mut c)?;
+    copy(src, &txn, DEVICE_USAGE, &mut c)?;
+    (c.progress)(c.done, c.total);
     txn.commit()?;
     drop(db);
     #[cfg(unix)]
@@ -92,15 +127,19 @@ impl WalReader {
     pub fn backup(&self, dest: &Path) -> Result<BackupReport, WalError> {
         let db = read_db(&self.0);
         let txn = db.begin_read()?;
-        write(&txn, dest)
+        write(&txn, dest, &mut |_, _| {})
     }
 }
 
 impl WalStore {
     /// A copy of a WAL file no process holds open.
-    pub fn offline_backup(path: &Path, dest: &Path) -> Result<BackupReport, WalError> {
+    pub fn offline_backup(
+        path: &Path,
+        dest: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<BackupReport, WalError> {
         let db = Database::open(path).map_err(|e| open_error(path, e))?;
         let txn = db.begin_read()?;
-        write(&txn, dest)
+        write(&txn, dest, progress)
     }
 }

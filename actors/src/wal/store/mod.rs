@@ -95,6 +95,8 @@ pub const FORMAT_VERSION: u64 = 2;
 /// (a sweep shares its commit with appends). When a sweep hits the limit it reports `more`
 /// and the actor sweeps again right away, between groups of appends.
 const SWEEP_LIMIT: usize = 2_000;
+/// Rows between two progress reports of the offline tools (verify, backup).
+const PROGRESS_EVERY: u64 = 10_000;
 
 /// Drops the idempotency table of earlier versions (see `idem.rs`); `Some(keys)` if there
 /// was one.

@@ -51,6 +51,15 @@ impl VerifyReport {
 impl WalStore {
     /// Checks the WAL file at `path`, which no process may hold open.
     pub fn verify(path: &Path) -> Result<VerifyReport, WalError> {
+        Self::verify_with(path, &mut |_, _| {})
+    }
+
+    /// [`WalStore::verify`], telling `progress` the rows checked of how many (after redb's
+    /// own page check, which reports nothing while it runs).
+    pub fn verify_with(
+        path: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport, WalError> {
         let mut report = VerifyReport {
             path: path.display().to_string(),
             ..Default::default()
@@ -80,6 +89,17 @@ impl WalStore {
         let meta = Meta::load(&txn)?;
         txn.abort()?;
         let txn = db.begin_read()?;
+        let total = txn.open_table(PENDING)?.len()?
+            + txn.open_table(DEAD)?.len()?
+            + 2 * txn.open_table(RECORDS)?.len()?;
+        let mut done = 0u64;
+        let mut tick = |progress: &mut dyn FnMut(u64, u64)| {
+            done += 1;
+            if done.is_multiple_of(PROGRESS_EVERY) {
+                progress(done, total);
+            }
+        };
+        progress(0, total);
         // seq -> rows naming it (pending + dead).
         let mut named: HashMap<u64, u32> = HashMap::new();
         let mut per_sink: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -89,6 +109,7 @@ impl WalStore {
             *named.entry(seq).or_default() += 1;
             per_sink.entry(sink.to_string()).or_default().0 += 1;
             report.pending_rows += 1;
+            tick(progress);
         }
         for row in txn.open_table(DEAD)?.iter()? {
             let (k, v) = row?;
@@ -96,6 +117,7 @@ impl WalStore {
             *named.entry(seq).or_default() += 1;
             per_sink.entry(sink.to_string()).or_default().1 += 1;
             report.dead_rows += 1;
+            tick(progress);
             if ciborium::from_reader::<DeadEntry, _>(v.value()).is_err() {
                 report.problem(
                     "dead_entry",
@@ -111,6 +133,7 @@ impl WalStore {
             let seq = k.value();
             seen.insert(seq);
             report.records += 1;
+            tick(progress);
             live_bytes += v.value().len() as u64;
             if let Err(e) = Record::decode(v.value()) {
                 report.problem("record", format!("record {seq} does not decode: {e}"));
@@ -127,6 +150,7 @@ impl WalStore {
         }
         for row in refs.iter()? {
             let seq = row?.0.value();
+            tick(progress);
             if !seen.contains(&seq) {
                 report.problem(
                     "refs",
