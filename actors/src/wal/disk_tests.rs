@@ -5,6 +5,17 @@ use super::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// An append of `k2` and a lease of sink `a`, in one commit at time 2.
+fn append_beside_a_lease(s: WalStore) -> (WalStore, Vec<OpResult>) {
+    let lease = Op::Lease {
+        sink: "a".into(),
+        max: 10,
+        fill: None,
+    };
+    s.apply(vec![Op::Append(vec![rec("k2", 2)]), lease], 2)
+        .unwrap()
+}
+
 #[test]
 fn appends_wait_for_room_while_settles_go_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -18,19 +29,7 @@ fn appends_wait_for_room_while_settles_go_on() {
     assert!(matches!(&r[0], OpResult::Appended(Ok(_))));
     // The disk fills: appends refused whole, nothing stored ...
     free.store(999, Ordering::SeqCst);
-    let (s, r) = s
-        .apply(
-            vec![
-                Op::Append(vec![rec("k2", 2)]),
-                Op::Lease {
-                    sink: "a".into(),
-                    max: 10,
-                    fill: None,
-                },
-            ],
-            2,
-        )
-        .unwrap();
+    let (s, r) = append_beside_a_lease(s);
     assert!(
         matches!(
             &r[0],
@@ -97,19 +96,7 @@ fn tight_after_enospc_appends_wait_whatever_min_free_says_and_settles_go_on() {
     let (mut s, r) = s.apply(vec![Op::Append(vec![rec("k1", 1)])], 1).unwrap();
     assert!(matches!(&r[0], OpResult::Appended(Ok(_))));
     s.set_tight(true);
-    let (s, r) = s
-        .apply(
-            vec![
-                Op::Append(vec![rec("k2", 2)]),
-                Op::Lease {
-                    sink: "a".into(),
-                    max: 10,
-                    fill: None,
-                },
-            ],
-            2,
-        )
-        .unwrap();
+    let (s, r) = append_beside_a_lease(s);
     let OpResult::Appended(Err(AppendRefused::DiskFull(d))) = &r[0] else {
         panic!("{r:?}")
     };
