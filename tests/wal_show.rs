@@ -197,3 +197,39 @@ async fn the_cli_reaches_an_admin_listener_with_tls_through_its_ca() {
     );
     drop(gw);
 }
+
+/// A graceful stop while a publish hangs costs the reading no attempt: the dispatcher returns
+/// its leases with the attempt refunded, durably, before the WAL stops — so a box restarted
+/// nightly through a long outage never dead-letters its oldest batch as "max attempts".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_publish_costs_the_reading_no_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let hang = RecordingSink::start().await;
+    hang.set(Behaviour::Hang);
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"{}\"\ntimeout_ms = 30000\n",
+            hang.url()
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let (s, _) = post_json(
+        &client(),
+        &gw.url("/ingest/d-stop"),
+        &gw.token,
+        &json!({"seq": 1, "t": 20.5}),
+    )
+    .await;
+    assert_eq!(s, 202);
+    gw.wait_metric(
+        "edge_gateway_wal_records{sink=\"api\",state=\"in_flight\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    assert!(gw.terminate().success());
+    let (found, v, err) = show(&cfg, "d-stop/seq/1");
+    assert!(found, "{err}");
+    assert_eq!(state(&v, "api")["state"], "pending", "{v}");
+    assert_eq!(state(&v, "api")["attempts"], 0, "{v}");
+}

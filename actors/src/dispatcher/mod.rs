@@ -429,6 +429,19 @@ impl Actor for Dispatcher {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.tasks.abort_all();
+        // A stop (graceful shutdown, a config change) cuts publishes short: their leases go
+        // back with the attempt refunded, durably, before the WAL stops (it stops last).
+        match state
+            .wal
+            .call(WalMsg::StopLeases, Some(Duration::from_secs(5)))
+            .await
+        {
+            Ok(n) if n > 0 => tracing::info!(leases = n, "leases in flight returned at stop"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "leases in flight not returned at stop: their attempt stays counted")
+            }
+        }
         Ok(())
     }
 

@@ -568,6 +568,31 @@ fn released_leases_are_leased_again_first_and_in_order() {
 }
 
 #[test]
+fn a_graceful_stop_returns_leases_with_their_attempt_refunded_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), limits());
+    let (s, _) = one(s, Op::Append(vec![rec("a", 0), rec("b", 0)]), 0);
+    let lease = || Op::Lease {
+        sink: "a".into(),
+        max: 1,
+        fill: None,
+    };
+    let (s, _) = one(s, lease(), 0);
+    let (s, r) = one(s, Op::StopLeases, 1);
+    assert_eq!(r, OpResult::LeasesReleased(1));
+    assert_eq!(s.stats().sinks[0].in_flight, 0);
+    // Durable: reopened (a restart), the record's attempt is not counted.
+    drop(s);
+    let s = open(dir.path(), limits());
+    assert_eq!(s.dump().unwrap().pending[&("a".to_string(), 1)], 0);
+    let (_, r) = one(s, lease(), 2);
+    let OpResult::Leased(v) = &r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((v[0].seq, v[0].attempts), (1, 1), "its first attempt again");
+}
+
+#[test]
 fn lease_expiry_makes_records_leasable_again() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), limits());

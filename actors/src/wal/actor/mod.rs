@@ -15,6 +15,8 @@
 //! - `Rejected`    <- admin API (reply: refused messages, newest first, read like dead letters)
 //! - `PurgeDead`   <- admin API (reply after the commit: dead letters deleted, counted, logged)
 //! - `ReleaseLeases` <- Dispatcher, when it starts (cast: every lease back to Enqueued)
+//! - `StopLeases`  <- Dispatcher, when it stops (reply after the durable commit: every lease
+//!   back to Enqueued, its attempt refunded)
 //! - `Maintain`    <- its own timer (retention sweep; also makes earlier settles durable)
 //! - `ReserveMade` <- its own reserve task (the reserve file is back, or not yet)
 //! - `Committed`   <- its own commit task
@@ -149,6 +151,9 @@ pub enum WalMsg {
         reply: RpcReplyPort<usize>,
     },
     ReleaseLeases,
+    /// The dispatcher stops gracefully (reply after the durable commit: how many leases went
+    /// back with their attempt refunded).
+    StopLeases(RpcReplyPort<usize>),
     /// New records go to `sinks`; `removed` sinks' records are dropped or moved (reply after
     /// the commit).
     SetSinks {
@@ -202,6 +207,7 @@ pub enum Waiter {
     Replay(RpcReplyPort<Result<usize, String>>),
     Sinks(RpcReplyPort<crate::wal::store::SinksChanged>),
     Reject(RpcReplyPort<Result<u64, AppendError>>),
+    StopLeases(RpcReplyPort<usize>),
     Nobody,
 }
 
@@ -629,6 +635,9 @@ impl Actor for Wal {
                             Op::Sinks { sinks, removed },
                             Waiter::Sinks(reply),
                         );
+                    }
+                    WalMsg::StopLeases(reply) => {
+                        Self::enqueue(&myself, state, Op::StopLeases, Waiter::StopLeases(reply));
                     }
                     WalMsg::ReleaseLeases => {
                         Self::enqueue(&myself, state, Op::ReleaseLeases, Waiter::Nobody);

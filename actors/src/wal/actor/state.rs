@@ -77,6 +77,10 @@ impl WalState {
                 (Waiter::Reject(reply), OpResult::Rejected(id)) => {
                     let _ = reply.send(Ok(id));
                 }
+                (Waiter::StopLeases(reply), OpResult::LeasesReleased(n)) => {
+                    new_work |= n > 0;
+                    let _ = reply.send(n);
+                }
                 (Waiter::Purge(reply), OpResult::Purged { sink, purged }) => {
                     self.metrics
                         .dead_letters_purged
@@ -99,7 +103,8 @@ impl WalState {
                 | (Waiter::Purge(_), _)
                 | (Waiter::Replay(_), _)
                 | (Waiter::Sinks(_), _)
-                | (Waiter::Reject(_), _) => {
+                | (Waiter::Reject(_), _)
+                | (Waiter::StopLeases(_), _) => {
                     unreachable!("results come back in the order of their operations")
                 }
             }

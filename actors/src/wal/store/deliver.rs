@@ -74,6 +74,22 @@ impl WalStore {
         Ok(out)
     }
 
+    /// Every lease in flight back to Enqueued, its attempt refunded (`Op::StopLeases`).
+    pub(super) fn stop_leases(&mut self, tx: &mut Tx<'_>) -> Result<usize, WalError> {
+        let mut n = 0;
+        for (sink, leases) in std::mem::take(&mut self.inflight) {
+            for seq in leases.into_keys() {
+                let attempts = tx.pending.get((sink.as_str(), seq))?.map(|v| v.value());
+                if let Some(a) = attempts {
+                    tx.pending
+                        .insert((sink.as_str(), seq), a.saturating_sub(1))?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
     pub(super) fn settle(
         &mut self,
         tx: &mut Tx<'_>,

@@ -429,6 +429,7 @@ impl WalStore {
                         self.inflight.clear();
                         OpResult::LeasesReleased(n)
                     }
+                    Op::StopLeases => OpResult::LeasesReleased(self.stop_leases(&mut tx)?),
                     Op::PurgeDead {
                         sink,
                         filter,

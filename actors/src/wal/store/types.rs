@@ -157,6 +157,11 @@ pub enum Op {
     /// Every InFlight lease of every sink back to Enqueued (a new dispatcher starts: whoever
     /// held them is gone). Attempts already counted stay counted.
     ReleaseLeases,
+    /// The gateway stops gracefully: every lease in flight back to Enqueued with the attempt
+    /// its lease counted refunded — a publish cut short by a stop blames no record, so a box
+    /// restarted nightly through a long outage never dead-letters its oldest batch — and
+    /// committed durably.
+    StopLeases,
     /// The sinks new records are queued for change; removed ones' records are dropped or
     /// moved (`sinks.rs`).
     Sinks {
@@ -253,6 +258,7 @@ impl Op {
         matches!(
             self,
             Op::Append(_)
+                | Op::StopLeases
                 | Op::Replay { .. }
                 | Op::Maintain
                 | Op::Requeue { .. }
