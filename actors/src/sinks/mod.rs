@@ -279,16 +279,16 @@ impl Actor for Publisher {
                 // The MQTT task answers in turn, holding after a failure itself.
                 let job = Job::start(&state.name, "mqtt", &mut batch, reply);
                 let ticket = state.next_ticket;
-                state.next_ticket += 1;
-                let SinkImpl::Mqtt(p) = &state.sink else {
-                    unreachable!("matched above")
+                let submitted = match &state.sink {
+                    SinkImpl::Mqtt(p) => p.send(mqtt::Cmd::Submit { ticket, batch }),
+                    _ => false,
                 };
-                if p.send(mqtt::Cmd::Submit { ticket, batch }) {
-                    state.jobs.push_back((ticket, job));
-                    Ok(())
-                } else {
-                    Err("the MQTT sink's task is gone".into())
+                if !submitted {
+                    return Err("the MQTT sink's task is gone".into());
                 }
+                state.next_ticket += 1;
+                state.jobs.push_back((ticket, job));
+                Ok(())
             }
             PublisherMsg::Publish { reply, .. } if state.holding => {
                 let _ = reply.send(PublishResult::NotSent);
