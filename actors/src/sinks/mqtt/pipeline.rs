@@ -59,7 +59,15 @@ async fn run(
     let mut holding = true;
     loop {
         let deadline = win.deadline();
+        // Biased: the connection's events first, so a PUBACK or a `Sent` already read is
+        // counted before a deadline or the next batch is looked at.
         tokio::select! {
+            biased;
+            note = next_note(&mut sink.conn) => {
+                if !sink.on_note(&mut win, note) {
+                    holding = true;
+                }
+            }
             cmd = rx.recv() => match cmd {
                 None => return,
                 Some(Cmd::Resume) => holding = false,
@@ -73,11 +81,6 @@ async fn run(
                     }
                 }
             },
-            note = next_note(&mut sink.conn) => {
-                if !sink.on_note(&mut win, note) {
-                    holding = true;
-                }
-            }
             _ = sleep_until(deadline) => {
                 let (missing, total) = win.missing().unwrap_or((0, 0));
                 let why = format!(
@@ -149,7 +152,10 @@ impl MqttSink {
             let queued =
                 tokio::time::timeout_at(deadline, conn.client.publish(topic, payload, l)).await;
             let why = match queued {
-                Ok(Ok(())) => continue,
+                Ok(Ok(())) => {
+                    win.queued();
+                    continue;
+                }
                 Ok(Err(e)) => format!("upstream client: {e}"),
                 Err(_) => "timed out queueing publishes".to_string(),
             };

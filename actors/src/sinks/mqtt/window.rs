@@ -20,6 +20,8 @@ use tokio::time::Instant;
 struct Entry {
     ticket: u64,
     total: usize,
+    /// Publishes handed to the client (it may write them before we hear they left).
+    queued: usize,
     sent: usize,
     waiting: HashSet<u16>,
     deadline: Instant,
@@ -45,6 +47,7 @@ impl Window {
         self.entries.push_back(Entry {
             ticket,
             total,
+            queued: 0,
             sent: 0,
             waiting: HashSet::new(),
             deadline,
@@ -57,6 +60,7 @@ impl Window {
         self.entries.push_back(Entry {
             ticket,
             total: 0,
+            queued: 0,
             sent: 0,
             waiting: HashSet::new(),
             deadline,
@@ -67,6 +71,13 @@ impl Window {
     /// Batches still waiting for the broker.
     pub fn open(&self) -> usize {
         self.entries.iter().filter(|e| e.decided.is_none()).count()
+    }
+
+    /// One more publish of the newest batch handed to the client.
+    pub fn queued(&mut self) {
+        if let Some(e) = self.entries.back_mut() {
+            e.queued += 1;
+        }
     }
 
     pub fn sent(&mut self, pkid: u16) {
@@ -124,7 +135,9 @@ impl Window {
             let e = self.entries.pop_front().expect("front");
             out.push(Done {
                 ticket: e.ticket,
-                sent_any: e.sent > 0,
+                // Conservative (the `resent` bound): a publish handed to the client may have
+                // reached the broker before its `Sent` was read.
+                sent_any: e.sent > 0 || e.queued > 0,
                 result: e.decided.unwrap_or(PublishResult::Delivered),
             });
         }
@@ -233,6 +246,15 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_batch_handed_to_the_client_may_have_reached_the_broker_before_any_sent_was_read() {
+        let mut w = Window::default();
+        w.sending(1, 2, at());
+        w.queued();
+        w.fail("timed out", None);
+        assert!(w.take_done()[0].sent_any);
     }
 
     #[test]
