@@ -54,6 +54,39 @@ fn the_compose_stack_refers_to_files_that_exist_and_a_valid_gateway_config() {
     assert!(compose.contains("/var/lib/grafana/dashboards/edge-gateway"));
 }
 
+/// The value after `key:` (or `key =`) on the first line of `text` that starts with it.
+fn value_of<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim_start_matches([':', '=', ' ']).trim().trim_matches('"'))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+}
+
+#[test]
+fn the_compose_stacks_traces_reach_tempo_and_grafana_reads_them() {
+    let dir = root().join("deploy/compose");
+    let compose = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    let tempo = std::fs::read_to_string(dir.join("tempo.yaml")).unwrap();
+    let gateway = std::fs::read_to_string(dir.join("gateway.toml")).unwrap();
+    let source = std::fs::read_to_string(
+        root().join("deploy/grafana/provisioning/datasources/tempo.yaml"),
+    )
+    .unwrap();
+    assert!(compose.contains("\n  tempo:\n"), "no tempo service");
+    assert!(compose.contains("./tempo.yaml:/etc/tempo.yaml"));
+    // The gateway exports to the port Tempo's OTLP/HTTP receiver listens on, by service name.
+    let receiver_port = value_of(&tempo, "endpoint").rsplit(':').next().unwrap();
+    assert_eq!(
+        value_of(&gateway, "endpoint"),
+        format!("http://tempo:{receiver_port}/v1/traces")
+    );
+    // Grafana queries the port Tempo's API listens on.
+    let api_port = value_of(&tempo, "http_listen_port");
+    assert_eq!(value_of(&source, "url"), format!("http://tempo:{api_port}"));
+    assert_eq!(value_of(&source, "type"), "tempo");
+}
+
 #[test]
 fn the_systemd_unit_is_hardened_and_verifies() {
     let unit = std::fs::read_to_string(root().join("deploy/systemd/edge-gateway.service")).unwrap();
