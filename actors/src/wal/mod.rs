@@ -1,6 +1,7 @@
 //! Write-ahead log.
 pub mod actor;
 pub mod idem;
+pub(crate) mod key_index;
 pub mod quota;
 pub mod record;
 pub mod rejected;

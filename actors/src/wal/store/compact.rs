@@ -7,7 +7,7 @@
 //! - the file is at least `compact_min_bytes`, and at least twice the size the last
 //!   compaction left (compacting leaves no free pages, so the next commits grow the file again
 //!   a little: without this, compaction would chase its own tail);
-//! - the backlog has drained: the live record bytes are at most 1/16 of the file (compacting
+//! - the backlog has drained: the live record bytes are at most 1/64 of the file (compacting
 //!   *during* a drain moved the backlog's pages for seconds while delivery waited);
 //! - the file's pages are less than half in use;
 //! - the last attempt was at least [`COMPACT_PAUSE_MS`] ago (WAL time).
@@ -52,7 +52,7 @@ impl WalStore {
         }
         // Cheap first: the backlog must have drained before the page count (a walk of the
         // trees) is worth taking.
-        if self.meta.live_bytes.saturating_mul(16) > before {
+        if self.meta.live_bytes.saturating_mul(64) > before {
             return Ok(None);
         }
         let used = {

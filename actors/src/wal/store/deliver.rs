@@ -103,12 +103,16 @@ impl WalStore {
             if let Some(m) = self.inflight.get_mut(sink) {
                 m.remove(&seq);
             }
-            let Some(attempts) = tx.pending.get((sink, seq))?.map(|v| v.value()) else {
+            // An ack removes the row in the same walk of the tree that finds it.
+            let row = match outcome {
+                Outcome::Acked => tx.pending.remove((sink, seq))?,
+                _ => tx.pending.get((sink, seq))?,
+            };
+            let Some(attempts) = row.map(|v| v.value()) else {
                 continue; // already settled by an earlier lease of the same record
             };
             match outcome {
                 Outcome::Acked => {
-                    tx.pending.remove((sink, seq))?;
                     let s = meta.sink(sink);
                     s.0 -= 1;
                     s.2 += 1;
@@ -199,14 +203,14 @@ impl WalStore {
         meta: &mut Meta,
         seq: u64,
     ) -> Result<(), WalError> {
-        let Some((n, ts)) = tx.refs.get(seq)?.map(|v| v.value()) else {
+        // Removed first: with one sink (the common case) one walk of the tree, not two.
+        let Some((n, ts)) = tx.refs.remove(seq)?.map(|v| v.value()) else {
             return Ok(());
         };
         if n > 1 {
             tx.refs.insert(seq, (n - 1, ts))?;
             return Ok(());
         }
-        tx.refs.remove(seq)?;
         if let Some(body) = tx.records.remove(seq)? {
             let body = body.value();
             meta.live_bytes = meta.live_bytes.saturating_sub(body.len() as u64);

@@ -86,10 +86,7 @@ impl WalStore {
         report.more |= old.len() >= SWEEP_LIMIT;
         for (ts, key) in old {
             tx.idem.remove((ts, key.as_str()))?;
-            let h = key_hash(&key);
-            if self.idem.get(&h) == Some(&ts) {
-                self.idem.remove(&h);
-            }
+            self.idem.remove_if(&key, ts);
             meta.idem_keys = meta.idem_keys.saturating_sub(1);
             report.idempotency_purged += 1;
         }

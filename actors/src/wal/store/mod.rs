@@ -30,6 +30,7 @@
 //! wall clock, so its old rows compare as before.
 
 use super::idem::{self, IDEM};
+use super::key_index::KeyIndex;
 use super::quota::{self, DeviceQuota, Devices, QuotaLimits, Usage, DEVICE_USAGE};
 use super::record::{
     AppendOutcome, DeadClass, DeadEntry, DeadReason, Fill, Leased, Outcome, Record, SinkStats,
@@ -116,15 +117,6 @@ fn drop_v1_idempotency_table(
     Ok(Some(dropped))
 }
 
-/// The in-memory index's key for an idempotency key. Only compared within one process (the
-/// index is rebuilt from the rows at open), so the hasher need not be stable across releases.
-fn key_hash(key: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
-}
-
 fn open_error(path: &Path, source: redb::DatabaseError) -> WalError {
     match source {
         redb::DatabaseError::DatabaseAlreadyOpen => WalError::AlreadyOpen,
@@ -157,10 +149,10 @@ pub struct WalStore {
     inflight: HashMap<String, BTreeMap<u64, u64>>,
     /// Records below this seq were already examined for age expiry since open.
     expiry_cursor: u64,
-    /// hash(idempotency key) -> receive_ts_ms of its row in `IDEM`. Rebuilt on open. A hash
-    /// collision can only make a duplicate look new (stored twice: allowed), never the reverse,
-    /// because a hit is confirmed against the row's key.
-    idem: HashMap<u64, u64>,
+    /// idempotency key -> the time of its row in `IDEM` (`key_index.rs`). Rebuilt on open. A
+    /// wrong hint can only make a duplicate look new (stored twice: allowed), never the
+    /// reverse, because a hit is confirmed against the row's key.
+    idem: KeyIndex,
     /// What each device holds (see `quota.rs`); saved in the same commit as the rows.
     devices: Devices,
     /// Free bytes of the WAL's filesystem, asked once per commit that appends.
@@ -274,12 +266,20 @@ impl WalStore {
                 .map_or(1, |d| d.as_millis() as u64);
         }
         meta.save(&txn)?;
-        let mut idem = HashMap::new();
-        for row in txn.open_table(IDEM)?.iter()? {
-            let (k, _) = row?;
-            let (ts, key) = k.value();
-            idem.insert(key_hash(key), ts);
-        }
+        let idem = {
+            let table = txn.open_table(IDEM)?;
+            let base = match table.first()? {
+                Some((k, _)) => k.value().0,
+                None => meta.clock_ms,
+            };
+            let mut idem = KeyIndex::new(base, limits.idempotency_max_keys);
+            for row in table.iter()? {
+                let (k, _) = row?;
+                let (ts, key) = k.value();
+                idem.insert(key, ts);
+            }
+            idem
+        };
         txn.commit()?;
         if let Some(from) = migrated_from {
             tracing::warn!(

@@ -199,7 +199,7 @@ impl WalStore {
         key: &str,
         now: u64,
     ) -> Result<Option<idem::Seen>, WalError> {
-        let Some(&ts) = self.idem.get(&key_hash(key)) else {
+        let Some(ts) = self.idem.get(key) else {
             return Ok(None);
         };
         if ts.saturating_add(self.limits.idempotency_window_ms) <= now {
@@ -230,8 +230,7 @@ impl WalStore {
             correlation_id,
             fp,
         } = row;
-        let h = key_hash(key);
-        if let Some(old_ts) = self.idem.insert(h, now) {
+        if let Some(old_ts) = self.idem.insert(key, now) {
             // An expired or conflicting key being reused (or a hash collision): drop its
             // old row.
             if tx.idem.remove((old_ts, key))?.is_some() {
@@ -252,10 +251,7 @@ impl WalStore {
                 break;
             };
             let (ts, old_key) = k.value();
-            let h = key_hash(old_key);
-            if self.idem.get(&h) == Some(&ts) {
-                self.idem.remove(&h);
-            }
+            self.idem.remove_if(old_key, ts);
             meta.idem_keys -= 1;
         }
         Ok(())

@@ -1,0 +1,169 @@
+//! The in-memory index of idempotency keys: key -> the WAL time of its row in `IDEM`.
+//!
+//! The rows are keyed by `(time, key)` so inserts are sequential and keys leave the window
+//! from the front; a lookup by key needs this index to find the time. It holds up to
+//! `wal.idempotency_max_keys` entries (250,000 by default), so it is kept small: 8 bytes an
+//! entry (a 32-bit hash of the key, a 32-bit offset of the time from `base`) where the first
+//! version held 16 — at the default cap about 4.5 MiB instead of 9, and the table is sized
+//! once for the cap instead of doubling (a doubling holds both tables for a moment, and the
+//! freed one stays in the allocator's arena).
+//!
+//! Invariants:
+//! - The index is a hint, confirmed against the row: `get` names a time, and the caller reads
+//!   the row `(time, key)`, which holds the key itself. A wrong hint (two keys with one hash,
+//!   or an entry dropped) can only make a duplicate look new — stored twice, which
+//!   at-least-once allows — never a new reading look like a duplicate.
+//! - The hash is keyed per process (`RandomState`), so no client can craft keys that aim at
+//!   another key's entry; the index is rebuilt from the rows at every open.
+//! - An offset fits 32 bits (49.7 days of milliseconds). When a time does not fit, `base`
+//!   moves forward to half that range before it, and the entries older than the new base
+//!   (at least 24.8 days old: outside any sensible idempotency window; the default is an
+//!   hour) are dropped — their duplicates would look new, as above.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+/// Offsets are kept within this many ms after a rebase (half the 32-bit range).
+const REBASE_KEEP_MS: u64 = 1 << 31;
+
+pub struct KeyIndex {
+    hasher: std::collections::hash_map::RandomState,
+    base: u64,
+    map: HashMap<u32, u32, BuildHasherDefault<Spread>>,
+}
+
+impl KeyIndex {
+    /// An empty index for keys from `base` on, sized for `cap` entries up to 256 Ki (the
+    /// default cap fits; a larger cap grows the table as keys come, and an idle gateway does
+    /// not pay for it).
+    pub fn new(base: u64, cap: u64) -> KeyIndex {
+        let reserve = cap.min(1 << 18) as usize;
+        KeyIndex {
+            hasher: Default::default(),
+            base,
+            map: HashMap::with_capacity_and_hasher(reserve, Default::default()),
+        }
+    }
+
+    fn hash(&self, key: &str) -> u32 {
+        self.hasher.hash_one(key) as u32
+    }
+
+    /// The time of `key`'s row, if the index has one.
+    pub fn get(&self, key: &str) -> Option<u64> {
+        self.map.get(&self.hash(key)).map(|&d| self.base + u64::from(d))
+    }
+
+    /// `key`'s row is now at `ts`; the time the index named for its hash before, if any.
+    pub fn insert(&mut self, key: &str, ts: u64) -> Option<u64> {
+        if ts < self.base {
+            // The WAL clock never goes back; tests (and a hand-edited file) may.
+            self.rebase(ts);
+        } else if ts - self.base > u64::from(u32::MAX) {
+            self.rebase(ts - REBASE_KEEP_MS);
+        }
+        let old = self.map.insert(self.hash(key), (ts - self.base) as u32);
+        old.map(|d| self.base + u64::from(d))
+    }
+
+    /// Forgets `key` if its entry names `ts` (its row is being deleted).
+    pub fn remove_if(&mut self, key: &str, ts: u64) {
+        let h = self.hash(key);
+        if self.map.get(&h).map(|&d| self.base + u64::from(d)) == Some(ts) {
+            self.map.remove(&h);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Moves the base; the entries whose time no longer fits an offset from it are dropped.
+    fn rebase(&mut self, base: u64) {
+        let old = self.base;
+        self.map.retain(|_, d| {
+            let ts = old + u64::from(*d);
+            match ts.checked_sub(base).map(u32::try_from) {
+                Some(Ok(n)) => {
+                    *d = n;
+                    true
+                }
+                _ => false,
+            }
+        });
+        self.base = base;
+    }
+}
+
+/// The map's own hash of an already random 32-bit hash: spread over 64 bits so the table's
+/// control bytes (its top 7 bits) differ between entries.
+#[derive(Default)]
+struct Spread(u64);
+
+impl Hasher for Spread {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_names_its_latest_time_and_is_forgotten_only_for_that_time() {
+        let mut ix = KeyIndex::new(1_000, 16);
+        assert_eq!(ix.get("a"), None);
+        assert_eq!(ix.insert("a", 1_500), None);
+        assert_eq!(ix.insert("a", 2_000), Some(1_500));
+        assert_eq!(ix.get("a"), Some(2_000));
+        ix.remove_if("a", 1_500); // an older row of the key: the entry stays
+        assert_eq!(ix.get("a"), Some(2_000));
+        ix.remove_if("a", 2_000);
+        assert_eq!(ix.get("a"), None);
+        assert!(ix.is_empty());
+    }
+
+    #[test]
+    fn times_past_the_32_bit_range_move_the_base_and_drop_only_the_oldest() {
+        let day = 86_400_000u64;
+        let mut ix = KeyIndex::new(0, 16);
+        ix.insert("old", day);
+        ix.insert("recent", 40 * day);
+        // 60 days after the base: past 49.7 days, so the base moves to ~35 days.
+        ix.insert("new", 60 * day);
+        assert_eq!(ix.get("new"), Some(60 * day));
+        assert_eq!(ix.get("recent"), Some(40 * day));
+        assert_eq!(ix.get("old"), None, "older than 24.8 days before the newest");
+        assert_eq!(ix.len(), 2);
+        // And again much later: each insert keeps working.
+        ix.insert("later", 400 * day);
+        assert_eq!(ix.get("later"), Some(400 * day));
+        assert_eq!(ix.get("new"), None);
+    }
+
+    #[test]
+    fn a_time_before_the_base_moves_the_base_back() {
+        let mut ix = KeyIndex::new(5_000, 4);
+        ix.insert("b", 6_000);
+        ix.insert("a", 10);
+        assert_eq!(ix.get("a"), Some(10));
+        assert_eq!(ix.get("b"), Some(6_000));
+    }
+}
