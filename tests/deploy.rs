@@ -59,7 +59,11 @@ fn value_of<'a>(text: &'a str, key: &str) -> &'a str {
     text.lines()
         .map(str::trim)
         .find_map(|l| l.strip_prefix(key))
-        .map(|v| v.trim_start_matches([':', '=', ' ']).trim().trim_matches('"'))
+        .map(|v| {
+            v.trim_start_matches([':', '=', ' '])
+                .trim()
+                .trim_matches('"')
+        })
         .unwrap_or_else(|| panic!("no {key} in {text}"))
 }
 
@@ -69,10 +73,9 @@ fn the_compose_stacks_traces_reach_tempo_and_grafana_reads_them() {
     let compose = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
     let tempo = std::fs::read_to_string(dir.join("tempo.yaml")).unwrap();
     let gateway = std::fs::read_to_string(dir.join("gateway.toml")).unwrap();
-    let source = std::fs::read_to_string(
-        root().join("deploy/grafana/provisioning/datasources/tempo.yaml"),
-    )
-    .unwrap();
+    let source =
+        std::fs::read_to_string(root().join("deploy/grafana/provisioning/datasources/tempo.yaml"))
+            .unwrap();
     assert!(compose.contains("\n  tempo:\n"), "no tempo service");
     assert!(compose.contains("./tempo.yaml:/etc/tempo.yaml"));
     // The gateway exports to the port Tempo's OTLP/HTTP receiver listens on, by service name.

@@ -51,7 +51,9 @@ impl KeyIndex {
 
     /// The time of `key`'s row, if the index has one.
     pub fn get(&self, key: &str) -> Option<u64> {
-        self.map.get(&self.hash(key)).map(|&d| self.base + u64::from(d))
+        self.map
+            .get(&self.hash(key))
+            .map(|&d| self.base + u64::from(d))
     }
 
     /// `key`'s row is now at `ts`; the time the index named for its hash before, if any.
@@ -150,7 +152,11 @@ mod tests {
         ix.insert("new", 60 * day);
         assert_eq!(ix.get("new"), Some(60 * day));
         assert_eq!(ix.get("recent"), Some(40 * day));
-        assert_eq!(ix.get("old"), None, "older than 24.8 days before the newest");
+        assert_eq!(
+            ix.get("old"),
+            None,
+            "older than 24.8 days before the newest"
+        );
         assert_eq!(ix.len(), 2);
         // And again much later: each insert keeps working.
         ix.insert("later", 400 * day);

@@ -450,6 +450,7 @@ impl Actor for Wal {
         if let Some(t) = state.timer.take() {
             t.abort();
         }
+        state.final_commit().await;
         state.fail_waiters("WAL stopped");
         Ok(())
     }

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How long a stop waits for the WAL's final commit.
+const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(5);
+
 impl WalState {
     /// Takes the next group if no commit is running: at most `max_group` operations, but
     /// never splits an operation.
@@ -116,6 +119,50 @@ impl WalState {
         if new_work {
             self.commits
                 .send_modify(|mark| *mark = mark.wrapping_add(1));
+        }
+    }
+
+    /// At a stop with no commit running: every lease still in flight returned with its
+    /// attempt refunded (and any settles queued), in one durable commit, before the file is
+    /// closed. The dispatcher's own stop returns its leases first (`StopLeases`); this covers
+    /// the WAL stopping without it — its supervisor stopping it, a failure of the WAL actor
+    /// itself — where a lease kept the attempt of a publish that a stop, not the reading, cut
+    /// short. A commit still running at the stop is left to finish on its own (its result
+    /// is not awaited: the actor's mailbox is closed). Bounded by `FINAL_COMMIT_WAIT`;
+    /// appends and other queued work get their callers' errors (`fail_waiters`).
+    pub(super) async fn final_commit(&mut self) {
+        let Some(store) = self.store.take() else {
+            return; // a commit is running, or the store is being reopened
+        };
+        let mut ops: Vec<Op> = Vec::new();
+        let mut rest = VecDeque::with_capacity(self.queue.len());
+        for (op, waiter) in self.queue.drain(..) {
+            match op {
+                Op::Settle { .. } => ops.push(op),
+                _ => rest.push_back((op, waiter)),
+            }
+        }
+        self.queue = rest;
+        let settles = ops.len();
+        ops.push(Op::StopLeases);
+        let now = self.clock.now_ms();
+        let commit = tokio::task::spawn_blocking(move || store.apply(ops, now));
+        match tokio::time::timeout(FINAL_COMMIT_WAIT, commit).await {
+            Ok(Ok(Ok((store, results)))) => {
+                let returned = results.iter().find_map(|r| match r {
+                    OpResult::LeasesReleased(n) => Some(*n),
+                    _ => None,
+                });
+                tracing::info!(
+                    settles,
+                    leases_returned = returned.unwrap_or(0),
+                    "WAL stopped after a final durable commit"
+                );
+                self.store = Some(store);
+            }
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the WAL's final commit failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the WAL's final commit task failed"),
+            Err(_) => tracing::warn!("the WAL's final commit did not finish in time"),
         }
     }
 

@@ -65,3 +65,68 @@ mod clock_tests {
         assert_eq!(c.observe_wall(wall + 10_000), Some(-(six_years as i64)));
     }
 }
+
+mod stop_tests {
+    use crate::addr::Addr;
+    use crate::metrics::Metrics;
+    use crate::wal::{Outcome, Wal, WalArgs, WalMsg, WalStore};
+    use ractor::{call, Actor};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Found while reading the stop path (session 9): a WAL stopped without the dispatcher
+    /// returning its leases first (its supervisor stopping it, say) kept the attempt of every
+    /// lease in flight; now its own stop returns them in a final durable commit. (The settles
+    /// before the stop were kept without it: redb makes non-durable commits durable when the
+    /// database closes cleanly — only a crash loses them, as at-least-once allows.)
+    #[tokio::test]
+    async fn a_stopped_wal_returns_its_leases_in_a_final_durable_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.redb");
+        let (commits, _) = tokio::sync::watch::channel(0);
+        let args = WalArgs {
+            path: path.clone(),
+            sinks: vec!["a".into()],
+            limits: crate::wal::tests::limits(),
+            max_group: 64,
+            maintenance_interval: Duration::from_secs(3600),
+            metrics: Arc::new(Metrics::new()),
+            addr: Addr::new("wal", None),
+            commits,
+            reserve_bytes: 0,
+            min_free_bytes: 0,
+        };
+        let (wal, handle) = Actor::spawn(None, Wal, args).await.unwrap();
+        let records = ["k1", "k2", "k3"]
+            .map(|k| crate::wal::tests::rec(k, 0))
+            .to_vec();
+        call!(wal, |reply| WalMsg::Append { records, reply })
+            .unwrap()
+            .unwrap();
+        let lease = |reply| WalMsg::Lease {
+            sink: "a".into(),
+            max: 10,
+            fill: None,
+            reply,
+        };
+        let leased = call!(wal, lease).unwrap();
+        assert_eq!(leased.len(), 3);
+        wal.cast(WalMsg::Settle {
+            sink: "a".into(),
+            outcomes: vec![(1, Outcome::Acked), (2, Outcome::Acked)],
+        })
+        .unwrap();
+        // Queued behind the settle: answered once the settle's (non-durable) commit is done.
+        assert!(call!(wal, lease).unwrap().is_empty());
+        wal.stop(None);
+        handle.await.unwrap();
+
+        let store = WalStore::open(&path, vec!["a".into()], crate::wal::tests::limits()).unwrap();
+        let pending = store.dump().unwrap().pending;
+        assert_eq!(
+            pending.into_iter().collect::<Vec<_>>(),
+            vec![(("a".to_string(), 3), 0)],
+            "the two acked gone, the third back with no attempt counted"
+        );
+    }
+}
