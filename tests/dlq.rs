@@ -224,6 +224,7 @@ fn an_export_of_many_dead_letters_streams_in_bounded_memory() {
             sink: "api".into(),
             max: (end - start) as usize,
             fill: None,
+            lanes: None,
         };
         let (s2, r) = s.apply(vec![Op::Append(recs), lease], 1).unwrap();
         let seqs: Vec<u64> = match &r[1] {

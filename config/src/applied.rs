@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 /// What `config.apply` may change while the gateway runs (a table name covers its keys).
-pub const LIVE_KEYS: [&str; 8] = [
+pub const LIVE_KEYS: [&str; 9] = [
     "sinks",
     "routes",
     "log.level",
@@ -24,6 +24,7 @@ pub const LIVE_KEYS: [&str; 8] = [
     "delivery.backoff_max_ms",
     "delivery.poll_interval_ms",
     "delivery.max_records_per_sec",
+    "delivery.live_first",
 ];
 
 pub const APPLIED_FILE: &str = "config.applied.toml";

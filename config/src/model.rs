@@ -283,6 +283,12 @@ pub struct DeliveryConfig {
     /// this fast after an outage, so a sink that just came back is not flooded. No entry: as
     /// fast as the sink takes them.
     pub max_records_per_sec: std::collections::BTreeMap<String, f64>,
+    /// Live first: readings accepted since a sink's last outage (or since the start) are
+    /// leased ahead of its backlog and without its ceiling; the backlog fills what is left of
+    /// each batch. Order of first delivery is kept per device within each lane, not across
+    /// them (each delivered record carries `wal_seq` to reorder by). Off: one lane, strict
+    /// acceptance order.
+    pub live_first: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -295,6 +301,7 @@ impl Default for DeliveryConfig {
             lease_timeout_ms: 60_000,
             poll_interval_ms: 200,
             max_records_per_sec: std::collections::BTreeMap::new(),
+            live_first: false,
         }
     }
 }

@@ -93,6 +93,12 @@ pub struct SinkDriver {
     bucket: Option<rate::Bucket>,
     rate_gate: Option<Instant>,
     reserved: std::collections::HashMap<u64, usize>,
+    /// `delivery.live_first`: leases ask the WAL for the live lane first and take the
+    /// backlog within the ceiling ([`crate::wal::Lanes`]); `resplit` asks it to move the
+    /// split to the head at the next lease (set when a pause or an operator's hold ends, so
+    /// what piled up meanwhile is backlog).
+    live_first: bool,
+    resplit: bool,
 }
 
 /// The dispatcher's state: the lanes and the handles their actions go to.
@@ -152,6 +158,8 @@ impl DispatcherState {
                     .map(|r| rate::Bucket::new(*r, Instant::now())),
                 rate_gate: None,
                 reserved: Default::default(),
+                live_first: config.live_first,
+                resplit: false,
                 name: s.name,
             })
             .collect();
@@ -179,6 +187,7 @@ impl DispatcherState {
         for i in 0..self.sinks.len() {
             if self.sinks[i].paused_until.is_some_and(|t| t <= now) {
                 self.sinks[i].paused_until = None;
+                self.sinks[i].resplit = true;
                 self.on(i, Event::PauseOver, myself);
             }
             let mut filled = self.sinks[i].fill_gate.is_some_and(|t| t <= now);
@@ -201,7 +210,11 @@ impl DispatcherState {
     fn leased(&mut self, i: usize, cycle: u64, batch: &Result<Vec<Leased>, String>) {
         let s = &mut self.sinks[i];
         if let (Some(b), Some(granted)) = (&mut s.bucket, s.reserved.remove(&cycle)) {
-            let used = batch.as_ref().map_or(0, Vec::len);
+            // With lanes the ceiling holds the backlog only.
+            let live_first = s.live_first;
+            let used = batch
+                .as_ref()
+                .map_or(0, |b| b.iter().filter(|l| !(live_first && l.live)).count());
             b.refund(granted.saturating_sub(used));
         }
         if let (Some(f), Ok(b)) = (s.fill, batch) {
@@ -235,35 +248,47 @@ impl DispatcherState {
         match action {
             Action::Lease { cycle, max } => {
                 // Paused by an operator, or not full a moment ago: answered here.
-                if self.holds.is_held(&s.name) || s.fill_gate.is_some_and(|t| Instant::now() < t) {
+                let held = self.holds.is_held(&s.name);
+                if held || s.fill_gate.is_some_and(|t| Instant::now() < t) {
+                    s.resplit |= held;
                     return Some(Event::Leased {
                         cycle,
                         batch: Ok(Vec::new()),
                     });
                 }
                 // The sink's ceiling: a lease takes what the bucket grants; cut short, the
-                // lane is asked again once a whole batch is allowed.
+                // lane is asked again once a whole batch is allowed. With lanes the grant
+                // bounds the backlog only: live records are leased whatever it is.
                 let mut max = max;
+                let mut granted = None;
                 if let Some(b) = &mut s.bucket {
                     let now = Instant::now();
-                    let granted = b.grant(max, now);
-                    if granted < max {
+                    let g = b.grant(max, now);
+                    if g < max {
                         s.rate_gate = Some(now + b.wait_for(max));
                     }
-                    if granted == 0 {
+                    if g == 0 && !s.live_first {
                         return Some(Event::Leased {
                             cycle,
                             batch: Ok(Vec::new()),
                         });
                     }
-                    s.reserved.insert(cycle, granted);
-                    max = granted;
+                    s.reserved.insert(cycle, g);
+                    granted = Some(g);
+                }
+                let lanes = s.live_first.then(|| crate::wal::Lanes {
+                    backlog_max: granted.unwrap_or(max),
+                    split_now: std::mem::take(&mut s.resplit),
+                });
+                if lanes.is_none() {
+                    max = granted.unwrap_or(max);
                 }
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let lease = WalMsg::Lease {
                     sink: s.name.clone(),
                     max,
                     fill: s.fill,
+                    lanes,
                     reply: tx.into(),
                 };
                 let sent = self.wal.cast(lease).map_err(|e| e.to_string());

@@ -122,6 +122,7 @@ mod tests {
                 trace: None,
                 send_trace: None,
             },
+            live: false,
         };
         let mut out = Vec::new();
         write_record(&mut out, &l);

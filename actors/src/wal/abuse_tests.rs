@@ -221,6 +221,7 @@ fn a_file_with_the_old_idempotency_table_opens_and_drops_it() {
                 sink: "a".into(),
                 max: 10,
                 fill: None,
+                lanes: None,
             }],
             6,
         )
@@ -325,6 +326,7 @@ fn settle_all(s: WalStore, outcome: Outcome, now: u64) -> WalStore {
                 sink: "a".into(),
                 max: 100,
                 fill: None,
+                lanes: None,
             }],
             now,
         )
@@ -490,6 +492,7 @@ fn every_dead_letter_is_reported_once_with_its_reason() {
         sink: "a".into(),
         max: 10,
         fill: None,
+        lanes: None,
     };
     let (s, _) = s.apply(vec![lease()], 6).unwrap();
     let (mut s, r) = s.apply(vec![Op::ReleaseLeases, lease()], 7).unwrap();

@@ -41,6 +41,7 @@ fn drain(mut store: WalStore) -> WalStore {
             sink: "s".into(),
             max: 1000,
             fill: None,
+            lanes: None,
         };
         let (s, r) = store.apply(vec![lease], 1).unwrap();
         let OpResult::Leased(batch) = &r[0] else {

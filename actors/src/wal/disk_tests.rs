@@ -11,6 +11,7 @@ fn append_beside_a_lease(s: WalStore) -> (WalStore, Vec<OpResult>) {
         sink: "a".into(),
         max: 10,
         fill: None,
+        lanes: None,
     };
     s.apply(vec![Op::Append(vec![rec("k2", 2)]), lease], 2)
         .unwrap()

@@ -315,6 +315,7 @@ fn power_cut_run(seed: u64, cut_after: usize, break_durability: bool) -> (usize,
                 sink: "s".into(),
                 max: 10,
                 fill: None,
+                lanes: None,
             },
             _ => Op::Settle {
                 sink: "s".into(),

@@ -19,6 +19,7 @@ fn lease(max: usize, max_bytes: u64) -> Op {
             max_bytes,
             max_age_ms: 1_000,
         }),
+        lanes: None,
     }
 }
 

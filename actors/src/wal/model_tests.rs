@@ -166,6 +166,7 @@ impl Model {
                     sink: sink.into(),
                     max: *max,
                     fill: None,
+                    lanes: None,
                 };
                 (op, Want::Leased(want))
             }

@@ -136,6 +136,20 @@ pub struct Leased {
     /// Includes this lease: the first delivery attempt has `attempts == 1`.
     pub attempts: u32,
     pub record: Record,
+    /// Leased from the live lane (see [`Lanes`]); false for the backlog and without lanes.
+    pub live: bool,
+}
+
+/// A live-first lease (`delivery.live_first`): records accepted since the sink's split are
+/// leased first, in order, up to the lease's `max`; older ones — the backlog — fill what is
+/// left, in order, at most `backlog_max` (what the sink's ceiling grants). The split is the
+/// WAL's head when the sink first leases with lanes, and moves to the head again when a lease
+/// asks (`split_now`: the dispatcher asks when a sink's pause ends, so what piled up during
+/// an outage joins the backlog). Held in memory: after a restart everything is backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lanes {
+    pub backlog_max: usize,
+    pub split_now: bool,
 }
 
 /// A lease that waits for a full batch (a sink that writes objects, not requests): records

@@ -213,6 +213,7 @@ fn full_wal_refuses_the_whole_append_and_writes_nothing() {
             sink: "a".into(),
             max: 10,
             fill: None,
+            lanes: None,
         },
         0,
     );
@@ -222,6 +223,7 @@ fn full_wal_refuses_the_whole_append_and_writes_nothing() {
             sink: "b".into(),
             max: 10,
             fill: None,
+            lanes: None,
         },
         0,
     );
@@ -257,6 +259,7 @@ fn sinks_progress_independently_and_record_deleted_when_all_done() {
             sink: "a".into(),
             max: 10,
             fill: None,
+            lanes: None,
         },
         0,
     );
@@ -280,6 +283,7 @@ fn sinks_progress_independently_and_record_deleted_when_all_done() {
             sink: "b".into(),
             max: 1,
             fill: None,
+            lanes: None,
         },
         0,
     );
@@ -297,6 +301,7 @@ fn sinks_progress_independently_and_record_deleted_when_all_done() {
             sink: "b".into(),
             max: 1,
             fill: None,
+            lanes: None,
         },
         0,
     );
@@ -330,6 +335,7 @@ fn requeue_moves_dead_letters_back_with_attempts_reset() {
             sink: "a".into(),
             max: 10,
             fill: None,
+            lanes: None,
         },
         0,
     );
@@ -363,6 +369,7 @@ fn requeue_moves_dead_letters_back_with_attempts_reset() {
             sink: "a".into(),
             max: 10,
             fill: None,
+            lanes: None,
         },
         0,
     );
@@ -384,6 +391,7 @@ fn requeue_moves_dead_letters_back_with_attempts_reset() {
             sink: "b".into(),
             max: 10,
             fill: None,
+            lanes: None,
         },
         0,
     );
@@ -414,6 +422,7 @@ fn retries_end_dead_after_max_attempts_with_last_reason() {
                 sink: "a".into(),
                 max: 1,
                 fill: None,
+                lanes: None,
             },
             0,
         );
@@ -450,6 +459,7 @@ fn unsettled_leases_count_as_attempts_so_poison_records_end_dead() {
                 sink: "a".into(),
                 max: 1,
                 fill: None,
+                lanes: None,
             },
             0,
         );
@@ -464,6 +474,7 @@ fn unsettled_leases_count_as_attempts_so_poison_records_end_dead() {
             sink: "a".into(),
             max: 1,
             fill: None,
+            lanes: None,
         },
         0,
     );
@@ -543,6 +554,7 @@ fn released_leases_are_leased_again_first_and_in_order() {
         sink: "a".into(),
         max,
         fill: None,
+        lanes: None,
     };
     let (s, _) = one(s, lease(1), 0); // a dispatcher holds "a", then dies
     let (s, _) = one(s, Op::Append(vec![rec("c", 0)]), 0);
@@ -576,6 +588,7 @@ fn a_graceful_stop_returns_leases_with_their_attempt_refunded_durably() {
         sink: "a".into(),
         max: 1,
         fill: None,
+        lanes: None,
     };
     let (s, _) = one(s, lease(), 0);
     let (s, r) = one(s, Op::StopLeases, 1);
@@ -603,6 +616,7 @@ fn lease_expiry_makes_records_leasable_again() {
             sink: "a".into(),
             max: 5,
             fill: None,
+            lanes: None,
         },
         0,
     );
@@ -613,6 +627,7 @@ fn lease_expiry_makes_records_leasable_again() {
             sink: "a".into(),
             max: 5,
             fill: None,
+            lanes: None,
         },
         50,
     );
@@ -623,6 +638,7 @@ fn lease_expiry_makes_records_leasable_again() {
             sink: "a".into(),
             max: 5,
             fill: None,
+            lanes: None,
         },
         100,
     );

@@ -67,6 +67,7 @@ fn a_migration_that_does_not_commit_leaves_format_1_and_the_next_open_migrates()
                 sink: "archive".into(),
                 max: 100,
                 fill: None,
+                lanes: None,
             }],
             store_now(),
         )

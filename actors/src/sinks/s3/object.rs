@@ -108,6 +108,7 @@ mod tests {
             seq,
             attempts: 1,
             record: crate::wal::tests::rec(key, ts),
+            live: false,
         }
     }
 

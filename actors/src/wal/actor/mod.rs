@@ -96,6 +96,8 @@ pub enum WalMsg {
         max: usize,
         /// Wait for a full batch (see [`crate::wal::Fill`]).
         fill: Option<crate::wal::Fill>,
+        /// Live first (see [`crate::wal::Lanes`]).
+        lanes: Option<crate::wal::Lanes>,
         reply: RpcReplyPort<Vec<Leased>>,
     },
     Settle {
@@ -541,12 +543,18 @@ impl Actor for Wal {
                         sink,
                         max,
                         fill,
+                        lanes,
                         reply,
                     } => {
                         Self::enqueue(
                             &myself,
                             state,
-                            Op::Lease { sink, max, fill },
+                            Op::Lease {
+                                sink,
+                                max,
+                                fill,
+                                lanes,
+                            },
                             Waiter::Lease(reply),
                         );
                     }

@@ -107,6 +107,7 @@ mod stop_tests {
             sink: "a".into(),
             max: 10,
             fill: None,
+            lanes: None,
             reply,
         };
         let leased = call!(wal, lease).unwrap();

@@ -8,30 +8,41 @@ impl WalStore {
         tx: &mut Tx<'_>,
         meta: &mut Meta,
         sink: &str,
-        max: usize,
-        fill: Option<Fill>,
+        ask: Ask,
         now: u64,
     ) -> Result<Vec<Leased>, WalError> {
-        let mut leased_now = {
-            let inflight = self.inflight.entry(sink.to_string()).or_default();
-            inflight.retain(|_, deadline| *deadline > now);
-            let mut picked = Vec::new();
-            for row in tx.pending.range((sink, 0)..=(sink, u64::MAX))? {
-                let (k, v) = row?;
-                let seq = k.value().1;
-                if inflight.contains_key(&seq) {
-                    continue;
-                }
-                picked.push((seq, v.value()));
-                if picked.len() >= max {
-                    break;
-                }
+        let Ask { max, fill, lanes } = ask;
+        // The live lane starts at the split; without lanes everything is one lane from 0.
+        let split = lanes.map(|l| {
+            let head = meta.next_seq;
+            let from = self.live_from.entry(sink.to_string()).or_insert(head);
+            if l.split_now {
+                *from = head;
             }
-            picked
+            *from
+        });
+        let inflight = self.inflight.entry(sink.to_string()).or_default();
+        inflight.retain(|_, deadline| *deadline > now);
+        let (mut leased_now, mut bodies, live_from) = match (split, lanes) {
+            (Some(split), Some(l)) => {
+                let live = pick(tx, inflight, sink, split..=u64::MAX, max)?;
+                let room = max.saturating_sub(live.len()).min(l.backlog_max);
+                let mut backlog = pick(tx, inflight, sink, 0..=split.saturating_sub(1), room)?;
+                // Each lane's bodies in one scan; the batch in seq order (backlog first).
+                let mut bodies = bodies_of(tx, &backlog)?;
+                bodies.extend(bodies_of(tx, &live)?);
+                backlog.extend(live);
+                (backlog, bodies, split)
+            }
+            _ => {
+                let picked = pick(tx, inflight, sink, 0..=u64::MAX, max)?;
+                // The bodies, read in key order: one range scan over the record table when
+                // the leased seqs are dense (a backlog), lookups when they are sparse
+                // (records other sinks hold).
+                let bodies = bodies_of(tx, &picked)?;
+                (picked, bodies, u64::MAX)
+            }
         };
-        // The bodies, read in key order: one range scan over the record table when the leased
-        // seqs are dense (a backlog), lookups when they are sparse (records other sinks hold).
-        let mut bodies = bodies_of(tx, &leased_now)?;
         if let Some(f) = fill {
             if !filled(tx, &mut leased_now, &bodies, max, f, now)? {
                 return Ok(Vec::new());
@@ -69,6 +80,7 @@ impl WalStore {
                 seq,
                 attempts: attempts + 1,
                 record,
+                live: seq >= live_from,
             });
         }
         Ok(out)
@@ -255,6 +267,44 @@ fn filled(
     }
     let accepted = tx.refs.get(oldest)?.map_or(0, |r| r.value().1);
     Ok(full || now.saturating_sub(accepted) >= f.max_age_ms)
+}
+
+/// What a lease asks for (see [`Op::Lease`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ask {
+    pub max: usize,
+    pub fill: Option<Fill>,
+    pub lanes: Option<Lanes>,
+}
+
+/// Up to `max` of `sink`'s pending rows in `seqs`, in order, skipping those in flight:
+/// (seq, attempts so far).
+fn pick(
+    tx: &Tx<'_>,
+    inflight: &BTreeMap<u64, u64>,
+    sink: &str,
+    seqs: std::ops::RangeInclusive<u64>,
+    max: usize,
+) -> Result<Vec<(u64, u32)>, WalError> {
+    let mut picked = Vec::new();
+    if max == 0 {
+        return Ok(picked);
+    }
+    for row in tx
+        .pending
+        .range((sink, *seqs.start())..=(sink, *seqs.end()))?
+    {
+        let (k, v) = row?;
+        let seq = k.value().1;
+        if inflight.contains_key(&seq) {
+            continue;
+        }
+        picked.push((seq, v.value()));
+        if picked.len() >= max {
+            break;
+        }
+    }
+    Ok(picked)
 }
 
 fn bodies_of(tx: &Tx<'_>, picked: &[(u64, u32)]) -> Result<HashMap<u64, Vec<u8>>, WalError> {

@@ -144,6 +144,7 @@ mod tests {
                     sink: "api".into(),
                     max: 10,
                     fill: None,
+                    lanes: None,
                 }],
                 100,
             )

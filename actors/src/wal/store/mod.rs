@@ -33,8 +33,8 @@ use super::idem::{self, IDEM};
 use super::key_index::KeyIndex;
 use super::quota::{self, DeviceQuota, Devices, QuotaLimits, Usage, DEVICE_USAGE};
 use super::record::{
-    AppendOutcome, DeadClass, DeadEntry, DeadReason, Fill, Leased, Outcome, Record, SinkStats,
-    WalStats,
+    AppendOutcome, DeadClass, DeadEntry, DeadReason, Fill, Lanes, Leased, Outcome, Record,
+    SinkStats, WalStats,
 };
 use super::rejected::{Rejected, REJECTED};
 use redb::{
@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 mod backup;
 mod compact;
 mod deliver;
+use deliver::Ask;
 mod dlq;
 mod lookup;
 mod maintain;
@@ -147,6 +148,9 @@ pub struct WalStore {
     meta: Meta,
     /// sink -> seq -> lease deadline (ms). Memory only, by design (see module doc).
     inflight: HashMap<String, BTreeMap<u64, u64>>,
+    /// sink -> first seq of its live lane (see [`Lanes`]). Memory only: after a restart,
+    /// what the WAL holds is backlog.
+    live_from: HashMap<String, u64>,
     /// Records below this seq were already examined for age expiry since open.
     expiry_cursor: u64,
     /// idempotency key -> the time of its row in `IDEM` (`key_index.rs`). Rebuilt on open. A
@@ -306,6 +310,7 @@ impl WalStore {
             limits,
             meta,
             inflight: HashMap::new(),
+            live_from: HashMap::new(),
             expiry_cursor: 0,
             idem,
             devices,
@@ -392,8 +397,14 @@ impl WalStore {
                     Op::Append(records) => {
                         OpResult::Appended(self.append(&mut tx, &mut meta, records, now_ms)?)
                     }
-                    Op::Lease { sink, max, fill } => {
-                        OpResult::Leased(self.lease(&mut tx, &mut meta, &sink, max, fill, now_ms)?)
+                    Op::Lease {
+                        sink,
+                        max,
+                        fill,
+                        lanes,
+                    } => {
+                        let ask = Ask { max, fill, lanes };
+                        OpResult::Leased(self.lease(&mut tx, &mut meta, &sink, ask, now_ms)?)
                     }
                     Op::Settle { sink, outcomes } => {
                         self.settle(&mut tx, &mut meta, &sink, outcomes, now_ms)?

@@ -132,6 +132,7 @@ mod tests {
                     sink: "old".into(),
                     max: 1,
                     fill: None,
+                    lanes: None,
                 }],
                 1,
             )

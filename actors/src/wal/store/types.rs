@@ -139,6 +139,8 @@ pub enum Op {
         max: usize,
         /// Wait for a full batch (see [`Fill`]).
         fill: Option<Fill>,
+        /// Live first (see [`super::Lanes`]).
+        lanes: Option<super::Lanes>,
     },
     Settle {
         sink: String,
