@@ -20,6 +20,9 @@
 //!   the WAL file size and RSS sampled over time, to show they level off.
 //! - `protobuf`: MQTT ingest of one reading as JSON and as Protobuf, side by side
 //!   (`BENCH_MQTT_MESSAGES`).
+//! - `live`: live readings' delivery latency (p50/p99) with no backlog and while a backlog
+//!   (`BENCH_BACKLOG`) drains at a ceiling (`BENCH_LIVE_CEILING`, default 20,000/s) with
+//!   `delivery.live_first` on.
 //! - `traces`: the same HTTP closed loops with traces off, at the default sampler and with
 //!   every reading traced, exporting to a local collector (`BENCH_TRACES_SECS`, default 5).
 
@@ -33,6 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "support/live.rs"]
+mod live;
 #[path = "support/mqtt.rs"]
 mod mqtt;
 #[path = "support/sinks.rs"]
@@ -94,6 +99,9 @@ fn main() {
     }
     if want("traces") {
         rt.block_on(traces::cost());
+    }
+    if want("live") {
+        rt.block_on(live::latency());
     }
     if want("protobuf") {
         rt.block_on(mqtt::encodings());

@@ -263,9 +263,14 @@ impl DispatcherState {
                 let mut granted = None;
                 if let Some(b) = &mut s.bucket {
                     let now = Instant::now();
-                    let g = b.grant(max, now);
-                    if g < max {
-                        s.rate_gate = Some(now + b.wait_for(max));
+                    let want = if s.live_first {
+                        max.min(b.slice())
+                    } else {
+                        max
+                    };
+                    let g = b.grant(want, now);
+                    if g < want {
+                        s.rate_gate = Some(now + b.wait_for(want));
                     }
                     if g == 0 && !s.live_first {
                         return Some(Event::Leased {

@@ -36,6 +36,12 @@ impl Bucket {
         n
     }
 
+    /// Live first: a backlog lease takes at most 50 ms of the ceiling, so a live reading
+    /// that arrives while the backlog drains waits behind that much at most.
+    pub fn slice(&self) -> usize {
+        (self.rate / 20.0).ceil().max(1.0) as usize
+    }
+
     /// Records reserved but not leased.
     pub fn refund(&mut self, n: usize) {
         self.tokens = (self.tokens + n as f64).min(self.rate.max(1.0));

@@ -142,7 +142,8 @@ pub struct Leased {
 
 /// A live-first lease (`delivery.live_first`): records accepted since the sink's split are
 /// leased first, in order, up to the lease's `max`; older ones — the backlog — fill what is
-/// left, in order, at most `backlog_max` (what the sink's ceiling grants). The split is the
+/// left, in order, at most `backlog_max` (what the sink's ceiling grants) and, in a batch
+/// that carries live records, no more than it carries (a live batch stays quick to send). The split is the
 /// WAL's head when the sink first leases with lanes, and moves to the head again when a lease
 /// asks (`split_now`: the dispatcher asks when a sink's pause ends, so what piled up during
 /// an outage joins the backlog). Held in memory: after a restart everything is backlog.

@@ -26,7 +26,12 @@ impl WalStore {
         let (mut leased_now, mut bodies, live_from) = match (split, lanes) {
             (Some(split), Some(l)) => {
                 let live = pick(tx, inflight, sink, split..=u64::MAX, max)?;
-                let room = max.saturating_sub(live.len()).min(l.backlog_max);
+                // A batch that carries live records takes no more backlog than it carries
+                // live ones, so the backlog does not make it slow to send.
+                let mut room = max.saturating_sub(live.len()).min(l.backlog_max);
+                if !live.is_empty() {
+                    room = room.min(live.len());
+                }
                 let mut backlog = pick(tx, inflight, sink, 0..=split.saturating_sub(1), room)?;
                 // Each lane's bodies in one scan; the batch in seq order (backlog first).
                 let mut bodies = bodies_of(tx, &backlog)?;
