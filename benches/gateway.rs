@@ -183,6 +183,8 @@ fn wal_vs_redb() {
             min_free_bytes: 0,
             compact_min_bytes: 0,
             max_file_bytes: 0,
+            history_ms: 0,
+            history_max_bytes: 0,
         };
         let mut store =
             Some(WalStore::open(&dir.path().join("wal.redb"), vec!["s".into()], limits).unwrap());

@@ -69,6 +69,62 @@ pub fn parse_line(line: &str) -> Result<Record, String> {
     Ok(Record { trace, ..record })
 }
 
+/// A time bound: RFC 3339 (`2026-11-23T04:00:00Z`) or milliseconds since the epoch.
+pub fn parse_time(t: &str) -> Result<u64, String> {
+    if let Ok(ms) = t.parse::<u64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(t)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .ok_or_else(|| format!("{t:?} is not an RFC 3339 time nor milliseconds since the epoch"))
+}
+
+/// The settled records the WAL's history keeps whose `receive_ts` is in `[from, to)`, as
+/// JSON Lines into `out` (what `replay` reads): from the file when no gateway holds it,
+/// else through the running gateway's admin API (`GET /admin/wal/history`).
+pub fn export_history(
+    cfg: &Config,
+    access: &AdminAccess,
+    from: u64,
+    to: u64,
+    out: &mut dyn std::io::Write,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, OnlineError> {
+    let r = match edge_gateway_actors::wal::WalReader::offline(&cfg.data_dir.join("wal.redb")) {
+        Ok(r) => r,
+        Err(WalError::AlreadyOpen) => {
+            let q = [("from", from.to_string()), ("to", to.to_string())];
+            return crate::online::admin_stream(
+                cfg,
+                access,
+                "/admin/wal/history",
+                &q,
+                out,
+                progress,
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut failed = None;
+    let n = r.history_each(from, to, |row| {
+        let written = serde_json::to_writer(&mut *out, &row)
+            .map_err(std::io::Error::other)
+            .and_then(|()| out.write_all(b"\n"));
+        if let Err(e) = written {
+            failed = Some(e);
+            return false;
+        }
+        true
+    })?;
+    if let Some(e) = failed.or_else(|| out.flush().err()) {
+        return Err(OnlineError::Refused(format!("writing the history: {e}")));
+    }
+    progress(n);
+    Ok(n)
+}
+
 /// What a replay did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Replayed {

@@ -200,14 +200,21 @@ pub(crate) fn wal(cmd: WalCmd) -> anyhow::Result<()> {
 
 #[derive(Args)]
 pub(crate) struct ReplayArgs {
-    /// JSON Lines of records (`-` for stdin).
-    file: PathBuf,
+    /// JSON Lines of records (`-` for stdin). Without it, `--from`/`--to` replay acked
+    /// records the WAL's history still keeps (`wal.history_secs`).
+    file: Option<PathBuf>,
     /// The sink they are re-enqueued for.
     #[arg(long)]
     sink: String,
     /// At most this many records a second (default: as fast as the WAL commits).
     #[arg(long)]
     rate: Option<f64>,
+    /// Kept records received at or after this (RFC 3339, or ms since the epoch).
+    #[arg(long, conflicts_with = "file")]
+    from: Option<String>,
+    /// Kept records received before this (default: now).
+    #[arg(long, conflicts_with = "file")]
+    to: Option<String>,
     #[command(flatten)]
     admin: AdminArgs,
     #[command(flatten)]
@@ -217,15 +224,58 @@ pub(crate) struct ReplayArgs {
 pub(crate) fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let cfg = a.config.load()?;
     init_cli_logging();
-    let input: Box<dyn std::io::BufRead> = if a.file.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(&a.file)
-                .with_context(|| format!("opening {}", a.file.display()))?,
-        ))
-    };
     let started = std::time::Instant::now();
+    // From the history: exported first (read-only, or through the running gateway) into a
+    // file beside the WAL, replayed from it, then removed.
+    let mut staged = None;
+    let input: Box<dyn std::io::BufRead> = match (&a.file, &a.from) {
+        (Some(f), _) if f.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
+        (Some(f), _) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?,
+        )),
+        (None, None) => anyhow::bail!(
+            "give a FILE to replay, or --from (and --to) to replay acked records the WAL's \
+             history keeps"
+        ),
+        (None, Some(from)) => {
+            let from = edge_gateway::replay::parse_time(from).map_err(anyhow::Error::msg)?;
+            let to = match &a.to {
+                Some(t) => edge_gateway::replay::parse_time(t).map_err(anyhow::Error::msg)?,
+                None => u64::MAX,
+            };
+            let path = cfg
+                .data_dir
+                .join(format!("replay-history.{}.jsonl", std::process::id()));
+            let mut out = std::io::BufWriter::new(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            );
+            let mut bar = crate::progress::Progress::new("kept records read");
+            let n = edge_gateway::replay::export_history(
+                &cfg,
+                &a.admin.access(),
+                from,
+                to,
+                &mut out,
+                &mut |n| bar.set(n),
+            );
+            drop(out);
+            let n = n.inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+            })?;
+            bar.finish(n);
+            staged = Some(path.clone());
+            Box::new(std::io::BufReader::new(std::fs::File::open(&path)?))
+        }
+    };
+    let source = match (&a.file, &a.from) {
+        (Some(f), _) => f.display().to_string(),
+        _ => format!(
+            "history from {} to {}",
+            a.from.as_deref().unwrap_or(""),
+            a.to.as_deref().unwrap_or("now")
+        ),
+    };
     let mut bar = crate::progress::Progress::new("records replayed");
     let mut progress = |n: u64| bar.set(n);
     let r = edge_gateway::replay::replay(
@@ -236,18 +286,21 @@ pub(crate) fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         a.rate,
         &mut progress,
     );
+    if let Some(p) = staged {
+        let _ = std::fs::remove_file(p);
+    }
     let r = match r {
         Ok(r) => r,
         Err(e) => anyhow::bail!("{e} (records before the failing chunk were replayed)"),
     };
     bar.finish(r.replayed);
-    tracing::warn!(sink = %a.sink, replayed = r.replayed, skipped = r.skipped, file = %a.file.display(), "records replayed from the command line");
+    tracing::warn!(sink = %a.sink, replayed = r.replayed, skipped = r.skipped, source = %source, "records replayed from the command line");
     edge_gateway::wal_tools::audit(
         &cfg.data_dir,
         "replay",
         serde_json::json!({
             "sink": a.sink,
-            "file": a.file.display().to_string(),
+            "source": source,
             "replayed": r.replayed,
             "skipped": r.skipped,
         }),

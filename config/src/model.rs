@@ -238,6 +238,12 @@ pub struct WalConfig {
     /// least this big, whatever its rows hold: the file is what the disk pays for. Delivery
     /// frees pages and compaction gives them back, then appends resume. 0: no limit.
     pub max_file_bytes: u64,
+    /// A record every sink settled is kept this long with its lifecycle (each sink's ack:
+    /// when, after how many attempts), for `wal show` and `replay --from/--to`. 0: deleted
+    /// at once. Given up first when space is short (see `history_max_bytes`).
+    pub history_secs: u64,
+    /// At most this much kept history (record bodies and lifecycle rows); oldest go first.
+    pub history_max_bytes: u64,
 }
 
 impl Default for WalConfig {
@@ -261,6 +267,8 @@ impl Default for WalConfig {
             reserve_bytes: 16 * 1024 * 1024,
             compact_min_bytes: 16 * 1024 * 1024,
             max_file_bytes: 2 << 30,
+            history_secs: 3600,
+            history_max_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -129,12 +129,48 @@ pub(super) async fn export(h: &Handles, sink: &str, q: &Query) -> warp::reply::R
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
     let sink = sink.to_string();
+    stream_lines(move |emit| {
+        let n = r.dead_each(&sink, &f, None, |row| emit(&row))?;
+        tracing::info!(sink = %sink, exported = n, "dead letters exported through the admin API");
+        Ok(n)
+    })
+}
+
+/// `GET /admin/wal/history?from=&to=`: every settled record the history keeps whose
+/// `receive_ts` is in `[from, to)` (RFC 3339 or ms since the epoch; default: all), as JSON
+/// Lines a `replay` reads, streamed from one read transaction.
+pub(super) async fn history(h: &Handles, q: &Query) -> warp::reply::Response {
+    let bound = |k: &'static str, default: u64| match q.get(k) {
+        None => Ok(default),
+        Some(t) => crate::replay::parse_time(t).map_err(|e| (k, e)),
+    };
+    let (from, to) = match (bound("from", 0), bound("to", u64::MAX)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => return bad(e),
+    };
+    let r = match reader(h).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    stream_lines(move |emit| r.history_each(from, to, |row| emit(&row)))
+}
+
+/// The JSON Lines `visit` emits (on a blocking thread: it reads the WAL), streamed as the
+/// answer in 60 KiB chunks; `emit` answers false once the client went away.
+fn stream_lines<F>(visit: F) -> warp::reply::Response
+where
+    F: FnOnce(
+            &mut dyn FnMut(&dyn erased::Json) -> bool,
+        ) -> Result<u64, edge_gateway_actors::wal::WalError>
+        + Send
+        + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
     tokio::task::spawn_blocking(move || {
         let mut chunk = Vec::with_capacity(64 * 1024);
-        let visited = r.dead_each(&sink, &f, None, |row| {
-            serde_json::to_writer(&mut chunk, &row).expect("JSON");
+        let visited = visit(&mut |row| {
+            row.write_json(&mut chunk);
             chunk.push(b'\n');
             if chunk.len() >= 60 * 1024 {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(64 * 1024));
@@ -144,9 +180,8 @@ pub(super) async fn export(h: &Handles, sink: &str, q: &Query) -> warp::reply::R
             true
         });
         match visited {
-            Ok(n) => {
+            Ok(_) => {
                 let _ = tx.blocking_send(Ok(chunk.into()));
-                tracing::info!(sink = %sink, exported = n, "dead letters exported through the admin API");
             }
             Err(e) => {
                 let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
@@ -160,6 +195,18 @@ pub(super) async fn export(h: &Handles, sink: &str, q: &Query) -> warp::reply::R
         "application/x-ndjson",
     )
     .into_response()
+}
+
+/// Rows of any serialisable type through one `dyn` callback.
+mod erased {
+    pub trait Json {
+        fn write_json(&self, out: &mut Vec<u8>);
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn write_json(&self, out: &mut Vec<u8>) {
+            serde_json::to_writer(out, self).expect("JSON");
+        }
+    }
 }
 
 /// A channel as a stream, without another dependency.

@@ -199,6 +199,7 @@ async fn admin_route(
         },
         (true, ["dead-letters", sink]) => dlq::list(h, sink, query).await,
         (true, ["dead-letters", sink, "export"]) => dlq::export(h, sink, query).await,
+        (true, ["wal", "history"]) => dlq::history(h, query).await,
         (true, ["rejected"]) => {
             let limit = query
                 .get("limit")

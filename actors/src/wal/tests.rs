@@ -24,6 +24,8 @@ pub(super) fn limits() -> WalLimits {
         min_free_bytes: 0,
         compact_min_bytes: 0,
         max_file_bytes: 0,
+        history_ms: 0,
+        history_max_bytes: 0,
     }
 }
 

@@ -56,7 +56,8 @@ fn rows(src: &ReadTransaction) -> Result<u64, WalError> {
         + src.open_table(META)?.len()?
         + src.open_table(REJECTED)?.len()?
         + src.open_table(IDEM)?.len()?
-        + src.open_table(DEVICE_USAGE)?.len()?)
+        + src.open_table(DEVICE_USAGE)?.len()?
+        + history::table(src)?.map_or(Ok(0), |t| t.len())?)
 }
 
 fn storage(what: &str, e: impl std::fmt::Display) -> WalError {
@@ -96,6 +97,9 @@ pub(super) fn write(
     copy(src, &txn, REJECTED, &mut c)?;
     copy(src, &txn, IDEM, &mut c)?;
     copy(src, &txn, DEVICE_USAGE, &mut c)?;
+    if history::table(src)?.is_some() {
+        copy(src, &txn, HISTORY, &mut c)?;
+    }
     (c.progress)(c.done, c.total);
     txn.commit()?;
     drop(db);

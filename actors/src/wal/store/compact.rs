@@ -52,7 +52,9 @@ impl WalStore {
         }
         // Cheap first: the backlog must have drained before the page count (a walk of the
         // trees) is worth taking.
-        if self.meta.live_bytes.saturating_mul(64) > before {
+        // Kept history is rows compaction cannot give back either.
+        let held = self.meta.live_bytes + self.meta.history_bytes;
+        if held.saturating_mul(64) > before {
             return Ok(None);
         }
         let used = {

@@ -133,7 +133,7 @@ impl WalStore {
                     let s = meta.sink(sink);
                     s.0 -= 1;
                     s.2 += 1;
-                    self.unref(tx, meta, seq)?;
+                    self.unref_acked(tx, meta, sink, seq, attempts, now)?;
                     acked += 1;
                 }
                 Outcome::Retry(reason) if attempts >= self.limits.max_attempts => {
@@ -235,6 +235,9 @@ impl WalStore {
             self.devices.remove(&device, body.len() as u64);
         }
         meta.records = meta.records.saturating_sub(1);
+        if self.limits.keeps_history() {
+            tx.history.remove(seq)?; // acks of other sinks, if any
+        }
         Ok(())
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! By sequence number it is one lookup; by correlation id or key it is a scan of the stored
 //! records (no index is kept for them: each would cost every append a row), about a second per
-//! million records. Only what the WAL still holds is found: a record every sink has settled is
-//! deleted (a per-record history kept after that is not built).
+//! million records. What the WAL holds is found: records still held by a sink, and records
+//! every sink settled while their history is kept (`wal.history_secs`, `history.rs`), with
+//! each sink's ack: when, after how many attempts.
 
 use super::*;
 use serde::Serialize;
@@ -13,12 +14,16 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct SinkState {
     pub sink: String,
-    /// `pending` (enqueued or in flight: leases are in the writer's memory), `dead`, or
-    /// `settled` (no row: delivered, or never routed to this sink).
+    /// `pending` (enqueued or in flight: leases are in the writer's memory), `dead`, `acked`
+    /// (its ack is in the kept history), or `settled` (no row: delivered, or never routed to
+    /// this sink).
     pub state: &'static str,
-    /// Deliveries tried so far (pending and dead).
+    /// Deliveries tried so far (pending and dead), or that it took (acked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// WAL time of the ack (acked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked_at_wal_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead: Option<DeadEntry>,
 }
@@ -31,6 +36,9 @@ pub struct RecordView {
     pub appended_at_wal_ms: Option<u64>,
     pub record: serde_json::Value,
     pub sinks: Vec<SinkState>,
+    /// WAL time the last sink settled it (kept history only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settled_at_wal_ms: Option<u64>,
 }
 
 /// Finds `id` in `txn`: a number is tried as a WAL sequence number first, then every stored
@@ -77,21 +85,32 @@ pub(super) fn find(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Recor
             sinks.insert(s.to_string());
         }
     }
+    let life = match history::table(txn)? {
+        Some(t) => t.get(seq)?.and_then(|v| Lifecycle::decode(v.value())),
+        None => None,
+    }
+    .unwrap_or_default();
     let mut out = Vec::new();
     for sink in sinks {
+        let ack = life.acked.iter().rev().find(|a| a.sink == sink);
         let p = pending.get((sink.as_str(), seq))?.map(|v| v.value());
         let d = dead
             .get((sink.as_str(), seq))?
             .and_then(|v| ciborium::from_reader::<DeadEntry, _>(v.value()).ok());
-        let state = match (&p, &d) {
-            (Some(_), _) => "pending",
-            (None, Some(_)) => "dead",
-            (None, None) => "settled",
+        let state = match (&p, &d, ack) {
+            (Some(_), _, _) => "pending",
+            (None, Some(_), _) => "dead",
+            (None, None, Some(_)) => "acked",
+            (None, None, None) => "settled",
         };
+        let acked = (state == "acked").then_some(ack).flatten();
         out.push(SinkState {
             sink,
             state,
-            attempts: p.or(d.as_ref().map(|e| e.attempts)),
+            attempts: p
+                .or(d.as_ref().map(|e| e.attempts))
+                .or(acked.map(|a| a.attempts)),
+            acked_at_wal_ms: acked.map(|a| a.at_ms),
             dead: d,
         });
     }
@@ -100,6 +119,7 @@ pub(super) fn find(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Recor
         appended_at_wal_ms: appended,
         record,
         sinks: out,
+        settled_at_wal_ms: life.settled_at_ms,
     }))
 }
 

@@ -90,6 +90,8 @@ impl WalStore {
             meta.idem_keys = meta.idem_keys.saturating_sub(1);
             report.idempotency_purged += 1;
         }
+        // Settled records kept past their time, or crowding what ingest needs.
+        self.expire_history(tx, meta, now, &mut report)?;
         // Undelivered records past max age: Dead with reason `expired`, per sink still pending.
         let age_cutoff = now.saturating_sub(self.limits.max_age_ms);
         let candidates: Vec<(u64, u64)> = tx

@@ -18,6 +18,10 @@ pub(super) struct Meta {
     pub(super) device_usage_v1: u64,
     /// The latest WAL time committed (see "Time" above).
     pub(super) clock_ms: u64,
+    /// Settled records kept with their lifecycle (`history.rs`), and their bytes (bodies and
+    /// lifecycle rows). Not in `records` / `live_bytes`.
+    pub(super) history_records: u64,
+    pub(super) history_bytes: u64,
     /// Per sink: (pending, dead, acked_total).
     pub(super) sinks: BTreeMap<String, (u64, u64, u64)>,
 }
@@ -42,6 +46,8 @@ impl Meta {
                 "rejected" => m.rejected = v,
                 "device_usage_v1" => m.device_usage_v1 = v,
                 "clock_ms" => m.clock_ms = v,
+                "history_records" => m.history_records = v,
+                "history_bytes" => m.history_bytes = v,
                 other => {
                     if let Some((kind, sink)) = other.split_once('/') {
                         let e = m.sinks.entry(sink.to_string()).or_default();
@@ -69,6 +75,8 @@ impl Meta {
         t.insert("rejected", self.rejected)?;
         t.insert("device_usage_v1", self.device_usage_v1)?;
         t.insert("clock_ms", self.clock_ms)?;
+        t.insert("history_records", self.history_records)?;
+        t.insert("history_bytes", self.history_bytes)?;
         for (sink, (p, d, a)) in &self.sinks {
             t.insert(format!("pending/{sink}").as_str(), *p)?;
             t.insert(format!("dead/{sink}").as_str(), *d)?;

@@ -47,7 +47,10 @@ use std::path::{Path, PathBuf};
 mod backup;
 mod compact;
 mod deliver;
+mod history;
 use deliver::Ask;
+use history::HISTORY;
+pub use history::{HistoryRow, Lifecycle, SinkAck};
 mod dlq;
 mod lookup;
 mod maintain;
@@ -570,6 +573,7 @@ struct Tx<'t> {
     idem: redb::Table<'t, (u64, &'static str), (u64, &'static str, u64)>,
     rejected: redb::Table<'t, u64, &'static [u8]>,
     device_usage: redb::Table<'t, &'static str, (u64, u64)>,
+    history: redb::Table<'t, u64, &'static [u8]>,
 }
 
 impl<'t> Tx<'t> {
@@ -582,6 +586,7 @@ impl<'t> Tx<'t> {
             idem: txn.open_table(IDEM)?,
             rejected: txn.open_table(REJECTED)?,
             device_usage: txn.open_table(DEVICE_USAGE)?,
+            history: txn.open_table(HISTORY)?,
         })
     }
 }

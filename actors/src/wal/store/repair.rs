@@ -7,7 +7,9 @@
 //! - a pending or dead row naming a missing record: quarantined and removed;
 //! - a record no row names any more: quarantined and removed (nothing would deliver it);
 //! - every `refs` row, the per-device usage and the counters in `meta`: recomputed from the
-//!   rows.
+//!   rows;
+//! - kept history (settled records and lifecycle rows, `history.rs`) is given up first, and
+//!   counted: it is delivered already, and a damaged file's history cannot be trusted.
 //!
 //! Pages redb cannot repair are beyond this: restore a backup.
 
@@ -24,6 +26,8 @@ pub struct RepairReport {
     pub rows_quarantined: u64,
     pub refs_rewritten: u64,
     pub counters_fixed: bool,
+    /// Settled records kept as history, deleted.
+    pub history_dropped: u64,
 }
 
 impl WalStore {
@@ -46,6 +50,21 @@ impl WalStore {
         let mut meta = Meta::load(&txn)?;
         {
             let mut records = txn.open_table(RECORDS)?;
+            {
+                let mut history = txn.open_table(HISTORY)?;
+                let refs = txn.open_table(REFS)?;
+                let mut seqs = Vec::new();
+                for r in history.iter()? {
+                    seqs.push(r?.0.value());
+                }
+                for seq in seqs {
+                    history.remove(seq)?;
+                    if refs.get(seq)?.is_none() && records.remove(seq)?.is_some() {
+                        report.history_dropped += 1;
+                    }
+                }
+                (meta.history_records, meta.history_bytes) = (0, 0);
+            }
             let mut refs = txn.open_table(REFS)?;
             let mut pending = txn.open_table(PENDING)?;
             let mut dead = txn.open_table(DEAD)?;

@@ -88,6 +88,10 @@ pub struct WalLimits {
     pub compact_min_bytes: u64,
     /// Appends are refused while the file is at least this big (0: no limit).
     pub max_file_bytes: u64,
+    /// A settled record and its lifecycle are kept this long (0: not kept; see `history.rs`),
+    /// within this many bytes.
+    pub history_ms: u64,
+    pub history_max_bytes: u64,
 }
 
 impl WalLimits {
@@ -114,6 +118,8 @@ impl WalLimits {
             max_dead_per_sink: wal.max_dead_letters,
             min_free_bytes: wal.min_free_bytes,
             compact_min_bytes: wal.compact_min_bytes,
+            history_ms: wal.history_secs.saturating_mul(1000),
+            history_max_bytes: wal.history_max_bytes,
             max_file_bytes: wal.max_file_bytes,
         }
     }
@@ -378,6 +384,8 @@ pub struct MaintainReport {
     pub dead_purged: u64,
     pub idempotency_purged: u64,
     pub rejected_purged: u64,
+    /// Settled records whose kept lifecycle was deleted (age, bytes, or room).
+    pub history_purged: u64,
     /// Dead letters purged because a sink held more than `max_dead_per_sink`, by sink.
     pub dead_over_budget: Vec<(String, u64)>,
     /// A limit was hit: another sweep has work to do.

@@ -5,8 +5,10 @@
 //! - `refs[seq].0` equals the `pending` plus `dead` rows naming `seq`; no record without a
 //!   `refs` row or the other way round; no `pending` or `dead` row naming a missing record;
 //! - every dead entry decodes;
+//! - a record without a `refs` row is kept history: its `history` row decodes and says it is
+//!   settled, and no `pending` or `dead` row names it; no `history` row names a missing record;
 //! - the counters in `meta` equal the rows they count (records, live bytes, per-sink pending
-//!   and dead).
+//!   and dead, kept history records and bytes).
 //!
 //! Nothing is changed beyond what redb itself does on open (recovery after a crash, as the
 //! gateway would) and its integrity check's repair, which is reported.
@@ -17,7 +19,7 @@ use serde::Serialize;
 /// One thing wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
-    /// `pages`, `record`, `refs`, `orphan_row`, `dead_entry`, `counter`.
+    /// `pages`, `record`, `refs`, `orphan_row`, `dead_entry`, `history`, `counter`.
     pub kind: &'static str,
     pub detail: String,
 }
@@ -27,6 +29,8 @@ pub struct Problem {
 pub struct VerifyReport {
     pub path: String,
     pub records: u64,
+    /// Settled records kept with their lifecycle (not in `records`).
+    pub history_records: u64,
     pub pending_rows: u64,
     pub dead_rows: u64,
     pub problems: Vec<Problem>,
@@ -126,20 +130,50 @@ impl WalStore {
             }
         }
         let refs = txn.open_table(REFS)?;
+        // seq -> (settled, row bytes) of every lifecycle row.
+        let mut history: HashMap<u64, (bool, u64)> = HashMap::new();
+        let table = history::table(&txn)?;
+        for row in table.iter().flat_map(|t| t.iter()).flatten() {
+            let (k, v) = row?;
+            let seq = k.value();
+            match Lifecycle::decode(v.value()) {
+                Some(l) => {
+                    history.insert(seq, (l.settled_at_ms.is_some(), v.value().len() as u64));
+                }
+                None => report.problem(
+                    "history",
+                    format!("the lifecycle row of record {seq} does not decode"),
+                ),
+            }
+        }
+        let mut history_bytes = 0u64;
         let mut live_bytes = 0u64;
         let mut seen = std::collections::HashSet::new();
         for row in txn.open_table(RECORDS)?.iter()? {
             let (k, v) = row?;
             let seq = k.value();
             seen.insert(seq);
-            report.records += 1;
             tick(progress);
-            live_bytes += v.value().len() as u64;
             if let Err(e) = Record::decode(v.value()) {
                 report.problem("record", format!("record {seq} does not decode: {e}"));
             }
             let want = named.get(&seq).copied().unwrap_or(0);
-            match refs.get(seq)?.map(|r| r.value().0) {
+            let n = refs.get(seq)?.map(|r| r.value().0);
+            if n.is_some() {
+                report.records += 1;
+                live_bytes += v.value().len() as u64;
+            }
+            match n {
+                None if history.get(&seq).is_some_and(|h| h.0) => {
+                    report.history_records += 1;
+                    history_bytes += v.value().len() as u64 + history[&seq].1;
+                    if want > 0 {
+                        report.problem(
+                            "history",
+                            format!("record {seq} is kept as settled, yet {want} rows name it"),
+                        );
+                    }
+                }
                 None => report.problem("refs", format!("record {seq} has no refs row")),
                 Some(n) if n != want => report.problem(
                     "refs",
@@ -157,6 +191,27 @@ impl WalStore {
                     format!("a refs row for record {seq}, which is gone"),
                 );
             }
+        }
+        let mut gone: Vec<u64> = history
+            .keys()
+            .filter(|s| !seen.contains(s))
+            .copied()
+            .collect();
+        gone.sort_unstable();
+        for seq in gone {
+            report.problem(
+                "history",
+                format!("a lifecycle row for record {seq}, which is gone"),
+            );
+        }
+        if (meta.history_records, meta.history_bytes) != (report.history_records, history_bytes) {
+            report.problem(
+                "counter",
+                format!(
+                    "meta says {} kept records of {} bytes, the rows are {} of {history_bytes}",
+                    meta.history_records, meta.history_bytes, report.history_records
+                ),
+            );
         }
         let mut missing: Vec<u64> = named
             .keys()
