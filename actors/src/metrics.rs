@@ -54,6 +54,7 @@ pub struct Metrics {
     pub wal_file_bytes: IntGauge,
     pub wal_live_bytes: IntGauge,
     pub wal_live_records: IntGauge,
+    pub wal_history_bytes: IntGauge,
     pub wal_commit_seconds: Histogram,
     /// Operations folded into one commit (the group-commit factor).
     pub wal_commit_ops: Histogram,
@@ -301,6 +302,14 @@ impl Metrics {
                 &r,
                 IntGauge::new("wal_live_bytes", "Encoded bytes of records still held").unwrap(),
             ),
+            wal_history_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "wal_history_bytes",
+                    "Bytes of settled records kept with their lifecycle (wal.history_secs)",
+                )
+                .unwrap(),
+            ),
             wal_live_records: reg(
                 &r,
                 IntGauge::new(
@@ -539,6 +548,7 @@ impl Metrics {
         self.wal_file_bytes.set(s.file_bytes as i64);
         self.wal_live_bytes.set(s.live_bytes as i64);
         self.wal_live_records.set(s.records as i64);
+        self.wal_history_bytes.set(s.history_bytes as i64);
         self.wal_orphaned_records.reset();
         for o in &s.orphaned {
             self.wal_orphaned_records

@@ -28,6 +28,8 @@ mod fault_tests;
 #[cfg(test)]
 mod fill_tests;
 #[cfg(test)]
+mod history_tests;
+#[cfg(test)]
 mod lanes_tests;
 #[cfg(test)]
 mod model_tests;

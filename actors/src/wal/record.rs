@@ -332,6 +332,10 @@ pub struct WalStats {
     pub rejected: u64,
     /// Devices holding records (see `quota.rs`).
     pub devices: u64,
+    /// Settled records kept with their lifecycle (`wal.history_secs`), and their bytes: not
+    /// in `records` / `live_bytes`, given up first when space is short.
+    pub history_records: u64,
+    pub history_bytes: u64,
     /// Sinks the WAL holds records for that the configuration no longer has (renamed or
     /// removed while the gateway was stopped): nothing delivers them until an operator moves
     /// or drops them (`edge-gateway wal move-sink` / `drop-sink`).

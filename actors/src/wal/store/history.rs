@@ -153,7 +153,7 @@ impl WalStore {
                 continue; // a sink still holds it: deleted with the record
             };
             let over = meta.history_bytes > self.limits.history_max_bytes;
-            if at >= cutoff && !over && !squeeze {
+            if at > cutoff && !over && !squeeze {
                 break;
             }
             tx.history.remove(seq)?;

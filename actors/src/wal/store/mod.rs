@@ -540,6 +540,8 @@ fn stats_from(
         idempotency_keys: meta.idem_keys,
         rejected: meta.rejected,
         devices: 0,
+        history_records: meta.history_records,
+        history_bytes: meta.history_bytes,
         sinks: meta
             .sinks
             .iter()

@@ -1,0 +1,128 @@
+//! Kept history (`store/history.rs`): a settled record stays findable with each sink's ack
+//! for `history_ms`, within `history_max_bytes`, and `verify` accepts what it keeps.
+
+use super::tests::{limits, rec};
+use super::*;
+
+fn kept(history_ms: u64, history_max_bytes: u64) -> WalLimits {
+    WalLimits {
+        history_ms,
+        history_max_bytes,
+        ..limits()
+    }
+}
+
+fn lease(sink: &str) -> Op {
+    Op::Lease {
+        sink: sink.into(),
+        max: 100,
+        fill: None,
+        lanes: None,
+    }
+}
+
+fn ack(sink: &str, seqs: std::ops::RangeInclusive<u64>) -> Op {
+    Op::Settle {
+        sink: sink.into(),
+        outcomes: seqs.map(|s| (s, Outcome::Acked)).collect(),
+    }
+}
+
+fn run(s: WalStore, ops: Vec<Op>, now: u64) -> WalStore {
+    s.apply(ops, now).unwrap().0
+}
+
+#[test]
+fn an_acked_record_is_kept_with_each_sinks_ack_until_its_time_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    let sinks = vec!["a".to_string(), "b".to_string()];
+    let s = WalStore::open(&path, sinks, kept(10_000, 1 << 30)).unwrap();
+    let s = run(s, vec![Op::Append(vec![rec("k1", 0), rec("k2", 0)])], 100);
+    let s = run(s, vec![lease("a"), lease("b")], 200);
+    // Sink a acks both; b holds them: still live, a's ack noted.
+    let s = run(s, vec![ack("a", 1..=2)], 300);
+    assert_eq!((s.stats().records, s.stats().history_records), (2, 0));
+    // b acks k1 only: k1 is settled and kept, no longer live.
+    let s = run(s, vec![ack("b", 1..=1)], 400);
+    let st = s.stats();
+    assert_eq!((st.records, st.history_records), (1, 1));
+    assert!(st.history_bytes > 0);
+    drop(s);
+    let v = WalStore::offline_find(&path, "k1")
+        .unwrap()
+        .expect("k1 kept");
+    assert_eq!(v.settled_at_wal_ms, Some(400));
+    let by_sink: Vec<_> = v
+        .sinks
+        .iter()
+        .map(|x| (x.sink.as_str(), x.state, x.attempts, x.acked_at_wal_ms))
+        .collect();
+    assert_eq!(
+        by_sink,
+        [
+            ("a", "acked", Some(1), Some(300)),
+            ("b", "acked", Some(1), Some(400))
+        ]
+    );
+    let v = WalStore::offline_find(&path, "k2")
+        .unwrap()
+        .expect("k2 live");
+    assert_eq!(v.settled_at_wal_ms, None);
+    assert_eq!((v.sinks[0].state, v.sinks[1].state), ("acked", "pending"));
+    let report = WalStore::verify(&path).unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!((report.records, report.history_records), (1, 1));
+
+    // Kept until 10 s after it settled, then maintenance deletes it (and only it).
+    let s = WalStore::open(&path, vec!["a".into(), "b".into()], kept(10_000, 1 << 30)).unwrap();
+    let s = run(s, vec![Op::Maintain], 10_399);
+    assert_eq!(s.stats().history_records, 1);
+    let (s, r) = s.apply(vec![Op::Maintain], 10_400).unwrap();
+    let OpResult::Maintained(m) = &r[0] else {
+        panic!("{r:?}")
+    };
+    assert_eq!(m.history_purged, 1);
+    let st = s.stats();
+    assert_eq!(
+        (st.records, st.history_records, st.history_bytes),
+        (1, 0, 0)
+    );
+    drop(s);
+    assert!(WalStore::offline_find(&path, "k1").unwrap().is_none());
+    let report = WalStore::verify(&path).unwrap();
+    assert!(report.ok(), "{report:?}");
+}
+
+#[test]
+fn the_oldest_go_first_past_the_bytes_and_all_of_it_when_history_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    let s = WalStore::open(&path, vec!["a".into()], kept(1 << 40, 1 << 30)).unwrap();
+    let recs = (0..10).map(|i| rec(&format!("k{i}"), 0)).collect();
+    let s = run(s, vec![Op::Append(recs), lease("a")], 100);
+    let s = run(s, vec![ack("a", 1..=10)], 200);
+    let st = s.stats();
+    assert_eq!((st.records, st.history_records), (0, 10));
+    let per = st.history_bytes / 10;
+    drop(s);
+    // Room for four: the six oldest go.
+    let s = WalStore::open(&path, vec!["a".into()], kept(1 << 40, 4 * per + per / 2)).unwrap();
+    let s = run(s, vec![Op::Maintain], 300);
+    assert_eq!(s.stats().history_records, 4);
+    drop(s);
+    assert!(WalStore::offline_find(&path, "k5").unwrap().is_none());
+    assert!(WalStore::offline_find(&path, "k6").unwrap().is_some());
+    // History turned off: what was kept goes at the next maintenance; new acks keep nothing.
+    let s = WalStore::open(&path, vec!["a".into()], kept(0, 1 << 30)).unwrap();
+    let s = run(s, vec![Op::Maintain], 400);
+    let s = run(s, vec![Op::Append(vec![rec("k10", 0)]), lease("a")], 500);
+    let s = run(s, vec![ack("a", 11..=11)], 600);
+    let st = s.stats();
+    assert_eq!(
+        (st.records, st.history_records, st.history_bytes),
+        (0, 0, 0)
+    );
+    drop(s);
+    assert!(WalStore::verify(&path).unwrap().ok());
+}
