@@ -126,3 +126,31 @@ fn the_oldest_go_first_past_the_bytes_and_all_of_it_when_history_is_off() {
     drop(s);
     assert!(WalStore::verify(&path).unwrap().ok());
 }
+
+#[test]
+fn a_long_run_of_records_still_held_does_not_stall_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    let sinks = vec!["a".to_string(), "b".to_string()];
+    let s = WalStore::open(&path, sinks, kept(1_000, 1 << 30)).unwrap();
+    // 2,500 records sink a acked and b still holds (a row each), then one both acked.
+    let recs = (0..2_501).map(|i| rec(&format!("k{i}"), 0)).collect();
+    let many = |sink: &str| Op::Lease {
+        sink: sink.into(),
+        max: 3_000,
+        fill: None,
+        lanes: None,
+    };
+    let s = run(s, vec![Op::Append(recs), many("a"), many("b")], 100);
+    let s = run(s, vec![ack("a", 1..=2_501), ack("b", 2_501..=2_501)], 200);
+    assert_eq!(s.stats().history_records, 1);
+    // Its time is up: the first sweep's budget goes on held rows, the next gets to it.
+    let (s, r) = s.apply(vec![Op::Maintain], 5_000).unwrap();
+    let OpResult::Maintained(m) = &r[0] else {
+        panic!("{r:?}")
+    };
+    assert!(m.more, "{m:?}");
+    let s = run(s, vec![Op::Maintain], 5_001);
+    assert_eq!(s.stats().history_records, 0);
+    assert_eq!(s.stats().records, 2_500);
+}

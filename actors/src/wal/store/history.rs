@@ -136,9 +136,11 @@ impl WalStore {
         let near_cap = self.limits.max_file_bytes > 0
             && self.file_bytes.saturating_mul(4) >= self.limits.max_file_bytes.saturating_mul(3);
         let squeeze = self.tight || near_cap || !self.limits.keeps_history();
+        // From where the last sweep ran out of budget on rows still held by a sink (acks of
+        // some sinks, or a dead letter's): a long run of them never stalls the sweep.
         let rows: Vec<(u64, Option<u64>, u64)> = tx
             .history
-            .iter()?
+            .range(self.history_cursor..)?
             .take(SWEEP_LIMIT)
             .map(|r| {
                 r.map(|(k, v)| {
@@ -147,13 +149,20 @@ impl WalStore {
                 })
             })
             .collect::<Result<_, _>>()?;
-        report.more |= rows.len() >= SWEEP_LIMIT;
+        let full = rows.len() >= SWEEP_LIMIT;
+        // Past the end, or stopped at a record young enough: the next sweep starts over.
+        self.history_cursor = match rows.last() {
+            Some((seq, ..)) if full => seq + 1,
+            _ => 0,
+        };
+        report.more |= full;
         for (seq, settled, row_len) in rows {
             let Some(at) = settled else {
                 continue; // a sink still holds it: deleted with the record
             };
             let over = meta.history_bytes > self.limits.history_max_bytes;
             if at > cutoff && !over && !squeeze {
+                self.history_cursor = 0;
                 break;
             }
             tx.history.remove(seq)?;

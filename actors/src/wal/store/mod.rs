@@ -156,6 +156,8 @@ pub struct WalStore {
     live_from: HashMap<String, u64>,
     /// Records below this seq were already examined for age expiry since open.
     expiry_cursor: u64,
+    /// Where the history sweep goes on (`history.rs`).
+    history_cursor: u64,
     /// idempotency key -> the time of its row in `IDEM` (`key_index.rs`). Rebuilt on open. A
     /// wrong hint can only make a duplicate look new (stored twice: allowed), never the
     /// reverse, because a hit is confirmed against the row's key.
@@ -313,6 +315,7 @@ impl WalStore {
             limits,
             meta,
             inflight: HashMap::new(),
+            history_cursor: 0,
             live_from: HashMap::new(),
             expiry_cursor: 0,
             idem,
