@@ -6,7 +6,8 @@
 //! - `http`:  durable HTTP ingest through the real binary: records/s and ack latency at
 //!   several concurrency levels, single-record and batched requests; p99 at a fixed 1k/s.
 //! - `drain`: a backlog of N records (default 1,000,000; `BENCH_BACKLOG`) drained to a local
-//!   HTTP sink; RSS before, with the backlog, and after.
+//!   HTTP sink; RSS before, with the backlog, and after (`BENCH_DRAIN_WAL`: extra `[wal]`
+//!   lines, e.g. `history_secs = 0`).
 //! - `sinks`: a backlog (`BENCH_BACKLOG`) drained by one gateway to a local HTTP sink, an
 //!   S3-compatible store (`s3s-fs`) and a Kafka broker (tansu), side by side.
 //! - `idle`:  RSS of an idle gateway.
@@ -598,7 +599,13 @@ async fn drain() {
     println!("\n## Backlog drain: {n} records to a local HTTP sink");
     let up = Arc::new(AtomicBool::new(false));
     let sink = accept_all_sink(up.clone()).await;
-    let gw = Gw::start(&format!("[http]\nmax_batch = 1000\n[delivery]\nbatch_size = 1000\nbackoff_initial_ms = 100\nbackoff_max_ms = 200\n[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"http://{sink}/\"\n"));
+    // `BENCH_DRAIN_WAL`: lines for `[wal]`, e.g. `history_secs = 0` to measure what kept
+    // history costs.
+    let wal_extra = std::env::var("BENCH_DRAIN_WAL").unwrap_or_default();
+    if !wal_extra.is_empty() {
+        println!("[wal] {wal_extra}");
+    }
+    let gw = Gw::start(&format!("[http]\nmax_batch = 1000\n[delivery]\nbatch_size = 1000\nbackoff_initial_ms = 100\nbackoff_max_ms = 200\n[wal]\n{wal_extra}\n[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"http://{sink}/\"\n"));
     let c = reqwest::Client::new();
     let rss0 = gw.rss_kib();
     let idle_file = gw.wal(&c).await["file_bytes"].as_f64().unwrap();
