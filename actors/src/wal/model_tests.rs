@@ -58,6 +58,8 @@ struct Limits {
     max_age: u64,
     dead_retention: u64,
     max_records: u64,
+    history_ms: u64,
+    history_max_bytes: u64,
 }
 
 fn limits_strategy() -> impl Strategy<Value = Limits> {
@@ -68,14 +70,31 @@ fn limits_strategy() -> impl Strategy<Value = Limits> {
         prop_oneof![Just(off), 50u64..300],
         prop_oneof![Just(off), 50u64..300],
         prop_oneof![Just(1_000_000u64), 4u64..20],
+        // Kept history: off, or kept a while within a few records' bytes or plenty. The
+        // model has none: what the store keeps must never show in its live state.
+        prop_oneof![
+            Just((0u64, 0u64)),
+            (30u64..300, prop_oneof![Just(1u64 << 30), 200u64..2_000])
+        ],
     )
         .prop_map(
-            |(window, cap, max_age, dead_retention, max_records)| Limits {
+            |(
                 window,
                 cap,
                 max_age,
                 dead_retention,
                 max_records,
+                (history_ms, history_max_bytes),
+            )| {
+                Limits {
+                    window,
+                    cap,
+                    max_age,
+                    dead_retention,
+                    max_records,
+                    history_ms,
+                    history_max_bytes,
+                }
             },
         )
 }
@@ -90,6 +109,8 @@ impl Limits {
             max_records: self.max_records,
             max_attempts: MAX_ATTEMPTS,
             lease_ms: LEASE_MS,
+            history_ms: self.history_ms,
+            history_max_bytes: self.history_max_bytes,
             ..limits()
         }
     }
@@ -469,5 +490,9 @@ proptest! {
                 prop_assert_eq!(ss.dead, m.dead.keys().filter(|(k, _)| *k == ss.sink).count() as u64);
             }
         }
+        // Every table's invariants hold at the end, kept history's counters included.
+        drop(store);
+        let report = WalStore::verify(&path).unwrap();
+        prop_assert!(report.ok(), "{:?}", report.problems);
     }
 }
