@@ -122,10 +122,7 @@ pub fn export(
         let mut n = 0u64;
         let mut failed = None;
         r.dead_each(sink, &f.filter().map_err(bad)?, None, |row: DeadRow| {
-            let written = serde_json::to_writer(&mut *out, &row)
-                .map_err(std::io::Error::other)
-                .and_then(|()| out.write_all(b"\n"));
-            if let Err(e) = written {
+            if let Err(e) = crate::replay::json_line(&mut *out, &row) {
                 failed = Some(e);
                 return false;
             }

@@ -81,6 +81,12 @@ pub fn parse_time(t: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{t:?} is not an RFC 3339 time nor milliseconds since the epoch"))
 }
 
+/// `row` as one line of JSON Lines.
+pub fn json_line(out: &mut dyn std::io::Write, row: &impl serde::Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, row).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
+}
+
 /// The settled records the WAL's history keeps whose `receive_ts` is in `[from, to)`, as
 /// JSON Lines into `out` (what `replay` reads): from the file when no gateway holds it,
 /// else through the running gateway's admin API (`GET /admin/wal/history`).
@@ -109,10 +115,7 @@ pub fn export_history(
     };
     let mut failed = None;
     let n = r.history_each(from, to, |row| {
-        let written = serde_json::to_writer(&mut *out, &row)
-            .map_err(std::io::Error::other)
-            .and_then(|()| out.write_all(b"\n"));
-        if let Err(e) = written {
+        if let Err(e) = json_line(&mut *out, &row) {
             failed = Some(e);
             return false;
         }

@@ -15,14 +15,11 @@ async fn a_backlog_drains_no_faster_than_the_sinks_ceiling() {
     let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     sink.set(Behaviour::Always(503));
-    let cfg = write_config(
+    let cfg = api_sink_config(
         dir.path(),
-        &format!(
-            "[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n\
-             max_records_per_sec = {{ api = 300 }}\n\
-             [[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"{}\"\n",
-            sink.url()
-        ),
+        &sink.url(),
+        "[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n\
+         max_records_per_sec = { api = 300 }\n",
     );
     let gw = Gateway::start(&cfg);
     let keys = ingest_seqs(&gw, &["d-1", "d-2"], 750, 250, 0).await;
@@ -68,14 +65,11 @@ async fn live_readings_overtake_a_backlog_draining_at_its_ceiling() {
     let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     sink.set(Behaviour::Always(503));
-    let cfg = write_config(
+    let cfg = api_sink_config(
         dir.path(),
-        &format!(
-            "[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n\
-             max_records_per_sec = {{ api = 5 }}\nlive_first = true\n\
-             [[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"{}\"\n",
-            sink.url()
-        ),
+        &sink.url(),
+        "[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n\
+         max_records_per_sec = { api = 5 }\nlive_first = true\n",
     );
     let gw = Gateway::start(&cfg);
     // Taken in during the outage: when it ends they are the backlog.

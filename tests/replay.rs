@@ -84,13 +84,7 @@ async fn dead_letters_exported_then_replayed_with_the_gateway_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let api = RecordingSink::start().await;
     api.set(Behaviour::Always(400));
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"{}\"\n",
-            api.url()
-        ),
-    );
+    let cfg = api_sink_config(dir.path(), &api.url(), "");
     let gw = Gateway::start(&cfg);
     let keys = ingest_seqs(&gw, &["d-9"], 20, 1, 0).await;
     gw.wait_dead_letters("api", 20).await;
@@ -176,13 +170,7 @@ async fn dead_letters_exported_then_replayed_with_the_gateway_stopped() {
 async fn acked_readings_are_shown_with_their_acks_and_replayed_by_time_range() {
     let dir = tempfile::tempdir().unwrap();
     let api = RecordingSink::start().await;
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"{}\"\n",
-            api.url()
-        ),
-    );
+    let cfg = api_sink_config(dir.path(), &api.url(), "");
     let gw = Gateway::start(&cfg);
     let before = now_ms();
     let keys = ingest_seqs(&gw, &["d-1"], 200, 100, 0).await;

@@ -44,6 +44,15 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     p
 }
 
+/// [`write_config`] with `extra` TOML (tables such as `[delivery]`) and one http sink named
+/// `api` posting to `url`.
+pub fn api_sink_config(dir: &Path, url: &str, extra: &str) -> PathBuf {
+    write_config(
+        dir,
+        &format!("{extra}[[sinks]]\nname = \"api\"\ntype = \"http\"\nurl = \"{url}\"\n"),
+    )
+}
+
 /// Writes a secret file as an operator must: owner-only (the gateway refuses others).
 pub fn write_secret(path: &Path, secret: &str) {
     use std::os::unix::fs::PermissionsExt;
