@@ -190,8 +190,8 @@ pub fn repair(
 /// The report for a terminal.
 pub fn verify_text(r: &edge_gateway_actors::wal::VerifyReport) -> String {
     let mut out = format!(
-        "{}: {} records, {} pending rows, {} dead rows\n",
-        r.path, r.records, r.pending_rows, r.dead_rows
+        "{}: {} records, {} pending rows, {} dead rows, {} delivered records kept as history\n",
+        r.path, r.records, r.pending_rows, r.dead_rows, r.history_records
     );
     if r.ok() {
         out.push_str("OK: every page and every invariant checked holds\n");
