@@ -229,6 +229,23 @@ async fn acked_readings_are_shown_with_their_acks_and_replayed_by_time_range() {
     .unwrap();
     assert!(ok);
     assert_eq!(v["replayed"], 0, "{v}");
+    // The history route: the admin token, and bounds that are times.
+    let c = client();
+    let unauth = c
+        .get(gw.admin_url("/admin/wal/history"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauth.status().as_u16(), 401);
+    let bad = c
+        .get(gw.admin_url("/admin/wal/history?from=yesterday"))
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["field"], "from", "{body}");
 
     // Offline: the gateway stopped, the same range from the file.
     assert!(gw.terminate().success());
