@@ -10,18 +10,24 @@ use common::*;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_drains_no_faster_than_the_sinks_ceiling() {
+/// A gateway whose one http sink (`api`) answers 503 until told otherwise, retrying every
+/// 50-100 ms, with `delivery` lines added to its `[delivery]`.
+async fn in_outage(delivery: &str) -> (tempfile::TempDir, RecordingSink, Gateway) {
     let dir = tempfile::tempdir().unwrap();
     let sink = RecordingSink::start().await;
     sink.set(Behaviour::Always(503));
     let cfg = api_sink_config(
         dir.path(),
         &sink.url(),
-        "[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n\
-         max_records_per_sec = { api = 300 }\n",
+        &format!("[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n{delivery}"),
     );
     let gw = Gateway::start(&cfg);
+    (dir, sink, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_no_faster_than_the_sinks_ceiling() {
+    let (dir, sink, gw) = in_outage("max_records_per_sec = { api = 300 }\n").await;
     let keys = ingest_seqs(&gw, &["d-1", "d-2"], 750, 250, 0).await;
     sink.set(Behaviour::Ok);
     let started = Instant::now();
@@ -62,16 +68,8 @@ async fn a_backlog_drains_no_faster_than_the_sinks_ceiling() {
 /// live readings arrive, so "they overtook it" does not depend on the machine's speed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_readings_overtake_a_backlog_draining_at_its_ceiling() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = RecordingSink::start().await;
-    sink.set(Behaviour::Always(503));
-    let cfg = api_sink_config(
-        dir.path(),
-        &sink.url(),
-        "[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n\
-         max_records_per_sec = { api = 5 }\nlive_first = true\n",
-    );
-    let gw = Gateway::start(&cfg);
+    let (_dir, sink, gw) =
+        in_outage("max_records_per_sec = { api = 5 }\nlive_first = true\n").await;
     // Taken in during the outage: when it ends they are the backlog.
     let backlog = ingest_seqs(&gw, &["d-1"], 200, 100, 0).await;
     sink.set(Behaviour::Ok);
