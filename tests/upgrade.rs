@@ -1,10 +1,11 @@
 //! Upgrades keep the backlog (issue 9, part 9): an edge box is often upgraded while its uplink
-//! is down. `tests/fixtures/wal-v1.redb` was written by the release before issue 9 (commit
-//! 7c6a1e7, WAL format 1; `tests/fixtures/make-wal-v1.sh` says how to make it again): 40
-//! readings of two devices pending for sink `archive`, which was down, and the same 40
-//! dead-lettered on sink `audit`, which answered 400. This release opens it, migrates it to
-//! format 2 in one transaction, delivers every pending reading and still shows every dead
-//! letter.
+//! is down. Each fixture was written by an older release (`tests/fixtures/make-wal-fixture.sh`
+//! says how to make them again): 40 readings of two devices pending for sink `archive`, which
+//! was down, and the same 40 dead-lettered on sink `audit`, which answered 400. This release
+//! opens each, migrates it to its format in one transaction, delivers every pending reading and
+//! still shows every dead letter.
+//! - `wal-v1.redb`: the release before issue 9 (commit 7c6a1e7, WAL format 1);
+//! - `wal-v2.redb`: the release before the unleased ranges (commit 17ae16d, WAL format 2).
 
 mod common;
 
@@ -12,19 +13,47 @@ use common::sink::{Behaviour, RecordingSink};
 use common::*;
 use std::time::Duration;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wal-v1.redb");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_of_the_release_before_issue_9_is_migrated_and_delivered() {
+    // Keys as that release made them: the client's header as given, else device/seq.
+    migrates_and_delivers("wal-v1.redb", |i| match i % 2 {
+        0 => format!("fixture-{i}"),
+        _ => format!("sensor-1/seq/{i}"),
+    })
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wal_of_the_previous_release_is_migrated_and_delivered() {
+    // Keys scoped to the device (issue 8).
+    migrates_and_delivers("wal-v2.redb", |i| match i % 2 {
+        0 => format!("sensor-0/key/fixture-{i}"),
+        _ => format!("sensor-1/seq/{i}"),
+    })
+    .await;
+}
+
+async fn migrates_and_delivers(fixture: &str, key_of: fn(u64) -> String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
-    std::fs::copy(FIXTURE, dir.path().join("data/wal.redb")).unwrap();
+    std::fs::copy(
+        format!("{FIXTURES}/{fixture}"),
+        dir.path().join("data/wal.redb"),
+    )
+    .unwrap();
     let archive = RecordingSink::start().await;
     archive.set(Behaviour::Ok);
+    // Format 1 rows hold wall-clock times, so the fixture's readings and dead letters age with
+    // the calendar: weeks after it was made they are past the default `max_age` and dead-letter
+    // retention (7 days each) and go, as they would have in that release. The test is about
+    // the upgrade, not about age.
     let cfg = write_config(
         dir.path(),
         &format!(
             "gateway_id = \"fixture-gw\"\n\
+             [wal]\nmax_age_secs = 315360000\ndead_retention_secs = 315360000\n\
              [[sinks]]\nname = \"archive\"\ntype = \"http\"\nurl = \"{}\"\n\
              [[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"sink/audit.jsonl\"\n",
             archive.url()
@@ -36,13 +65,7 @@ async fn a_wal_of_the_previous_release_is_migrated_and_delivered() {
         "the migration is logged: {}",
         gw.log()
     );
-    // Keys as the old release made them: the client's header as given, else device/seq.
-    let keys = (1..=40u64)
-        .map(|i| match i % 2 {
-            0 => format!("fixture-{i}"),
-            _ => format!("sensor-1/seq/{i}"),
-        })
-        .collect();
+    let keys = (1..=40u64).map(key_of).collect();
     archive
         .wait_for_keys(&keys, Duration::from_secs(60))
         .await
@@ -77,18 +100,25 @@ async fn a_wal_of_the_previous_release_is_migrated_and_delivered() {
     );
     let wal = gw.admin_get("/admin/wal").await;
     assert_eq!(wal["sinks"][0]["sink"], "archive", "{wal}");
+    // New readings after the upgrade go the new way (unleased ranges) beside the old rows.
+    let fresh = ingest_seqs(&gw, &["sensor-9"], 5, 5, 0).await;
+    archive
+        .wait_for_keys(&fresh, Duration::from_secs(60))
+        .await
+        .expect("readings taken after the upgrade delivered too");
     gw.terminate();
 
-    // Opened again: already format 2, nothing to migrate.
+    // Opened again: already at this release's format, nothing to migrate.
     let gw = Gateway::start(&cfg);
     assert!(!gw.log().contains("WAL migrated"), "{}", gw.log());
     gw.terminate();
 }
 
-/// A WAL written by a newer release (format 3 here) stops the gateway at start with a message
+/// A WAL written by a newer release stops the gateway at start with a message
 /// naming both versions; the file is left as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wal_from_a_newer_release_stops_the_gateway_with_a_clear_message() {
+    use edge_gateway_actors::wal::FORMAT_VERSION;
     use redb::{Database, TableDefinition};
     const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
     let dir = tempfile::tempdir().unwrap();
@@ -100,7 +130,7 @@ async fn a_wal_from_a_newer_release_stops_the_gateway_with_a_clear_message() {
         let txn = db.begin_write().unwrap();
         txn.open_table(META)
             .unwrap()
-            .insert("format_version", 3)
+            .insert("format_version", FORMAT_VERSION + 1)
             .unwrap();
         txn.commit().unwrap();
     }
@@ -109,7 +139,10 @@ async fn a_wal_from_a_newer_release_stops_the_gateway_with_a_clear_message() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(
-        text.contains("format version 3, newer than this gateway's 2"),
+        text.contains(&format!(
+            "format version {}, newer than this gateway's {FORMAT_VERSION}",
+            FORMAT_VERSION + 1
+        )),
         "{text}"
     );
 }

@@ -20,6 +20,8 @@ const LEASE_MS: u64 = 100;
 #[derive(Debug, Clone)]
 enum MOp {
     Append(Vec<u8>),
+    /// Readings a routing rule sends to one sink only (they cut the unleased ranges).
+    AppendTo(Vec<u8>, usize),
     Lease(usize, usize),
     Settle(usize, u8),
     Advance(u64),
@@ -33,6 +35,7 @@ enum MOp {
 fn step() -> impl Strategy<Value = MOp> {
     prop_oneof![
         4 => proptest::collection::vec(0u8..24, 1..4).prop_map(MOp::Append),
+        1 => (proptest::collection::vec(0u8..24, 1..3), 0usize..2).prop_map(|(k, s)| MOp::AppendTo(k, s)),
         3 => (0usize..2, 1usize..5).prop_map(|(s, m)| MOp::Lease(s, m)),
         3 => (0usize..2, 0u8..4).prop_map(|(s, o)| MOp::Settle(s, o)),
         1 => Just(MOp::Maintain),
@@ -178,7 +181,19 @@ impl Model {
         Some(match op {
             MOp::Append(keys) => {
                 let recs: Vec<Record> = keys.iter().map(|k| rec(&format!("k{k}"), now)).collect();
-                (Op::Append(recs), self.append(keys, now))
+                (Op::Append(recs), self.append(keys, &SINKS, now))
+            }
+            MOp::AppendTo(keys, si) => {
+                let sink = SINKS[*si];
+                let route = Route(Some(std::sync::Arc::from(vec![sink.to_string()])));
+                let recs: Vec<Record> = keys
+                    .iter()
+                    .map(|k| Record {
+                        route: route.clone(),
+                        ..rec(&format!("k{k}"), now)
+                    })
+                    .collect();
+                (Op::Append(recs), self.append(keys, &[sink], now))
             }
             MOp::Lease(si, max) => {
                 let sink = SINKS[*si];
@@ -237,7 +252,7 @@ impl Model {
         })
     }
 
-    fn append(&mut self, keys: &[u8], now: u64) -> Want {
+    fn append(&mut self, keys: &[u8], sinks: &[&str], now: u64) -> Want {
         let lim = self.lim();
         // Pass 1, as the store: classify; a refused append changes nothing.
         let mut plan: Vec<Result<u64, usize>> = Vec::new(); // Ok(dup of seq) | Err(new #n)
@@ -275,9 +290,9 @@ impl Model {
                     seqs.push(seq);
                     out.push((true, seq));
                     self.records.insert(seq);
-                    self.refs.insert(seq, (SINKS.len() as u32, now));
-                    for sink in SINKS {
-                        self.pending.insert((sink.into(), seq), 0);
+                    self.refs.insert(seq, (sinks.len() as u32, now));
+                    for sink in sinks {
+                        self.pending.insert((sink.to_string(), seq), 0);
                     }
                     self.idem.insert(format!("k{k}"), (now, seq));
                     // Past the cap the oldest row goes, by (time, key) as the table orders it.
@@ -457,7 +472,7 @@ proptest! {
                         store = Some(s);
                         continue;
                     }
-                    let is_durable = steps.iter().any(|st| matches!(st, MOp::Append(_) | MOp::Maintain | MOp::Requeue(_)));
+                    let is_durable = steps.iter().any(|st| matches!(st, MOp::Append(_) | MOp::AppendTo(..) | MOp::Maintain | MOp::Requeue(_)));
                     let (s2, results) = s.apply(ops, now).unwrap();
                     prop_assert_eq!(results.len(), wants.len());
                     for (w, r) in wants.iter().zip(&results) {
@@ -475,7 +490,7 @@ proptest! {
                     };
                     let (s2, mut r) = s.apply(vec![o], now).unwrap();
                     check(&w, &r.pop().unwrap())?;
-                    if matches!(single, MOp::Append(_) | MOp::Maintain | MOp::Requeue(_)) {
+                    if matches!(single, MOp::Append(_) | MOp::AppendTo(..) | MOp::Maintain | MOp::Requeue(_)) {
                         durable = m.clone();
                     }
                     store = Some(s2);

@@ -57,7 +57,8 @@ fn rows(src: &ReadTransaction) -> Result<u64, WalError> {
         + src.open_table(REJECTED)?.len()?
         + src.open_table(IDEM)?.len()?
         + src.open_table(DEVICE_USAGE)?.len()?
-        + history::table(src)?.map_or(Ok(0), |t| t.len())?)
+        + history::table(src)?.map_or(Ok(0), |t| t.len())?
+        + unleased::table(src)?.map_or(Ok(0), |t| t.len())?)
 }
 
 fn storage(what: &str, e: impl std::fmt::Display) -> WalError {
@@ -99,6 +100,9 @@ pub(super) fn write(
     copy(src, &txn, DEVICE_USAGE, &mut c)?;
     if history::table(src)?.is_some() {
         copy(src, &txn, HISTORY, &mut c)?;
+    }
+    if unleased::table(src)?.is_some() {
+        copy(src, &txn, UNLEASED, &mut c)?;
     }
     (c.progress)(c.done, c.total);
     txn.commit()?;

@@ -23,29 +23,38 @@ impl WalStore {
         });
         let inflight = self.inflight.entry(sink.to_string()).or_default();
         inflight.retain(|_, deadline| *deadline > now);
-        let (mut leased_now, mut bodies, live_from) = match (split, lanes) {
+        let next_seq = meta.next_seq;
+        let unleased = &self.unleased;
+        let (mut leased_now, mut bodies, live_from, picks) = match (split, lanes) {
             (Some(split), Some(l)) => {
-                let live = pick(tx, inflight, sink, split..=u64::MAX, max)?;
+                let live = pick(
+                    tx,
+                    unleased,
+                    inflight,
+                    sink,
+                    split..=u64::MAX,
+                    max,
+                    next_seq,
+                )?;
                 // A batch that carries live records takes no more backlog than it carries
                 // live ones, so the backlog does not make it slow to send.
-                let mut room = max.saturating_sub(live.len()).min(l.backlog_max);
-                if !live.is_empty() {
-                    room = room.min(live.len());
+                let mut room = max.saturating_sub(live.rows.len()).min(l.backlog_max);
+                if !live.rows.is_empty() {
+                    room = room.min(live.rows.len());
                 }
-                let mut backlog = pick(tx, inflight, sink, 0..=split.saturating_sub(1), room)?;
-                // Each lane's bodies in one scan; the batch in seq order (backlog first).
+                let range = 0..=split.saturating_sub(1);
+                let backlog = pick(tx, unleased, inflight, sink, range, room, next_seq)?;
+                // The batch in seq order (backlog first).
+                let mut rows = backlog.rows.clone();
+                rows.extend(live.rows.iter().copied());
                 let mut bodies = bodies_of(tx, &backlog)?;
                 bodies.extend(bodies_of(tx, &live)?);
-                backlog.extend(live);
-                (backlog, bodies, split)
+                (rows, bodies, split, vec![backlog, live])
             }
             _ => {
-                let picked = pick(tx, inflight, sink, 0..=u64::MAX, max)?;
-                // The bodies, read in key order: one range scan over the record table when
-                // the leased seqs are dense (a backlog), lookups when they are sparse
-                // (records other sinks hold).
+                let picked = pick(tx, unleased, inflight, sink, 0..=u64::MAX, max, next_seq)?;
                 let bodies = bodies_of(tx, &picked)?;
-                (picked, bodies, u64::MAX)
+                (picked.rows.clone(), bodies, u64::MAX, vec![picked])
             }
         };
         if let Some(f) = fill {
@@ -53,8 +62,22 @@ impl WalStore {
                 return Ok(Vec::new());
             }
         }
+        // What was taken from the unleased ranges leaves them; from here on it has a row.
+        for p in &picks {
+            let kept: Vec<u64> = leased_now
+                .iter()
+                .filter(|(seq, _, unleased)| *unleased && p.lo <= *seq && *seq <= p.hi)
+                .map(|(seq, ..)| *seq)
+                .collect();
+            let upto = if p.unleased_all_seen && kept.len() == p.unleased_found {
+                p.hi.saturating_add(1).min(next_seq)
+            } else {
+                kept.last().map_or(p.lo, |s| s + 1)
+            };
+            self.unleased.remove(sink, p.lo, upto);
+        }
         let mut out = Vec::with_capacity(leased_now.len());
-        for (seq, attempts) in leased_now {
+        for (seq, attempts, _) in leased_now {
             if attempts >= self.limits.max_attempts {
                 // Leased that often without a settle: its publisher keeps dying on it.
                 let reason = DeadReason::MaxAttempts {
@@ -199,6 +222,7 @@ impl WalStore {
         now: u64,
     ) -> Result<(), WalError> {
         tx.pending.remove((sink, seq))?;
+        self.unleased.remove(sink, seq, seq + 1);
         if let Some(m) = self.inflight.get_mut(sink) {
             m.remove(&seq);
         }
@@ -242,23 +266,22 @@ impl WalStore {
     }
 }
 
-/// The encoded records of `picked` (ascending seqs), by seq; a missing one is absent.
 /// Whether a [`Fill`] lease goes ahead with `picked` (cut at `max_bytes` first): a full
 /// batch, by records or bytes, or an oldest record that has waited long enough.
 fn filled(
     tx: &Tx<'_>,
-    picked: &mut Vec<(u64, u32)>,
+    picked: &mut Vec<(u64, u32, bool)>,
     bodies: &HashMap<u64, Vec<u8>>,
     max: usize,
     f: Fill,
     now: u64,
 ) -> Result<bool, WalError> {
-    let Some(&(oldest, _)) = picked.first() else {
+    let Some(&(oldest, ..)) = picked.first() else {
         return Ok(false);
     };
     let mut full = picked.len() >= max;
     let mut bytes = 0u64;
-    for (i, (seq, _)) in picked.iter().enumerate() {
+    for (i, (seq, ..)) in picked.iter().enumerate() {
         bytes += bodies.get(seq).map_or(0, |b| b.len() as u64);
         if bytes >= f.max_bytes {
             // This record fills the batch; keep it unless that takes it over (and it is not
@@ -285,43 +308,107 @@ pub(super) struct Ask {
     pub lanes: Option<Lanes>,
 }
 
-/// Up to `max` of `sink`'s pending rows in `seqs`, in order, skipping those in flight:
-/// (seq, attempts so far).
+/// What one lane's scan found: up to `max` of the sink's pending records in `lo..=hi`, in
+/// order, skipping those in flight.
+#[derive(Debug, Clone)]
+struct Pick {
+    lo: u64,
+    hi: u64,
+    /// (seq, attempts so far, from the unleased ranges).
+    rows: Vec<(u64, u32, bool)>,
+    /// Bodies of the unleased records found, read in the same scan.
+    bodies: HashMap<u64, Vec<u8>>,
+    /// How many unleased records the scan found, and whether it saw every one in the range.
+    unleased_found: usize,
+    unleased_all_seen: bool,
+}
+
+/// Merges the sink's `pending` rows (leased before) with its unleased ranges (read straight
+/// from the record table in key order), lowest seqs first.
 fn pick(
     tx: &Tx<'_>,
+    unleased: &Unleased,
     inflight: &BTreeMap<u64, u64>,
     sink: &str,
     seqs: std::ops::RangeInclusive<u64>,
     max: usize,
-) -> Result<Vec<(u64, u32)>, WalError> {
-    let mut picked = Vec::new();
+    next_seq: u64,
+) -> Result<Pick, WalError> {
+    let (lo, hi) = (*seqs.start(), *seqs.end());
+    let mut out = Pick {
+        lo,
+        hi,
+        rows: Vec::new(),
+        bodies: HashMap::new(),
+        unleased_found: 0,
+        unleased_all_seen: true,
+    };
     if max == 0 {
-        return Ok(picked);
+        out.unleased_all_seen = false;
+        return Ok(out);
     }
-    for row in tx
-        .pending
-        .range((sink, *seqs.start())..=(sink, *seqs.end()))?
-    {
+    let mut leased_before: Vec<(u64, u32)> = Vec::new();
+    for row in tx.pending.range((sink, lo)..=(sink, hi))? {
         let (k, v) = row?;
         let seq = k.value().1;
         if inflight.contains_key(&seq) {
             continue;
         }
-        picked.push((seq, v.value()));
-        if picked.len() >= max {
+        leased_before.push((seq, v.value()));
+        if leased_before.len() >= max {
             break;
         }
     }
-    Ok(picked)
+    let mut fresh: Vec<(u64, Vec<u8>)> = Vec::new();
+    'ranges: for (s, e) in unleased.within(sink, lo, hi.saturating_add(1).min(next_seq)) {
+        for row in tx.records.range(s..e)? {
+            if fresh.len() >= max {
+                out.unleased_all_seen = false;
+                break 'ranges;
+            }
+            let (k, v) = row?;
+            fresh.push((k.value(), v.value().to_vec()));
+        }
+    }
+    // The two lists are sorted and disjoint: take the lowest `max` of both.
+    let (mut a, mut b) = (
+        leased_before.into_iter().peekable(),
+        fresh.into_iter().peekable(),
+    );
+    while out.rows.len() < max {
+        let from_rows = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.0 < y.0,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        if from_rows {
+            let (seq, attempts) = a.next().expect("peeked");
+            out.rows.push((seq, attempts, false));
+        } else {
+            let (seq, body) = b.next().expect("peeked");
+            out.rows.push((seq, 0, true));
+            out.bodies.insert(seq, body);
+            out.unleased_found += 1;
+        }
+    }
+    if b.peek().is_some() {
+        out.unleased_all_seen = false;
+    }
+    Ok(out)
 }
 
-fn bodies_of(tx: &Tx<'_>, picked: &[(u64, u32)]) -> Result<HashMap<u64, Vec<u8>>, WalError> {
-    let mut out = HashMap::with_capacity(picked.len());
-    let (Some(&(first, _)), Some(&(last, _))) = (picked.first(), picked.last()) else {
+/// The encoded records of `p`'s rows, by seq (a missing one is absent): the unleased ones
+/// were read by the scan; the others in key order — one range scan over the record table
+/// when they are dense (a backlog), lookups when they are sparse (records other sinks hold).
+fn bodies_of(tx: &Tx<'_>, p: &Pick) -> Result<HashMap<u64, Vec<u8>>, WalError> {
+    let mut out = p.bodies.clone();
+    let picked: Vec<u64> = p.rows.iter().filter(|r| !r.2).map(|r| r.0).collect();
+    let (Some(&first), Some(&last)) = (picked.first(), picked.last()) else {
         return Ok(out);
     };
     if last - first < 2 * picked.len() as u64 {
-        let mut want = picked.iter().map(|p| p.0).peekable();
+        let mut want = picked.iter().copied().peekable();
         for row in tx.records.range(first..=last)? {
             let (k, v) = row?;
             let seq = k.value();
@@ -334,7 +421,7 @@ fn bodies_of(tx: &Tx<'_>, picked: &[(u64, u32)]) -> Result<HashMap<u64, Vec<u8>>
             }
         }
     } else {
-        for &(seq, _) in picked {
+        for seq in picked {
             if let Some(b) = tx.records.get(seq)? {
                 out.insert(seq, b.value().to_vec());
             }

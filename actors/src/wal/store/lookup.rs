@@ -77,6 +77,7 @@ pub(super) fn find(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Recor
     };
     let appended = txn.open_table(REFS)?.get(seq)?.map(|v| v.value().1);
     let (pending, dead) = (txn.open_table(PENDING)?, txn.open_table(DEAD)?);
+    let unleased = unleased::table(txn)?;
     let meta = txn.open_table(META)?;
     let mut sinks = std::collections::BTreeSet::new();
     for row in meta.iter()? {
@@ -93,7 +94,13 @@ pub(super) fn find(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Recor
     let mut out = Vec::new();
     for sink in sinks {
         let ack = life.acked.iter().rev().find(|a| a.sink == sink);
-        let p = pending.get((sink.as_str(), seq))?.map(|v| v.value());
+        let p = match pending.get((sink.as_str(), seq))? {
+            Some(v) => Some(v.value()),
+            None => match &unleased {
+                Some(t) => unleased::table_contains(t, &sink, seq)?.then_some(0),
+                None => None,
+            },
+        };
         let d = dead
             .get((sink.as_str(), seq))?
             .and_then(|v| ciborium::from_reader::<DeadEntry, _>(v.value()).ok());

@@ -107,7 +107,10 @@ impl WalStore {
                 break;
             }
             for sink in self.sinks.clone() {
-                let attempts = tx.pending.get((sink.as_str(), seq))?.map(|v| v.value());
+                let attempts = match tx.pending.get((sink.as_str(), seq))? {
+                    Some(v) => Some(v.value()),
+                    None => self.unleased.contains(&sink, seq).then_some(0),
+                };
                 if let Some(attempts) = attempts {
                     self.kill(tx, meta, &sink, seq, attempts, DeadReason::Expired, now)?;
                     report.expired += 1;
@@ -183,16 +186,20 @@ impl WalStore {
             report.rejected_purged += 1;
         }
         // Each sink's oldest pending record, for its age (the SLO metric and `ping`): its
-        // first pending row, whose append time its refs row holds. Two lookups per sink, once
-        // per maintenance run: the age is at most one run stale.
+        // first pending row or unleased record, whose append time its refs row holds. Two
+        // lookups per sink, once per maintenance run: the age is at most one run stale.
         self.oldest_pending.clear();
         for sink in meta.sinks.keys() {
-            let first = tx
+            let row = tx
                 .pending
                 .range((sink.as_str(), 0)..=(sink.as_str(), u64::MAX))?
                 .next()
                 .transpose()?
                 .map(|(k, _)| k.value().1);
+            let first = match (row, self.unleased.first(sink, meta.next_seq)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if let Some(seq) = first {
                 if let Some(r) = tx.refs.get(seq)? {
                     self.oldest_pending.insert(sink.clone(), r.value().1);

@@ -7,11 +7,13 @@
 //!
 //! Every operation is applied inside one write transaction per group ([`WalStore::apply`]);
 //! the actor decides the grouping. Invariants:
-//! - A record's per-sink state is: Enqueued (a `pending` row, not leased), InFlight (a
-//!   `pending` row whose seq is in `inflight` with a deadline in the future), Acked (no row:
-//!   the sink is done with it) or Dead (a `dead` row with the reason).
-//! - `refs[seq].0` counts the `pending` plus `dead` rows naming `seq`; at zero the record is
-//!   deleted. So a record lives exactly as long as some sink may still need it or show it.
+//! - A record's per-sink state is: Enqueued (never leased: inside the sink's unleased ranges,
+//!   no row — `unleased.rs`; or a `pending` row, leased before), InFlight (a `pending` row
+//!   whose seq is in `inflight` with a deadline in the future), Acked (no row: the sink is
+//!   done with it) or Dead (a `dead` row with the reason).
+//! - `refs[seq].0` counts the `pending` plus `dead` rows naming `seq`, and the unleased ranges
+//!   holding it; at zero the record is deleted. So a record lives exactly as long as some sink
+//!   may still need it or show it.
 //! - `attempts` is incremented durably-on-next-commit when a record is *leased*, not when it
 //!   is settled, so a record that crashes its publisher cannot be redelivered forever.
 //! - InFlight exists only in memory: reopening the store returns every lease to Enqueued,
@@ -60,8 +62,10 @@ mod repair;
 mod replay;
 mod sinks;
 mod types;
+mod unleased;
 mod verify;
 mod write;
+use unleased::{Unleased, UNLEASED};
 
 pub use backup::BackupReport;
 pub use dlq::DeadRow;
@@ -90,11 +94,14 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 ///   `idem_by_ts`; no `device_usage`; ages from wall-clock times).
 /// - 2: idempotency keys scoped to the device (`idem_v2`), `device_usage`, the WAL clock
 ///   (`meta.clock_ms`).
+/// - 3: unleased ranges (`unleased`): a record never leased has no `pending` row. A file of
+///   format 2 migrates by giving each configured sink an open range from `next_seq` on (its
+///   `pending` rows stay as they are).
 ///
 /// Opening migrates an older file in the same write transaction that stamps the new version
 /// (redb commits it whole or not at all, so a crash during the migration leaves format 1, and
 /// the next open migrates again). A newer version is refused ([`WalError::NewerFormat`]).
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
 
 /// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long
 /// (a sweep shares its commit with appends). When a sweep hits the limit it reports `more`
@@ -151,6 +158,9 @@ pub struct WalStore {
     meta: Meta,
     /// sink -> seq -> lease deadline (ms). Memory only, by design (see module doc).
     inflight: HashMap<String, BTreeMap<u64, u64>>,
+    /// Each sink's records never leased (see `unleased.rs`): the mirror of `UNLEASED`,
+    /// saved in the commit that changes it.
+    unleased: Unleased,
     /// sink -> first seq of its live lane (see [`Lanes`]). Memory only: after a restart,
     /// what the WAL holds is backlog.
     live_from: HashMap<String, u64>,
@@ -243,6 +253,7 @@ impl WalStore {
         txn.open_table(REJECTED)?;
         txn.open_table(IDEM)?;
         txn.open_table(DEVICE_USAGE)?;
+        txn.open_table(UNLEASED)?;
         let mut meta = Meta::load(&txn)?;
         if meta.format_version > FORMAT_VERSION {
             txn.abort()?;
@@ -275,6 +286,13 @@ impl WalStore {
                 .map_or(1, |d| d.as_millis() as u64);
         }
         meta.save(&txn)?;
+        // Each configured sink has its open range; a sink that left gets its rows.
+        let mut unleased = Unleased::load(&txn.open_table(UNLEASED)?)?;
+        {
+            let mut tx = Tx::open(&txn)?;
+            unleased.reconcile(&mut tx, &sinks, meta.next_seq)?;
+            unleased.save(&mut tx.unleased)?;
+        }
         let idem = {
             let table = txn.open_table(IDEM)?;
             let base = match table.first()? {
@@ -315,6 +333,7 @@ impl WalStore {
             limits,
             meta,
             inflight: HashMap::new(),
+            unleased,
             history_cursor: 0,
             live_from: HashMap::new(),
             expiry_cursor: 0,
@@ -472,6 +491,12 @@ impl WalStore {
                 };
                 results.push(r);
             }
+            // Ranges cut up by routed records: written out as rows past a bound.
+            for sink in self.unleased.crowded() {
+                self.unleased
+                    .materialize(&mut tx, &sink, meta.next_seq, true)?;
+            }
+            self.unleased.save(&mut tx.unleased)?;
             self.devices.save(&mut tx.device_usage)?;
         }
         meta.save(&txn)?;
@@ -579,6 +604,7 @@ struct Tx<'t> {
     rejected: redb::Table<'t, u64, &'static [u8]>,
     device_usage: redb::Table<'t, &'static str, (u64, u64)>,
     history: redb::Table<'t, u64, &'static [u8]>,
+    unleased: redb::Table<'t, (&'static str, u64), u64>,
 }
 
 impl<'t> Tx<'t> {
@@ -592,6 +618,7 @@ impl<'t> Tx<'t> {
             rejected: txn.open_table(REJECTED)?,
             device_usage: txn.open_table(DEVICE_USAGE)?,
             history: txn.open_table(HISTORY)?,
+            unleased: txn.open_table(UNLEASED)?,
         })
     }
 }

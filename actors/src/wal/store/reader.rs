@@ -41,6 +41,14 @@ impl WalStore {
             d.pending
                 .insert((k.value().0.to_string(), k.value().1), v.value());
         }
+        // Records never leased: pending, no attempts, like a row.
+        if let Some(t) = unleased::table(&txn)? {
+            let next_seq = self.meta.next_seq;
+            let (rows, _) = unleased::virtual_rows(&t, &txn.open_table(RECORDS)?, next_seq)?;
+            for key in rows {
+                d.pending.insert(key, 0);
+            }
+        }
         for row in txn.open_table(DEAD)?.iter()? {
             let (k, _) = row?;
             d.dead.insert((k.value().0.to_string(), k.value().1));
@@ -72,9 +80,19 @@ impl WalStore {
     pub fn count_rows(&self) -> Result<(u64, u64, u64), WalError> {
         let db = read_db(&self.db);
         let txn = db.begin_read()?;
+        // Records never leased count as the pending rows they stand for.
+        let unleased = match unleased::table(&txn)? {
+            Some(t) => {
+                let records = txn.open_table(RECORDS)?;
+                unleased::virtual_rows(&t, &records, self.meta.next_seq)?
+                    .0
+                    .len() as u64
+            }
+            None => 0,
+        };
         Ok((
             txn.open_table(RECORDS)?.len()?,
-            txn.open_table(PENDING)?.len()?,
+            txn.open_table(PENDING)?.len()? + unleased,
             txn.open_table(DEAD)?.len()?,
         ))
     }

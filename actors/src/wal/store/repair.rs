@@ -48,6 +48,9 @@ impl WalStore {
         let b64 = base64::engine::general_purpose::STANDARD;
         let txn = db.begin_write()?;
         let mut meta = Meta::load(&txn)?;
+        // Unleased records as rows first: the repair reasons about rows only (the next open
+        // gives each configured sink its open range again).
+        unleased::materialize_all(&txn, meta.next_seq)?;
         {
             let mut records = txn.open_table(RECORDS)?;
             {

@@ -19,6 +19,9 @@ impl WalStore {
         if let Err(full) = self.room_for(meta, bodies.len() as u64, bytes) {
             return Ok(Err(full.into()));
         }
+        // Replayed for one sink: rows, cut out of every sink's unleased ranges.
+        self.unleased
+            .remove_all(meta.next_seq, meta.next_seq + records.len() as u64);
         for (r, body) in records.iter().zip(&bodies) {
             let seq = meta.next_seq;
             meta.next_seq += 1;

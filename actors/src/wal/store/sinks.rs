@@ -42,6 +42,8 @@ impl WalStore {
         let mut out = SinksChanged::default();
         for (sink, how) in removed {
             self.inflight.remove(&sink);
+            // Its unleased records get rows first: the moves below work on rows.
+            self.unleased.materialize(tx, &sink, meta.next_seq, false)?;
             let mut seqs = Vec::new();
             for row in tx
                 .pending
@@ -53,7 +55,7 @@ impl WalStore {
                 tx.pending.remove((sink.as_str(), seq))?;
                 match &how {
                     Removal::MoveTo(to) | Removal::Rename(to)
-                        if tx.pending.get((to.as_str(), seq))?.is_none()
+                        if !self.is_pending(tx, to, seq)?
                             && tx.dead.get((to.as_str(), seq))?.is_none() =>
                     {
                         tx.pending.insert((to.as_str(), seq), 0u32)?;
@@ -79,6 +81,7 @@ impl WalStore {
         for s in &sinks {
             meta.sink(s);
         }
+        self.unleased.reconcile(tx, &sinks, meta.next_seq)?;
         self.sinks = sinks;
         Ok(out)
     }
@@ -101,7 +104,7 @@ impl WalStore {
             tx.dead.remove((from, seq))?;
             let f = meta.sink(from);
             f.1 = f.1.saturating_sub(1);
-            if tx.dead.get((to, seq))?.is_none() && tx.pending.get((to, seq))?.is_none() {
+            if tx.dead.get((to, seq))?.is_none() && !self.is_pending(tx, to, seq)? {
                 tx.dead.insert((to, seq), entry.as_slice())?;
                 meta.sink(to).1 += 1;
                 moved += 1;

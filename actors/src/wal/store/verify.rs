@@ -2,9 +2,12 @@
 //! invariant the store keeps between its tables, read in one transaction with the gateway
 //! stopped:
 //! - every record decodes;
-//! - `refs[seq].0` equals the `pending` plus `dead` rows naming `seq`; no record without a
+//! - `refs[seq].0` equals the `pending` plus `dead` rows naming `seq` plus the sinks whose
+//!   unleased ranges hold it (`unleased.rs`); no record without a
 //!   `refs` row or the other way round; no `pending` or `dead` row naming a missing record;
 //! - every dead entry decodes;
+//! - every seq below `next_seq` in an unleased range names a stored record, and no `pending`
+//!   row names a seq its sink's ranges still hold;
 //! - a record without a `refs` row is kept history: its `history` row decodes and says it is
 //!   settled, and no `pending` or `dead` row names it; no `history` row names a missing record;
 //! - the counters in `meta` equal the rows they count (records, live bytes, per-sink pending
@@ -19,7 +22,7 @@ use serde::Serialize;
 /// One thing wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
-    /// `pages`, `record`, `refs`, `orphan_row`, `dead_entry`, `history`, `counter`.
+    /// `pages`, `record`, `refs`, `orphan_row`, `dead_entry`, `history`, `unleased`, `counter`.
     pub kind: &'static str,
     pub detail: String,
 }
@@ -126,6 +129,29 @@ impl WalStore {
                 report.problem(
                     "dead_entry",
                     format!("the dead letter of seq {seq} for sink {sink:?} does not decode"),
+                );
+            }
+        }
+        // Records never leased stand for a pending row each.
+        if let Some(t) = unleased::table(&txn)? {
+            let records = txn.open_table(RECORDS)?;
+            let (rows, missing) = unleased::virtual_rows(&t, &records, meta.next_seq)?;
+            let pending = txn.open_table(PENDING)?;
+            for (sink, seq) in rows {
+                if pending.get((sink.as_str(), seq))?.is_some() {
+                    report.problem(
+                        "unleased",
+                        format!("sink {sink:?} has a pending row for {seq}, which its unleased range still holds"),
+                    );
+                }
+                *named.entry(seq).or_default() += 1;
+                per_sink.entry(sink).or_default().0 += 1;
+                report.pending_rows += 1;
+            }
+            for (sink, seq) in missing {
+                report.problem(
+                    "unleased",
+                    format!("sink {sink:?}'s unleased range holds {seq}, which is not stored"),
                 );
             }
         }

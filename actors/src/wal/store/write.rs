@@ -136,13 +136,21 @@ impl WalStore {
                     if !known && r.route.0.is_some() && !self.sinks.is_empty() {
                         tracing::warn!(device_id = %r.device_id, "a reading routed to removed sinks only: queued for every sink");
                     }
+                    // Queued for every sink (the common case): it waits in each sink's open
+                    // unleased range, no row. Queued for some: cut out of the ranges, rows.
+                    let every = !known || self.sinks.iter().all(|s| r.route.has(s));
                     let mut routed = 0u32;
                     for sink in &self.sinks {
                         if !known || r.route.has(sink) {
-                            tx.pending.insert((sink.as_str(), seq), 0u32)?;
+                            if !every {
+                                tx.pending.insert((sink.as_str(), seq), 0u32)?;
+                            }
                             meta.sink(sink).0 += 1;
                             routed += 1;
                         }
+                    }
+                    if !every {
+                        self.unleased.remove_all(seq, seq + 1);
                     }
                     tx.refs.insert(seq, (routed, now))?;
                     let key = arrived.as_deref().unwrap_or(&r.idempotency_key);
