@@ -133,12 +133,14 @@ fn rec(i: u64) -> Record {
         data,
         clock_synced: true,
         fingerprint: Default::default(),
+        encoded: Default::default(),
         route: Default::default(),
         trace: None,
         send_trace: None,
     };
-    // As the ingest edge does, on its own task: the WAL's commit path finds it cached.
+    // As the ingest edge does, on its own task: the WAL's commit path finds both cached.
     r.fingerprint.0 = Some(edge_gateway_actors::wal::idem::fingerprint(&r));
+    r.encoded.0 = Some(r.encode());
     r
 }
 

@@ -56,6 +56,7 @@ pub fn parse_line(line: &str) -> Result<Record, String> {
             data: r["data"].as_object().cloned().ok_or("no data object")?,
             clock_synced: r["clock_synced"].as_bool().unwrap_or(true),
             fingerprint: Default::default(),
+            encoded: Default::default(),
             route: Default::default(),
             trace: None,
             send_trace: None,

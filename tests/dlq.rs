@@ -184,6 +184,7 @@ fn record(i: u64) -> Record {
         data: serde_json::from_value(json!({"temp": 21.5, "pad": "x".repeat(300)})).unwrap(),
         clock_synced: true,
         fingerprint: Default::default(),
+        encoded: Default::default(),
         route: Default::default(),
         trace: None,
         send_trace: None,

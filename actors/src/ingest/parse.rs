@@ -442,12 +442,14 @@ pub fn to_records(
             data,
             clock_synced: env.receive_ts_ms >= crate::wal::CLOCK_FLOOR_MS,
             fingerprint: Default::default(),
+            encoded: Default::default(),
             route: Default::default(),
             trace: env.trace,
             send_trace: None,
         };
         // Last, once the content is final; on this (the caller's) task, not the WAL's.
         record.fingerprint.0 = Some(crate::wal::idem::fingerprint(&record));
+        record.encoded.0 = Some(record.encode());
         out.push(record);
     }
     Ok(out)

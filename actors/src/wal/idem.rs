@@ -117,6 +117,7 @@ mod tests {
             data,
             clock_synced: true,
             fingerprint: Default::default(),
+            encoded: Default::default(),
             route: Default::default(),
             trace: None,
             send_trace: None,

@@ -53,6 +53,11 @@ pub struct Record {
     /// task so the WAL's serial commit path does not compute it. Never stored.
     #[serde(skip)]
     pub fingerprint: FingerprintCache,
+    /// Cache of the record's encoding (`encode`), made by the ingest edge on its own task so
+    /// the WAL's serial commit path only copies it. Never stored. Filled last, like the
+    /// fingerprint; the WAL drops it if it changes a stored field (a conflicting key).
+    #[serde(skip)]
+    pub encoded: EncodedCache,
     /// The sinks this reading is queued for, chosen by the routing rules at ingest. Never
     /// stored: the WAL's pending rows are the record of it.
     #[serde(skip)]
@@ -112,11 +117,27 @@ impl PartialEq for FingerprintCache {
     }
 }
 
+/// A cached [`Record::encode`] of the record it sits in (`None`: encode it). Equal to any
+/// other: it caches the fields, it is not one.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedCache(pub Option<Vec<u8>>);
+
+impl PartialEq for EncodedCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         ciborium::into_writer(self, &mut out).expect("encoding to a Vec cannot fail");
         out
+    }
+
+    /// The encoding the ingest edge cached (taken: the WAL writes it once), else `encode`.
+    pub fn take_encoded(&mut self) -> Vec<u8> {
+        self.encoded.0.take().unwrap_or_else(|| self.encode())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {

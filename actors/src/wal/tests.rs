@@ -44,6 +44,7 @@ pub(crate) fn rec(key: &str, ts: u64) -> Record {
         data: serde_json::Map::new(),
         clock_synced: true,
         fingerprint: Default::default(),
+        encoded: Default::default(),
         route: Default::default(),
         trace: None,
         send_trace: None,
@@ -645,4 +646,53 @@ fn lease_expiry_makes_records_leasable_again() {
         100,
     );
     assert!(matches!(r, OpResult::Leased(ref v) if v.len() == 1 && v[0].attempts == 2));
+}
+
+/// The ingest edge caches each record's encoding so the commit path only copies it; a reading
+/// whose key conflicts is stored under a derived key, so its cached bytes must not be used.
+#[test]
+fn a_conflicting_reading_is_stored_with_its_derived_key_despite_a_cached_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), limits());
+    let cached = |mut r: Record| {
+        r.encoded.0 = Some(r.encode());
+        r
+    };
+    let first = cached(rec("dev-1/seq/1", 10));
+    let mut second = rec("dev-1/seq/1", 10);
+    second.data.insert("temp".into(), serde_json::json!(99)); // other content, same key
+    let second = cached(second);
+    let (s, r) = one(s, Op::Append(vec![first]), 10);
+    assert!(matches!(r, OpResult::Appended(Ok(_))), "{r:?}");
+    let (s, r) = one(s, Op::Append(vec![second]), 11);
+    let OpResult::Appended(Ok(out)) = r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        matches!(
+            out[0],
+            AppendOutcome::Stored {
+                key_conflict: true,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    let lease = Op::Lease {
+        sink: SINKS[0].into(),
+        max: 10,
+        fill: None,
+        lanes: None,
+    };
+    let (_s, r) = one(s, lease, 12);
+    let OpResult::Leased(got) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].record.idempotency_key, "dev-1/seq/1");
+    assert_ne!(
+        got[1].record.idempotency_key, "dev-1/seq/1",
+        "stored under its derived key"
+    );
+    assert_eq!(got[1].record.data["temp"], 99);
 }

@@ -70,10 +70,11 @@ impl WalStore {
                 Class::New(fp) => (fp, None),
                 Class::Conflict(fp) => {
                     let derived = idem::conflict_key(&r.idempotency_key, fp);
+                    r.encoded.0 = None; // the stored key changes
                     (fp, Some(std::mem::replace(&mut r.idempotency_key, derived)))
                 }
             };
-            let bytes = r.encode();
+            let bytes = r.take_encoded();
             new_count += 1;
             new_bytes += bytes.len() as u64;
             plans.push(Plan::New { fp, arrived, bytes });
