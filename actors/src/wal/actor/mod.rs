@@ -228,7 +228,6 @@ pub struct WalState {
     metrics: Arc<Metrics>,
     addr: Addr<WalMsg>,
     commits: watch::Sender<u64>,
-    timer: Option<tokio::task::JoinHandle<()>>,
     clock: WalClock,
     /// What reopening the store in place needs (ENOSPC).
     open: OpenArgs,
@@ -247,114 +246,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Opens the store on the blocking pool, waiting out a predecessor that is still closing.
-async fn open_store(args: &OpenArgs) -> Result<WalStore, WalError> {
-    let mut delay = Duration::from_millis(10);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (path, sinks, limits) = (args.path.clone(), args.sinks.clone(), args.limits.clone());
-        let r = tokio::task::spawn_blocking(move || WalStore::open(&path, sinks, limits))
-            .await
-            .map_err(|e| WalError::Storage(format!("open task: {e}")))?;
-        match r {
-            Err(WalError::AlreadyOpen) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(200));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Reopens the store after ENOSPC. The reopen commits too (redb's repair, the store's
-/// open transaction), so on a disk with not a byte left it waits for room — freed by the
-/// operator or another process — instead of failing the actor into a restart loop that
-/// would end the process; `/healthz` reports the WAL stalled meanwhile.
-async fn reopen_on_full_disk(args: &OpenArgs) -> Result<WalStore, WalError> {
-    let mut delay = Duration::from_millis(100);
-    let mut tries = 0u32;
-    loop {
-        match open_store(args).await {
-            Err(e) if e.is_no_space() => {
-                tries += 1;
-                if tries == 1 || tries.is_power_of_two() {
-                    tracing::error!(
-                        error = %e,
-                        tries,
-                        "the WAL cannot reopen: the disk is full to the last byte; waiting for room \
-                         (free space on the WAL's filesystem)"
-                    );
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
-}
-
-impl Wal {
-    fn start_commit(myself: &ActorRef<WalMsg>, state: &mut WalState) {
-        let Some((store, ops)) = state.take_group() else {
-            return;
-        };
-        state.metrics.wal_commit_ops.observe(ops.len() as f64);
-        state.metrics.pulse.wal_busy(now_ms());
-        let stall = state.stall_next.take();
-        let now = state.clock.now_ms();
-        if let Some(step) = state.clock.observe_wall(now_ms()) {
-            state.metrics.clock_jumps.inc();
-            tracing::warn!(
-                step_ms = step,
-                "the system clock jumped; ages (expiry, leases, idempotency window, retention) \
-                 follow the WAL's monotonic clock and are unaffected; readings taken while it \
-                 read before the release's floor are marked clock_synced: false"
-            );
-        }
-        let me = myself.clone();
-        let addr = state.addr.clone();
-        // The group's span (`traces`): only looked for when traces are on.
-        let (records, append_ops, kept) = if crate::traces::enabled() {
-            let appended = ops.iter().filter_map(|op| match op {
-                Op::Append(rs) => Some(rs),
-                _ => None,
-            });
-            let records = appended.clone().map(Vec::len).sum::<usize>();
-            let kept = crate::traces::kept_contexts(appended.clone().flatten());
-            (records, appended.count(), kept)
-        } else {
-            (0, 0, Vec::new())
-        };
-        tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            let started_wall = std::time::SystemTime::now();
-            let joined = tokio::task::spawn_blocking(move || {
-                if let Some(d) = stall {
-                    // Chaos hook only (`admin.chaos`): a disk that hangs.
-                    std::thread::sleep(d);
-                }
-                store.apply(ops, now)
-            })
-            .await;
-            let result =
-                joined.unwrap_or_else(|e| Err(WalError::Storage(format!("commit task: {e}"))));
-            if result.is_ok() {
-                crate::traces::commit_span(started_wall, &kept, records, append_ops);
-            }
-            addr.note_sent();
-            let _ = me.cast(WalMsg::Committed(Box::new(Committed {
-                result,
-                elapsed: started.elapsed(),
-            })));
-        });
-    }
-
-    fn enqueue(myself: &ActorRef<WalMsg>, state: &mut WalState, op: Op, waiter: Waiter) {
-        state.queue.push_back((op, waiter));
-        Self::start_commit(myself, state);
-    }
-}
-
 impl Actor for Wal {
     type Msg = WalMsg;
     type State = WalState;
@@ -365,83 +256,7 @@ impl Actor for Wal {
         myself: ActorRef<WalMsg>,
         args: WalArgs,
     ) -> Result<WalState, ActorProcessingErr> {
-        let open = OpenArgs {
-            path: args.path.clone(),
-            sinks: args.sinks.clone(),
-            limits: args.limits.clone(),
-            reserve_bytes: args.reserve_bytes,
-            min_free_bytes: args.min_free_bytes,
-        };
-        let store = open_store(&open).await?;
-        let o = open.clone();
-        let reserve_missing = !tokio::task::spawn_blocking(move || ensure_reserve(&o))
-            .await
-            .unwrap_or(false);
-        if reserve_missing {
-            tracing::warn!(
-                path = %open.reserve_path().display(),
-                "no room for the WAL's reserve file yet; it is made once the disk has room"
-            );
-        }
-        let reader = store.reader();
-        args.metrics.wal_opens.inc();
-        args.metrics.slo.set_capacity(crate::slo::Capacity {
-            max_records: args.limits.max_records,
-            max_bytes: args.limits.max_bytes,
-        });
-        let stats = store.stats();
-        args.metrics.observe_wal(&stats);
-        tracing::info!(path = %store.path().display(), records = stats.records, "WAL open");
-        for o in &stats.orphaned {
-            tracing::error!(
-                sink = %o.sink,
-                pending = o.pending,
-                dead = o.dead,
-                "the WAL holds records for sink {:?}, which the configuration no longer has: \
-                 nothing delivers them. Stop the gateway and run `edge-gateway wal move-sink {} \
-                 <new name>` (a renamed sink) or `edge-gateway wal drop-sink {}` (counted and \
-                 logged), or restore the sink",
-                o.sink,
-                o.sink,
-                o.sink
-            );
-        }
-        let clock = WalClock::new(store.clock_ms(), now_ms());
-        let me = myself.clone();
-        let addr = args.addr.clone();
-        let period = args.maintenance_interval;
-        let timer = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                addr.note_sent();
-                if me.cast(WalMsg::Maintain).is_err() {
-                    break;
-                }
-            }
-        });
-        // Wake the dispatcher: recovered records may be waiting.
-        args.commits
-            .send_modify(|mark| *mark = mark.wrapping_add(1));
-        Ok(WalState {
-            stall_next: None,
-            store: Some(store),
-            queue: VecDeque::new(),
-            in_commit: Vec::new(),
-            last_stats: stats,
-            reader: Some(reader),
-            max_group: args.max_group,
-            metrics: args.metrics,
-            addr: args.addr,
-            commits: args.commits,
-            timer: Some(timer),
-            clock,
-            open,
-            reserve_missing,
-            tight: false,
-            tasks: crate::tasks::Tasks::default(),
-        })
+        WalState::start(myself, args).await
     }
 
     async fn post_stop(
@@ -449,9 +264,6 @@ impl Actor for Wal {
         _: ActorRef<WalMsg>,
         state: &mut WalState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = state.timer.take() {
-            t.abort();
-        }
         state.final_commit().await;
         state.fail_waiters("WAL stopped");
         Ok(())
@@ -465,63 +277,7 @@ impl Actor for Wal {
     ) -> Result<(), ActorProcessingErr> {
         state.addr.received();
         match msg {
-            WalMsg::Committed(c) => {
-                state.metrics.pulse.wal_committed(now_ms());
-                state
-                    .metrics
-                    .wal_commit_seconds
-                    .observe(c.elapsed.as_secs_f64());
-                match c.result {
-                    Ok((mut store, results)) => {
-                        // Counted after the fact: what the commit made Dead, however.
-                        for (sink, class) in store.take_dead_events() {
-                            state
-                                .metrics
-                                .dead_lettered
-                                .with_label_values(&[&sink, class.as_str()])
-                                .inc();
-                        }
-                        note_maintenance(&state.metrics, &results);
-                        note_disk(&myself, state, &results);
-                        if sweep_has_more(&results) {
-                            state.queue.push_back((Op::Maintain, Waiter::Nobody));
-                        }
-                        state.finish(store, results);
-                        Self::start_commit(&myself, state);
-                        Ok(())
-                    }
-                    Err(e) if e.is_no_space() => {
-                        // Not the store's fault: reopen in place and carry on delivering.
-                        state.fail_waiters("disk full: not committed, retry");
-                        state.metrics.wal_disk_full.set(1);
-                        state.metrics.wal_enospc.inc();
-                        let reserve = state.open.reserve_path();
-                        let released = std::fs::remove_file(&reserve).is_ok();
-                        state.reserve_missing = true;
-                        state.tight = true;
-                        tracing::error!(
-                            error = %e,
-                            reserve_released = released,
-                            "WAL commit met a full disk; reopening in place: ingest waits, delivery goes on"
-                        );
-                        // The old database goes with its last handle: ours too, before the
-                        // reopen (a read in flight finishes first; open_store waits for it).
-                        state.reader = None;
-                        let store = reopen_on_full_disk(&state.open).await?;
-                        state.reader = Some(store.reader());
-                        state.store = Some(store);
-                        state
-                            .commits
-                            .send_modify(|mark| *mark = mark.wrapping_add(1));
-                        Ok(())
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "WAL commit failed; failing so the supervisor reopens the file");
-                        state.fail_waiters("WAL commit failed");
-                        Err(e.into())
-                    }
-                }
-            }
+            WalMsg::Committed(c) => Self::on_committed(&myself, state, *c).await,
             WalMsg::Maintain => {
                 Self::enqueue(&myself, state, Op::Maintain, Waiter::Nobody);
                 Ok(())
@@ -534,143 +290,127 @@ impl Actor for Wal {
                 }
                 Ok(())
             }
-            other => {
-                match other {
-                    WalMsg::Append { records, reply } => {
-                        Self::enqueue(&myself, state, Op::Append(records), Waiter::Append(reply));
-                    }
-                    WalMsg::Lease {
-                        sink,
-                        max,
-                        fill,
-                        lanes,
-                        reply,
-                    } => {
-                        Self::enqueue(
-                            &myself,
-                            state,
-                            Op::Lease {
-                                sink,
-                                max,
-                                fill,
-                                lanes,
-                            },
-                            Waiter::Lease(reply),
-                        );
-                    }
-                    WalMsg::Settle { sink, outcomes } => {
-                        note_settles(&state.metrics, &sink, &outcomes);
-                        Self::enqueue(
-                            &myself,
-                            state,
-                            Op::Settle { sink, outcomes },
-                            Waiter::Nobody,
-                        );
-                    }
-                    WalMsg::Stats(reply) => {
-                        let s = state
-                            .store
-                            .as_ref()
-                            .map(WalStore::stats)
-                            .unwrap_or_else(|| state.last_stats.clone());
-                        let _ = reply.send(s);
-                    }
-                    WalMsg::Replay {
-                        sink,
-                        records,
-                        reply,
-                    } => {
-                        Self::enqueue(
-                            &myself,
-                            state,
-                            Op::Replay { sink, records },
-                            Waiter::Replay(reply),
-                        );
-                    }
-                    WalMsg::Reader(reply) => {
-                        let _ = reply.send(state.reader.clone().ok_or_else(|| REOPENING.into()));
-                    }
-                    WalMsg::Find { id, reply } => {
-                        state.read(reply, move |r| r.find(&id));
-                    }
-                    WalMsg::Backup { dest, reply } => {
-                        state.read(reply, move |r| r.backup(&dest));
-                    }
-                    WalMsg::DeadLetters { sink, limit, reply } => {
-                        state.read(reply, move |r| r.dead_letters(&sink, limit));
-                    }
-                    WalMsg::Requeue {
-                        sink,
-                        limit,
-                        filter,
-                        reply,
-                    } => {
-                        Self::enqueue(
-                            &myself,
-                            state,
-                            Op::Requeue {
-                                sink,
-                                limit,
-                                filter,
-                            },
-                            Waiter::Requeue(reply),
-                        );
-                    }
-                    WalMsg::PurgeDead {
-                        sink,
-                        filter,
-                        limit,
-                        reply,
-                    } => {
-                        Self::enqueue(
-                            &myself,
-                            state,
-                            Op::PurgeDead {
-                                sink,
-                                filter,
-                                limit,
-                            },
-                            Waiter::Purge(reply),
-                        );
-                    }
-                    WalMsg::SetSinks {
-                        sinks,
-                        removed,
-                        reply,
-                    } => {
-                        Self::enqueue(
-                            &myself,
-                            state,
-                            Op::Sinks { sinks, removed },
-                            Waiter::Sinks(reply),
-                        );
-                    }
-                    WalMsg::StopLeases(reply) => {
-                        Self::enqueue(&myself, state, Op::StopLeases, Waiter::StopLeases(reply));
-                    }
-                    WalMsg::ReleaseLeases => {
-                        Self::enqueue(&myself, state, Op::ReleaseLeases, Waiter::Nobody);
-                    }
-                    WalMsg::Reject { entry, reply } => {
-                        Self::enqueue(&myself, state, Op::Reject(entry), Waiter::Reject(reply));
-                    }
-                    WalMsg::Rejected { limit, reply } => {
-                        state.read(reply, move |r| r.rejected(limit));
-                    }
-                    WalMsg::Fail(reason) => {
-                        return Err(format!("failure injected: {reason}").into());
-                    }
-                    WalMsg::Stall(d) => {
-                        tracing::warn!(
-                            ms = d.as_millis() as u64,
-                            "chaos: the next WAL commit hangs"
-                        );
-                        state.stall_next = Some(d);
-                    }
-                    WalMsg::Committed(_) | WalMsg::Maintain | WalMsg::ReserveMade(_) => {
-                        unreachable!("matched above")
-                    }
-                }
+            WalMsg::Append { records, reply } => {
+                Self::enqueue(&myself, state, Op::Append(records), Waiter::Append(reply));
+                Ok(())
+            }
+            WalMsg::Lease {
+                sink,
+                max,
+                fill,
+                lanes,
+                reply,
+            } => {
+                let op = Op::Lease {
+                    sink,
+                    max,
+                    fill,
+                    lanes,
+                };
+                Self::enqueue(&myself, state, op, Waiter::Lease(reply));
+                Ok(())
+            }
+            WalMsg::Settle { sink, outcomes } => {
+                note_settles(&state.metrics, &sink, &outcomes);
+                let op = Op::Settle { sink, outcomes };
+                Self::enqueue(&myself, state, op, Waiter::Nobody);
+                Ok(())
+            }
+            WalMsg::Replay {
+                sink,
+                records,
+                reply,
+            } => {
+                let op = Op::Replay { sink, records };
+                Self::enqueue(&myself, state, op, Waiter::Replay(reply));
+                Ok(())
+            }
+            WalMsg::Requeue {
+                sink,
+                limit,
+                filter,
+                reply,
+            } => {
+                let op = Op::Requeue {
+                    sink,
+                    limit,
+                    filter,
+                };
+                Self::enqueue(&myself, state, op, Waiter::Requeue(reply));
+                Ok(())
+            }
+            WalMsg::PurgeDead {
+                sink,
+                filter,
+                limit,
+                reply,
+            } => {
+                let op = Op::PurgeDead {
+                    sink,
+                    filter,
+                    limit,
+                };
+                Self::enqueue(&myself, state, op, Waiter::Purge(reply));
+                Ok(())
+            }
+            WalMsg::SetSinks {
+                sinks,
+                removed,
+                reply,
+            } => {
+                let op = Op::Sinks { sinks, removed };
+                Self::enqueue(&myself, state, op, Waiter::Sinks(reply));
+                Ok(())
+            }
+            WalMsg::StopLeases(reply) => {
+                Self::enqueue(&myself, state, Op::StopLeases, Waiter::StopLeases(reply));
+                Ok(())
+            }
+            WalMsg::ReleaseLeases => {
+                Self::enqueue(&myself, state, Op::ReleaseLeases, Waiter::Nobody);
+                Ok(())
+            }
+            WalMsg::Reject { entry, reply } => {
+                Self::enqueue(&myself, state, Op::Reject(entry), Waiter::Reject(reply));
+                Ok(())
+            }
+            WalMsg::Stats(reply) => {
+                let s = state
+                    .store
+                    .as_ref()
+                    .map(WalStore::stats)
+                    .unwrap_or_else(|| state.last_stats.clone());
+                let _ = reply.send(s);
+                Ok(())
+            }
+            WalMsg::Reader(reply) => {
+                let _ = reply.send(state.reader.clone().ok_or_else(|| REOPENING.into()));
+                Ok(())
+            }
+            // Reads run on the blocking pool through a `WalReader`, beside the writer.
+            WalMsg::Find { id, reply } => {
+                state.read(reply, move |r| r.find(&id));
+                Ok(())
+            }
+            WalMsg::Backup { dest, reply } => {
+                state.read(reply, move |r| r.backup(&dest));
+                Ok(())
+            }
+            WalMsg::DeadLetters { sink, limit, reply } => {
+                state.read(reply, move |r| r.dead_letters(&sink, limit));
+                Ok(())
+            }
+            WalMsg::Rejected { limit, reply } => {
+                state.read(reply, move |r| r.rejected(limit));
+                Ok(())
+            }
+            WalMsg::Fail(reason) => Err(format!("failure injected: {reason}").into()),
+            WalMsg::Stall(d) => {
+                tracing::warn!(
+                    ms = d.as_millis() as u64,
+                    "chaos: the next WAL commit hangs"
+                );
+                state.stall_next = Some(d);
                 Ok(())
             }
         }
@@ -679,7 +419,10 @@ impl Actor for Wal {
 
 /// The answer to a read while the store is being reopened after a full disk.
 mod clock;
+mod commit;
 mod disk;
+mod open;
+use open::reopen_on_full_disk;
 mod notes;
 mod state;
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! `WalStore`: the WAL's state machine over redb, with no runtime in sight.
 //!
-//! Layout: this file holds the store, its opening and the commit (`apply`); `types.rs` the
-//! operations, results, limits and errors; `meta.rs` the counters; `write.rs` appends and
+//! Layout: this file holds the store and its stats; `open.rs` opening and migrating a file;
+//! `apply.rs` the commit of a group of operations; `types.rs` the operations, results, limits
+//! and errors; `unleased.rs` each sink's never-leased records; `meta.rs` the counters; `write.rs` appends and
 //! the idempotency rows; `deliver.rs` leases and settles; `maintain.rs` retention and purges;
 //! `compact.rs` giving space back; `reader.rs` read-only access.
 //!
@@ -50,16 +51,19 @@ mod backup;
 mod compact;
 mod deliver;
 mod history;
-use deliver::Ask;
 use history::HISTORY;
 pub use history::{HistoryRow, Lifecycle, SinkAck};
+mod apply;
 mod dlq;
 mod lookup;
 mod maintain;
 mod meta;
+mod open;
 mod reader;
 mod repair;
 mod replay;
+use apply::Tx;
+use open::open_error;
 mod sinks;
 mod types;
 mod unleased;
@@ -109,34 +113,6 @@ pub const FORMAT_VERSION: u64 = 3;
 const SWEEP_LIMIT: usize = 2_000;
 /// Rows between two progress reports of the offline tools (verify, backup).
 const PROGRESS_EVERY: u64 = 10_000;
-
-/// Drops the idempotency table of earlier versions (see `idem.rs`); `Some(keys)` if there
-/// was one.
-fn drop_v1_idempotency_table(
-    txn: &WriteTransaction,
-    meta: &mut Meta,
-) -> Result<Option<u64>, WalError> {
-    let Some(old) = txn
-        .list_tables()?
-        .find(|t| redb::TableHandle::name(t) == idem::IDEM_V1_NAME)
-    else {
-        return Ok(None);
-    };
-    txn.delete_table(old)?;
-    let dropped = meta.idem_keys;
-    meta.idem_keys = txn.open_table(IDEM)?.len()?;
-    Ok(Some(dropped))
-}
-
-fn open_error(path: &Path, source: redb::DatabaseError) -> WalError {
-    match source {
-        redb::DatabaseError::DatabaseAlreadyOpen => WalError::AlreadyOpen,
-        source => WalError::Open {
-            path: path.to_path_buf(),
-            source,
-        },
-    }
-}
 
 /// The database, shared by the store and its readers (see [`WalStore::db`]).
 pub(super) type Shared = std::sync::Arc<std::sync::RwLock<Database>>;
@@ -203,155 +179,6 @@ impl std::fmt::Debug for WalStore {
 }
 
 impl WalStore {
-    /// Opens (creating if needed) the WAL at `path`. Blocking: call from a blocking thread.
-    pub fn open(path: &Path, sinks: Vec<String>, limits: WalLimits) -> Result<WalStore, WalError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| WalError::Storage(e.to_string()))?;
-        }
-        let db = Database::builder()
-            .set_cache_size(limits.cache_bytes)
-            .create(path)
-            .map_err(|e| open_error(path, e))?;
-        // Readings are the operator's data: owner only, whatever the umask.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| WalError::Storage(format!("chmod 600 {}: {e}", path.display())))?;
-        }
-        Self::from_db(db, path, sinks, limits)
-    }
-
-    /// Opens over a caller-supplied storage backend (fault-injection tests); `path` is only
-    /// reported in stats.
-    #[doc(hidden)]
-    pub fn open_with_backend(
-        backend: impl redb::StorageBackend,
-        path: &Path,
-        sinks: Vec<String>,
-        limits: WalLimits,
-    ) -> Result<WalStore, WalError> {
-        let db = Database::builder()
-            .set_cache_size(limits.cache_bytes)
-            .create_with_backend(backend)
-            .map_err(|e| open_error(path, e))?;
-        Self::from_db(db, path, sinks, limits)
-    }
-
-    fn from_db(
-        db: Database,
-        path: &Path,
-        sinks: Vec<String>,
-        limits: WalLimits,
-    ) -> Result<WalStore, WalError> {
-        let txn = db.begin_write()?;
-        // Create every table so readers never meet a missing one.
-        txn.open_table(RECORDS)?;
-        txn.open_table(REFS)?;
-        txn.open_table(PENDING)?;
-        txn.open_table(DEAD)?;
-        txn.open_table(REJECTED)?;
-        txn.open_table(IDEM)?;
-        txn.open_table(DEVICE_USAGE)?;
-        txn.open_table(UNLEASED)?;
-        let mut meta = Meta::load(&txn)?;
-        if meta.format_version > FORMAT_VERSION {
-            txn.abort()?;
-            return Err(WalError::NewerFormat {
-                path: path.to_path_buf(),
-                found: meta.format_version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        // A file with records but no version is format 1; an empty new file needs no words.
-        let migrated_from = match meta.format_version {
-            0 if meta.next_seq > 1 => Some(1),
-            0 => None,
-            v if v < FORMAT_VERSION => Some(v),
-            _ => None,
-        };
-        meta.format_version = FORMAT_VERSION;
-        let dropped = drop_v1_idempotency_table(&txn, &mut meta)?;
-        let devices = if meta.device_usage_v1 == 1 {
-            Devices::load(&txn.open_table(DEVICE_USAGE)?)?
-        } else {
-            let mut d = Devices::scan(&txn.open_table(RECORDS)?)?;
-            d.save(&mut txn.open_table(DEVICE_USAGE)?)?;
-            meta.device_usage_v1 = 1;
-            d
-        };
-        if meta.clock_ms == 0 {
-            meta.clock_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_millis() as u64);
-        }
-        meta.save(&txn)?;
-        // Each configured sink has its open range; a sink that left gets its rows.
-        let mut unleased = Unleased::load(&txn.open_table(UNLEASED)?)?;
-        {
-            let mut tx = Tx::open(&txn)?;
-            unleased.reconcile(&mut tx, &sinks, meta.next_seq)?;
-            unleased.save(&mut tx.unleased)?;
-        }
-        let idem = {
-            let table = txn.open_table(IDEM)?;
-            let base = match table.first()? {
-                Some((k, _)) => k.value().0,
-                None => meta.clock_ms,
-            };
-            let mut idem = KeyIndex::new(base, limits.idempotency_max_keys);
-            for row in table.iter()? {
-                let (k, _) = row?;
-                let (ts, key) = k.value();
-                idem.insert(key, ts);
-            }
-            idem
-        };
-        txn.commit()?;
-        if let Some(from) = migrated_from {
-            tracing::warn!(
-                from,
-                to = FORMAT_VERSION,
-                records = meta.records,
-                "WAL migrated to the new format; the backlog and dead letters are kept (an \
-                 older release can no longer open this file)"
-            );
-        }
-        if let Some(n) = dropped {
-            tracing::warn!(
-                keys = n,
-                "WAL upgraded: idempotency keys are now scoped to the device and checked \
-                 against the reading's content; the {n} keys of the old format were dropped \
-                 (a retry of a reading accepted before the upgrade is stored again: a \
-                 duplicate downstream, never a loss)"
-            );
-        }
-        Ok(WalStore {
-            db: std::sync::Arc::new(std::sync::RwLock::new(db)),
-            path: path.to_path_buf(),
-            sinks,
-            limits,
-            meta,
-            inflight: HashMap::new(),
-            unleased,
-            history_cursor: 0,
-            live_from: HashMap::new(),
-            expiry_cursor: 0,
-            idem,
-            devices,
-            free_space: free_space_of(path.parent().unwrap_or(Path::new(".")).to_path_buf()),
-            file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
-            compact_floor: 0,
-            compact_after_ms: 0,
-            dead_events: Vec::new(),
-            oldest_pending: BTreeMap::new(),
-            tight: false,
-            // Only in a build with the `negative-control` feature (never a default): the
-            // chaos harness's proof that it can see loss.
-            negative_control_non_durable: cfg!(feature = "negative-control"),
-        })
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -370,147 +197,6 @@ impl WalStore {
     /// The latest WAL time committed: where the actor's clock resumes after a (re)open.
     pub fn clock_ms(&self) -> u64 {
         self.meta.clock_ms
-    }
-
-    /// Applies `ops` in one transaction, durable (fsync) if any op needs it, and answers each.
-    /// Consumes the store: on error it is dropped and must be reopened.
-    pub fn apply(
-        mut self,
-        ops: Vec<Op>,
-        now_ms: u64,
-    ) -> Result<(WalStore, Vec<OpResult>), WalError> {
-        // Tight (the reserve is in use after ENOSPC): every commit durable, so the pages a
-        // settle or delete frees are reusable by the very next commit (redb keeps pages freed
-        // by a non-durable commit until a durable one) and the file need not grow.
-        let durable = (self.tight || ops.iter().any(Op::needs_durability))
-            && !self.negative_control_non_durable;
-        let mut txn = read_db(&self.db).begin_write()?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
-        let mut meta = self.meta.clone();
-        meta.clock_ms = meta.clock_ms.max(now_ms);
-        // Once per commit that appends: is there room to take more in?
-        let appends = ops.iter().any(|o| matches!(o, Op::Append(_)));
-        let disk_full = if appends && self.tight {
-            Some(DiskFull {
-                free: (self.free_space)().unwrap_or(0),
-                min_free: 0,
-                reserve_in_use: true,
-            })
-        } else if appends && self.limits.min_free_bytes > 0 {
-            (self.free_space)()
-                .filter(|free| *free < self.limits.min_free_bytes)
-                .map(|free| DiskFull {
-                    free,
-                    min_free: self.limits.min_free_bytes,
-                    reserve_in_use: false,
-                })
-        } else {
-            None
-        };
-        let mut results = Vec::with_capacity(ops.len());
-        {
-            let mut tx = Tx::open(&txn)?;
-            for op in ops {
-                let r = match op {
-                    Op::Append(_) if disk_full.is_some() => {
-                        OpResult::Appended(Err(disk_full.clone().expect("checked").into()))
-                    }
-                    Op::Append(records) => {
-                        OpResult::Appended(self.append(&mut tx, &mut meta, records, now_ms)?)
-                    }
-                    Op::Lease {
-                        sink,
-                        max,
-                        fill,
-                        lanes,
-                    } => {
-                        let ask = Ask { max, fill, lanes };
-                        OpResult::Leased(self.lease(&mut tx, &mut meta, &sink, ask, now_ms)?)
-                    }
-                    Op::Settle { sink, outcomes } => {
-                        self.settle(&mut tx, &mut meta, &sink, outcomes, now_ms)?
-                    }
-                    Op::Maintain => {
-                        OpResult::Maintained(self.maintain(&mut tx, &mut meta, now_ms)?)
-                    }
-                    Op::Replay { sink, records } if self.sinks.contains(&sink) => {
-                        OpResult::Replayed(
-                            self.replay(&mut tx, &mut meta, &sink, records, now_ms)?
-                                .map_err(|e| e.to_string()),
-                        )
-                    }
-                    Op::Replay { sink, .. } => OpResult::Replayed(Err(format!(
-                        "no sink named {sink:?} in the configuration"
-                    ))),
-                    Op::Requeue {
-                        sink,
-                        limit,
-                        filter,
-                    } => OpResult::Requeued(self.requeue(
-                        &mut tx,
-                        &mut meta,
-                        &sink,
-                        limit,
-                        Some((&filter, now_ms)),
-                    )?),
-                    Op::Sinks { sinks, removed } => {
-                        OpResult::SinksSet(self.set_sinks(&mut tx, &mut meta, sinks, removed)?)
-                    }
-                    Op::ReleaseLeases => {
-                        let n = self.inflight.values().map(BTreeMap::len).sum();
-                        self.inflight.clear();
-                        OpResult::LeasesReleased(n)
-                    }
-                    Op::StopLeases => OpResult::LeasesReleased(self.stop_leases(&mut tx)?),
-                    Op::PurgeDead {
-                        sink,
-                        filter,
-                        limit,
-                    } => {
-                        let purged = self.purge_dead(
-                            &mut tx,
-                            &mut meta,
-                            &sink,
-                            limit,
-                            Some((&filter, now_ms)),
-                        )?;
-                        OpResult::Purged { sink, purged }
-                    }
-                    Op::Reject(mut r) => {
-                        r.kept_ms = now_ms;
-                        let id = meta.rejected_next.max(1);
-                        tx.rejected.insert(id, r.encode().as_slice())?;
-                        meta.rejected_next = id + 1;
-                        meta.rejected += 1;
-                        OpResult::Rejected(id)
-                    }
-                };
-                results.push(r);
-            }
-            // Ranges cut up by routed records: written out as rows past a bound.
-            for sink in self.unleased.crowded() {
-                self.unleased
-                    .materialize(&mut tx, &sink, meta.next_seq, true)?;
-            }
-            self.unleased.save(&mut tx.unleased)?;
-            self.devices.save(&mut tx.device_usage)?;
-        }
-        meta.save(&txn)?;
-        txn.commit()?;
-        self.meta = meta;
-        self.file_bytes = std::fs::metadata(&self.path).map_or(self.file_bytes, |m| m.len());
-        // After a sweep: give space back if the file is mostly empty (see `compact.rs`).
-        if let Some(OpResult::Maintained(report)) = results
-            .iter_mut()
-            .find(|r| matches!(r, OpResult::Maintained(_)))
-        {
-            report.compacted = self.maybe_compact(now_ms);
-        }
-        Ok((self, results))
     }
 
     /// Counts by state and sink, from the in-memory mirror: no I/O, safe on any thread (the
@@ -592,33 +278,4 @@ struct IdemRow<'a> {
     seq: u64,
     correlation_id: &'a str,
     fp: u64,
-}
-
-/// The tables of one write transaction, opened once per group.
-struct Tx<'t> {
-    records: redb::Table<'t, u64, &'static [u8]>,
-    refs: redb::Table<'t, u64, (u32, u64)>,
-    pending: redb::Table<'t, (&'static str, u64), u32>,
-    dead: redb::Table<'t, (&'static str, u64), &'static [u8]>,
-    idem: redb::Table<'t, (u64, &'static str), (u64, &'static str, u64)>,
-    rejected: redb::Table<'t, u64, &'static [u8]>,
-    device_usage: redb::Table<'t, &'static str, (u64, u64)>,
-    history: redb::Table<'t, u64, &'static [u8]>,
-    unleased: redb::Table<'t, (&'static str, u64), u64>,
-}
-
-impl<'t> Tx<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Tx<'t>, WalError> {
-        Ok(Tx {
-            records: txn.open_table(RECORDS)?,
-            refs: txn.open_table(REFS)?,
-            pending: txn.open_table(PENDING)?,
-            dead: txn.open_table(DEAD)?,
-            idem: txn.open_table(IDEM)?,
-            rejected: txn.open_table(REJECTED)?,
-            device_usage: txn.open_table(DEVICE_USAGE)?,
-            history: txn.open_table(HISTORY)?,
-            unleased: txn.open_table(UNLEASED)?,
-        })
-    }
 }
