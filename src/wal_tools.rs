@@ -172,7 +172,7 @@ pub fn repair(
     tracing::warn!(
         records_quarantined = r.records_quarantined,
         rows_quarantined = r.rows_quarantined,
-        refs_rewritten = r.refs_rewritten,
+        times_added = r.times_added,
         counters_fixed = r.counters_fixed,
         quarantine = %q.display(),
         "WAL repaired from the command line"

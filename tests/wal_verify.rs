@@ -114,14 +114,14 @@ async fn verify_names_each_damage_and_a_damaged_file_stops_the_gateway() {
         })
     });
 
-    // A pending row lost: the record's reference count and the sink's counter disagree.
-    let out = damaged(&good, &cfg, &wal, "refs", |p| {
+    // A pending row lost: the record is held by no sink, and the sink's counter disagrees.
+    let out = damaged(&good, &cfg, &wal, "record", |p| {
         with_db(p, |t| {
             t.open_table(PENDING).unwrap().remove(("api", 7)).unwrap();
         })
     });
     assert!(
-        out.contains("record 7: refs says 1 rows name it, 0 do"),
+        out.contains("record 7 is held by no sink and not kept as history"),
         "{out}"
     );
     assert!(out.contains("PROBLEM [counter] sink \"api\""), "{out}");
@@ -168,7 +168,7 @@ async fn verify_names_each_damage_and_a_damaged_file_stops_the_gateway() {
             299,
         ),
         (
-            "refs",
+            "record",
             Box::new(|p: &Path| {
                 with_db(p, |t| {
                     t.open_table(PENDING).unwrap().remove(("api", 7)).unwrap();

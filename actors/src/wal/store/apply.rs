@@ -150,7 +150,7 @@ impl WalStore {
 /// The tables of one write transaction, opened once per group.
 pub(super) struct Tx<'t> {
     pub(super) records: redb::Table<'t, u64, &'static [u8]>,
-    pub(super) refs: redb::Table<'t, u64, (u32, u64)>,
+    pub(super) times: redb::Table<'t, u64, u64>,
     pub(super) pending: redb::Table<'t, (&'static str, u64), u32>,
     pub(super) dead: redb::Table<'t, (&'static str, u64), &'static [u8]>,
     pub(super) idem: redb::Table<'t, (u64, &'static str), (u64, &'static str, u64)>,
@@ -164,7 +164,7 @@ impl<'t> Tx<'t> {
     pub(super) fn open(txn: &'t WriteTransaction) -> Result<Tx<'t>, WalError> {
         Ok(Tx {
             records: txn.open_table(RECORDS)?,
-            refs: txn.open_table(REFS)?,
+            times: txn.open_table(TIMES)?,
             pending: txn.open_table(PENDING)?,
             dead: txn.open_table(DEAD)?,
             idem: txn.open_table(IDEM)?,

@@ -50,7 +50,7 @@ fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
 /// Rows of every table a backup copies.
 fn rows(src: &ReadTransaction) -> Result<u64, WalError> {
     Ok(src.open_table(RECORDS)?.len()?
-        + src.open_table(REFS)?.len()?
+        + times::table(src)?.map_or(Ok(0), |t| t.len())?
         + src.open_table(PENDING)?.len()?
         + src.open_table(DEAD)?.len()?
         + src.open_table(META)?.len()?
@@ -91,7 +91,16 @@ pub(super) fn write(
     };
     (c.progress)(0, c.total);
     let records = copy(src, &txn, RECORDS, &mut c)?;
-    copy(src, &txn, REFS, &mut c)?;
+    if times::table(src)?.is_some() {
+        copy(src, &txn, TIMES, &mut c)?;
+    }
+    // A file not opened since an older release still has its per-record times there.
+    if src
+        .list_tables()?
+        .any(|t| redb::TableHandle::name(&t) == "refs")
+    {
+        copy(src, &txn, times::REFS, &mut c)?;
+    }
     copy(src, &txn, PENDING, &mut c)?;
     copy(src, &txn, DEAD, &mut c)?;
     copy(src, &txn, META, &mut c)?;

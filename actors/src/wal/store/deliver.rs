@@ -199,7 +199,7 @@ impl WalStore {
     ) -> Result<usize, WalError> {
         let seqs = self.dead_matching(tx, sink, limit, filter)?;
         for &seq in &seqs {
-            // The dead row's reference passes to the pending row: `refs` is unchanged.
+            // The dead row's hold passes to the pending row: the record stays.
             tx.dead.remove((sink, seq))?;
             tx.pending.insert((sink, seq), 0u32)?;
             let s = meta.sink(sink);
@@ -237,19 +237,16 @@ impl WalStore {
         Ok(())
     }
 
-    /// One row fewer names `seq`; the last one out deletes the record.
-    pub(super) fn unref(
+    /// `except`'s hold on `seq` is gone (its row was removed; `None`: nobody's yet): if no
+    /// other sink holds it, the record is deleted. With one sink, no lookup at all.
+    pub(super) fn release(
         &mut self,
         tx: &mut Tx<'_>,
         meta: &mut Meta,
         seq: u64,
+        except: Option<&str>,
     ) -> Result<(), WalError> {
-        // Removed first: with one sink (the common case) one walk of the tree, not two.
-        let Some((n, ts)) = tx.refs.remove(seq)?.map(|v| v.value()) else {
-            return Ok(());
-        };
-        if n > 1 {
-            tx.refs.insert(seq, (n - 1, ts))?;
+        if self.held_elsewhere(tx, meta, seq, except)? {
             return Ok(());
         }
         if let Some(body) = tx.records.remove(seq)? {
@@ -257,8 +254,8 @@ impl WalStore {
             meta.live_bytes = meta.live_bytes.saturating_sub(body.len() as u64);
             let device = quota::device_of(body).unwrap_or_default();
             self.devices.remove(&device, body.len() as u64);
+            meta.records = meta.records.saturating_sub(1);
         }
-        meta.records = meta.records.saturating_sub(1);
         if self.limits.keeps_history() {
             tx.history.remove(seq)?; // acks of other sinks, if any
         }
@@ -296,7 +293,7 @@ fn filled(
             break;
         }
     }
-    let accepted = tx.refs.get(oldest)?.map_or(0, |r| r.value().1);
+    let accepted = times::appended_at(&tx.times, oldest)?.unwrap_or(0);
     Ok(full || now.saturating_sub(accepted) >= f.max_age_ms)
 }
 

@@ -81,11 +81,9 @@ impl WalStore {
         now: u64,
     ) -> Result<(), WalError> {
         if !self.limits.keeps_history() {
-            return self.unref(tx, meta, seq);
+            return self.release(tx, meta, seq, Some(sink));
         }
-        let Some((n, ts)) = tx.refs.remove(seq)?.map(|v| v.value()) else {
-            return Ok(());
-        };
+        let held = self.held_elsewhere(tx, meta, seq, Some(sink))?;
         let mut life = tx
             .history
             .get(seq)?
@@ -96,8 +94,7 @@ impl WalStore {
             attempts,
             at_ms: now,
         });
-        if n > 1 {
-            tx.refs.insert(seq, (n - 1, ts))?;
+        if held {
             tx.history.insert(seq, life.encode().as_slice())?;
             return Ok(());
         }

@@ -75,7 +75,10 @@ pub(super) fn find(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Recor
         }
         Err(e) => serde_json::json!({"undecodable": e}),
     };
-    let appended = txn.open_table(REFS)?.get(seq)?.map(|v| v.value().1);
+    let appended = match times::table(txn)? {
+        Some(t) => times::appended_at(&t, seq)?,
+        None => None,
+    };
     let (pending, dead) = (txn.open_table(PENDING)?, txn.open_table(DEAD)?);
     let unleased = unleased::table(txn)?;
     let meta = txn.open_table(META)?;

@@ -20,7 +20,7 @@ impl WalStore {
             tx.dead.remove((sink, seq))?;
             let s = meta.sink(sink);
             s.1 = s.1.saturating_sub(1);
-            self.unref(tx, meta, seq)?;
+            self.release(tx, meta, seq, Some(sink))?;
         }
         Ok(seqs.len())
     }
@@ -93,19 +93,22 @@ impl WalStore {
         // Settled records kept past their time, or crowding what ingest needs.
         self.expire_history(tx, meta, now, &mut report)?;
         // Undelivered records past max age: Dead with reason `expired`, per sink still pending.
+        // Every seq below `cut` was appended before the cutoff (`times.rs`).
         let age_cutoff = now.saturating_sub(self.limits.max_age_ms);
-        let candidates: Vec<(u64, u64)> = tx
-            .refs
-            .range(self.expiry_cursor..)?
-            .map(|r| r.map(|(k, v)| (k.value(), v.value().1)))
-            .take_while(|r| r.as_ref().map_or(true, |(_, ts)| *ts < age_cutoff))
+        if let Some((first, _)) = tx.records.first()? {
+            self.expiry_cursor = self.expiry_cursor.max(first.value());
+        }
+        let cut =
+            times::first_at_or_after(&tx.times, self.expiry_cursor, age_cutoff, meta.next_seq)?;
+        let candidates: Vec<u64> = tx
+            .records
+            .range(self.expiry_cursor..cut.max(self.expiry_cursor))?
+            .map(|r| r.map(|(k, _)| k.value()))
             .take(SWEEP_LIMIT)
             .collect::<Result<_, _>>()?;
-        report.more |= candidates.len() >= SWEEP_LIMIT;
-        for (seq, ts) in candidates {
-            if ts >= age_cutoff {
-                break;
-            }
+        let all = candidates.len() < SWEEP_LIMIT;
+        report.more |= !all;
+        for seq in candidates {
             for sink in self.sinks.clone() {
                 let attempts = match tx.pending.get((sink.as_str(), seq))? {
                     Some(v) => Some(v.value()),
@@ -117,6 +120,9 @@ impl WalStore {
                 }
             }
             self.expiry_cursor = seq + 1;
+        }
+        if all {
+            self.expiry_cursor = self.expiry_cursor.max(cut);
         }
         // Dead letters past their retention.
         let dead_cutoff = now.saturating_sub(self.limits.dead_retention_ms);
@@ -141,7 +147,7 @@ impl WalStore {
                 tx.dead.remove((sink.as_str(), seq))?;
                 let s = meta.sink(&sink);
                 s.1 = s.1.saturating_sub(1);
-                self.unref(tx, meta, seq)?;
+                self.release(tx, meta, seq, Some(sink.as_str()))?;
                 report.dead_purged += 1;
             }
         }
@@ -186,7 +192,7 @@ impl WalStore {
             report.rejected_purged += 1;
         }
         // Each sink's oldest pending record, for its age (the SLO metric and `ping`): its
-        // first pending row or unleased record, whose append time its refs row holds. Two
+        // first pending row or unleased record, whose append time `times` holds. Two
         // lookups per sink, once per maintenance run: the age is at most one run stale.
         self.oldest_pending.clear();
         for sink in meta.sinks.keys() {
@@ -201,11 +207,12 @@ impl WalStore {
                 (a, b) => a.or(b),
             };
             if let Some(seq) = first {
-                if let Some(r) = tx.refs.get(seq)? {
-                    self.oldest_pending.insert(sink.clone(), r.value().1);
+                if let Some(at) = times::appended_at(&tx.times, seq)? {
+                    self.oldest_pending.insert(sink.clone(), at);
                 }
             }
         }
+        self.trim_times(tx)?;
         Ok(report)
     }
 }

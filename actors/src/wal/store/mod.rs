@@ -12,9 +12,10 @@
 //!   no row — `unleased.rs`; or a `pending` row, leased before), InFlight (a `pending` row
 //!   whose seq is in `inflight` with a deadline in the future), Acked (no row: the sink is
 //!   done with it) or Dead (a `dead` row with the reason).
-//! - `refs[seq].0` counts the `pending` plus `dead` rows naming `seq`, and the unleased ranges
-//!   holding it; at zero the record is deleted. So a record lives exactly as long as some sink
-//!   may still need it or show it.
+//! - A record lives while some sink holds it — a `pending` row, an unleased range, or a
+//!   `dead` row — and is deleted (or kept as history) when the last one goes
+//!   ([`WalStore::release`]). So a record lives exactly as long as some sink may still need it
+//!   or show it. When it was appended is kept per commit, not per record (`times.rs`).
 //! - `attempts` is incremented durably-on-next-commit when a record is *leased*, not when it
 //!   is settled, so a record that crashes its publisher cannot be redelivered forever.
 //! - InFlight exists only in memory: reopening the store returns every lease to Enqueued,
@@ -65,8 +66,10 @@ mod replay;
 use apply::Tx;
 use open::open_error;
 mod sinks;
+mod times;
 mod types;
 mod unleased;
+use times::TIMES;
 mod verify;
 mod write;
 use unleased::{Unleased, UNLEASED};
@@ -84,8 +87,6 @@ pub use verify::{Problem, VerifyReport};
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 #[cfg(test)]
 pub(super) const RECORDS_FOR_TESTS: TableDefinition<u64, &[u8]> = RECORDS;
-/// seq -> (rows that still name the record, WAL time of its append).
-const REFS: TableDefinition<u64, (u32, u64)> = TableDefinition::new("refs");
 /// (sink, seq) -> attempts so far.
 const PENDING: TableDefinition<(&str, u64), u32> = TableDefinition::new("pending");
 /// (sink, seq) -> CBOR `DeadEntry`.
@@ -101,11 +102,13 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// - 3: unleased ranges (`unleased`): a record never leased has no `pending` row. A file of
 ///   format 2 migrates by giving each configured sink an open range from `next_seq` on (its
 ///   `pending` rows stay as they are).
+/// - 4: no `refs` row per record: append times per commit (`times`), a record's life from the
+///   sinks holding it. Earlier files migrate their `refs` times into `times` and drop it.
 ///
 /// Opening migrates an older file in the same write transaction that stamps the new version
 /// (redb commits it whole or not at all, so a crash during the migration leaves format 1, and
 /// the next open migrates again). A newer version is refused ([`WalError::NewerFormat`]).
-pub const FORMAT_VERSION: u64 = 3;
+pub const FORMAT_VERSION: u64 = 4;
 
 /// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long
 /// (a sweep shares its commit with appends). When a sweep hits the limit it reports `more`
@@ -137,6 +140,8 @@ pub struct WalStore {
     /// Each sink's records never leased (see `unleased.rs`): the mirror of `UNLEASED`,
     /// saved in the commit that changes it.
     unleased: Unleased,
+    /// The time of the last `times` row (see `times.rs`).
+    last_time: Option<u64>,
     /// sink -> first seq of its live lane (see [`Lanes`]). Memory only: after a restart,
     /// what the WAL holds is backlog.
     live_from: HashMap<String, u64>,

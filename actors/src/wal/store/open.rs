@@ -76,7 +76,7 @@ impl WalStore {
         let txn = db.begin_write()?;
         // Create every table so readers never meet a missing one.
         txn.open_table(RECORDS)?;
-        txn.open_table(REFS)?;
+        txn.open_table(TIMES)?;
         txn.open_table(PENDING)?;
         txn.open_table(DEAD)?;
         txn.open_table(REJECTED)?;
@@ -101,6 +101,9 @@ impl WalStore {
         };
         meta.format_version = FORMAT_VERSION;
         let dropped = drop_v1_idempotency_table(&txn, &mut meta)?;
+        // Format 3 and earlier: append times per record (`refs`) become rows per commit.
+        times::migrate_refs(&txn)?;
+        let last_time = txn.open_table(TIMES)?.last()?.map(|(_, t)| t.value());
         let devices = if meta.device_usage_v1 == 1 {
             Devices::load(&txn.open_table(DEVICE_USAGE)?)?
         } else {
@@ -163,6 +166,7 @@ impl WalStore {
             meta,
             inflight: HashMap::new(),
             unleased,
+            last_time,
             history_cursor: 0,
             live_from: HashMap::new(),
             expiry_cursor: 0,

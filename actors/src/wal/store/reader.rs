@@ -53,19 +53,17 @@ impl WalStore {
             let (k, _) = row?;
             d.dead.insert((k.value().0.to_string(), k.value().1));
         }
-        // Live records only: one kept as history (no refs row, a settled lifecycle) is not.
-        let refs = txn.open_table(REFS)?;
+        // Live records only: one kept as history (a settled lifecycle) is not.
         let history = history::table(&txn)?;
         for row in txn.open_table(RECORDS)?.iter()? {
             let seq = row?.0.value();
-            let kept = refs.get(seq)?.is_none()
-                && match &history {
-                    Some(h) => h
-                        .get(seq)?
-                        .and_then(|v| Lifecycle::decode(v.value()))
-                        .is_some_and(|l| l.settled_at_ms.is_some()),
-                    None => false,
-                };
+            let kept = match &history {
+                Some(h) => h
+                    .get(seq)?
+                    .and_then(|v| Lifecycle::decode(v.value()))
+                    .is_some_and(|l| l.settled_at_ms.is_some()),
+                None => false,
+            };
             if !kept {
                 d.records.insert(seq);
             }

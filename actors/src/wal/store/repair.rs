@@ -6,8 +6,8 @@
 //!   held it, then removed with its rows;
 //! - a pending or dead row naming a missing record: quarantined and removed;
 //! - a record no row names any more: quarantined and removed (nothing would deliver it);
-//! - every `refs` row, the per-device usage and the counters in `meta`: recomputed from the
-//!   rows;
+//! - the per-device usage and the counters in `meta`: recomputed from the rows; an append
+//!   time (`times.rs`) added if none covers the first record kept (it gets the WAL's time);
 //! - kept history (settled records and lifecycle rows, `history.rs`) is given up first, and
 //!   counted: it is delivered already, and a damaged file's history cannot be trusted.
 //!
@@ -24,7 +24,8 @@ pub struct RepairReport {
     pub quarantine: String,
     pub records_quarantined: u64,
     pub rows_quarantined: u64,
-    pub refs_rewritten: u64,
+    /// 1 if no append time covered the first record kept and one was added.
+    pub times_added: u64,
     pub counters_fixed: bool,
     /// Settled records kept as history, deleted.
     pub history_dropped: u64,
@@ -51,24 +52,10 @@ impl WalStore {
         // Unleased records as rows first: the repair reasons about rows only (the next open
         // gives each configured sink its open range again).
         unleased::materialize_all(&txn, meta.next_seq)?;
+        // A file of an older format: its per-record times become `times` first.
+        times::migrate_refs(&txn)?;
         {
             let mut records = txn.open_table(RECORDS)?;
-            {
-                let mut history = txn.open_table(HISTORY)?;
-                let refs = txn.open_table(REFS)?;
-                let mut seqs = Vec::new();
-                for r in history.iter()? {
-                    seqs.push(r?.0.value());
-                }
-                for seq in seqs {
-                    history.remove(seq)?;
-                    if refs.get(seq)?.is_none() && records.remove(seq)?.is_some() {
-                        report.history_dropped += 1;
-                    }
-                }
-                (meta.history_records, meta.history_bytes) = (0, 0);
-            }
-            let mut refs = txn.open_table(REFS)?;
             let mut pending = txn.open_table(PENDING)?;
             let mut dead = txn.open_table(DEAD)?;
             // Rows by seq: (sink, is_dead).
@@ -82,6 +69,22 @@ impl WalStore {
                 let (k, _) = r?;
                 let (sink, seq) = k.value();
                 rows.entry(seq).or_default().push((sink.to_string(), true));
+            }
+            // Kept history first: every lifecycle row goes, and the settled records no sink
+            // holds with them.
+            {
+                let mut history = txn.open_table(HISTORY)?;
+                let mut seqs = Vec::new();
+                for r in history.iter()? {
+                    seqs.push(r?.0.value());
+                }
+                for seq in seqs {
+                    history.remove(seq)?;
+                    if !rows.contains_key(&seq) && records.remove(seq)?.is_some() {
+                        report.history_dropped += 1;
+                    }
+                }
+                (meta.history_records, meta.history_bytes) = (0, 0);
             }
             let mut bad = Vec::new();
             let mut good = std::collections::BTreeSet::new();
@@ -131,25 +134,12 @@ impl WalStore {
                     report.rows_quarantined += 1;
                 }
             }
-            // refs: exactly one row per kept record, counting the rows that name it.
-            let mut stale = Vec::new();
-            for r in refs.iter()? {
-                let (k, v) = r?;
-                let seq = k.value();
-                let want = rows.get(&seq).map(Vec::len).unwrap_or(0) as u32;
-                if !good.contains(&seq) || v.value().0 != want {
-                    stale.push(seq);
-                }
-            }
-            for seq in stale {
-                refs.remove(seq)?;
-            }
-            for &seq in &good {
-                let want = rows[&seq].len() as u32;
-                if refs.get(seq)?.map(|v| v.value().0) != Some(want) {
-                    let at = meta.clock_ms;
-                    refs.insert(seq, (want, at))?;
-                    report.refs_rewritten += 1;
+            // Append times: one must cover the first record kept.
+            if let Some(&first) = good.first() {
+                let mut times = txn.open_table(TIMES)?;
+                if times::appended_at(&times, first)?.is_none() {
+                    times.insert(first, meta.clock_ms)?;
+                    report.times_added = 1;
                 }
             }
             // Counters, from the rows.

@@ -27,7 +27,7 @@ impl WalStore {
             meta.next_seq += 1;
             tx.records.insert(seq, body.as_slice())?;
             tx.pending.insert((sink, seq), 0u32)?;
-            tx.refs.insert(seq, (1, now))?;
+            self.note_appended(tx, seq, now)?;
             meta.sink(sink).0 += 1;
             meta.records += 1;
             meta.live_bytes += body.len() as u64;

@@ -62,9 +62,11 @@ impl WalStore {
                         meta.sink(to).0 += 1;
                         out.moved += 1;
                     }
-                    Removal::MoveTo(_) | Removal::Rename(_) => self.unref(tx, meta, seq)?,
+                    Removal::MoveTo(_) | Removal::Rename(_) => {
+                        self.release(tx, meta, seq, Some(sink.as_str()))?
+                    }
                     Removal::Drop => {
-                        self.unref(tx, meta, seq)?;
+                        self.release(tx, meta, seq, Some(sink.as_str()))?;
                         out.dropped += 1;
                     }
                 }
@@ -109,7 +111,7 @@ impl WalStore {
                 meta.sink(to).1 += 1;
                 moved += 1;
             } else {
-                self.unref(tx, meta, seq)?;
+                self.release(tx, meta, seq, Some(from))?;
             }
         }
         Ok(moved)

@@ -10,7 +10,8 @@
 //! - For a sink, its pending records are its `pending` rows plus the seqs below `next_seq`
 //!   inside its ranges; the two never overlap.
 //! - Every seq inside a range below `next_seq` names a stored record, routed to that sink, and
-//!   counts in its `refs` row and in the sink's `pending` counter, as a row would.
+//!   holds that record (`WalStore::release`) and counts in the sink's `pending` counter, as a
+//!   row would.
 //! - Every sink the WAL queues new records for has exactly one open range `[f, u64::MAX)`;
 //!   the sinks with an open range are the sinks new records were queued for. A change of the
 //!   sink set (at open or by `config.apply`) first writes the rows of every sink that leaves,

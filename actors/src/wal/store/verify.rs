@@ -1,15 +1,16 @@
 //! `edge-gateway wal verify` (issue 14): the file's pages (redb's integrity check) and every
 //! invariant the store keeps between its tables, read in one transaction with the gateway
 //! stopped:
+//! - the file is of this release's format (an older one is migrated by the gateway's open);
 //! - every record decodes;
-//! - `refs[seq].0` equals the `pending` plus `dead` rows naming `seq` plus the sinks whose
-//!   unleased ranges hold it (`unleased.rs`); no record without a
-//!   `refs` row or the other way round; no `pending` or `dead` row naming a missing record;
+//! - every record is held by a sink (a `pending` or `dead` row, or an unleased range:
+//!   `unleased.rs`) or kept as settled history (its `history` row decodes and says so), never
+//!   both; no `pending` or `dead` row names a missing record; no `history` row names a missing
+//!   record;
 //! - every dead entry decodes;
 //! - every seq below `next_seq` in an unleased range names a stored record, and no `pending`
 //!   row names a seq its sink's ranges still hold;
-//! - a record without a `refs` row is kept history: its `history` row decodes and says it is
-//!   settled, and no `pending` or `dead` row names it; no `history` row names a missing record;
+//! - append times (`times.rs`) rise with seq and cover the first stored record;
 //! - the counters in `meta` equal the rows they count (records, live bytes, per-sink pending
 //!   and dead, kept history records and bytes).
 //!
@@ -22,7 +23,8 @@ use serde::Serialize;
 /// One thing wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
-    /// `pages`, `record`, `refs`, `orphan_row`, `dead_entry`, `history`, `unleased`, `counter`.
+    /// `pages`, `format`, `record`, `orphan_row`, `dead_entry`, `history`, `unleased`, `times`,
+    /// `counter`.
     pub kind: &'static str,
     pub detail: String,
 }
@@ -95,6 +97,17 @@ impl WalStore {
         let txn = db.begin_write()?;
         let meta = Meta::load(&txn)?;
         txn.abort()?;
+        if meta.format_version != FORMAT_VERSION {
+            report.problem(
+                "format",
+                format!(
+                    "the file is of WAL format {}, this release checks format {FORMAT_VERSION}: \
+                     start the gateway once (it migrates the file), then verify",
+                    meta.format_version
+                ),
+            );
+            return Ok(report);
+        }
         let txn = db.begin_read()?;
         let total = txn.open_table(PENDING)?.len()?
             + txn.open_table(DEAD)?.len()?
@@ -155,7 +168,6 @@ impl WalStore {
                 );
             }
         }
-        let refs = txn.open_table(REFS)?;
         // seq -> (settled, row bytes) of every lifecycle row.
         let mut history: HashMap<u64, (bool, u64)> = HashMap::new();
         let table = history::table(&txn)?;
@@ -183,38 +195,46 @@ impl WalStore {
             if let Err(e) = Record::decode(v.value()) {
                 report.problem("record", format!("record {seq} does not decode: {e}"));
             }
-            let want = named.get(&seq).copied().unwrap_or(0);
-            let n = refs.get(seq)?.map(|r| r.value().0);
-            if n.is_some() {
+            // Held by a sink (a row or a range), or kept as settled history: nothing else.
+            let held = named.get(&seq).copied().unwrap_or(0);
+            let kept = history.get(&seq).is_some_and(|h| h.0);
+            if held > 0 {
                 report.records += 1;
                 live_bytes += v.value().len() as u64;
-            }
-            match n {
-                None if history.get(&seq).is_some_and(|h| h.0) => {
-                    report.history_records += 1;
-                    history_bytes += v.value().len() as u64 + history[&seq].1;
-                    if want > 0 {
-                        report.problem(
-                            "history",
-                            format!("record {seq} is kept as settled, yet {want} rows name it"),
-                        );
-                    }
+                if kept {
+                    report.problem(
+                        "history",
+                        format!("record {seq} is kept as settled, yet {held} rows name it"),
+                    );
                 }
-                None => report.problem("refs", format!("record {seq} has no refs row")),
-                Some(n) if n != want => report.problem(
-                    "refs",
-                    format!("record {seq}: refs says {n} rows name it, {want} do"),
-                ),
-                Some(_) => {}
+            } else if kept {
+                report.history_records += 1;
+                history_bytes += v.value().len() as u64 + history[&seq].1;
+            } else {
+                report.problem(
+                    "record",
+                    format!("record {seq} is held by no sink and not kept as history"),
+                );
             }
         }
-        for row in refs.iter()? {
-            let seq = row?.0.value();
-            tick(progress);
-            if !seen.contains(&seq) {
+        // Append times: rising, and covering the first record.
+        let times = txn.open_table(TIMES)?;
+        let mut last: Option<u64> = None;
+        for row in times.iter()? {
+            let (k, v) = row?;
+            if last.is_some_and(|t| v.value() <= t) {
                 report.problem(
-                    "refs",
-                    format!("a refs row for record {seq}, which is gone"),
+                    "times",
+                    format!("the append time of seq {} does not rise", k.value()),
+                );
+            }
+            last = Some(v.value());
+        }
+        if let Some(first) = seen.iter().min() {
+            if times::appended_at(&times, *first)?.is_none() {
+                report.problem(
+                    "times",
+                    format!("no append time covers record {first}, the first stored"),
                 );
             }
         }

@@ -153,7 +153,7 @@ impl WalStore {
                     if !every {
                         self.unleased.remove_all(seq, seq + 1);
                     }
-                    tx.refs.insert(seq, (routed, now))?;
+                    self.note_appended(tx, seq, now)?;
                     let key = arrived.as_deref().unwrap_or(&r.idempotency_key);
                     let row = IdemRow {
                         at: now,
@@ -167,7 +167,7 @@ impl WalStore {
                     self.devices.add(&r.device_id, bytes.len() as u64);
                     if routed == 0 {
                         // Nothing will ever need it; keep the idempotency key only.
-                        self.unref(tx, meta, seq)?;
+                        self.release(tx, meta, seq, None)?;
                     }
                     AppendOutcome::Stored {
                         seq,
