@@ -33,6 +33,8 @@ struct Inner<M: Message> {
     depth: AtomicI64,
     max_depth: AtomicI64,
     restarts: AtomicU64,
+    /// Instances bound so far: which instance a message was handed to (see `generation`).
+    binds: AtomicU64,
     /// Restarts so far, watchable: tests wait on it instead of polling.
     restarts_seen: tokio::sync::watch::Sender<u64>,
     last_failure: Mutex<Option<String>>,
@@ -61,6 +63,7 @@ impl<M: Message> Addr<M> {
                 depth: AtomicI64::new(0),
                 max_depth: AtomicI64::new(0),
                 restarts: AtomicU64::new(0),
+                binds: AtomicU64::new(0),
                 restarts_seen: tokio::sync::watch::Sender::new(0),
                 last_failure: Mutex::new(None),
             }),
@@ -75,10 +78,18 @@ impl<M: Message> Addr<M> {
     /// predecessor died with it, so the depth starts again from zero.
     pub fn bind(&self, r: ActorRef<M>) {
         *self.inner.current.write().expect("addr lock") = Some(r);
+        self.inner.binds.fetch_add(1, Ordering::SeqCst);
         self.inner.depth.store(0, Ordering::Relaxed);
         self.inner
             .restarts_seen
             .send_replace(self.inner.restarts.load(Ordering::Relaxed));
+    }
+
+    /// Which instance is bound: changes whenever a new one is (a restart, or any new start).
+    /// A caller that handed messages to one instance can tell that a later cast goes to
+    /// another, whose predecessor may have died with those messages unanswered.
+    pub fn generation(&self) -> u64 {
+        self.inner.binds.load(Ordering::SeqCst)
     }
 
     /// A receiver of the restart count (it changes after the new instance is bound).
@@ -287,5 +298,28 @@ mod tests {
             addr.call(EchoMsg::Ping, None).await,
             Err(SendError::NotRunning(_))
         ));
+    }
+
+    /// A sender that handed messages to one instance can tell a later cast goes to another
+    /// (the MQTT session holds new messages then: `ingest::mqtt::pipeline::Ctx::wal_restarted`).
+    #[tokio::test]
+    async fn each_bound_instance_is_a_new_generation() {
+        let addr: Addr<EchoMsg> = Addr::new("echo", None);
+        let unbound = addr.generation();
+        let (r, h) = Actor::spawn(None, Echo, addr.clone()).await.unwrap();
+        addr.bind(r);
+        let first = addr.generation();
+        assert_ne!(first, unbound);
+        assert_eq!(addr.call(EchoMsg::Ping, None).await, Ok(0));
+        assert_eq!(addr.generation(), first, "messages do not move it");
+        assert!(addr.inject_failure("boom".into()));
+        h.await.unwrap();
+        let (r, _h) = Actor::spawn(None, Echo, addr.clone()).await.unwrap();
+        addr.bind(r);
+        assert_ne!(
+            addr.generation(),
+            first,
+            "a restarted instance is another generation"
+        );
     }
 }

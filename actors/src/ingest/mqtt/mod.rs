@@ -134,6 +134,7 @@ impl Actor for MqttSession {
         events.set_network_options(crate::mqtt_options::network_options());
         let ctx = Ctx {
             router: args.router,
+            wal_generation: Arc::new(args.wal.generation().into()),
             wal: args.wal,
             subs: Arc::new(subs),
             max_payload: cfg.max_payload_bytes,
@@ -206,7 +207,8 @@ impl Actor for MqttSession {
             MqttSessionMsg::Message(m) => {
                 let (publish, permit, received_ms) = *m;
                 let device = state.ctx.subs.route(&publish.topic).ok().map(|(d, _)| d);
-                let pending = if state.ctx.holding.load(std::sync::atomic::Ordering::SeqCst)
+                let pending = if state.ctx.wal_restarted()
+                    || state.ctx.holding.load(std::sync::atomic::Ordering::SeqCst)
                     || state.ctx.is_held(device.as_deref())
                 {
                     pipeline::Pending::Held

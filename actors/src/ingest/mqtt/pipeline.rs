@@ -12,9 +12,10 @@
 //!   at hand-over, e.g. the WAL restarting, or at commit, e.g. WAL full or restarting),
 //!   `holding` is set and later arrivals are not submitted by the actor but `Held` for the ack
 //!   task, which submits them one by one behind the retried one; `holding` clears when the
-//!   ack task's queue is empty. (Messages already handed over when a *commit* is refused can
-//!   still commit ahead of it if the WAL frees space or restarts in between — a window of one
-//!   group commit.)
+//!   ack task's queue is empty. A WAL restart sets `holding` too, when the actor next hands a
+//!   message over (`Ctx::wal_restarted`): what the failed instance held unanswered is retried
+//!   first. (Messages already handed over when a *commit* is refused for a full WAL can still
+//!   commit ahead of it if the WAL frees space in between — a window of one group commit.)
 //! - A device over its WAL share (`wal/quota.rs`) is held alone (`held.rs`): its messages
 //!   wait, in order, and are retried; every other device's PUBACKs keep leaving. PUBACKs
 //!   then leave out of arrival order *across* devices, never within one (the order MQTT
@@ -48,9 +49,27 @@ pub struct Ctx {
     pub held_devices: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// `mqtt.max_held_per_device`.
     pub max_held_per_device: usize,
+    /// The WAL instance (`Addr::generation`) the actor last handed a message to.
+    pub wal_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Ctx {
+    /// Whether the WAL was replaced since the actor last handed a message over. Messages
+    /// handed to the instance that died may never commit; the ack task retries them in
+    /// arrival order, so a later message must not go to the new instance ahead of them: this
+    /// sets `holding`, and the caller holds the message behind them (found by a chaos
+    /// campaign, seed 2038: a WAL failure, then a device's reading 4102 stored before its
+    /// 4100 and 4101, which had been handed to the failed instance).
+    pub fn wal_restarted(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.wal.generation();
+        if self.wal_generation.swap(now, SeqCst) == now {
+            return false;
+        }
+        self.holding.store(true, SeqCst);
+        true
+    }
+
     pub fn is_held(&self, device: Option<&str>) -> bool {
         device.is_some_and(|d| self.held_devices.lock().expect("held lock").contains(d))
     }
