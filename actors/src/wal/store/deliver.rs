@@ -43,18 +43,20 @@ impl WalStore {
                     room = room.min(live.rows.len());
                 }
                 let range = 0..=split.saturating_sub(1);
-                let backlog = pick(tx, unleased, inflight, sink, range, room, next_seq)?;
+                let mut backlog = pick(tx, unleased, inflight, sink, range, room, next_seq)?;
+                let mut live = live;
                 // The batch in seq order (backlog first).
-                let mut rows = backlog.rows.clone();
-                rows.extend(live.rows.iter().copied());
-                let mut bodies = bodies_of(tx, &backlog)?;
-                bodies.extend(bodies_of(tx, &live)?);
+                let mut bodies = bodies_of(tx, &mut backlog)?;
+                bodies.extend(bodies_of(tx, &mut live)?);
+                let mut rows = std::mem::take(&mut backlog.rows);
+                rows.append(&mut live.rows);
                 (rows, bodies, split, vec![backlog, live])
             }
             _ => {
-                let picked = pick(tx, unleased, inflight, sink, 0..=u64::MAX, max, next_seq)?;
-                let bodies = bodies_of(tx, &picked)?;
-                (picked.rows.clone(), bodies, u64::MAX, vec![picked])
+                let mut picked = pick(tx, unleased, inflight, sink, 0..=u64::MAX, max, next_seq)?;
+                let bodies = bodies_of(tx, &mut picked)?;
+                let rows = std::mem::take(&mut picked.rows);
+                (rows, bodies, u64::MAX, vec![picked])
             }
         };
         if let Some(f) = fill {
@@ -396,10 +398,10 @@ fn pick(
 }
 
 /// The encoded records of `p`'s rows, by seq (a missing one is absent): the unleased ones
-/// were read by the scan; the others in key order — one range scan over the record table
+/// were read by the scan (moved out of `p`, not copied); the others in key order — one range scan over the record table
 /// when they are dense (a backlog), lookups when they are sparse (records other sinks hold).
-fn bodies_of(tx: &Tx<'_>, p: &Pick) -> Result<HashMap<u64, Vec<u8>>, WalError> {
-    let mut out = p.bodies.clone();
+fn bodies_of(tx: &Tx<'_>, p: &mut Pick) -> Result<HashMap<u64, Vec<u8>>, WalError> {
+    let mut out = std::mem::take(&mut p.bodies);
     let picked: Vec<u64> = p.rows.iter().filter(|r| !r.2).map(|r| r.0).collect();
     let (Some(&first), Some(&last)) = (picked.first(), picked.last()) else {
         return Ok(out);
