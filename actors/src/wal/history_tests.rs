@@ -84,9 +84,10 @@ fn an_acked_record_is_kept_with_each_sinks_ack_until_its_time_is_up() {
     };
     assert_eq!(m.history_purged, 1);
     let st = s.stats();
+    // What stays of the history: sink a's run of acks, which names k2, still held by b.
     assert_eq!(
         (st.records, st.history_records, st.history_bytes),
-        (1, 0, 0)
+        (1, 0, 8 + 1 + 20)
     );
     drop(s);
     assert!(WalStore::offline_find(&path, "k1").unwrap().is_none());
@@ -153,4 +154,96 @@ fn a_long_run_of_records_still_held_does_not_stall_the_sweep() {
     let s = run(s, vec![Op::Maintain], 5_001);
     assert_eq!(s.stats().history_records, 0);
     assert_eq!(s.stats().records, 2_500);
+}
+
+/// Format 4 kept a CBOR lifecycle per record (`history: seq -> row`); written here as that
+/// release wrote it, not with this release's types.
+#[test]
+fn format_4s_lifecycle_rows_become_runs_of_acks_with_the_counters_kept() {
+    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+    const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+    const ACKS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("acks");
+    let cbor = |v: serde_json::Value| {
+        let mut b = Vec::new();
+        ciborium::into_writer(&v, &mut b).unwrap();
+        b
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    let sinks = vec!["a".to_string(), "b".to_string()];
+    // k1 settled (a at 300, b at 400, after 2 attempts); k2 acked by a, pending at b.
+    let s = WalStore::open(&path, sinks.clone(), kept(10_000, 1 << 30)).unwrap();
+    let s = run(s, vec![Op::Append(vec![rec("k1", 0), rec("k2", 0)])], 100);
+    let s = run(s, vec![lease("a"), lease("b")], 200);
+    drop(s);
+    // What format 4 held then: the same rows with the acks as lifecycles, b's row of k1 gone.
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    let row1 = cbor(serde_json::json!({"settled_at_ms": 400, "acked": [
+        {"sink": "a", "attempts": 1, "at_ms": 300}, {"sink": "b", "attempts": 2, "at_ms": 400}]}));
+    let row2 = cbor(serde_json::json!({"acked": [{"sink": "a", "attempts": 1, "at_ms": 300}]}));
+    {
+        let len1 = txn
+            .open_table(RECORDS)
+            .unwrap()
+            .get(1)
+            .unwrap()
+            .unwrap()
+            .value()
+            .len() as u64;
+        let mut pending: redb::Table<(&str, u64), u32> =
+            txn.open_table(TableDefinition::new("pending")).unwrap();
+        for (sink, seq) in [("a", 1), ("a", 2), ("b", 1)] {
+            pending.remove((sink, seq)).unwrap();
+        }
+        let mut h = txn.open_table(HISTORY).unwrap();
+        h.insert(1, row1.as_slice()).unwrap();
+        h.insert(2, row2.as_slice()).unwrap();
+        let mut m = txn.open_table(META).unwrap();
+        let live = m.get("live_bytes").unwrap().unwrap().value();
+        for (k, v) in [
+            ("format_version", 4),
+            ("records", 1),
+            ("live_bytes", live - len1),
+            ("history_records", 1),
+            ("history_bytes", len1 + row1.len() as u64),
+            ("pending/a", 0),
+            ("pending/b", 1),
+            ("acked/a", 2),
+            ("acked/b", 1),
+        ] {
+            m.insert(k, v).unwrap();
+        }
+    }
+    txn.delete_table(ACKS).unwrap();
+    txn.commit().unwrap();
+    drop(db);
+
+    let s = WalStore::open(&path, sinks, kept(10_000, 1 << 30)).unwrap();
+    assert_eq!((s.stats().records, s.stats().history_records), (1, 1));
+    drop(s);
+    let report = WalStore::verify(&path).unwrap();
+    assert!(report.ok(), "{report:?}");
+    let v = WalStore::offline_find(&path, "k1").unwrap().unwrap();
+    assert_eq!(v.settled_at_wal_ms, Some(400));
+    let acks: Vec<_> = v
+        .sinks
+        .iter()
+        .map(|x| (x.sink.as_str(), x.state, x.attempts, x.acked_at_wal_ms))
+        .collect();
+    assert_eq!(
+        acks,
+        [
+            ("a", "acked", Some(1), Some(300)),
+            ("b", "acked", Some(2), Some(400))
+        ]
+    );
+    let v = WalStore::offline_find(&path, "k2").unwrap().unwrap();
+    assert_eq!((v.sinks[0].state, v.sinks[1].state), ("acked", "pending"));
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    assert!(txn.open_table(HISTORY).is_err(), "the lifecycle table goes");
+    assert_eq!(txn.open_table(ACKS).unwrap().len().unwrap(), 3);
 }

@@ -12,9 +12,9 @@ pub use record::*;
 pub use rejected::Rejected;
 pub use store::{
     free_space_of, glob, AppendRefused, BackupReport, Compacted, DeadFilter, DeadLetter, DeadRow,
-    DiskFull, Dump, FreeSpace, Full, HistoryRow, Lifecycle, MaintainReport, Op, OpResult, Problem,
-    RecordView, Removal, RepairReport, SinkState, SinksChanged, VerifyReport, WalError, WalLimits,
-    WalReader, WalStore, FORMAT_VERSION,
+    DiskFull, Dump, FreeSpace, Full, HistoryRow, MaintainReport, Op, OpResult, Problem, RecordView,
+    Removal, RepairReport, SinkState, SinksChanged, VerifyReport, WalError, WalLimits, WalReader,
+    WalStore, FORMAT_VERSION,
 };
 
 #[cfg(test)]

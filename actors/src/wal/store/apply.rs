@@ -156,7 +156,7 @@ pub(super) struct Tx<'t> {
     pub(super) idem: redb::Table<'t, (u64, &'static str), (u64, &'static str, u64)>,
     pub(super) rejected: redb::Table<'t, u64, &'static [u8]>,
     pub(super) device_usage: redb::Table<'t, &'static str, (u64, u64)>,
-    pub(super) history: redb::Table<'t, u64, &'static [u8]>,
+    pub(super) acks: redb::Table<'t, (u64, &'static str), &'static [u8]>,
     pub(super) unleased: redb::Table<'t, (&'static str, u64), u64>,
 }
 
@@ -170,7 +170,7 @@ impl<'t> Tx<'t> {
             idem: txn.open_table(IDEM)?,
             rejected: txn.open_table(REJECTED)?,
             device_usage: txn.open_table(DEVICE_USAGE)?,
-            history: txn.open_table(HISTORY)?,
+            acks: txn.open_table(history::runs::ACKS)?,
             unleased: txn.open_table(UNLEASED)?,
         })
     }

@@ -57,7 +57,11 @@ fn rows(src: &ReadTransaction) -> Result<u64, WalError> {
         + src.open_table(REJECTED)?.len()?
         + src.open_table(IDEM)?.len()?
         + src.open_table(DEVICE_USAGE)?.len()?
-        + history::table(src)?.map_or(Ok(0), |t| t.len())?
+        + history::runs::table(src)?.map_or(Ok(0), |t| t.len())?
+        + match src.open_table(history::runs::HISTORY_V4) {
+            Ok(t) => t.len()?,
+            Err(_) => 0,
+        }
         + unleased::table(src)?.map_or(Ok(0), |t| t.len())?)
 }
 
@@ -95,11 +99,17 @@ pub(super) fn write(
         copy(src, &txn, TIMES, &mut c)?;
     }
     // A file not opened since an older release still has its per-record times there.
-    if src
-        .list_tables()?
-        .any(|t| redb::TableHandle::name(&t) == "refs")
-    {
+    let has = |name: &str| -> Result<bool, WalError> {
+        Ok(src
+            .list_tables()?
+            .any(|t| redb::TableHandle::name(&t) == name))
+    };
+    if has("refs")? {
         copy(src, &txn, times::REFS, &mut c)?;
+    }
+    // And its lifecycle rows (format 4 and earlier).
+    if has("history")? {
+        copy(src, &txn, history::runs::HISTORY_V4, &mut c)?;
     }
     copy(src, &txn, PENDING, &mut c)?;
     copy(src, &txn, DEAD, &mut c)?;
@@ -107,8 +117,8 @@ pub(super) fn write(
     copy(src, &txn, REJECTED, &mut c)?;
     copy(src, &txn, IDEM, &mut c)?;
     copy(src, &txn, DEVICE_USAGE, &mut c)?;
-    if history::table(src)?.is_some() {
-        copy(src, &txn, HISTORY, &mut c)?;
+    if history::runs::table(src)?.is_some() {
+        copy(src, &txn, history::runs::ACKS, &mut c)?;
     }
     if unleased::table(src)?.is_some() {
         copy(src, &txn, UNLEASED, &mut c)?;

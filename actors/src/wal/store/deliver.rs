@@ -141,6 +141,7 @@ impl WalStore {
         now: u64,
     ) -> Result<OpResult, WalError> {
         let (mut acked, mut dead, mut retried, mut exhausted) = (0, 0, 0, 0);
+        let mut runs = history::runs::Runs::default();
         for (seq, outcome) in outcomes {
             if let Some(m) = self.inflight.get_mut(sink) {
                 m.remove(&seq);
@@ -158,7 +159,12 @@ impl WalStore {
                     let s = meta.sink(sink);
                     s.0 -= 1;
                     s.2 += 1;
-                    self.unref_acked(tx, meta, sink, seq, attempts, now)?;
+                    if self.limits.keeps_history() {
+                        self.keep_acked(tx, meta, sink, seq)?;
+                        runs.push(seq, attempts, now);
+                    } else {
+                        self.release(tx, meta, seq, Some(sink))?;
+                    }
                     acked += 1;
                 }
                 Outcome::Retry(reason) if attempts >= self.limits.max_attempts => {
@@ -182,6 +188,7 @@ impl WalStore {
                 }
             }
         }
+        self.keep_runs(tx, meta, sink, runs)?;
         Ok(OpResult::Settled {
             sink: sink.to_string(),
             acked,
@@ -258,9 +265,7 @@ impl WalStore {
             self.devices.remove(&device, body.len() as u64);
             meta.records = meta.records.saturating_sub(1);
         }
-        if self.limits.keeps_history() {
-            tx.history.remove(seq)?; // acks of other sinks, if any
-        }
+        // Acks other sinks kept of it: their runs go with the history sweep.
         Ok(())
     }
 }

@@ -81,22 +81,13 @@ pub(super) fn find(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Recor
     };
     let (pending, dead) = (txn.open_table(PENDING)?, txn.open_table(DEAD)?);
     let unleased = unleased::table(txn)?;
-    let meta = txn.open_table(META)?;
-    let mut sinks = std::collections::BTreeSet::new();
-    for row in meta.iter()? {
-        let (k, _) = row?;
-        if let Some(("pending", s)) = k.value().split_once('/') {
-            sinks.insert(s.to_string());
-        }
-    }
-    let life = match history::table(txn)? {
-        Some(t) => t.get(seq)?.and_then(|v| Lifecycle::decode(v.value())),
-        None => None,
-    }
-    .unwrap_or_default();
+    let acks = match history::runs::table(txn)? {
+        Some(t) => history::runs::acks_of(&t, seq)?,
+        None => Vec::new(),
+    };
     let mut out = Vec::new();
-    for sink in sinks {
-        let ack = life.acked.iter().rev().find(|a| a.sink == sink);
+    for sink in history::known_sinks(txn)? {
+        let ack = acks.iter().rev().find(|a| a.sink == sink);
         let p = match pending.get((sink.as_str(), seq))? {
             Some(v) => Some(v.value()),
             None => match &unleased {
@@ -124,12 +115,15 @@ pub(super) fn find(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Recor
             dead: d,
         });
     }
+    let held = out
+        .iter()
+        .any(|s| s.state == "pending" || s.state == "dead");
     Ok(Some(RecordView {
         wal_seq: seq,
         appended_at_wal_ms: appended,
         record,
         sinks: out,
-        settled_at_wal_ms: life.settled_at_ms,
+        settled_at_wal_ms: history::settled_at(&acks).filter(|_| !held),
     }))
 }
 

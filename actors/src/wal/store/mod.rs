@@ -52,8 +52,7 @@ mod backup;
 mod compact;
 mod deliver;
 mod history;
-use history::HISTORY;
-pub use history::{HistoryRow, Lifecycle, SinkAck};
+pub use history::{HistoryRow, SinkAck};
 mod apply;
 mod dlq;
 mod lookup;
@@ -108,7 +107,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Opening migrates an older file in the same write transaction that stamps the new version
 /// (redb commits it whole or not at all, so a crash during the migration leaves format 1, and
 /// the next open migrates again). A newer version is refused ([`WalError::NewerFormat`]).
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
 
 /// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long
 /// (a sweep shares its commit with appends). When a sweep hits the limit it reports `more`
@@ -147,8 +146,9 @@ pub struct WalStore {
     live_from: HashMap<String, u64>,
     /// Records below this seq were already examined for age expiry since open.
     expiry_cursor: u64,
-    /// Where the history sweep goes on (`history.rs`).
-    history_cursor: u64,
+    /// Where the history sweep goes on: the first seq of a run, and the seq in it
+    /// (`history/mod.rs`).
+    history_cursor: (u64, u64),
     /// idempotency key -> the time of its row in `IDEM` (`key_index.rs`). Rebuilt on open. A
     /// wrong hint can only make a duplicate look new (stored twice: allowed), never the
     /// reverse, because a hit is confirmed against the row's key.

@@ -83,6 +83,7 @@ impl WalStore {
         txn.open_table(IDEM)?;
         txn.open_table(DEVICE_USAGE)?;
         txn.open_table(UNLEASED)?;
+        txn.open_table(history::runs::ACKS)?;
         let mut meta = Meta::load(&txn)?;
         if meta.format_version > FORMAT_VERSION {
             txn.abort()?;
@@ -103,6 +104,8 @@ impl WalStore {
         let dropped = drop_v1_idempotency_table(&txn, &mut meta)?;
         // Format 3 and earlier: append times per record (`refs`) become rows per commit.
         times::migrate_refs(&txn)?;
+        // Format 4 and earlier: lifecycle rows per record become runs of acks.
+        history::runs::migrate_lifecycles(&txn, &mut meta)?;
         let last_time = txn.open_table(TIMES)?.last()?.map(|(_, t)| t.value());
         let devices = if meta.device_usage_v1 == 1 {
             Devices::load(&txn.open_table(DEVICE_USAGE)?)?
@@ -167,7 +170,7 @@ impl WalStore {
             inflight: HashMap::new(),
             unleased,
             last_time,
-            history_cursor: 0,
+            history_cursor: (0, 0),
             live_from: HashMap::new(),
             expiry_cursor: 0,
             idem,

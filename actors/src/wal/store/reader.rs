@@ -53,18 +53,16 @@ impl WalStore {
             let (k, _) = row?;
             d.dead.insert((k.value().0.to_string(), k.value().1));
         }
-        // Live records only: one kept as history (a settled lifecycle) is not.
-        let history = history::table(&txn)?;
+        // Live records only: held by a sink (one kept as history is held by none).
+        let held: std::collections::HashSet<u64> = d
+            .pending
+            .keys()
+            .chain(d.dead.iter())
+            .map(|(_, seq)| *seq)
+            .collect();
         for row in txn.open_table(RECORDS)?.iter()? {
             let seq = row?.0.value();
-            let kept = match &history {
-                Some(h) => h
-                    .get(seq)?
-                    .and_then(|v| Lifecycle::decode(v.value()))
-                    .is_some_and(|l| l.settled_at_ms.is_some()),
-                None => false,
-            };
-            if !kept {
+            if held.contains(&seq) {
                 d.records.insert(seq);
             }
         }

@@ -8,7 +8,7 @@
 //! - a record no row names any more: quarantined and removed (nothing would deliver it);
 //! - the per-device usage and the counters in `meta`: recomputed from the rows; an append
 //!   time (`times.rs`) added if none covers the first record kept (it gets the WAL's time);
-//! - kept history (settled records and lifecycle rows, `history.rs`) is given up first, and
+//! - kept history (settled records and runs of acks, `history/`) is given up first, and
 //!   counted: it is delivered already, and a damaged file's history cannot be trusted.
 //!
 //! Pages redb cannot repair are beyond this: restore a backup.
@@ -70,16 +70,27 @@ impl WalStore {
                 let (sink, seq) = k.value();
                 rows.entry(seq).or_default().push((sink.to_string(), true));
             }
-            // Kept history first: every lifecycle row goes, and the settled records no sink
-            // holds with them.
+            // Kept history first: every run of acks goes (and format 4's lifecycle rows), and
+            // the settled records no sink holds with them.
             {
-                let mut history = txn.open_table(HISTORY)?;
                 let mut seqs = Vec::new();
-                for r in history.iter()? {
-                    seqs.push(r?.0.value());
+                let mut acks = txn.open_table(history::runs::ACKS)?;
+                for r in acks.iter()? {
+                    let (k, v) = r?;
+                    let first = k.value().0;
+                    let last =
+                        history::runs::Run::decode(first, v.value()).map_or(first, |r| r.last);
+                    seqs.extend(first..=last);
+                }
+                acks.retain(|_, _| false)?;
+                if let Ok(old) = txn.open_table(history::runs::HISTORY_V4) {
+                    for r in old.iter()? {
+                        seqs.push(r?.0.value());
+                    }
+                    drop(old);
+                    txn.delete_table(history::runs::HISTORY_V4)?;
                 }
                 for seq in seqs {
-                    history.remove(seq)?;
                     if !rows.contains_key(&seq) && records.remove(seq)?.is_some() {
                         report.history_dropped += 1;
                     }

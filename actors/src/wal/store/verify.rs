@@ -4,9 +4,9 @@
 //! - the file is of this release's format (an older one is migrated by the gateway's open);
 //! - every record decodes;
 //! - every record is held by a sink (a `pending` or `dead` row, or an unleased range:
-//!   `unleased.rs`) or kept as settled history (its `history` row decodes and says so), never
-//!   both; no `pending` or `dead` row names a missing record; no `history` row names a missing
-//!   record;
+//!   `unleased.rs`) or kept as settled history (no sink holds it and a run of acks covers
+//!   it: `history/runs.rs`); no `pending` or `dead` row names a missing record; every run of
+//!   acks decodes;
 //! - every dead entry decodes;
 //! - every seq below `next_seq` in an unleased range names a stored record, and no `pending`
 //!   row names a seq its sink's ranges still hold;
@@ -168,23 +168,22 @@ impl WalStore {
                 );
             }
         }
-        // seq -> (settled, row bytes) of every lifecycle row.
-        let mut history: HashMap<u64, (bool, u64)> = HashMap::new();
-        let table = history::table(&txn)?;
-        for row in table.iter().flat_map(|t| t.iter()).flatten() {
+        // Every run of acks decodes; their rows count in the kept history's bytes (a run whose
+        // records are all gone is legal until the history sweep deletes it).
+        let acks = txn.open_table(history::runs::ACKS)?;
+        let mut history_bytes = 0u64;
+        for row in acks.iter()? {
             let (k, v) = row?;
-            let seq = k.value();
-            match Lifecycle::decode(v.value()) {
-                Some(l) => {
-                    history.insert(seq, (l.settled_at_ms.is_some(), v.value().len() as u64));
-                }
-                None => report.problem(
+            let (first, sink) = k.value();
+            history_bytes += history::runs::run_bytes(sink);
+            if history::runs::Run::decode(first, v.value()).is_none() {
+                report.problem(
                     "history",
-                    format!("the lifecycle row of record {seq} does not decode"),
-                ),
+                    format!("the run of acks of sink {sink:?} from {first} does not decode"),
+                );
             }
         }
-        let mut history_bytes = 0u64;
+        let mut covering = history::runs::Covering::new(history::runs::all_runs(&acks)?);
         let mut live_bytes = 0u64;
         let mut seen = std::collections::HashSet::new();
         for row in txn.open_table(RECORDS)?.iter()? {
@@ -195,21 +194,15 @@ impl WalStore {
             if let Err(e) = Record::decode(v.value()) {
                 report.problem("record", format!("record {seq} does not decode: {e}"));
             }
-            // Held by a sink (a row or a range), or kept as settled history: nothing else.
+            // Held by a sink (a row or a range), or kept as settled history (acked, held by
+            // none): nothing else.
             let held = named.get(&seq).copied().unwrap_or(0);
-            let kept = history.get(&seq).is_some_and(|h| h.0);
             if held > 0 {
                 report.records += 1;
                 live_bytes += v.value().len() as u64;
-                if kept {
-                    report.problem(
-                        "history",
-                        format!("record {seq} is kept as settled, yet {held} rows name it"),
-                    );
-                }
-            } else if kept {
+            } else if !covering.at(seq)?.is_empty() {
                 report.history_records += 1;
-                history_bytes += v.value().len() as u64 + history[&seq].1;
+                history_bytes += v.value().len() as u64;
             } else {
                 report.problem(
                     "record",
@@ -237,18 +230,6 @@ impl WalStore {
                     format!("no append time covers record {first}, the first stored"),
                 );
             }
-        }
-        let mut gone: Vec<u64> = history
-            .keys()
-            .filter(|s| !seen.contains(s))
-            .copied()
-            .collect();
-        gone.sort_unstable();
-        for seq in gone {
-            report.problem(
-                "history",
-                format!("a lifecycle row for record {seq}, which is gone"),
-            );
         }
         if (meta.history_records, meta.history_bytes) != (report.history_records, history_bytes) {
             report.problem(
