@@ -31,8 +31,11 @@ use crate::sinks::PublishResult;
 use crate::wal::Outcome;
 use std::collections::BTreeMap;
 
-/// Lease-publish cycles in flight per lane: the next lease overlaps the current publish.
-pub const PIPELINE: usize = 2;
+/// Lease-publish cycles in flight per lane: the next leases overlap the current publish, so
+/// the WAL's commits (lease, settle: an fsync each) are off the sink's path. 2 left the drain
+/// waiting on them (1 M records to a local HTTP sink: 7.8–8.6 s; with 3: 6.1–6.2 s,
+/// docs/benchmarks.md, session 12). Publishers take batches in order, so more only queues.
+pub const PIPELINE: usize = 3;
 
 /// Deliveries in a row at a reduced lease limit before it doubles again.
 pub const GOOD_BEFORE_GROWING: u32 = 8;
@@ -133,6 +136,8 @@ struct Issued {
 #[derive(Debug)]
 pub struct Lane<B> {
     batch_size: usize,
+    /// Cycles in flight at most ([`PIPELINE`]; tests vary it).
+    pipeline: usize,
     /// Records per lease now: `batch_size`, or less after the sink refused a batch as a whole
     /// (too big, or one bad record in it): halved until the refusal is down to one record,
     /// doubled again after [`GOOD_BEFORE_GROWING`] deliveries in a row.
@@ -162,6 +167,7 @@ impl<B: Batch> Lane<B> {
     pub fn new(batch_size: usize) -> Self {
         Lane {
             batch_size: batch_size.max(1),
+            pipeline: PIPELINE,
             limit: batch_size.max(1),
             delivered_at_limit: 0,
             in_flight: 0,
@@ -178,6 +184,12 @@ impl<B: Batch> Lane<B> {
             next_complete: 0,
             ended: BTreeMap::new(),
         }
+    }
+
+    /// At most `depth` cycles in flight (at least one).
+    pub fn with_pipeline(mut self, depth: usize) -> Self {
+        self.pipeline = depth.max(1);
+        self
     }
 
     pub fn in_flight(&self) -> usize {
@@ -234,7 +246,7 @@ impl<B: Batch> Lane<B> {
             // The old epoch's records must be back in the WAL before the next lease.
             self.in_flight == 0
         } else {
-            self.in_flight < PIPELINE
+            self.in_flight < self.pipeline
         }
     }
 

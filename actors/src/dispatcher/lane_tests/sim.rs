@@ -1,6 +1,6 @@
 //! The simulated world the lane runs in for the property test (see `lane_tests`).
 
-use super::super::lane::{Action, Event, Lane};
+use super::super::lane::{Action, Event, Lane, PIPELINE};
 use super::Seqs;
 use crate::sinks::PublishResult;
 use crate::wal::Outcome;
@@ -64,6 +64,8 @@ pub(super) struct World {
     pub(super) replies: Vec<Reply>,
     inst: u32,
     lane: Lane<Seqs>,
+    /// The lane's cycles in flight at most.
+    pipeline: usize,
     paused: bool,
     /// Publishes the dispatcher stopped waiting for: their answers go nowhere.
     timed_out: HashSet<(u32, u64)>,
@@ -85,11 +87,17 @@ impl World {
             replies: Vec::new(),
             inst: 0,
             lane: Lane::new(batch_size),
+            pipeline: PIPELINE,
             paused: false,
             timed_out: HashSet::new(),
             delivered: Vec::new(),
             faults: 0,
         }
+    }
+
+    pub(super) fn set_pipeline(&mut self, depth: usize) {
+        self.pipeline = depth;
+        self.lane = Lane::new(self.batch_size).with_pipeline(depth);
     }
 
     fn feed(&mut self, event: Event<Seqs>) {
@@ -257,7 +265,7 @@ impl World {
     pub(super) fn restart_dispatcher(&mut self) {
         self.faults += 1;
         self.inst += 1;
-        self.lane = Lane::new(self.batch_size);
+        self.lane = Lane::new(self.batch_size).with_pipeline(self.pipeline);
         self.paused = false;
         self.wal.push_back(WalOp::ReleaseLeases);
     }
