@@ -5,10 +5,10 @@ use super::*;
 
 impl Wal {
     pub(super) fn start_commit(myself: &ActorRef<WalMsg>, state: &mut WalState) {
-        let Some((store, ops)) = state.take_group() else {
+        let Some((store, jobs)) = state.take_group() else {
             return;
         };
-        state.metrics.wal_commit_ops.observe(ops.len() as f64);
+        state.metrics.wal_commit_ops.observe(jobs.len() as f64);
         state.metrics.pulse.wal_busy(now_ms());
         let stall = state.stall_next.take();
         let now = state.clock.now_ms();
@@ -25,10 +25,7 @@ impl Wal {
         let addr = state.addr.clone();
         // The group's span (`traces`): only looked for when traces are on.
         let (records, append_ops, kept) = if crate::traces::enabled() {
-            let appended = ops.iter().filter_map(|op| match op {
-                Op::Append(rs) => Some(rs),
-                _ => None,
-            });
+            let appended = jobs.iter().filter_map(Job::appended);
             let records = appended.clone().map(Vec::len).sum::<usize>();
             let kept = crate::traces::kept_contexts(appended.clone().flatten());
             (records, appended.count(), kept)
@@ -45,11 +42,27 @@ impl Wal {
                     // Chaos hook only (`admin.chaos`): a disk that hangs.
                     std::thread::sleep(d);
                 }
-                store.apply(ops, now)
+                let durable = jobs.iter().any(Job::needs_durability);
+                store
+                    .apply_with(jobs, now, durable, |a, job| job.run(a))
+                    .map(|(store, mut answers, compacted)| {
+                        // The sweep's report says what compaction followed it.
+                        if let Some(Answer::Cast(OpResult::Maintained(rep))) =
+                            answers.iter_mut().find(|a| a.maintained().is_some())
+                        {
+                            rep.compacted = compacted;
+                        }
+                        (store, answers)
+                    })
             })
             .await;
-            let result =
-                joined.unwrap_or_else(|e| Err(WalError::Storage(format!("commit task: {e}"))));
+            let result = joined.unwrap_or_else(|e| {
+                Err(GroupFailed {
+                    error: WalError::Storage(format!("commit task: {e}")),
+                    answered: Vec::new(),
+                    rest: Vec::new(),
+                })
+            });
             if result.is_ok() {
                 crate::traces::commit_span(started_wall, &kept, records, append_ops);
             }
@@ -61,8 +74,8 @@ impl Wal {
         }));
     }
 
-    pub(super) fn enqueue(myself: &ActorRef<WalMsg>, state: &mut WalState, op: Op, waiter: Waiter) {
-        state.queue.push_back((op, waiter));
+    pub(super) fn enqueue(myself: &ActorRef<WalMsg>, state: &mut WalState, job: Job) {
+        state.queue.push_back(job);
         Self::start_commit(myself, state);
     }
 
@@ -79,7 +92,7 @@ impl Wal {
             .wal_commit_seconds
             .observe(c.elapsed.as_secs_f64());
         match c.result {
-            Ok((mut store, results)) => {
+            Ok((mut store, answers)) => {
                 // Counted after the fact: what the commit made Dead, however.
                 for (sink, class) in store.take_dead_events() {
                     state
@@ -88,18 +101,21 @@ impl Wal {
                         .with_label_values(&[&sink, class.as_str()])
                         .inc();
                 }
-                note_maintenance(&state.metrics, &results);
-                note_disk(myself, state, &results);
-                if sweep_has_more(&results) {
-                    state.queue.push_back((Op::Maintain, Waiter::Nobody));
+                note_maintenance(&state.metrics, &answers);
+                note_disk(myself, state, &answers);
+                if sweep_has_more(&answers) {
+                    state.queue.push_back(Job::Cast(Op::Maintain));
                 }
-                state.finish(store, results);
+                state.finish(store, answers);
                 Self::start_commit(myself, state);
                 Ok(())
             }
-            Err(e) if e.is_no_space() => {
+            Err(failed) if failed.error.is_no_space() => {
                 // Not the store's fault: reopen in place and carry on delivering.
-                state.fail_waiters("disk full: not committed, retry");
+                let why = "disk full: not committed, retry";
+                fail_group(failed.answered, failed.rest, why);
+                state.fail_waiters(why);
+                let e = failed.error;
                 state.metrics.wal_disk_full.set(1);
                 state.metrics.wal_enospc.inc();
                 let reserve = state.open.reserve_path();
@@ -122,11 +138,23 @@ impl Wal {
                     .send_modify(|mark| *mark = mark.wrapping_add(1));
                 Ok(())
             }
-            Err(e) => {
+            Err(failed) => {
+                let e = failed.error;
                 tracing::error!(error = %e, "WAL commit failed; failing so the supervisor reopens the file");
+                fail_group(failed.answered, failed.rest, "WAL commit failed");
                 state.fail_waiters("WAL commit failed");
                 Err(e.into())
             }
         }
+    }
+}
+
+/// A group that did not commit: every caller in it gets an error, never an ack.
+fn fail_group(answered: Vec<Answer>, rest: Vec<Job>, why: &str) {
+    for a in answered {
+        a.fail(why);
+    }
+    for j in rest {
+        j.fail(why);
     }
 }

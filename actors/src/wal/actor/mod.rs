@@ -23,7 +23,9 @@
 //! - `Fail`, `Stall` <- admin API chaos hooks (fail; the next commit hangs as on a hung disk)
 //!
 //! Group commit: operations queue while one commit runs on the blocking pool; when it
-//! returns, everything queued meanwhile goes into the next transaction. One fsync thus
+//! returns, everything queued meanwhile goes into the next transaction. Each queued `Job`
+//! carries its caller's reply port into the commit and comes back as an `Answer` beside its
+//! own result (`job.rs`); the answers are sent only after the commit returned. One fsync thus
 //! serves every append that arrived during the previous one. The store itself moves into the
 //! blocking task and back, so no redb call ever runs on a tokio worker.
 //!
@@ -46,8 +48,8 @@ use super::quota::DeviceQuota;
 use super::record::{AppendOutcome, Leased, Outcome, Record, WalStats};
 use super::rejected::Rejected;
 use super::store::{
-    AppendRefused, DeadFilter, DiskFull, Full, Op, OpResult, WalError, WalLimits, WalReader,
-    WalStore,
+    AppendRefused, DeadFilter, DiskFull, Full, GroupFailed, MaintainReport, Op, OpResult, Removal,
+    WalError, WalLimits, WalReader, WalStore,
 };
 use crate::addr::{Addr, Failable};
 use crate::metrics::Metrics;
@@ -179,7 +181,7 @@ impl Failable for WalMsg {
 }
 
 pub struct Committed {
-    result: Result<(WalStore, Vec<OpResult>), WalError>,
+    result: Result<(WalStore, Vec<Answer>), GroupFailed<Job, Answer>>,
     elapsed: Duration,
 }
 
@@ -200,26 +202,13 @@ pub struct WalArgs {
     pub min_free_bytes: u64,
 }
 
-/// Who waits for an operation's result.
-pub enum Waiter {
-    Append(RpcReplyPort<AppendReply>),
-    Lease(RpcReplyPort<Vec<Leased>>),
-    Requeue(RpcReplyPort<usize>),
-    Purge(RpcReplyPort<usize>),
-    Replay(RpcReplyPort<Result<usize, String>>),
-    Sinks(RpcReplyPort<crate::wal::store::SinksChanged>),
-    Reject(RpcReplyPort<Result<u64, AppendError>>),
-    StopLeases(RpcReplyPort<usize>),
-    Nobody,
-}
-
 /// The actor's state: the commit queue, and the store when no commit holds it.
 pub struct WalState {
     store: Option<WalStore>,
     /// Chaos hook: how long the next commit hangs.
     stall_next: Option<Duration>,
-    queue: VecDeque<(Op, Waiter)>,
-    in_commit: Vec<Waiter>,
+    /// Jobs waiting for the next group; a group in commit travels with its task.
+    queue: VecDeque<Job>,
     last_stats: WalStats,
     /// Shares the store's database for reads; `None` while the store is being reopened (the
     /// file lock goes with the last handle, so a reopen must not keep one).
@@ -279,7 +268,7 @@ impl Actor for Wal {
         match msg {
             WalMsg::Committed(c) => Self::on_committed(&myself, state, *c).await,
             WalMsg::Maintain => {
-                Self::enqueue(&myself, state, Op::Maintain, Waiter::Nobody);
+                Self::enqueue(&myself, state, Job::Cast(Op::Maintain));
                 Ok(())
             }
             WalMsg::ReserveMade(made) => {
@@ -291,7 +280,7 @@ impl Actor for Wal {
                 Ok(())
             }
             WalMsg::Append { records, reply } => {
-                Self::enqueue(&myself, state, Op::Append(records), Waiter::Append(reply));
+                Self::enqueue(&myself, state, Job::Append { records, reply });
                 Ok(())
             }
             WalMsg::Lease {
@@ -301,19 +290,20 @@ impl Actor for Wal {
                 lanes,
                 reply,
             } => {
-                let op = Op::Lease {
+                let job = Job::Lease {
                     sink,
                     max,
                     fill,
                     lanes,
+                    reply,
                 };
-                Self::enqueue(&myself, state, op, Waiter::Lease(reply));
+                Self::enqueue(&myself, state, job);
                 Ok(())
             }
             WalMsg::Settle { sink, outcomes } => {
                 note_settles(&state.metrics, &sink, &outcomes);
-                let op = Op::Settle { sink, outcomes };
-                Self::enqueue(&myself, state, op, Waiter::Nobody);
+                let job = Job::Cast(Op::Settle { sink, outcomes });
+                Self::enqueue(&myself, state, job);
                 Ok(())
             }
             WalMsg::Replay {
@@ -321,8 +311,12 @@ impl Actor for Wal {
                 records,
                 reply,
             } => {
-                let op = Op::Replay { sink, records };
-                Self::enqueue(&myself, state, op, Waiter::Replay(reply));
+                let job = Job::Replay {
+                    sink,
+                    records,
+                    reply,
+                };
+                Self::enqueue(&myself, state, job);
                 Ok(())
             }
             WalMsg::Requeue {
@@ -331,12 +325,13 @@ impl Actor for Wal {
                 filter,
                 reply,
             } => {
-                let op = Op::Requeue {
+                let job = Job::Requeue {
                     sink,
                     limit,
                     filter,
+                    reply,
                 };
-                Self::enqueue(&myself, state, op, Waiter::Requeue(reply));
+                Self::enqueue(&myself, state, job);
                 Ok(())
             }
             WalMsg::PurgeDead {
@@ -345,12 +340,13 @@ impl Actor for Wal {
                 limit,
                 reply,
             } => {
-                let op = Op::PurgeDead {
+                let job = Job::PurgeDead {
                     sink,
                     filter,
                     limit,
+                    reply,
                 };
-                Self::enqueue(&myself, state, op, Waiter::Purge(reply));
+                Self::enqueue(&myself, state, job);
                 Ok(())
             }
             WalMsg::SetSinks {
@@ -358,20 +354,24 @@ impl Actor for Wal {
                 removed,
                 reply,
             } => {
-                let op = Op::Sinks { sinks, removed };
-                Self::enqueue(&myself, state, op, Waiter::Sinks(reply));
+                let job = Job::Sinks {
+                    sinks,
+                    removed,
+                    reply,
+                };
+                Self::enqueue(&myself, state, job);
                 Ok(())
             }
             WalMsg::StopLeases(reply) => {
-                Self::enqueue(&myself, state, Op::StopLeases, Waiter::StopLeases(reply));
+                Self::enqueue(&myself, state, Job::StopLeases(reply));
                 Ok(())
             }
             WalMsg::ReleaseLeases => {
-                Self::enqueue(&myself, state, Op::ReleaseLeases, Waiter::Nobody);
+                Self::enqueue(&myself, state, Job::Cast(Op::ReleaseLeases));
                 Ok(())
             }
             WalMsg::Reject { entry, reply } => {
-                Self::enqueue(&myself, state, Op::Reject(entry), Waiter::Reject(reply));
+                Self::enqueue(&myself, state, Job::Reject { entry, reply });
                 Ok(())
             }
             WalMsg::Stats(reply) => {
@@ -421,6 +421,8 @@ impl Actor for Wal {
 mod clock;
 mod commit;
 mod disk;
+mod job;
+pub use job::{Answer, Job};
 mod open;
 use open::reopen_on_full_disk;
 mod notes;

@@ -17,16 +17,16 @@ pub(super) fn read_answer<T>(
 
 /// Disk state after a commit: the gauge, and a try at the reserve once there is room again
 /// (on the blocking pool; the answer comes back as `ReserveMade`).
-pub(super) fn note_disk(myself: &ActorRef<WalMsg>, state: &mut WalState, results: &[OpResult]) {
-    for r in results {
-        if let OpResult::Appended(a) = r {
+pub(super) fn note_disk(myself: &ActorRef<WalMsg>, state: &mut WalState, answers: &[Answer]) {
+    for a in answers {
+        if let Answer::Appended(_, r) = a {
             state
                 .metrics
                 .wal_disk_full
-                .set(i64::from(matches!(a, Err(AppendRefused::DiskFull(_)))));
+                .set(i64::from(matches!(r, Err(AppendRefused::DiskFull(_)))));
         }
     }
-    let maintained = results.iter().any(|r| matches!(r, OpResult::Maintained(_)));
+    let maintained = answers.iter().any(|a| a.maintained().is_some());
     if state.reserve_missing && maintained {
         state.reserve_missing = false; // one try in flight at a time
         let (o, me, addr) = (state.open.clone(), myself.clone(), state.addr.clone());
@@ -50,18 +50,18 @@ pub(super) fn note_settles(m: &Metrics, sink: &str, outcomes: &[(u64, Outcome)])
     }
 }
 
-/// True when a sweep in `results` left work for another one.
-pub(super) fn sweep_has_more(results: &[OpResult]) -> bool {
-    results
+/// True when a sweep in `answers` left work for another one.
+pub(super) fn sweep_has_more(answers: &[Answer]) -> bool {
+    answers
         .iter()
-        .any(|r| matches!(r, OpResult::Maintained(rep) if rep.more))
+        .any(|a| a.maintained().is_some_and(|rep| rep.more))
 }
 
 /// What a maintenance commit reports: purges (dead letters are counted from the store's
 /// events, see `Committed`) and compactions.
-pub(super) fn note_maintenance(m: &Metrics, results: &[OpResult]) {
-    for r in results {
-        if let OpResult::Maintained(rep) = r {
+pub(super) fn note_maintenance(m: &Metrics, answers: &[Answer]) {
+    for a in answers {
+        if let Some(rep) = a.maintained() {
             for (sink, n) in &rep.dead_over_budget {
                 m.dead_letters_purged
                     .with_label_values(&[sink, "budget"])

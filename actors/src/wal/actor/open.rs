@@ -120,7 +120,6 @@ impl WalState {
             stall_next: None,
             store: Some(store),
             queue: VecDeque::new(),
-            in_commit: Vec::new(),
             last_stats: stats,
             reader: Some(reader),
             max_group: args.max_group,

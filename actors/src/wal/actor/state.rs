@@ -1,4 +1,4 @@
-//! The WAL actor's state between messages: the commit queue, and answering waiters.
+//! The WAL actor's state between messages: the commit queue, and answering callers.
 
 use super::*;
 
@@ -6,21 +6,15 @@ use super::*;
 const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(5);
 
 impl WalState {
-    /// Takes the next group if no commit is running: at most `max_group` operations, but
-    /// never splits an operation.
-    pub(super) fn take_group(&mut self) -> Option<(WalStore, Vec<Op>)> {
+    /// Takes the next group if no commit is running: at most `max_group` jobs.
+    pub(super) fn take_group(&mut self) -> Option<(WalStore, Vec<Job>)> {
         if self.queue.is_empty() {
             return None;
         }
         let mut store = self.store.take()?;
         store.set_tight(self.tight);
         let n = self.queue.len().min(self.max_group);
-        let mut ops = Vec::with_capacity(n);
-        for (op, waiter) in self.queue.drain(..n) {
-            ops.push(op);
-            self.in_commit.push(waiter);
-        }
-        Some((store, ops))
+        Some((store, self.queue.drain(..n).collect()))
     }
 
     /// A read on the blocking pool through the shared reader (never waiting for the
@@ -40,14 +34,13 @@ impl WalState {
         }));
     }
 
-    /// Answers the waiters of the group that just committed.
-    pub(super) fn finish(&mut self, store: WalStore, results: Vec<OpResult>) {
-        let waiters = std::mem::take(&mut self.in_commit);
+    /// Answers the callers of the group that just committed.
+    pub(super) fn finish(&mut self, store: WalStore, answers: Vec<Answer>) {
         let mut new_work = false;
         let mut appended = 0usize;
-        for (waiter, result) in waiters.into_iter().zip(results) {
-            match (waiter, result) {
-                (Waiter::Append(reply), OpResult::Appended(r)) => {
+        for answer in answers {
+            match answer {
+                Answer::Appended(reply, r) => {
                     if let Ok(v) = &r {
                         for o in v {
                             if let AppendOutcome::Stored { .. } = o {
@@ -61,30 +54,34 @@ impl WalState {
                         .set(i64::from(matches!(r, Err(AppendRefused::Full(_)))));
                     let _ = reply.send(r.map_err(AppendError::from));
                 }
-                (Waiter::Lease(reply), OpResult::Leased(v)) => {
+                Answer::Leased(reply, v) => {
                     let _ = reply.send(v);
                 }
-                (Waiter::Replay(reply), OpResult::Replayed(r)) => {
+                Answer::Replayed(reply, r) => {
                     new_work |= r.as_ref().is_ok_and(|n| *n > 0);
                     let _ = reply.send(r);
                 }
-                (Waiter::Requeue(reply), OpResult::Requeued(n)) => {
+                Answer::Requeued(reply, n) => {
                     new_work |= n > 0;
                     let _ = reply.send(n);
                 }
-                (Waiter::Sinks(reply), OpResult::SinksSet(changed)) => {
+                Answer::SinksSet(reply, changed) => {
                     new_work = true;
                     tracing::warn!(sinks = ?store.sinks(), dropped = changed.dropped, moved = changed.moved, "WAL sink set changed");
                     let _ = reply.send(changed);
                 }
-                (Waiter::Reject(reply), OpResult::Rejected(id)) => {
+                Answer::Rejected(reply, id) => {
                     let _ = reply.send(Ok(id));
                 }
-                (Waiter::StopLeases(reply), OpResult::LeasesReleased(n)) => {
+                Answer::LeasesStopped(reply, n) => {
                     new_work |= n > 0;
                     let _ = reply.send(n);
                 }
-                (Waiter::Purge(reply), OpResult::Purged { sink, purged }) => {
+                Answer::Purged {
+                    reply,
+                    sink,
+                    purged,
+                } => {
                     self.metrics
                         .dead_letters_purged
                         .with_label_values(&[&sink, "operator"])
@@ -92,24 +89,7 @@ impl WalState {
                     tracing::warn!(sink = %sink, purged, "dead letters purged by the operator");
                     let _ = reply.send(purged);
                 }
-                (_, OpResult::Settled { .. })
-                | (_, OpResult::Requeued(_))
-                | (_, OpResult::Rejected(_))
-                | (_, OpResult::LeasesReleased(_))
-                | (_, OpResult::Purged { .. })
-                | (_, OpResult::SinksSet(_))
-                | (_, OpResult::Maintained(_))
-                | (Waiter::Nobody, _) => {}
-                (Waiter::Append(..), _)
-                | (Waiter::Lease(_), _)
-                | (Waiter::Requeue(_), _)
-                | (Waiter::Purge(_), _)
-                | (Waiter::Replay(_), _)
-                | (Waiter::Sinks(_), _)
-                | (Waiter::Reject(_), _)
-                | (Waiter::StopLeases(_), _) => {
-                    unreachable!("results come back in the order of their operations")
-                }
+                Answer::Cast(_) => {}
             }
         }
         self.metrics.wal_commit_records.observe(appended as f64);
@@ -136,10 +116,10 @@ impl WalState {
         };
         let mut ops: Vec<Op> = Vec::new();
         let mut rest = VecDeque::with_capacity(self.queue.len());
-        for (op, waiter) in self.queue.drain(..) {
-            match op {
-                Op::Settle { .. } => ops.push(op),
-                _ => rest.push_back((op, waiter)),
+        for job in self.queue.drain(..) {
+            match job {
+                Job::Cast(op @ Op::Settle { .. }) => ops.push(op),
+                _ => rest.push_back(job),
             }
         }
         self.queue = rest;
@@ -166,25 +146,11 @@ impl WalState {
         }
     }
 
-    /// Fails every caller still waiting: they get an error, never an ack.
+    /// Fails every caller still queued: they get an error, never an ack. (Those of a group
+    /// in commit travel with it: failed when it fails, dropped with it if the actor goes.)
     pub(super) fn fail_waiters(&mut self, why: &str) {
-        let waiters = self
-            .in_commit
-            .drain(..)
-            .chain(self.queue.drain(..).map(|(_, w)| w));
-        for w in waiters.collect::<Vec<_>>() {
-            match w {
-                Waiter::Append(reply) => {
-                    let _ = reply.send(Err(AppendError::Unavailable(why.to_string())));
-                }
-                Waiter::Reject(reply) => {
-                    let _ = reply.send(Err(AppendError::Unavailable(why.to_string())));
-                }
-                Waiter::Replay(reply) => {
-                    let _ = reply.send(Err(format!("not replayed: {why}")));
-                }
-                _ => {}
-            }
+        for job in self.queue.drain(..) {
+            job.fail(why);
         }
     }
 }

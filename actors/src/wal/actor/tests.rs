@@ -131,3 +131,74 @@ mod stop_tests {
         );
     }
 }
+
+/// A group that does not commit answers every caller in it with an error, never an ack:
+/// the jobs come back from the store with the answers made before the failure.
+mod group_failure_tests {
+    use super::super::*;
+    use crate::wal::fault_tests::faulty;
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test]
+    async fn every_caller_of_a_group_that_did_not_commit_gets_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.redb");
+        let (backend, fail_sync, _) = faulty(&path);
+        let limits = crate::wal::tests::limits();
+        let store = WalStore::open_with_backend(backend, &path, vec!["a".into()], limits).unwrap();
+        let (mut jobs, mut answers) = (Vec::new(), Vec::new());
+        for k in ["k1", "k2"] {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let records = vec![crate::wal::tests::rec(k, 0)];
+            jobs.push(Job::Append {
+                records,
+                reply: tx.into(),
+            });
+            answers.push(rx);
+        }
+        let (tx, replayed) = tokio::sync::oneshot::channel();
+        jobs.push(Job::Replay {
+            sink: "a".into(),
+            records: vec![crate::wal::tests::rec("k3", 0)],
+            reply: tx.into(),
+        });
+        fail_sync.store(true, Ordering::SeqCst);
+        let failed = match store.apply_with(jobs, 1, true, |a, job| job.run(a)) {
+            Err(f) => f,
+            Ok(_) => panic!("a commit whose fsync failed must not succeed"),
+        };
+        assert!(
+            failed.error.to_string().contains("fsync failed"),
+            "{}",
+            failed.error
+        );
+        // Applied in the transaction, then its commit failed: all three were answered there.
+        assert_eq!((failed.answered.len(), failed.rest.len()), (3, 0));
+        for a in failed.answered {
+            a.fail("WAL commit failed");
+        }
+        for rx in answers {
+            match rx.await.unwrap() {
+                Err(AppendError::Unavailable(why)) => assert_eq!(why, "WAL commit failed"),
+                other => panic!("an append of a failed group was answered {other:?}"),
+            }
+        }
+        assert_eq!(
+            replayed.await.unwrap(),
+            Err("not replayed: WAL commit failed".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_never_applied_fails_with_the_reason() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::Append {
+            records: vec![crate::wal::tests::rec("k1", 0)],
+            reply: tx.into(),
+        };
+        job.fail("WAL stopped");
+        assert!(
+            matches!(rx.await.unwrap(), Err(AppendError::Unavailable(w)) if w == "WAL stopped")
+        );
+    }
+}

@@ -1,5 +1,7 @@
 //! The commit: a group of operations applied in one write transaction, durable if any needs
-//! it, each answered in order.
+//! it, each answered — as `OpResult`s in order ([`WalStore::apply`]), or through the
+//! caller's own typed jobs ([`WalStore::apply_with`], the WAL actor's: each job carries its
+//! reply port and gets its own result).
 
 use super::deliver::Ask;
 use super::*;
@@ -7,143 +9,283 @@ use super::*;
 impl WalStore {
     /// Applies `ops` in one transaction, durable (fsync) if any op needs it, and answers each.
     /// Consumes the store: on error it is dropped and must be reopened.
-    pub fn apply(
+    pub fn apply(self, ops: Vec<Op>, now_ms: u64) -> Result<(WalStore, Vec<OpResult>), WalError> {
+        let durable = ops.iter().any(Op::needs_durability);
+        let (store, mut results, compacted) = self
+            .apply_with(ops, now_ms, durable, |a, op| a.op(op))
+            .map_err(|f| f.error)?;
+        if let Some(OpResult::Maintained(report)) = results
+            .iter_mut()
+            .find(|r| matches!(r, OpResult::Maintained(_)))
+        {
+            report.compacted = compacted;
+        }
+        Ok((store, results))
+    }
+
+    /// Applies a group of the caller's `jobs` in one transaction: `each` turns a job into its
+    /// answer through the [`Applier`]'s typed operations, so whatever travels with a job (a
+    /// caller's reply port) comes back paired with its own result. Durable (fsync) if
+    /// `durable` or the store is tight. After a group with a maintenance sweep, the file may
+    /// be compacted (returned). Consumes the store: on error it is dropped and must be
+    /// reopened, and the jobs not applied come back with the answers made so far (none of
+    /// which committed).
+    pub fn apply_with<J, A>(
         mut self,
-        ops: Vec<Op>,
+        jobs: Vec<J>,
         now_ms: u64,
-    ) -> Result<(WalStore, Vec<OpResult>), WalError> {
+        durable: bool,
+        mut each: impl FnMut(&mut Applier<'_, '_>, J) -> Result<A, WalError>,
+    ) -> Result<Applied<A>, GroupFailed<J, A>> {
         // Tight (the reserve is in use after ENOSPC): every commit durable, so the pages a
         // settle or delete frees are reusable by the very next commit (redb keeps pages freed
         // by a non-durable commit until a durable one) and the file need not grow.
-        let durable = (self.tight || ops.iter().any(Op::needs_durability))
-            && !self.negative_control_non_durable;
-        let mut txn = read_db(&self.db).begin_write()?;
-        txn.set_durability(if durable {
-            Durability::Immediate
+        let durable = (self.tight || durable) && !self.negative_control_non_durable;
+        let mut answers = Vec::with_capacity(jobs.len());
+        let mut jobs = jobs.into_iter();
+        let mut maintained = false;
+        let committed = (|| -> Result<(), WalError> {
+            let mut txn = read_db(&self.db).begin_write()?;
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })?;
+            let mut meta = self.meta.clone();
+            meta.clock_ms = meta.clock_ms.max(now_ms);
+            {
+                let mut tx = Tx::open(&txn)?;
+                let mut a = Applier {
+                    store: &mut self,
+                    tx: &mut tx,
+                    meta: &mut meta,
+                    now_ms,
+                    disk_full: None,
+                    maintained: false,
+                };
+                for job in jobs.by_ref() {
+                    answers.push(each(&mut a, job)?);
+                }
+                maintained = a.maintained;
+                // Ranges cut up by routed records: written out as rows past a bound.
+                for sink in self.unleased.crowded() {
+                    self.unleased
+                        .materialize(&mut tx, &sink, meta.next_seq, true)?;
+                }
+                self.unleased.save(&mut tx.unleased)?;
+                self.devices.save(&mut tx.device_usage)?;
+            }
+            meta.save(&txn)?;
+            txn.commit()?;
+            self.meta = meta;
+            Ok(())
+        })();
+        if let Err(error) = committed {
+            return Err(GroupFailed {
+                error,
+                answered: answers,
+                rest: jobs.collect(),
+            });
+        }
+        self.file_bytes = std::fs::metadata(&self.path).map_or(self.file_bytes, |m| m.len());
+        // After a sweep: give space back if the file is mostly empty (see `compact.rs`).
+        let compacted = if maintained {
+            self.maybe_compact(now_ms)
         } else {
-            Durability::None
-        })?;
-        let mut meta = self.meta.clone();
-        meta.clock_ms = meta.clock_ms.max(now_ms);
-        // Once per commit that appends: is there room to take more in?
-        let appends = ops.iter().any(|o| matches!(o, Op::Append(_)));
-        let disk_full = if appends && self.tight {
+            None
+        };
+        Ok((self, answers, compacted))
+    }
+}
+
+/// A group committed: the store back, each job's answer in order, and the compaction that
+/// followed a sweep, if any.
+pub type Applied<A> = (WalStore, Vec<A>, Option<Compacted>);
+
+/// A group that did not commit: why, the answers made before it failed (none committed) and
+/// the jobs not applied.
+pub struct GroupFailed<J, A> {
+    pub error: WalError,
+    pub answered: Vec<A>,
+    pub rest: Vec<J>,
+}
+
+/// One group's transaction, as [`WalStore::apply_with`] hands it to each job: one typed
+/// method per operation.
+pub struct Applier<'s, 't> {
+    store: &'s mut WalStore,
+    tx: &'s mut Tx<'t>,
+    meta: &'s mut Meta,
+    now_ms: u64,
+    /// Whether appends are refused for space, found once per group at its first append.
+    disk_full: Option<Option<DiskFull>>,
+    maintained: bool,
+}
+
+impl Applier<'_, '_> {
+    /// Any operation, answered as an [`OpResult`] (the store's tests and tools).
+    pub fn op(&mut self, op: Op) -> Result<OpResult, WalError> {
+        Ok(match op {
+            Op::Append(records) => OpResult::Appended(self.append(records)?),
+            Op::Lease {
+                sink,
+                max,
+                fill,
+                lanes,
+            } => OpResult::Leased(self.lease(&sink, max, fill, lanes)?),
+            Op::Settle { sink, outcomes } => self.settle(&sink, outcomes)?,
+            Op::Maintain => OpResult::Maintained(self.maintain()?),
+            Op::Replay { sink, records } => OpResult::Replayed(self.replay(&sink, records)?),
+            Op::Requeue {
+                sink,
+                limit,
+                filter,
+            } => OpResult::Requeued(self.requeue(&sink, limit, &filter)?),
+            Op::Sinks { sinks, removed } => OpResult::SinksSet(self.set_sinks(sinks, removed)?),
+            Op::ReleaseLeases => OpResult::LeasesReleased(self.release_leases()),
+            Op::StopLeases => OpResult::LeasesReleased(self.stop_leases()?),
+            Op::PurgeDead {
+                sink,
+                filter,
+                limit,
+            } => {
+                let purged = self.purge_dead(&sink, &filter, limit)?;
+                OpResult::Purged { sink, purged }
+            }
+            Op::Reject(r) => OpResult::Rejected(self.reject(r)?),
+        })
+    }
+
+    pub fn append(
+        &mut self,
+        records: Vec<Record>,
+    ) -> Result<Result<Vec<AppendOutcome>, AppendRefused>, WalError> {
+        if let Some(full) = self.disk_full() {
+            return Ok(Err(full.into()));
+        }
+        let (tx, meta, now) = (&mut *self.tx, &mut *self.meta, self.now_ms);
+        self.store.append(tx, meta, records, now)
+    }
+
+    /// Once per group that appends: is there room to take more in?
+    fn disk_full(&mut self) -> Option<DiskFull> {
+        if let Some(known) = &self.disk_full {
+            return known.clone();
+        }
+        let s = &self.store;
+        let full = if s.tight {
             Some(DiskFull {
-                free: (self.free_space)().unwrap_or(0),
+                free: (s.free_space)().unwrap_or(0),
                 min_free: 0,
                 reserve_in_use: true,
             })
-        } else if appends && self.limits.min_free_bytes > 0 {
-            (self.free_space)()
-                .filter(|free| *free < self.limits.min_free_bytes)
+        } else if s.limits.min_free_bytes > 0 {
+            (s.free_space)()
+                .filter(|free| *free < s.limits.min_free_bytes)
                 .map(|free| DiskFull {
                     free,
-                    min_free: self.limits.min_free_bytes,
+                    min_free: s.limits.min_free_bytes,
                     reserve_in_use: false,
                 })
         } else {
             None
         };
-        let mut results = Vec::with_capacity(ops.len());
-        {
-            let mut tx = Tx::open(&txn)?;
-            for op in ops {
-                let r = match op {
-                    Op::Append(_) if disk_full.is_some() => {
-                        OpResult::Appended(Err(disk_full.clone().expect("checked").into()))
-                    }
-                    Op::Append(records) => {
-                        OpResult::Appended(self.append(&mut tx, &mut meta, records, now_ms)?)
-                    }
-                    Op::Lease {
-                        sink,
-                        max,
-                        fill,
-                        lanes,
-                    } => {
-                        let ask = Ask { max, fill, lanes };
-                        OpResult::Leased(self.lease(&mut tx, &mut meta, &sink, ask, now_ms)?)
-                    }
-                    Op::Settle { sink, outcomes } => {
-                        self.settle(&mut tx, &mut meta, &sink, outcomes, now_ms)?
-                    }
-                    Op::Maintain => {
-                        OpResult::Maintained(self.maintain(&mut tx, &mut meta, now_ms)?)
-                    }
-                    Op::Replay { sink, records } if self.sinks.contains(&sink) => {
-                        OpResult::Replayed(
-                            self.replay(&mut tx, &mut meta, &sink, records, now_ms)?
-                                .map_err(|e| e.to_string()),
-                        )
-                    }
-                    Op::Replay { sink, .. } => OpResult::Replayed(Err(format!(
-                        "no sink named {sink:?} in the configuration"
-                    ))),
-                    Op::Requeue {
-                        sink,
-                        limit,
-                        filter,
-                    } => OpResult::Requeued(self.requeue(
-                        &mut tx,
-                        &mut meta,
-                        &sink,
-                        limit,
-                        Some((&filter, now_ms)),
-                    )?),
-                    Op::Sinks { sinks, removed } => {
-                        OpResult::SinksSet(self.set_sinks(&mut tx, &mut meta, sinks, removed)?)
-                    }
-                    Op::ReleaseLeases => {
-                        let n = self.inflight.values().map(BTreeMap::len).sum();
-                        self.inflight.clear();
-                        OpResult::LeasesReleased(n)
-                    }
-                    Op::StopLeases => OpResult::LeasesReleased(self.stop_leases(&mut tx)?),
-                    Op::PurgeDead {
-                        sink,
-                        filter,
-                        limit,
-                    } => {
-                        let purged = self.purge_dead(
-                            &mut tx,
-                            &mut meta,
-                            &sink,
-                            limit,
-                            Some((&filter, now_ms)),
-                        )?;
-                        OpResult::Purged { sink, purged }
-                    }
-                    Op::Reject(mut r) => {
-                        r.kept_ms = now_ms;
-                        let id = meta.rejected_next.max(1);
-                        tx.rejected.insert(id, r.encode().as_slice())?;
-                        meta.rejected_next = id + 1;
-                        meta.rejected += 1;
-                        OpResult::Rejected(id)
-                    }
-                };
-                results.push(r);
-            }
-            // Ranges cut up by routed records: written out as rows past a bound.
-            for sink in self.unleased.crowded() {
-                self.unleased
-                    .materialize(&mut tx, &sink, meta.next_seq, true)?;
-            }
-            self.unleased.save(&mut tx.unleased)?;
-            self.devices.save(&mut tx.device_usage)?;
+        self.disk_full = Some(full.clone());
+        full
+    }
+
+    pub fn lease(
+        &mut self,
+        sink: &str,
+        max: usize,
+        fill: Option<Fill>,
+        lanes: Option<Lanes>,
+    ) -> Result<Vec<Leased>, WalError> {
+        let ask = Ask { max, fill, lanes };
+        let (tx, meta, now) = (&mut *self.tx, &mut *self.meta, self.now_ms);
+        self.store.lease(tx, meta, sink, ask, now)
+    }
+
+    pub fn settle(
+        &mut self,
+        sink: &str,
+        outcomes: Vec<(u64, Outcome)>,
+    ) -> Result<OpResult, WalError> {
+        let (tx, meta, now) = (&mut *self.tx, &mut *self.meta, self.now_ms);
+        self.store.settle(tx, meta, sink, outcomes, now)
+    }
+
+    pub fn maintain(&mut self) -> Result<MaintainReport, WalError> {
+        self.maintained = true;
+        let (tx, meta, now) = (&mut *self.tx, &mut *self.meta, self.now_ms);
+        self.store.maintain(tx, meta, now)
+    }
+
+    pub fn replay(
+        &mut self,
+        sink: &str,
+        records: Vec<Record>,
+    ) -> Result<Result<usize, String>, WalError> {
+        if !self.store.sinks.iter().any(|s| s == sink) {
+            return Ok(Err(format!("no sink named {sink:?} in the configuration")));
         }
-        meta.save(&txn)?;
-        txn.commit()?;
-        self.meta = meta;
-        self.file_bytes = std::fs::metadata(&self.path).map_or(self.file_bytes, |m| m.len());
-        // After a sweep: give space back if the file is mostly empty (see `compact.rs`).
-        if let Some(OpResult::Maintained(report)) = results
-            .iter_mut()
-            .find(|r| matches!(r, OpResult::Maintained(_)))
-        {
-            report.compacted = self.maybe_compact(now_ms);
-        }
-        Ok((self, results))
+        let (tx, meta, now) = (&mut *self.tx, &mut *self.meta, self.now_ms);
+        Ok(self
+            .store
+            .replay(tx, meta, sink, records, now)?
+            .map_err(|e| e.to_string()))
+    }
+
+    pub fn requeue(
+        &mut self,
+        sink: &str,
+        limit: usize,
+        filter: &DeadFilter,
+    ) -> Result<usize, WalError> {
+        let (tx, meta, now) = (&mut *self.tx, &mut *self.meta, self.now_ms);
+        self.store
+            .requeue(tx, meta, sink, limit, Some((filter, now)))
+    }
+
+    pub fn set_sinks(
+        &mut self,
+        sinks: Vec<String>,
+        removed: Vec<(String, super::Removal)>,
+    ) -> Result<super::SinksChanged, WalError> {
+        let (tx, meta) = (&mut *self.tx, &mut *self.meta);
+        self.store.set_sinks(tx, meta, sinks, removed)
+    }
+
+    /// Every lease in flight forgotten (its holder is gone); how many.
+    pub fn release_leases(&mut self) -> usize {
+        let n = self.store.inflight.values().map(BTreeMap::len).sum();
+        self.store.inflight.clear();
+        n
+    }
+
+    pub fn stop_leases(&mut self) -> Result<usize, WalError> {
+        self.store.stop_leases(self.tx)
+    }
+
+    pub fn purge_dead(
+        &mut self,
+        sink: &str,
+        filter: &DeadFilter,
+        limit: usize,
+    ) -> Result<usize, WalError> {
+        let (tx, meta, now) = (&mut *self.tx, &mut *self.meta, self.now_ms);
+        self.store
+            .purge_dead(tx, meta, sink, limit, Some((filter, now)))
+    }
+
+    /// Keeps a refused message; the id it is stored under.
+    pub fn reject(&mut self, mut r: Rejected) -> Result<u64, WalError> {
+        r.kept_ms = self.now_ms;
+        let id = self.meta.rejected_next.max(1);
+        self.tx.rejected.insert(id, r.encode().as_slice())?;
+        self.meta.rejected_next = id + 1;
+        self.meta.rejected += 1;
+        Ok(id)
     }
 }
 

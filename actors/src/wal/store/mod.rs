@@ -63,6 +63,7 @@ mod reader;
 mod repair;
 mod replay;
 use apply::Tx;
+pub use apply::{Applier, GroupFailed};
 use open::open_error;
 mod sinks;
 mod times;

@@ -262,7 +262,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 impl Op {
     /// Appends must be durable before they are answered; maintenance makes earlier
     /// non-durable settles durable at a bounded interval.
-    pub(super) fn needs_durability(&self) -> bool {
+    pub fn needs_durability(&self) -> bool {
         matches!(
             self,
             Op::Append(_)
