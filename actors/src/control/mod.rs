@@ -337,18 +337,12 @@ impl Actor for Control {
             }
         }
         let mut tasks = crate::tasks::Tasks::default();
-        let (me, addr) = (myself.clone(), args.addr.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(1));
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                addr.note_sent();
-                if me.cast(ControlMsg::Tick).is_err() {
-                    return;
-                }
-            }
-        }));
+        tasks.every(
+            Duration::from_secs(1),
+            myself.clone(),
+            args.addr.clone(),
+            || ControlMsg::Tick,
+        );
         let mut state = ControlState {
             store: Arc::new(store),
             args,

@@ -434,22 +434,11 @@ impl Actor for Dispatcher {
             }
         }));
         // The poll timer ends backoff pauses and picks up expired leases.
-        let (me, addr, period) = (
-            myself.clone(),
-            state.addr.clone(),
-            Duration::from_millis(a.config.poll_interval_ms),
-        );
-        state.tasks.push(tokio::spawn(async move {
-            let mut t = tokio::time::interval(period);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                t.tick().await;
-                addr.note_sent();
-                if me.cast(DispatcherMsg::Wake).is_err() {
-                    break;
-                }
-            }
-        }));
+        let period = Duration::from_millis(a.config.poll_interval_ms);
+        let addr = state.addr.clone();
+        state
+            .tasks
+            .every(period, myself.clone(), addr, || DispatcherMsg::Wake);
         Ok(state)
     }
 

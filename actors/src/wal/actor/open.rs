@@ -98,21 +98,13 @@ impl WalState {
             );
         }
         let clock = WalClock::new(store.clock_ms(), now_ms());
-        let me = myself.clone();
-        let addr = args.addr.clone();
-        let period = args.maintenance_interval;
         let mut tasks = crate::tasks::Tasks::default();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                addr.note_sent();
-                if me.cast(WalMsg::Maintain).is_err() {
-                    break;
-                }
-            }
-        }));
+        tasks.every(
+            args.maintenance_interval,
+            myself.clone(),
+            args.addr.clone(),
+            || WalMsg::Maintain,
+        );
         // Wake the dispatcher: recovered records may be waiting.
         args.commits
             .send_modify(|mark| *mark = mark.wrapping_add(1));
