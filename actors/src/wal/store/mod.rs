@@ -50,6 +50,8 @@ use std::path::{Path, PathBuf};
 
 mod backup;
 mod compact;
+#[cfg(test)]
+pub(crate) use compact::COMPACT_SETTLE_MS;
 mod deliver;
 mod history;
 pub use history::{HistoryRow, SinkAck};
@@ -166,6 +168,9 @@ pub struct WalStore {
     /// (see `compact.rs`).
     compact_floor: u64,
     compact_after_ms: u64,
+    /// WAL time from which a compaction may run, once the conditions held since it was set
+    /// (`compact.rs`, `COMPACT_SETTLE_MS`); `None` while they do not hold.
+    compact_ready_at: Option<u64>,
     /// (sink, class) of every record made Dead by the last commits, for the caller to count
     /// once they are committed (`take_dead_events`); gone with the store if a commit fails.
     dead_events: Vec<(String, DeadClass)>,

@@ -179,6 +179,7 @@ impl WalStore {
             file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
             compact_floor: 0,
             compact_after_ms: 0,
+            compact_ready_at: None,
             dead_events: Vec::new(),
             oldest_pending: BTreeMap::new(),
             tight: false,
