@@ -36,9 +36,9 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
     let cfg = write_config(
         dir.path(),
         // The sink is down half the time (503: an outage, no attempts used), so a backlog
-        // builds and drains; compaction on a small file and frequent sweeps, so kills land
-        // during compactions too.
-        &format!("[wal]\ncompact_min_bytes = 262144\nmaintenance_interval_ms = 100\n[delivery]\nbatch_size = 50\nlease_timeout_ms = 2000\nbackoff_max_ms = 200\n[[sinks]]\nname = \"analytics\"\ntype = \"http\"\nurl = \"{}\"\ntimeout_ms = 2000\n", sink.url()),
+        // builds and drains; compaction on a small file, at once (no settle), with frequent
+        // sweeps, so kills land during compactions too.
+        &format!("[wal]\ncompact_min_bytes = 262144\ncompact_settle_ms = 0\nmaintenance_interval_ms = 100\n[delivery]\nbatch_size = 50\nlease_timeout_ms = 2000\nbackoff_max_ms = 200\n[[sinks]]\nname = \"analytics\"\ntype = \"http\"\nurl = \"{}\"\ntimeout_ms = 2000\n", sink.url()),
     );
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut total_requests = 0usize;

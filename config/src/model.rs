@@ -234,6 +234,10 @@ pub struct WalConfig {
     /// The WAL file is compacted (given back to the filesystem) once it is at least this big
     /// and more than twice what its rows occupy, e.g. after a backlog drained. 0: never.
     pub compact_min_bytes: u64,
+    /// How long (ms) the file must have looked drained before it is compacted: the tail of a
+    /// drain looks drained for a moment, and compacting then stalls its last batches. Not
+    /// waited for when the file is at `max_file_bytes` (appends wait for the compaction).
+    pub compact_settle_ms: u64,
     /// Appends are refused (503 `wal_full`, MQTT PUBACKs held) while the WAL *file* is at
     /// least this big, whatever its rows hold: the file is what the disk pays for. Delivery
     /// frees pages and compaction gives them back, then appends resume. 0: no limit.
@@ -266,6 +270,7 @@ impl Default for WalConfig {
             min_free_bytes: 64 * 1024 * 1024,
             reserve_bytes: 16 * 1024 * 1024,
             compact_min_bytes: 16 * 1024 * 1024,
+            compact_settle_ms: 2_000,
             max_file_bytes: 2 << 30,
             history_secs: 3600,
             history_max_bytes: 64 * 1024 * 1024,

@@ -10,9 +10,13 @@ use std::sync::atomic::Ordering;
 /// Records of ~1 KiB in the backlog that drains: a file of several MiB.
 const BACKLOG: usize = 4_000;
 
+/// `compact_settle_ms` here.
+const SETTLE_MS: u64 = 2_000;
+
 fn limits_compacting() -> WalLimits {
     WalLimits {
         compact_min_bytes: 1 << 20,
+        compact_settle_ms: SETTLE_MS,
         ..limits()
     }
 }
@@ -88,9 +92,9 @@ fn a_drained_backlog_gives_its_space_back() {
     // for a moment, and compacting then stalls its last batches.
     let (store, early) = maintain(store, 10);
     assert_eq!(early, None, "compacted before the drain had settled");
-    let (store, early) = maintain(store, 10 + store::COMPACT_SETTLE_MS - 1);
+    let (store, early) = maintain(store, 10 + SETTLE_MS - 1);
     assert_eq!(early, None, "compacted before the drain had settled");
-    let (store, done) = maintain(store, 10 + store::COMPACT_SETTLE_MS);
+    let (store, done) = maintain(store, 10 + SETTLE_MS);
     let done = done.expect("compacted after the drain");
     assert_eq!(
         reader.rejected(10).unwrap(),
@@ -101,7 +105,7 @@ fn a_drained_backlog_gives_its_space_back() {
     assert_eq!(done.before, full);
     assert!(done.after * 4 < done.before, "{done:?}");
     assert_eq!(store.stats().file_bytes, done.after);
-    let (store, again) = maintain(store, 20 + 2 * store::COMPACT_SETTLE_MS);
+    let (store, again) = maintain(store, 20 + 2 * SETTLE_MS);
     assert_eq!(again, None, "nothing more to give back");
 
     // Still a working WAL: new records go in, come out, and survive a reopen.
@@ -134,7 +138,7 @@ fn power_lost_at_any_step_of_a_compaction_loses_nothing_committed() {
         assert_eq!(early, None);
         // The sweep's own commit syncs once; the power goes at the k-th sync after it.
         syncs_left.store(1 + k, Ordering::SeqCst);
-        let finished = match store.apply(vec![Op::Maintain], 1 + store::COMPACT_SETTLE_MS) {
+        let finished = match store.apply(vec![Op::Maintain], 1 + SETTLE_MS) {
             Ok((s, r)) => {
                 let done = matches!(&r[0], OpResult::Maintained(rep) if rep.compacted.is_some());
                 drop(s);

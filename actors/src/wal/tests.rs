@@ -23,6 +23,7 @@ pub(super) fn limits() -> WalLimits {
         max_dead_per_sink: u64::MAX,
         min_free_bytes: 0,
         compact_min_bytes: 0,
+        compact_settle_ms: 0,
         max_file_bytes: 0,
         history_ms: 0,
         history_max_bytes: 0,

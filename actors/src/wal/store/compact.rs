@@ -11,8 +11,11 @@
 //!   *during* a drain moved the backlog's pages for seconds while delivery waited);
 //! - the file's pages are less than half in use;
 //! - the last attempt was at least [`COMPACT_PAUSE_MS`] ago (WAL time);
-//! - the two conditions before held for [`COMPACT_SETTLE_MS`] (WAL time) — unless the file is
-//!   at `max_file_bytes`, where appends wait for it.
+//! - the two conditions before held for `wal.compact_settle_ms` (2 s of WAL time by default) —
+//!   unless the file is at `max_file_bytes`, where appends wait for it. The tail of a drain
+//!   passes the live-bytes test for a moment before the backlog is gone; compacting then
+//!   stalled its last batches (a 1 M drain took 9.3 s instead of 6.1–6.5 s, docs/benchmarks.md,
+//!   session 12).
 //!
 //! Each step commits whole or not at all, so a crash during compaction leaves a file that
 //! opens with every committed row (`compact_tests` cuts the power at every step;
@@ -27,12 +30,6 @@ use super::*;
 
 /// Least WAL time between two attempts (ms).
 pub(super) const COMPACT_PAUSE_MS: u64 = 30_000;
-
-/// How long the drained-backlog conditions must hold before a compaction (ms of WAL time).
-/// A drain's last batches pass the live-bytes test for a moment before the backlog is gone;
-/// compacting then stalled them: a 1 M drain took 9.3 s instead of 6.1–6.5 s
-/// (docs/benchmarks.md, session 12).
-pub const COMPACT_SETTLE_MS: u64 = 2_000;
 
 impl WalStore {
     /// Compacts the file if the conditions above hold; `None` if it did not run. A failed
@@ -69,7 +66,7 @@ impl WalStore {
         let at_limit = self.limits.max_file_bytes > 0 && before >= self.limits.max_file_bytes;
         let ready_at = *self
             .compact_ready_at
-            .get_or_insert(now.saturating_add(COMPACT_SETTLE_MS));
+            .get_or_insert(now.saturating_add(self.limits.compact_settle_ms));
         if now < ready_at && !at_limit {
             return Ok(None);
         }

@@ -50,8 +50,6 @@ use std::path::{Path, PathBuf};
 
 mod backup;
 mod compact;
-#[cfg(test)]
-pub(crate) use compact::COMPACT_SETTLE_MS;
 mod deliver;
 mod history;
 pub use history::{HistoryRow, SinkAck};

@@ -86,6 +86,8 @@ pub struct WalLimits {
     pub min_free_bytes: u64,
     /// Compact the file once it is at least this big and more than twice its rows (0: never).
     pub compact_min_bytes: u64,
+    /// ...after it looked drained this long (WAL ms; see `compact.rs`).
+    pub compact_settle_ms: u64,
     /// Appends are refused while the file is at least this big (0: no limit).
     pub max_file_bytes: u64,
     /// A settled record and its lifecycle are kept this long (0: not kept; see `history.rs`),
@@ -118,6 +120,7 @@ impl WalLimits {
             max_dead_per_sink: wal.max_dead_letters,
             min_free_bytes: wal.min_free_bytes,
             compact_min_bytes: wal.compact_min_bytes,
+            compact_settle_ms: wal.compact_settle_ms,
             history_ms: wal.history_secs.saturating_mul(1000),
             history_max_bytes: wal.history_max_bytes,
             max_file_bytes: wal.max_file_bytes,
