@@ -7,7 +7,7 @@
 //!   several concurrency levels, single-record and batched requests; p99 at a fixed 1k/s.
 //! - `drain`: a backlog of N records (default 1,000,000; `BENCH_BACKLOG`) drained to a local
 //!   HTTP sink; RSS before, with the backlog, and after (`BENCH_DRAIN_WAL`: extra `[wal]`
-//!   lines, e.g. `history_secs = 0`).
+//!   lines, e.g. `history_secs = 0`; `BENCH_HOLD_SECS`: hold the backlog that long first, 6 s).
 //! - `sinks`: a backlog (`BENCH_BACKLOG`) drained by one gateway to a local HTTP sink, an
 //!   S3-compatible store (`s3s-fs`) and a Kafka broker (tansu), side by side.
 //! - `idle`:  RSS of an idle gateway.
@@ -619,6 +619,21 @@ async fn drain() {
     let rss_backlog = gw.rss_kib();
     println!("ingested {n} in {ingest_s:.1} s ({:.0} rec/s); WAL file {:.1} MiB, live {:.1} MiB; RSS {:.1} MiB (before ingest {:.1} MiB)",
         n as f64 / ingest_s, wal["file_bytes"].as_f64().unwrap() / 1048576.0, wal["live_bytes"].as_f64().unwrap() / 1048576.0, rss_backlog as f64 / 1024.0, rss0 as f64 / 1024.0);
+    // `BENCH_HOLD_SECS` (6 by default): keep the backlog this long before the sink comes up,
+    // RSS sampled each second — what the held backlog settles at once the burst's freed pages
+    // are returned (the binary trims every 5 s), and time to inspect the process.
+    let hold: u64 = std::env::var("BENCH_HOLD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    for s in 1..=hold {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        println!(
+            "holding (pid {}), {s} s: RSS {:.1} MiB",
+            gw.child.id(),
+            gw.rss_kib() as f64 / 1024.0
+        );
+    }
     up.store(true, Ordering::Relaxed);
     let start = Instant::now();
     let mut peak_rss = 0;

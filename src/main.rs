@@ -6,6 +6,7 @@ use edge_gateway::config::{self, Config, LoadOptions};
 use std::path::PathBuf;
 
 mod dlqcli;
+mod memory;
 mod progress;
 mod walcli;
 
@@ -219,23 +220,8 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// glibc gives each thread that allocates its own heap arena, up to eight per core, and each
-/// keeps its high-water mark: after a drain the gateway held 130 MiB, of which 44 MiB were
-/// arenas of threads now idle. Two arenas (the machine class has two cores) held 85 MiB, at
-/// the same drain rate (docs/decisions.md, "Memory"). `MALLOC_ARENA_MAX` set by the operator
-/// wins. Called before any thread starts.
-fn cap_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; no thread exists yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
-}
-
 fn main() -> anyhow::Result<()> {
-    cap_malloc_arenas();
+    memory::cap_arenas();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Version => {
@@ -369,6 +355,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            rt.spawn(memory::trim_periodically());
             rt.block_on(edge_gateway::run(
                 cfg,
                 a.options(),
