@@ -37,7 +37,7 @@ fn step() -> impl Strategy<Value = MOp> {
         4 => proptest::collection::vec(0u8..24, 1..4).prop_map(MOp::Append),
         1 => (proptest::collection::vec(0u8..24, 1..3), 0usize..2).prop_map(|(k, s)| MOp::AppendTo(k, s)),
         3 => (0usize..2, 1usize..5).prop_map(|(s, m)| MOp::Lease(s, m)),
-        3 => (0usize..2, 0u8..4).prop_map(|(s, o)| MOp::Settle(s, o)),
+        3 => (0usize..2, 0u8..5).prop_map(|(s, o)| MOp::Settle(s, o)),
         1 => Just(MOp::Maintain),
         1 => (0usize..2).prop_map(MOp::Requeue),
     ]
@@ -214,7 +214,9 @@ impl Model {
                     0 => Outcome::Acked,
                     1 => Outcome::Retry("t".into()),
                     2 => Outcome::Dead("p".into()),
-                    _ => Outcome::Release,
+                    3 => Outcome::Release,
+                    // The actor's settle for a leased body that did not decode.
+                    _ => Outcome::Corrupt("c".into()),
                 };
                 self.settle(sink, seq, &outcome, now);
                 let op = Op::Settle {
@@ -352,7 +354,7 @@ impl Model {
             }
             Outcome::Retry(_) if att >= MAX_ATTEMPTS => self.kill(sink, seq, now),
             Outcome::Retry(_) => {}
-            Outcome::Dead(_) => self.kill(sink, seq, now),
+            Outcome::Dead(_) | Outcome::Corrupt(_) => self.kill(sink, seq, now),
             Outcome::Release => {
                 self.pending
                     .insert((sink.to_string(), seq), att.saturating_sub(1));

@@ -176,7 +176,7 @@ impl World {
                     );
                     *st = match outcome {
                         Outcome::Acked => St::Acked,
-                        Outcome::Dead(_) => St::Dead,
+                        Outcome::Dead(_) | Outcome::Corrupt(_) => St::Dead,
                         Outcome::Retry(_) if *attempts >= self.max_attempts => St::Dead,
                         Outcome::Retry(_) => St::Enqueued,
                         Outcome::Release => {

@@ -106,7 +106,7 @@ impl Wal {
                 if sweep_has_more(&answers) {
                     state.queue.push_back(Job::Cast(Op::Maintain));
                 }
-                state.finish(store, answers);
+                state.finish(myself, store, answers);
                 Self::start_commit(myself, state);
                 Ok(())
             }

@@ -57,7 +57,12 @@ pub enum Answer {
         RpcReplyPort<AppendReply>,
         Result<Vec<AppendOutcome>, AppendRefused>,
     ),
-    Leased(RpcReplyPort<Vec<Leased>>, Vec<Leased>),
+    /// Decoded off the commit thread before the caller is answered.
+    Leased {
+        reply: RpcReplyPort<Vec<Leased>>,
+        sink: String,
+        leased: Vec<LeasedBody>,
+    },
     Replayed(RpcReplyPort<Result<usize, String>>, Result<usize, String>),
     Requeued(RpcReplyPort<usize>, usize),
     Purged {
@@ -99,7 +104,11 @@ impl Job {
                 fill,
                 lanes,
                 reply,
-            } => Answer::Leased(reply, a.lease(&sink, max, fill, lanes)?),
+            } => Answer::Leased {
+                leased: a.lease_bodies(&sink, max, fill, lanes)?,
+                reply,
+                sink,
+            },
             Job::Replay {
                 sink,
                 records,

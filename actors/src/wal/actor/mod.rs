@@ -45,7 +45,7 @@
 //! rather than failing. The reserve is recreated once the filesystem has room again.
 
 use super::quota::DeviceQuota;
-use super::record::{AppendOutcome, Leased, Outcome, Record, WalStats};
+use super::record::{AppendOutcome, Leased, LeasedBody, Outcome, Record, WalStats};
 use super::rejected::Rejected;
 use super::store::{
     AppendRefused, DeadFilter, DiskFull, Full, GroupFailed, MaintainReport, Op, OpResult, Removal,

@@ -35,7 +35,12 @@ impl WalState {
     }
 
     /// Answers the callers of the group that just committed.
-    pub(super) fn finish(&mut self, store: WalStore, answers: Vec<Answer>) {
+    pub(super) fn finish(
+        &mut self,
+        myself: &ActorRef<WalMsg>,
+        store: WalStore,
+        answers: Vec<Answer>,
+    ) {
         let mut new_work = false;
         let mut appended = 0usize;
         for answer in answers {
@@ -54,8 +59,25 @@ impl WalState {
                         .set(i64::from(matches!(r, Err(AppendRefused::Full(_)))));
                     let _ = reply.send(r.map_err(AppendError::from));
                 }
-                Answer::Leased(reply, v) => {
-                    let _ = reply.send(v);
+                Answer::Leased {
+                    reply,
+                    sink,
+                    leased,
+                } => {
+                    // Decoded on a task of its own while the next group commits; the bodies
+                    // that are not records go back as `Corrupt` settles (dead-lettered).
+                    let (me, addr) = (myself.clone(), self.addr.clone());
+                    self.tasks.push(tokio::spawn(async move {
+                        let (leased, bad) = LeasedBody::decode_all(leased);
+                        if !bad.is_empty() {
+                            addr.note_sent();
+                            let _ = me.cast(WalMsg::Settle {
+                                sink,
+                                outcomes: bad,
+                            });
+                        }
+                        let _ = reply.send(leased);
+                    }));
                 }
                 Answer::Replayed(reply, r) => {
                     new_work |= r.as_ref().is_ok_and(|n| *n > 0);

@@ -132,6 +132,92 @@ mod stop_tests {
     }
 }
 
+mod decode_tests {
+    use crate::addr::Addr;
+    use crate::metrics::Metrics;
+    use crate::wal::{Wal, WalArgs, WalMsg, WalStore};
+    use ractor::{call, Actor};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Leases are decoded off the commit thread (session 13); a stored body that is not a
+    /// record is still dead-lettered, now by the actor's `Corrupt` settle, and counted under
+    /// the `corrupt` class, while the rest of its batch is delivered.
+    #[tokio::test]
+    async fn a_leased_body_that_does_not_decode_is_dead_lettered_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.redb");
+        let limits = crate::wal::tests::limits();
+        let store = WalStore::open(&path, vec!["a".into()], limits.clone()).unwrap();
+        let records = ["k1", "k2", "k3"].map(|k| crate::wal::tests::rec(k, 0));
+        // Appended at the wall clock's time, as the actor would (older would expire).
+        let now = super::super::now_ms();
+        let (store, _) = store
+            .apply(vec![crate::wal::Op::Append(records.to_vec())], now)
+            .unwrap();
+        drop(store);
+        {
+            const RECORDS: redb::TableDefinition<u64, &[u8]> =
+                redb::TableDefinition::new("records");
+            let db = redb::Database::open(&path).unwrap();
+            let t = db.begin_write().unwrap();
+            t.open_table(RECORDS)
+                .unwrap()
+                .insert(2, b"\xff not cbor".as_slice())
+                .unwrap();
+            t.commit().unwrap();
+        }
+        let metrics = Arc::new(Metrics::new());
+        let (commits, _) = tokio::sync::watch::channel(0);
+        let args = WalArgs {
+            path: path.clone(),
+            sinks: vec!["a".into()],
+            limits: limits.clone(),
+            max_group: 64,
+            maintenance_interval: Duration::from_secs(3600),
+            metrics: metrics.clone(),
+            addr: Addr::new("wal", None),
+            commits,
+            reserve_bytes: 0,
+            min_free_bytes: 0,
+        };
+        let (wal, handle) = Actor::spawn(None, Wal, args).await.unwrap();
+        let lease = |reply| WalMsg::Lease {
+            sink: "a".into(),
+            max: 10,
+            fill: None,
+            lanes: None,
+            reply,
+        };
+        let leased = call!(wal, lease).unwrap();
+        let seqs: Vec<u64> = leased.iter().map(|l| l.seq).collect();
+        assert_eq!(
+            seqs,
+            vec![1, 3],
+            "the corrupt body is not handed to the sink"
+        );
+        assert_eq!(leased[1].record.idempotency_key, "k3");
+        // The `Corrupt` settle was cast before the lease was answered: this call is queued
+        // behind it, and answered after its commit.
+        assert!(call!(wal, lease).unwrap().is_empty());
+        let corrupt = metrics.dead_lettered.with_label_values(&["a", "corrupt"]);
+        assert_eq!(corrupt.get(), 1);
+        wal.stop(None);
+        handle.await.unwrap();
+        let store = WalStore::open(&path, vec!["a".into()], limits).unwrap();
+        let dump = store.dump().unwrap();
+        assert_eq!(
+            dump.dead.into_iter().collect::<Vec<_>>(),
+            vec![("a".to_string(), 2)]
+        );
+        assert_eq!(
+            dump.pending.into_keys().collect::<Vec<_>>(),
+            vec![("a".to_string(), 1), ("a".to_string(), 3)],
+            "the two good ones back to Enqueued at the stop"
+        );
+    }
+}
+
 /// A group that does not commit answers every caller in it with an error, never an ack:
 /// the jobs come back from the store with the answers made before the failure.
 mod group_failure_tests {

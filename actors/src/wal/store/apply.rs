@@ -194,6 +194,21 @@ impl Applier<'_, '_> {
         full
     }
 
+    /// A lease whose records the caller decodes (the WAL actor, off the commit thread).
+    pub fn lease_bodies(
+        &mut self,
+        sink: &str,
+        max: usize,
+        fill: Option<Fill>,
+        lanes: Option<Lanes>,
+    ) -> Result<Vec<LeasedBody>, WalError> {
+        let ask = Ask { max, fill, lanes };
+        let (tx, meta, now) = (&mut *self.tx, &mut *self.meta, self.now_ms);
+        self.store.lease(tx, meta, sink, ask, now)
+    }
+
+    /// A lease decoded here: a body that is not a record is dead-lettered in this
+    /// transaction, as the actor's `Corrupt` settle would later.
     pub fn lease(
         &mut self,
         sink: &str,
@@ -201,9 +216,11 @@ impl Applier<'_, '_> {
         fill: Option<Fill>,
         lanes: Option<Lanes>,
     ) -> Result<Vec<Leased>, WalError> {
-        let ask = Ask { max, fill, lanes };
-        let (tx, meta, now) = (&mut *self.tx, &mut *self.meta, self.now_ms);
-        self.store.lease(tx, meta, sink, ask, now)
+        let (leased, bad) = LeasedBody::decode_all(self.lease_bodies(sink, max, fill, lanes)?);
+        if !bad.is_empty() {
+            self.settle(sink, bad)?;
+        }
+        Ok(leased)
     }
 
     pub fn settle(

@@ -10,7 +10,7 @@ impl WalStore {
         sink: &str,
         ask: Ask,
         now: u64,
-    ) -> Result<Vec<Leased>, WalError> {
+    ) -> Result<Vec<LeasedBody>, WalError> {
         let Ask { max, fill, lanes } = ask;
         // The live lane starts at the split; without lanes everything is one lane from 0.
         let split = lanes.map(|l| {
@@ -89,27 +89,22 @@ impl WalStore {
                 self.kill(tx, meta, sink, seq, attempts, reason, now)?;
                 continue;
             }
-            let body = bodies.remove(&seq).map(|b| Record::decode(&b));
-            let record = match body {
-                Some(Ok(r)) => r,
-                unreadable => {
-                    let reason = match unreadable {
-                        Some(Err(e)) => DeadReason::Corrupt(format!("corrupt record: {e}")),
-                        _ => DeadReason::Corrupt("record body missing".into()),
-                    };
-                    self.kill(tx, meta, sink, seq, attempts, reason, now)?;
-                    continue;
-                }
+            // Decoded by the caller, off this thread (`LeasedBody`); a body that is not a
+            // record comes back as an `Outcome::Corrupt` settle.
+            let Some(body) = bodies.remove(&seq) else {
+                let reason = DeadReason::Corrupt("record body missing".into());
+                self.kill(tx, meta, sink, seq, attempts, reason, now)?;
+                continue;
             };
             tx.pending.insert((sink, seq), attempts + 1)?;
             self.inflight
                 .entry(sink.to_string())
                 .or_default()
                 .insert(seq, now.saturating_add(self.limits.lease_ms));
-            out.push(Leased {
+            out.push(LeasedBody {
                 seq,
                 attempts: attempts + 1,
-                record,
+                body,
                 live: seq >= live_from,
             });
         }
@@ -184,6 +179,10 @@ impl WalStore {
                 Outcome::Dead(reason) => {
                     let reason = DeadReason::Refused(reason);
                     self.kill(tx, meta, sink, seq, attempts, reason, now)?;
+                    dead += 1;
+                }
+                Outcome::Corrupt(e) => {
+                    self.kill(tx, meta, sink, seq, attempts, DeadReason::Corrupt(e), now)?;
                     dead += 1;
                 }
             }

@@ -37,8 +37,8 @@ use super::idem::{self, IDEM};
 use super::key_index::KeyIndex;
 use super::quota::{self, DeviceQuota, Devices, QuotaLimits, Usage, DEVICE_USAGE};
 use super::record::{
-    AppendOutcome, DeadClass, DeadEntry, DeadReason, Fill, Lanes, Leased, Outcome, Record,
-    SinkStats, WalStats,
+    AppendOutcome, DeadClass, DeadEntry, DeadReason, Fill, Lanes, Leased, LeasedBody, Outcome,
+    Record, SinkStats, WalStats,
 };
 use super::rejected::{Rejected, REJECTED};
 use redb::{
