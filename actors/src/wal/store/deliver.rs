@@ -350,17 +350,35 @@ fn pick(
         out.unleased_all_seen = false;
         return Ok(out);
     }
+    // The rows between the leases in flight: a backlog's first leases are rows at the
+    // front (up to `PIPELINE` batches of them), which a scan would walk and skip on every
+    // lease; the in-flight seqs come in runs, so the gaps between the runs are few.
     let mut leased_before: Vec<(u64, u32)> = Vec::new();
-    for row in tx.pending.range((sink, lo)..=(sink, hi))? {
-        let (k, v) = row?;
-        let seq = k.value().1;
-        if inflight.contains_key(&seq) {
-            continue;
+    let mut from = Some(lo);
+    'gaps: while let Some(start) = from.filter(|s| *s <= hi) {
+        let run = inflight.range(start..=hi).next().map(|(s, _)| *s);
+        let rows = match run {
+            Some(r) => tx.pending.range((sink, start)..(sink, r))?,
+            None => tx.pending.range((sink, start)..=(sink, hi))?,
+        };
+        for row in rows {
+            let (k, v) = row?;
+            leased_before.push((k.value().1, v.value()));
+            if leased_before.len() >= max {
+                break 'gaps;
+            }
         }
-        leased_before.push((seq, v.value()));
-        if leased_before.len() >= max {
-            break;
-        }
+        // Past the run of consecutive in-flight seqs that ended the gap.
+        from = run.and_then(|r| {
+            let mut next = r;
+            for (&seq, _) in inflight.range(r..) {
+                if seq != next {
+                    break;
+                }
+                next = next.checked_add(1)?;
+            }
+            Some(next)
+        });
     }
     let mut fresh: Vec<(u64, Vec<u8>)> = Vec::new();
     'ranges: for (s, e) in unleased.within(sink, lo, hi.saturating_add(1).min(next_seq)) {
