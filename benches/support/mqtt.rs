@@ -318,9 +318,13 @@ pub async fn forward() {
     let up = Broker::plain(&dir.path().join("gw-up"), true, "").expect("mosquitto");
     let edge = Broker::plain(&dir.path().join("gw-edge"), false, "").expect("mosquitto");
     let sub = ack_only_subscriber(up.port, "site/#", "fwd-gw", true, n).await;
+    // `BENCH_MQTT_INFLIGHT`: the sink's `max_in_flight` (the gateway's default otherwise).
+    let inflight = std::env::var("BENCH_MQTT_INFLIGHT")
+        .map(|v| format!("max_in_flight = {v}\n"))
+        .unwrap_or_default();
     let gw = Gw::start(&format!(
         "[mqtt]\nenabled = true\nbroker = \"mqtt://127.0.0.1:{}\"\n[delivery]\nbatch_size = 500\n\
-         [[sinks]]\nname = \"up\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic_prefix = \"site\"\n",
+         [[sinks]]\nname = \"up\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic_prefix = \"site\"\n{inflight}",
         edge.port, up.port
     ));
     while metric(&gw, "edge_gateway_mqtt_session_up").await < 1.0 {

@@ -150,10 +150,58 @@ fn a_long_run_of_records_still_held_does_not_stall_the_sweep() {
     let OpResult::Maintained(m) = &r[0] else {
         panic!("{r:?}")
     };
-    assert!(m.more, "{m:?}");
+    // Age only, nothing came in since: another sweep is due, but not urgent.
+    assert!(m.history_more && !m.more, "{m:?}");
     let s = run(s, vec![Op::Maintain], 5_001);
     assert_eq!(s.stats().history_records, 0);
     assert_eq!(s.stats().records, 2_500);
+}
+
+/// Session 13: in a 1 M drain a quarter of the commit thread went to trimming the records the
+/// drain itself pushed over `history_max_bytes`, sweep after sweep between its leases and
+/// settles. That trimming is now reported as `history_more` (the actor paces it while
+/// deliveries are queued) as long as the stored total (live + kept) is not above what it was
+/// when history was last within its cap; more stored since makes it urgent (`more`) again.
+#[test]
+fn trimming_what_a_drain_pushed_over_the_cap_waits_unless_more_came_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    let s = WalStore::open(&path, vec!["a".into()], kept(1 << 40, 2_000)).unwrap();
+    let recs = |from: usize, n: usize| (from..from + n).map(|i| rec(&format!("k{i}"), 0)).collect();
+    // A backlog of 5,000, history empty: the sweep takes the stored total as its mark.
+    let s = run(s, vec![Op::Append(recs(0, 5_000)), Op::Maintain], 100);
+    let lease = Op::Lease {
+        sink: "a".into(),
+        max: 5_000,
+        fill: None,
+        lanes: None,
+    };
+    // Drained: all 5,000 kept, far over the 2,000-byte cap; the sweep trims its budget.
+    let s = run(s, vec![lease, ack("a", 1..=5_000)], 200);
+    let maintain = |s: WalStore, now| {
+        let (s, r) = s.apply(vec![Op::Maintain], now).unwrap();
+        let OpResult::Maintained(m) = r[0].clone() else {
+            panic!("{r:?}")
+        };
+        (s, m)
+    };
+    let (s, m) = maintain(s, 300);
+    assert_eq!(m.history_purged, 2_000, "one sweep's budget");
+    assert!(
+        m.history_more && !m.more,
+        "what the drain moved may wait: {m:?}"
+    );
+    // 2,500 new records: the stored total is over the mark, the rest of the trim is urgent.
+    let s = run(s, vec![Op::Append(recs(5_000, 2_500))], 400);
+    let (s, m) = maintain(s, 500);
+    assert_eq!(m.history_purged, 2_000, "one sweep's budget");
+    assert!(m.more, "more came in since: {m:?}");
+    // The rest fits one sweep, down to the cap: nothing more either way.
+    let (s, m) = maintain(s, 600);
+    assert!(!m.more && !m.history_more, "{m:?}");
+    assert!(s.stats().history_bytes <= 2_000, "{:?}", s.stats());
+    drop(s);
+    assert!(WalStore::verify(&path).unwrap().ok());
 }
 
 /// Format 4 kept a CBOR lifecycle per record (`history: seq -> row`); written here as that

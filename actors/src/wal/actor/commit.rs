@@ -103,7 +103,8 @@ impl Wal {
                 }
                 note_maintenance(&state.metrics, &answers);
                 note_disk(myself, state, &answers);
-                if sweep_has_more(&answers) {
+                let delivering = state.queue.iter().any(Job::is_delivery);
+                if sweep_has_more(&answers, delivering) {
                     state.queue.push_back(Job::Cast(Op::Maintain));
                 }
                 state.finish(myself, store, answers);

@@ -86,6 +86,11 @@ impl Job {
         }
     }
 
+    /// A lease or a settle: a delivery is under way.
+    pub fn is_delivery(&self) -> bool {
+        matches!(self, Job::Lease { .. } | Job::Cast(Op::Settle { .. }))
+    }
+
     /// The records it appends, if it does (the group's trace span).
     pub fn appended(&self) -> Option<&Vec<Record>> {
         match self {

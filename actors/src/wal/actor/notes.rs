@@ -50,11 +50,15 @@ pub(super) fn note_settles(m: &Metrics, sink: &str, outcomes: &[(u64, Outcome)])
     }
 }
 
-/// True when a sweep in `answers` left work for another one.
-pub(super) fn sweep_has_more(answers: &[Answer]) -> bool {
-    answers
-        .iter()
-        .any(|a| a.maintained().is_some_and(|rep| rep.more))
+/// True when a sweep in `answers` left work for another one right away: always for urgent
+/// work, for kept history over its cap only when no delivery is queued (`delivering`), so a
+/// drain's commits are not interleaved with trimming what the drain itself pushed over the
+/// cap (the maintenance timer still trims a sweep's worth each tick).
+pub(super) fn sweep_has_more(answers: &[Answer], delivering: bool) -> bool {
+    answers.iter().any(|a| {
+        a.maintained()
+            .is_some_and(|rep| rep.more || (rep.history_more && !delivering))
+    })
 }
 
 /// What a maintenance commit reports: purges (dead letters are counted from the store's
@@ -89,5 +93,29 @@ pub(super) fn note_maintenance(m: &Metrics, answers: &[Answer]) {
                     .inc_by(rep.dead_purged);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::MaintainReport;
+
+    #[test]
+    fn history_trimming_goes_on_at_once_only_when_no_delivery_waits() {
+        let answer = |more, history_more| {
+            vec![Answer::Cast(OpResult::Maintained(MaintainReport {
+                more,
+                history_more,
+                ..Default::default()
+            }))]
+        };
+        assert!(sweep_has_more(&answer(true, false), true), "urgent: always");
+        assert!(sweep_has_more(&answer(false, true), false));
+        assert!(
+            !sweep_has_more(&answer(false, true), true),
+            "paced by the timer"
+        );
+        assert!(!sweep_has_more(&answer(false, false), false));
     }
 }

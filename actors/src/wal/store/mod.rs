@@ -150,6 +150,11 @@ pub struct WalStore {
     /// Where the history sweep goes on: the first seq of a run, and the seq in it
     /// (`history/mod.rs`).
     history_cursor: (u64, u64),
+    /// Live plus kept bytes when kept history was last within `history_max_bytes`: a drain
+    /// moves bytes from live to kept without raising the sum, and trimming what it pushed
+    /// over the cap can wait for the deliveries while the sum stays at or below this mark
+    /// (`MaintainReport::history_more`). In memory; 0 after an open (nothing deferred).
+    stored_mark: u64,
     /// idempotency key -> the time of its row in `IDEM` (`key_index.rs`). Rebuilt on open. A
     /// wrong hint can only make a duplicate look new (stored twice: allowed), never the
     /// reverse, because a hit is confirmed against the row's key.

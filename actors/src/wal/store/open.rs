@@ -171,6 +171,7 @@ impl WalStore {
             unleased,
             last_time,
             history_cursor: (0, 0),
+            stored_mark: 0,
             live_from: HashMap::new(),
             expiry_cursor: 0,
             idem,

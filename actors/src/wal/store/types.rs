@@ -393,6 +393,11 @@ pub struct MaintainReport {
     pub dead_over_budget: Vec<(String, u64)>,
     /// A limit was hit: another sweep has work to do.
     pub more: bool,
+    /// Kept history is over its bytes or age and another sweep has more of it to trim, none
+    /// of it urgent: the stored total (live + kept) is not above its mark, the disk is not
+    /// tight and the file not near its cap. The actor sweeps again right away only when no
+    /// delivery is queued; otherwise its timer paces the trimming, off the drain's path.
+    pub history_more: bool,
     /// The file was compacted after this sweep's commit.
     pub compacted: Option<Compacted>,
 }

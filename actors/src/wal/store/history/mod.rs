@@ -115,6 +115,12 @@ impl WalStore {
         now: u64,
         report: &mut MaintainReport,
     ) -> Result<(), WalError> {
+        // What a drain pushed over the cap was live a moment ago: trimming it may wait (see
+        // `stored_mark`) unless more came in since, the disk is tight or the file near its cap.
+        let stored = meta.live_bytes.saturating_add(meta.history_bytes);
+        if meta.history_bytes <= self.limits.history_max_bytes {
+            self.stored_mark = stored;
+        }
         if meta.history_records == 0 && meta.history_bytes == 0 {
             return Ok(());
         }
@@ -124,6 +130,16 @@ impl WalStore {
         let squeeze = self.tight || near_cap || !self.limits.keeps_history();
         let several = meta.sinks.len() > 1;
         let max_bytes = self.limits.history_max_bytes;
+        // (A 1/64 slack for the run rows a drain adds, and appends of the last moment.)
+        let deferrable =
+            !squeeze && stored <= self.stored_mark.saturating_add(self.stored_mark / 64);
+        let more = |report: &mut MaintainReport| {
+            if deferrable {
+                report.history_more = true;
+            } else {
+                report.more = true;
+            }
+        };
         // From where the last sweep ran out of budget on records still held by a sink (acks
         // of some sinks, or a dead letter's): a long run of them never stalls the sweep.
         let (from_row, from_seq) = self.history_cursor;
@@ -144,7 +160,9 @@ impl WalStore {
             Some((first, ..)) if full => (first + 1, 0),
             _ => (0, 0),
         };
-        report.more |= full;
+        if full {
+            more(report);
+        }
         // Records looked at, the budget of one sweep.
         let mut budget = SWEEP_LIMIT;
         'rows: for (first, sink, run) in rows {
@@ -171,7 +189,7 @@ impl WalStore {
             for seq in stored {
                 if budget == 0 {
                     self.history_cursor = (first, seq);
-                    report.more = true;
+                    more(report);
                     break 'rows;
                 }
                 budget -= 1;
