@@ -66,13 +66,32 @@ mod clock_tests {
     }
 }
 
+/// The arguments of a WAL actor on `path` with sink `a` and the test limits, no timer to
+/// speak of (maintenance hourly), no disk reserve.
+fn args(
+    path: &std::path::Path,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> super::WalArgs {
+    let (commits, _) = tokio::sync::watch::channel(0);
+    super::WalArgs {
+        path: path.to_path_buf(),
+        sinks: vec!["a".into()],
+        limits: crate::wal::tests::limits(),
+        max_group: 64,
+        maintenance_interval: std::time::Duration::from_secs(3600),
+        metrics,
+        addr: crate::addr::Addr::new("wal", None),
+        commits,
+        reserve_bytes: 0,
+        min_free_bytes: 0,
+    }
+}
+
 mod stop_tests {
-    use crate::addr::Addr;
     use crate::metrics::Metrics;
-    use crate::wal::{Outcome, Wal, WalArgs, WalMsg, WalStore};
+    use crate::wal::{Outcome, Wal, WalMsg, WalStore};
     use ractor::{call, Actor};
     use std::sync::Arc;
-    use std::time::Duration;
 
     /// Found while reading the stop path (session 9): a WAL stopped without the dispatcher
     /// returning its leases first (its supervisor stopping it, say) kept the attempt of every
@@ -83,19 +102,7 @@ mod stop_tests {
     async fn a_stopped_wal_returns_its_leases_in_a_final_durable_commit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal.redb");
-        let (commits, _) = tokio::sync::watch::channel(0);
-        let args = WalArgs {
-            path: path.clone(),
-            sinks: vec!["a".into()],
-            limits: crate::wal::tests::limits(),
-            max_group: 64,
-            maintenance_interval: Duration::from_secs(3600),
-            metrics: Arc::new(Metrics::new()),
-            addr: Addr::new("wal", None),
-            commits,
-            reserve_bytes: 0,
-            min_free_bytes: 0,
-        };
+        let args = super::args(&path, Arc::new(Metrics::new()));
         let (wal, handle) = Actor::spawn(None, Wal, args).await.unwrap();
         let records = ["k1", "k2", "k3"]
             .map(|k| crate::wal::tests::rec(k, 0))
@@ -133,12 +140,10 @@ mod stop_tests {
 }
 
 mod decode_tests {
-    use crate::addr::Addr;
     use crate::metrics::Metrics;
-    use crate::wal::{Wal, WalArgs, WalMsg, WalStore};
+    use crate::wal::{Wal, WalMsg, WalStore};
     use ractor::{call, Actor};
     use std::sync::Arc;
-    use std::time::Duration;
 
     /// Leases are decoded off the commit thread (session 13); a stored body that is not a
     /// record is still dead-lettered, now by the actor's `Corrupt` settle, and counted under
@@ -168,19 +173,7 @@ mod decode_tests {
             t.commit().unwrap();
         }
         let metrics = Arc::new(Metrics::new());
-        let (commits, _) = tokio::sync::watch::channel(0);
-        let args = WalArgs {
-            path: path.clone(),
-            sinks: vec!["a".into()],
-            limits: limits.clone(),
-            max_group: 64,
-            maintenance_interval: Duration::from_secs(3600),
-            metrics: metrics.clone(),
-            addr: Addr::new("wal", None),
-            commits,
-            reserve_bytes: 0,
-            min_free_bytes: 0,
-        };
+        let args = super::args(&path, metrics.clone());
         let (wal, handle) = Actor::spawn(None, Wal, args).await.unwrap();
         let lease = |reply| WalMsg::Lease {
             sink: "a".into(),
