@@ -87,6 +87,17 @@ fn args(
     }
 }
 
+/// A lease of up to 10 records for sink `a`.
+fn lease(reply: ractor::RpcReplyPort<Vec<crate::wal::Leased>>) -> super::WalMsg {
+    super::WalMsg::Lease {
+        sink: "a".into(),
+        max: 10,
+        fill: None,
+        lanes: None,
+        reply,
+    }
+}
+
 mod stop_tests {
     use crate::metrics::Metrics;
     use crate::wal::{Outcome, Wal, WalMsg, WalStore};
@@ -110,14 +121,7 @@ mod stop_tests {
         call!(wal, |reply| WalMsg::Append { records, reply })
             .unwrap()
             .unwrap();
-        let lease = |reply| WalMsg::Lease {
-            sink: "a".into(),
-            max: 10,
-            fill: None,
-            lanes: None,
-            reply,
-        };
-        let leased = call!(wal, lease).unwrap();
+        let leased = call!(wal, super::lease).unwrap();
         assert_eq!(leased.len(), 3);
         wal.cast(WalMsg::Settle {
             sink: "a".into(),
@@ -125,7 +129,7 @@ mod stop_tests {
         })
         .unwrap();
         // Queued behind the settle: answered once the settle's (non-durable) commit is done.
-        assert!(call!(wal, lease).unwrap().is_empty());
+        assert!(call!(wal, super::lease).unwrap().is_empty());
         wal.stop(None);
         handle.await.unwrap();
 
@@ -141,7 +145,7 @@ mod stop_tests {
 
 mod decode_tests {
     use crate::metrics::Metrics;
-    use crate::wal::{Wal, WalMsg, WalStore};
+    use crate::wal::{Wal, WalStore};
     use ractor::{call, Actor};
     use std::sync::Arc;
 
@@ -175,14 +179,7 @@ mod decode_tests {
         let metrics = Arc::new(Metrics::new());
         let args = super::args(&path, metrics.clone());
         let (wal, handle) = Actor::spawn(None, Wal, args).await.unwrap();
-        let lease = |reply| WalMsg::Lease {
-            sink: "a".into(),
-            max: 10,
-            fill: None,
-            lanes: None,
-            reply,
-        };
-        let leased = call!(wal, lease).unwrap();
+        let leased = call!(wal, super::lease).unwrap();
         let seqs: Vec<u64> = leased.iter().map(|l| l.seq).collect();
         assert_eq!(
             seqs,
@@ -192,7 +189,7 @@ mod decode_tests {
         assert_eq!(leased[1].record.idempotency_key, "k3");
         // The `Corrupt` settle was cast before the lease was answered: this call is queued
         // behind it, and answered after its commit.
-        assert!(call!(wal, lease).unwrap().is_empty());
+        assert!(call!(wal, super::lease).unwrap().is_empty());
         let corrupt = metrics.dead_lettered.with_label_values(&["a", "corrupt"]);
         assert_eq!(corrupt.get(), 1);
         wal.stop(None);
