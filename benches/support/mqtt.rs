@@ -25,6 +25,23 @@ async fn publish(port: u16, n: usize, clients: usize) {
     .await
 }
 
+/// `publish` with payloads padded to `len` bytes (the size of what another path carried).
+async fn publish_sized(port: u16, n: usize, clients: usize, len: usize) {
+    let per = n / clients;
+    let mut tasks = vec![];
+    for c in 0..clients {
+        tasks.push(tokio::spawn(publish_one(port, c, per, move |i| {
+            let mut p = serde_json::to_vec(&json!({"seq": i, "temp_c": 21.5, "pad": ""})).unwrap();
+            let pad = len.saturating_sub(p.len());
+            p.splice(p.len() - 2..p.len() - 2, std::iter::repeat_n(b'x', pad));
+            p
+        })));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 /// The same reading (`seq`, `temp_c`) as Protobuf (`proto/telemetry.proto`).
 fn protobuf_reading(i: usize) -> Vec<u8> {
     use edge_gateway_actors::ingest::protobuf::pb;
@@ -48,44 +65,53 @@ async fn publish_with(port: u16, n: usize, clients: usize, payload: fn(usize) ->
     let per = n / clients;
     let mut tasks = vec![];
     for c in 0..clients {
-        tasks.push(tokio::spawn(async move {
-            let mut o = MqttOptions::new(format!("bench-dev-{c}"), "127.0.0.1", port);
-            o.set_inflight(100).set_keep_alive(Duration::from_secs(30));
-            let (client, mut ev) = AsyncClient::new(o, 200);
-            let acks = Arc::new(AtomicUsize::new(0));
-            let a2 = acks.clone();
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-            let poller = tokio::spawn(async move {
-                let mut done = Some(done_tx);
-                loop {
-                    match ev.poll().await {
-                        Ok(Event::Incoming(Packet::PubAck(_))) => {
-                            if a2.fetch_add(1, Ordering::Relaxed) + 1 == per {
-                                if let Some(d) = done.take() {
-                                    let _ = d.send(());
-                                }
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => panic!("publisher: {e}"),
-                    }
-                }
-            });
-            let topic = format!("devices/bench-{c}/telemetry");
-            for i in 0..per {
-                let body = payload(i);
-                client
-                    .publish(&topic, QoS::AtLeastOnce, false, body)
-                    .await
-                    .unwrap();
-            }
-            let _ = done_rx.await;
-            poller.abort();
-        }));
+        tasks.push(tokio::spawn(publish_one(port, c, per, payload)));
     }
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// Device `c` publishes `per` messages at QoS 1 (100 in flight) and returns once all are acked.
+async fn publish_one(port: u16, c: usize, per: usize, payload: impl Fn(usize) -> Vec<u8>) {
+    let mut o = MqttOptions::new(format!("bench-dev-{c}"), "127.0.0.1", port);
+    o.set_inflight(100).set_keep_alive(Duration::from_secs(30));
+    let (client, mut ev) = AsyncClient::new(o, 200);
+    let acks = Arc::new(AtomicUsize::new(0));
+    let a2 = acks.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let poller = tokio::spawn(async move {
+        let mut done = Some(done_tx);
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    if a2.fetch_add(1, Ordering::Relaxed) + 1 == per {
+                        if let Some(d) = done.take() {
+                            let _ = d.send(());
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => panic!("publisher: {e}"),
+            }
+        }
+    });
+    let topic = format!("devices/bench-{c}/telemetry");
+    for i in 0..per {
+        let body = payload(i);
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, body)
+            .await
+            .unwrap();
+    }
+    let _ = done_rx.await;
+    poller.abort();
+}
+
+/// When a subscriber had its `n` messages, and their payload bytes.
+struct Received {
+    end: Instant,
+    bytes: usize,
 }
 
 /// A QoS 1 subscriber that only acknowledges; resolves after `n` messages.
@@ -95,7 +121,7 @@ async fn ack_only_subscriber(
     id: &str,
     clean: bool,
     n: usize,
-) -> tokio::task::JoinHandle<Instant> {
+) -> tokio::task::JoinHandle<Received> {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(clean);
@@ -103,7 +129,7 @@ async fn ack_only_subscriber(
     let (sub_tx, sub_rx) = tokio::sync::oneshot::channel();
     let filter = filter.to_string();
     let h = tokio::spawn(async move {
-        let mut got = 0usize;
+        let (mut got, mut bytes) = (0usize, 0usize);
         let mut sub_tx = Some(sub_tx);
         loop {
             match ev.poll().await {
@@ -117,10 +143,12 @@ async fn ack_only_subscriber(
                         let _ = t.send(());
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(_))) => {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
                     got += 1;
+                    bytes += p.payload.len();
                     if got >= n {
-                        return Instant::now();
+                        let end = Instant::now();
+                        return Received { end, bytes };
                     }
                 }
                 Ok(_) => {}
@@ -189,7 +217,7 @@ pub async fn ingest() {
     .await;
     let start = Instant::now();
     publish(broker.port, n, clients).await;
-    let end = sub.await.unwrap();
+    let end = sub.await.unwrap().end;
     let base = n as f64 / (end - start).as_secs_f64();
     println!("mosquitto -> ack-only subscriber: {base:.0} msg/s");
 
@@ -260,13 +288,31 @@ pub async fn upstream_drain() {
     up.start().expect("mosquitto");
     let start = Instant::now();
     let sub = ack_only_subscriber(up.port, "site/#", "bench-upstream-sub", false, n).await;
-    let end = sub.await.unwrap();
-    let s = (end - start).as_secs_f64();
+    let got = sub.await.unwrap();
+    let s = (got.end - start).as_secs_f64();
+    let size = got.bytes / n;
     println!(
-        "drained {n} upstream in {s:.1} s ({:.0} msg/s, batch_size {batch}, max_in_flight {inflight}, QoS 1); gateway RSS {:.1} MiB",
+        "drained {n} upstream in {s:.1} s ({:.0} msg/s, batch_size {batch}, max_in_flight {inflight}, QoS 1, {size}-byte payloads); gateway RSS {:.1} MiB",
         n as f64 / s,
         gw.rss_kib() as f64 / 1024.0
     );
+    // mosquitto alone through this very broker (persistence on, a persistent subscriber
+    // session, as the drain had), from the `mqtt` section's four publishers: once with their
+    // small payloads (that section's baseline), once with payloads the size of the records
+    // the drain carried (a broker's cost grows with the bytes it moves).
+    for (what, len) in [("small", 0), ("drain-sized", size)] {
+        let id = format!("bench-upstream-{what}");
+        let sub = ack_only_subscriber(up.port, "devices/+/telemetry", &id, false, n).await;
+        let start = Instant::now();
+        publish_sized(up.port, n, 4, len).await;
+        let got = sub.await.unwrap();
+        let same = n as f64 / (got.end - start).as_secs_f64();
+        println!(
+            "mosquitto alone, same broker, {what} payloads ({} bytes): {same:.0} msg/s; the drain is {:.0} % of it",
+            got.bytes / n,
+            100.0 * n as f64 / s / same
+        );
+    }
     // Where the time went: inside the publisher (publish all, every PUBACK back) or between.
     let busy = metric(&gw, "edge_gateway_publish_seconds_sum{sink=\"up\"}").await;
     let batches = metric(&gw, "edge_gateway_publish_seconds_count{sink=\"up\"}").await;
@@ -295,7 +341,7 @@ pub async fn forward() {
     let sub = ack_only_subscriber(b.port, "devices/+/telemetry", "fwd-alone", true, n).await;
     let start = Instant::now();
     publish(b.port, n, clients).await;
-    let alone = n as f64 / (sub.await.unwrap() - start).as_secs_f64();
+    let alone = n as f64 / (sub.await.unwrap().end - start).as_secs_f64();
     drop(b);
 
     // (a) mosquitto bridge, persistence on at both ends.
@@ -311,7 +357,7 @@ pub async fn forward() {
     // Published before the bridge is up, messages wait in the edge broker's queue for it.
     let start = Instant::now();
     publish(edge.port, n, clients).await;
-    let bridge = n as f64 / (sub.await.unwrap() - start).as_secs_f64();
+    let bridge = n as f64 / (sub.await.unwrap().end - start).as_secs_f64();
     drop((edge, up));
 
     // (b) the gateway between the two brokers.
@@ -332,7 +378,7 @@ pub async fn forward() {
     }
     let start = Instant::now();
     publish(edge.port, n, clients).await;
-    let gateway = n as f64 / (sub.await.unwrap() - start).as_secs_f64();
+    let gateway = n as f64 / (sub.await.unwrap().end - start).as_secs_f64();
     println!("| forwarder | msg/s end to end | vs bridge |");
     println!("|---|---|---|");
     println!("| (publishers to one broker, no forwarder) | {alone:.0} | |");

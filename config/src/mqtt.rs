@@ -160,12 +160,27 @@ pub fn device_level(filter: &str) -> Result<usize, String> {
     }
 }
 
-/// Fills an upstream topic template: `{prefix}`, `{device_id}`, `{gateway_id}`.
+/// Fills an upstream topic template: `{prefix}`, `{device_id}`, `{gateway_id}`. One pass
+/// (it runs per published reading), values inserted as they are.
 pub fn render_topic(template: &str, prefix: &str, device_id: &str, gateway_id: &str) -> String {
-    template
-        .replace("{prefix}", prefix)
-        .replace("{device_id}", device_id)
-        .replace("{gateway_id}", gateway_id)
+    let mut out = String::with_capacity(template.len() + prefix.len() + device_id.len());
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let (value, len) = [
+            ("{prefix}", prefix),
+            ("{device_id}", device_id),
+            ("{gateway_id}", gateway_id),
+        ]
+        .into_iter()
+        .find(|(name, _)| rest.starts_with(name))
+        .map_or(("{", 1), |(name, value)| (value, name.len()));
+        out.push_str(value);
+        rest = &rest[len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -208,5 +223,12 @@ mod tests {
             render_topic("{prefix}/{device_id}/telemetry", "site-1", "d7", "gw"),
             "site-1/d7/telemetry"
         );
+        assert_eq!(
+            render_topic("{gateway_id}/{x}/{device_id}{prefix}{", "p", "d", "g"),
+            "g/{x}/dp{"
+        );
+        // A value is inserted as it is, never expanded again.
+        assert_eq!(render_topic("{prefix}/t", "{device_id}", "d", "g"), "{device_id}/t");
+        assert_eq!(render_topic("plain", "p", "d", "g"), "plain");
     }
 }

@@ -390,4 +390,6 @@ fn publish_size(topic: &str, payload: &[u8], key: &str, v5: bool) -> u64 {
 }
 
 #[cfg(test)]
+mod flow_tests;
+#[cfg(test)]
 mod tests;
