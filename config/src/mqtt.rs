@@ -228,7 +228,10 @@ mod tests {
             "g/{x}/dp{"
         );
         // A value is inserted as it is, never expanded again.
-        assert_eq!(render_topic("{prefix}/t", "{device_id}", "d", "g"), "{device_id}/t");
+        assert_eq!(
+            render_topic("{prefix}/t", "{device_id}", "d", "g"),
+            "{device_id}/t"
+        );
         assert_eq!(render_topic("plain", "p", "d", "g"), "plain");
     }
 }
