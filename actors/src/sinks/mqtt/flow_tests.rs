@@ -111,26 +111,35 @@ fn count(seen: &[Seen], f: fn(&Seen) -> bool) -> usize {
 
 #[tokio::test]
 async fn a_full_window_refills_once_half_of_it_is_acknowledged() {
-    window_refills(false).await;
+    window_refills(false, 10).await;
 }
 
 #[tokio::test]
 async fn a_full_window_refills_once_half_of_it_is_acknowledged_mqtt5() {
-    window_refills(true).await;
+    window_refills(true, 10).await;
 }
 
-async fn window_refills(v5: bool) {
+/// The edges of "half": a window of 3 refills at 1 in flight, a window of 1 at none.
+#[tokio::test]
+async fn small_windows_refill_at_their_half() {
+    window_refills(false, 3).await;
+    window_refills(false, 1).await;
+    window_refills(true, 3).await;
+}
+
+async fn window_refills(v5: bool, window: u16) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (ack, acks) = mpsc::unbounded_channel();
     let broker = tokio::spawn(scripted_broker(listener, v5, acks));
 
-    // Ten in flight at most, twenty queued.
+    // `window` in flight at most, twice that queued.
+    let total = 2 * usize::from(window);
     let mut events = if v5 {
         let mut o = rumqttc::v5::MqttOptions::new("flow-test", "127.0.0.1", port);
-        o.set_outgoing_inflight_upper_limit(10);
+        o.set_outgoing_inflight_upper_limit(window);
         let (client, events) = rumqttc::v5::AsyncClient::new(o, 64);
-        for i in 0..20u32 {
+        for i in 0..total as u32 {
             let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
             client
                 .publish("t", qos, false, i.to_be_bytes().to_vec())
@@ -140,9 +149,9 @@ async fn window_refills(v5: bool) {
         Events::V5(Box::new(events))
     } else {
         let mut o = MqttOptions::new("flow-test", "127.0.0.1", port);
-        o.set_inflight(10);
+        o.set_inflight(window);
         let (client, events) = AsyncClient::new(o, 64);
-        for i in 0..20u32 {
+        for i in 0..total as u32 {
             client
                 .publish("t", QoS::AtLeastOnce, false, i.to_be_bytes().to_vec())
                 .await
@@ -153,36 +162,43 @@ async fn window_refills(v5: bool) {
     let mut seen = Vec::new();
     let sent = |s: &Seen| matches!(s, Seen::Sent(_));
     let acked = |s: &Seen| matches!(s, Seen::Acked(_));
+    let w = usize::from(window);
+    // Acknowledgements that bring the window down to half: 5 of 10, 2 of 3, 1 of 1.
+    let release = window - window / 2;
 
-    // The window fills: ten out, the other ten held.
-    poll_until(&mut events, &mut seen, |s| count(s, sent) == 10).await;
-    // Acknowledged one by one, each seen by the client before the next is sent: with 9, 8,
-    // 7, 6 in flight nothing new may leave.
-    for pkid in 1..=5u16 {
+    // The window fills, the rest is held.
+    poll_until(&mut events, &mut seen, |s| count(s, sent) == w).await;
+    // Acknowledged one by one, each seen by the client before the next is sent: above half
+    // the window in flight, nothing new may leave.
+    for pkid in 1..=release {
         ack.send(pkid).unwrap();
         poll_until(&mut events, &mut seen, |s| s.contains(&Seen::Acked(pkid))).await;
     }
-    // Half the window is free now: the next five leave as one run, and no more.
-    poll_until(&mut events, &mut seen, |s| count(s, sent) == 15).await;
-    let first_ack = seen.iter().position(|s| *s == Seen::Acked(1)).unwrap();
-    let fifth_ack = seen.iter().position(|s| *s == Seen::Acked(5)).unwrap();
+    // Half the window is free now: what was acknowledged leaves again as one run, no more.
+    let run = usize::from(release);
+    poll_until(&mut events, &mut seen, |s| count(s, sent) == w + run).await;
+    let first = seen.iter().position(|s| *s == Seen::Acked(1)).unwrap();
+    let last = seen
+        .iter()
+        .position(|s| *s == Seen::Acked(release))
+        .unwrap();
     assert_eq!(
-        count(&seen[first_ack..fifth_ack], sent),
+        count(&seen[first..last], sent),
         0,
-        "a publish left before half the window was acknowledged: {seen:?}"
+        "window {window}: a publish left before half the window was acknowledged: {seen:?}"
     );
-    assert_eq!(count(&seen[fifth_ack..], sent), 5, "{seen:?}");
+    assert_eq!(count(&seen[last..], sent), run, "window {window}: {seen:?}");
 
     // The rest drains: every publish acknowledged (an ack is only sent for a publish the
     // client has sent), packet ids reused in order.
-    for pkid in (6..=10).chain(1..=5) {
+    for pkid in (release + 1..=window).chain(1..=release) {
         ack.send(pkid).unwrap();
     }
-    poll_until(&mut events, &mut seen, |s| count(s, sent) == 20).await;
-    for pkid in 6..=10 {
+    poll_until(&mut events, &mut seen, |s| count(s, sent) == total).await;
+    for pkid in release + 1..=window {
         ack.send(pkid).unwrap();
     }
-    poll_until(&mut events, &mut seen, |s| count(s, acked) == 20).await;
+    poll_until(&mut events, &mut seen, |s| count(s, acked) == total).await;
     let ids: Vec<u16> = seen
         .iter()
         .filter_map(|s| match s {
@@ -190,7 +206,7 @@ async fn window_refills(v5: bool) {
             _ => None,
         })
         .collect();
-    let expected: Vec<u16> = (1..=10).chain(1..=10).collect();
-    assert_eq!(ids, expected);
+    let expected: Vec<u16> = (1..=window).chain(1..=window).collect();
+    assert_eq!(ids, expected, "window {window}");
     broker.abort();
 }
