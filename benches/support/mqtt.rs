@@ -27,19 +27,13 @@ async fn publish(port: u16, n: usize, clients: usize) {
 
 /// `publish` with payloads padded to `len` bytes (the size of what another path carried).
 async fn publish_sized(port: u16, n: usize, clients: usize, len: usize) {
-    let per = n / clients;
-    let mut tasks = vec![];
-    for c in 0..clients {
-        tasks.push(tokio::spawn(publish_one(port, c, per, move |i| {
-            let mut p = serde_json::to_vec(&json!({"seq": i, "temp_c": 21.5, "pad": ""})).unwrap();
-            let pad = len.saturating_sub(p.len());
-            p.splice(p.len() - 2..p.len() - 2, std::iter::repeat_n(b'x', pad));
-            p
-        })));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    publish_with(port, n, clients, move |i| {
+        let mut p = serde_json::to_vec(&json!({"seq": i, "temp_c": 21.5, "pad": ""})).unwrap();
+        let pad = len.saturating_sub(p.len());
+        p.splice(p.len() - 2..p.len() - 2, std::iter::repeat_n(b'x', pad));
+        p
+    })
+    .await
 }
 
 /// The same reading (`seq`, `temp_c`) as Protobuf (`proto/telemetry.proto`).
@@ -61,11 +55,16 @@ fn protobuf_reading(i: usize) -> Vec<u8> {
     .encode_to_vec()
 }
 
-async fn publish_with(port: u16, n: usize, clients: usize, payload: fn(usize) -> Vec<u8>) {
+async fn publish_with(
+    port: u16,
+    n: usize,
+    clients: usize,
+    payload: impl Fn(usize) -> Vec<u8> + Clone + Send + 'static,
+) {
     let per = n / clients;
     let mut tasks = vec![];
     for c in 0..clients {
-        tasks.push(tokio::spawn(publish_one(port, c, per, payload)));
+        tasks.push(tokio::spawn(publish_one(port, c, per, payload.clone())));
     }
     for t in tasks {
         t.await.unwrap();
