@@ -200,7 +200,9 @@ fn wal_vs_redb() {
         let start = Instant::now();
         for g in groups {
             let ops = vec![Op::Append(g)];
-            let (s, _) = store.take().unwrap().apply(ops, 1_700_000_000_000).unwrap();
+            // WAL time as the actor passes it: a monotonic clock in ms (`actor/clock.rs`).
+            let now = 1_700_000_000_000 + start.elapsed().as_millis() as u64;
+            let (s, _) = store.take().unwrap().apply(ops, now).unwrap();
             store = Some(s);
         }
         let wal = total as f64 / start.elapsed().as_secs_f64();

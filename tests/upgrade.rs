@@ -5,7 +5,9 @@
 //! opens each, migrates it to its format in one transaction, delivers every pending reading and
 //! still shows every dead letter.
 //! - `wal-v1.redb`: the release before issue 9 (commit 7c6a1e7, WAL format 1);
-//! - `wal-v2.redb`: the release before the unleased ranges (commit 17ae16d, WAL format 2).
+//! - `wal-v2.redb`: the release before the unleased ranges (commit 17ae16d, WAL format 2);
+//! - `wal-v5.redb`: the release before idempotency rows per commit (commit 16740b0, WAL
+//!   format 5: a row per key in `idem_v2`).
 
 mod common;
 
@@ -22,7 +24,8 @@ async fn a_wal_of_the_release_before_issue_9_is_migrated_and_delivered() {
         0 => format!("fixture-{i}"),
         _ => format!("sensor-1/seq/{i}"),
     })
-    .await;
+    .await
+    .terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,10 +35,50 @@ async fn a_wal_of_the_previous_release_is_migrated_and_delivered() {
         0 => format!("sensor-0/key/fixture-{i}"),
         _ => format!("sensor-1/seq/{i}"),
     })
-    .await;
+    .await
+    .terminate();
 }
 
-async fn migrates_and_delivers(fixture: &str, key_of: fn(u64) -> String) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_with_a_row_per_idempotency_key_is_migrated_and_keeps_its_keys() {
+    let gw = migrates_and_delivers("wal-v5.redb", |i| match i % 2 {
+        0 => format!("sensor-0/key/fixture-{i}"),
+        _ => format!("sensor-1/seq/{i}"),
+    })
+    .await;
+    // The keys came over (format 6 packs them one row per commit): a device retrying a
+    // reading the old release acknowledged is answered as a duplicate, not stored again. The
+    // body is the fixture's (`make-wal-fixture.sh`), byte for byte the same content.
+    let c = client();
+    let url = gw.url("/ingest/sensor-0");
+    let body = serde_json::json!({"seq": 2, "ts": "2026-11-20T10:00:00Z", "temp": 22});
+    let retry = c
+        .post(&url)
+        .bearer_auth(&gw.token)
+        .header("Idempotency-Key", "fixture-2")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(retry.status().is_success(), "{}", retry.status());
+    let answer: serde_json::Value = retry.json().await.unwrap();
+    assert_eq!(answer["duplicate"], true, "{answer}");
+    // Other content under the same key is a conflict, stored (never dropped).
+    let other = serde_json::json!({"seq": 2, "ts": "2026-11-20T10:00:00Z", "temp": 99});
+    let r = c
+        .post(&url)
+        .bearer_auth(&gw.token)
+        .header("Idempotency-Key", "fixture-2")
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["key_conflict"], true, "{answer}");
+    gw.terminate();
+}
+
+async fn migrates_and_delivers(fixture: &str, key_of: fn(u64) -> String) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     std::fs::copy(
@@ -111,7 +154,7 @@ async fn migrates_and_delivers(fixture: &str, key_of: fn(u64) -> String) {
     // Opened again: already at this release's format, nothing to migrate.
     let gw = Gateway::start(&cfg);
     assert!(!gw.log().contains("WAL migrated"), "{}", gw.log());
-    gw.terminate();
+    gw
 }
 
 /// A WAL written by a newer release stops the gateway at start with a message

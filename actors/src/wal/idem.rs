@@ -13,22 +13,24 @@
 //!   with its fingerprint ([`conflict_key`]) so downstream de-duplication keeps it too, and
 //!   the key's row then names the newer reading (a retry of it is a duplicate).
 //!
-//! On-disk: `idem_v2` replaced `idem_by_ts` (which held unscoped keys and no fingerprint).
-//! Opening an older file drops `idem_by_ts` (see docs/decisions.md): a retry, after the
-//! upgrade, of a reading accepted before it is stored again — a duplicate, which
-//! at-least-once allows, never a loss.
+//! On-disk: `idem_v3` (format 6, `store/idem_rows.rs`) holds a commit's keys in one row; it
+//! replaced `idem_v2` (a row per key, converted on open), which replaced `idem_by_ts` (which
+//! held unscoped keys and no fingerprint). Opening a format-1 file drops `idem_by_ts` (see
+//! docs/decisions.md): a retry, after the upgrade, of a reading accepted before it is stored
+//! again — a duplicate, which at-least-once allows, never a loss.
 
 use super::record::Record;
 use redb::TableDefinition;
 use sha2::{Digest, Sha256};
 
-/// (receive_ts_ms, key) -> (seq, correlation_id, content fingerprint). Keyed by time so
-/// inserts are sequential and keys leave the window from the front; lookups by key go
-/// through the store's in-memory index (a random-order B-tree keyed by the key itself halved
-/// append throughput with 100 devices interleaved: 130k -> 68k rec/s at 1,000 per commit).
-pub const IDEM: TableDefinition<(u64, &str), (u64, &str, u64)> = TableDefinition::new("idem_v2");
+/// Format 2 to 5: (receive_ts_ms, key) -> (seq, correlation_id, content fingerprint), a row
+/// per key. Format 6 packs a commit's keys into one row (`store/idem_rows.rs`); opening an
+/// older file converts these rows and drops the table.
+pub const IDEM_V2: TableDefinition<(u64, &str), (u64, &str, u64)> =
+    TableDefinition::new(IDEM_V2_NAME);
+pub const IDEM_V2_NAME: &str = "idem_v2";
 
-/// The table of earlier versions, dropped on open.
+/// The table of format 1, dropped on open.
 pub const IDEM_V1_NAME: &str = "idem_by_ts";
 
 /// The record's fingerprint: cached by the ingest edge, else computed.

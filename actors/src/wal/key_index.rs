@@ -1,30 +1,31 @@
-//! The in-memory index of idempotency keys: key -> the WAL time of its row in `IDEM`.
+//! The in-memory index of idempotency keys: key -> the id of its row in `idem_v3` (the seq of
+//! the row's first entry; `store/idem_rows.rs`).
 //!
-//! The rows are keyed by `(time, key)` so inserts are sequential and keys leave the window
-//! from the front; a lookup by key needs this index to find the time. It holds up to
+//! A commit's keys share one row, keyed by its id, so inserts are sequential and keys leave
+//! from the front; a lookup by key needs this index to find the row. It holds up to
 //! `wal.idempotency_max_keys` entries (250,000 by default), so it is kept small: 8 bytes an
-//! entry (a 32-bit hash of the key, a 32-bit offset of the time from `base`) where the first
-//! version held 16 — at the default cap about 4.5 MiB instead of 9, and the table is sized
-//! once for the cap instead of doubling (a doubling holds both tables for a moment, and the
-//! freed one stays in the allocator's arena).
+//! entry (a 32-bit hash of the key, a 32-bit offset of the row id from `base`) where the
+//! first version held 16 — at the default cap about 4.5 MiB instead of 9, and the table is
+//! sized once for the cap instead of doubling (a doubling holds both tables for a moment, and
+//! the freed one stays in the allocator's arena).
 //!
 //! Invariants:
-//! - The index is a hint, confirmed against the row: `get` names a time, and the caller reads
-//!   the row `(time, key)`, which holds the key itself. A wrong hint (two keys with one hash,
-//!   or an entry dropped) can only make a duplicate look new — stored twice, which
-//!   at-least-once allows — never a new reading look like a duplicate.
+//! - The index is a hint, confirmed against the row: `get` names a row, and the caller reads
+//!   it, which holds the key itself. A wrong hint (two keys with one hash, or an entry
+//!   dropped) can only make a duplicate look new — stored twice, which at-least-once allows —
+//!   never a new reading look like a duplicate.
 //! - The hash is keyed per process (`RandomState`), so no client can craft keys that aim at
 //!   another key's entry; the index is rebuilt from the rows at every open.
-//! - An offset fits 32 bits (49.7 days of milliseconds). When a time does not fit, `base`
-//!   moves forward to half that range before it, and the entries older than the new base
-//!   (at least 24.8 days old: outside any sensible idempotency window; the default is an
-//!   hour) are dropped — their duplicates would look new, as above.
+//! - An offset fits 32 bits (4 Gi readings). When an id does not fit, `base` moves forward to
+//!   half that range before it, and the entries older than the new base (at least 2 Gi
+//!   readings ago: far outside any sensible key cap; the default is 250,000) are dropped —
+//!   their duplicates would look new, as above.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
-/// Offsets are kept within this many ms after a rebase (half the 32-bit range).
-const REBASE_KEEP_MS: u64 = 1 << 31;
+/// Offsets are kept within this many ids after a rebase (half the 32-bit range).
+const REBASE_KEEP: u64 = 1 << 31;
 
 pub struct KeyIndex {
     hasher: std::collections::hash_map::RandomState,
@@ -33,7 +34,7 @@ pub struct KeyIndex {
 }
 
 impl KeyIndex {
-    /// An empty index for keys from `base` on, sized for `cap` entries up to 256 Ki (the
+    /// An empty index for rows from id `base` on, sized for `cap` entries up to 256 Ki (the
     /// default cap fits; a larger cap grows the table as keys come, and an idle gateway does
     /// not pay for it).
     pub fn new(base: u64, cap: u64) -> KeyIndex {
@@ -49,29 +50,29 @@ impl KeyIndex {
         self.hasher.hash_one(key) as u32
     }
 
-    /// The time of `key`'s row, if the index has one.
+    /// The id of `key`'s row, if the index has one.
     pub fn get(&self, key: &str) -> Option<u64> {
         self.map
             .get(&self.hash(key))
             .map(|&d| self.base + u64::from(d))
     }
 
-    /// `key`'s row is now at `ts`; the time the index named for its hash before, if any.
-    pub fn insert(&mut self, key: &str, ts: u64) -> Option<u64> {
-        if ts < self.base {
-            // The WAL clock never goes back; tests (and a hand-edited file) may.
-            self.rebase(ts);
-        } else if ts - self.base > u64::from(u32::MAX) {
-            self.rebase(ts - REBASE_KEEP_MS);
+    /// `key`'s row is now `id`; the id the index named for its hash before, if any.
+    pub fn insert(&mut self, key: &str, id: u64) -> Option<u64> {
+        if id < self.base {
+            // Row ids never go back; tests (and a hand-edited file) may.
+            self.rebase(id);
+        } else if id - self.base > u64::from(u32::MAX) {
+            self.rebase(id - REBASE_KEEP);
         }
-        let old = self.map.insert(self.hash(key), (ts - self.base) as u32);
+        let old = self.map.insert(self.hash(key), (id - self.base) as u32);
         old.map(|d| self.base + u64::from(d))
     }
 
-    /// Forgets `key` if its entry names `ts` (its row is being deleted).
-    pub fn remove_if(&mut self, key: &str, ts: u64) {
+    /// Forgets `key` if its entry names row `id` (the row is being deleted).
+    pub fn remove_if(&mut self, key: &str, id: u64) {
         let h = self.hash(key);
-        if self.map.get(&h).map(|&d| self.base + u64::from(d)) == Some(ts) {
+        if self.map.get(&h).map(|&d| self.base + u64::from(d)) == Some(id) {
             self.map.remove(&h);
         }
     }
@@ -86,12 +87,12 @@ impl KeyIndex {
         self.map.is_empty()
     }
 
-    /// Moves the base; the entries whose time no longer fits an offset from it are dropped.
+    /// Moves the base; the entries whose id no longer fits an offset from it are dropped.
     fn rebase(&mut self, base: u64) {
         let old = self.base;
         self.map.retain(|_, d| {
-            let ts = old + u64::from(*d);
-            match ts.checked_sub(base).map(u32::try_from) {
+            let id = old + u64::from(*d);
+            match id.checked_sub(base).map(u32::try_from) {
                 Some(Ok(n)) => {
                     *d = n;
                     true
@@ -129,7 +130,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_key_names_its_latest_time_and_is_forgotten_only_for_that_time() {
+    fn a_key_names_its_latest_row_and_is_forgotten_only_for_that_row() {
         let mut ix = KeyIndex::new(1_000, 16);
         assert_eq!(ix.get("a"), None);
         assert_eq!(ix.insert("a", 1_500), None);
@@ -143,7 +144,7 @@ mod tests {
     }
 
     #[test]
-    fn times_past_the_32_bit_range_move_the_base_and_drop_only_the_oldest() {
+    fn ids_past_the_32_bit_range_move_the_base_and_drop_only_the_oldest() {
         let day = 86_400_000u64;
         let mut ix = KeyIndex::new(0, 16);
         ix.insert("old", day);
@@ -165,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn a_time_before_the_base_moves_the_base_back() {
+    fn an_id_before_the_base_moves_the_base_back() {
         let mut ix = KeyIndex::new(5_000, 4);
         ix.insert("b", 6_000);
         ix.insert("a", 10);

@@ -129,8 +129,13 @@ struct Model {
     /// seq -> (rows naming it, when it was appended).
     refs: BTreeMap<u64, (u32, u64)>,
     records: BTreeSet<u64>,
-    /// key -> (when stored, seq).
-    idem: BTreeMap<String, (u64, u64)>,
+    /// key -> (when stored, seq, id of its row): the newest entry of each key.
+    idem: BTreeMap<String, (u64, u64, u64)>,
+    /// The idempotency rows, one per commit that stored readings (format 6): (id, time,
+    /// keys); their entries; and the keys of the commit in progress, (id, keys).
+    idem_rows: std::collections::VecDeque<(u64, u64, Vec<String>)>,
+    idem_entries: u64,
+    idem_buf: Option<(u64, Vec<String>)>,
     /// Records below this seq were examined for expiry since the store opened.
     expiry_cursor: u64,
     /// Leases in memory: (sink, seq) -> deadline; and the order they were handed out.
@@ -173,6 +178,29 @@ impl Model {
             dead: self.dead.keys().cloned().collect(),
             records: self.records.clone(),
             idem: self.idem.keys().cloned().collect(),
+        }
+    }
+
+    /// The end of a commit: its keys become one row; past the cap the oldest rows go, never
+    /// the newest.
+    fn commit(&mut self, now: u64) {
+        let Some((id, keys)) = self.idem_buf.take() else {
+            return;
+        };
+        self.idem_entries += keys.len() as u64;
+        self.idem_rows.push_back((id, now, keys));
+        while self.idem_entries > self.lim().cap && self.idem_rows.len() > 1 {
+            self.forget_oldest_row();
+        }
+    }
+
+    fn forget_oldest_row(&mut self) {
+        let (id, _, keys) = self.idem_rows.pop_front().expect("a row");
+        self.idem_entries -= keys.len() as u64;
+        for k in keys {
+            if self.idem.get(&k).is_some_and(|e| e.2 == id) {
+                self.idem.remove(&k);
+            }
         }
     }
 
@@ -265,8 +293,8 @@ impl Model {
             let in_window = self
                 .idem
                 .get(&key)
-                .filter(|(ts, _)| ts.saturating_add(lim.window) > now)
-                .map(|&(_, seq)| seq);
+                .filter(|(ts, _, _)| ts.saturating_add(lim.window) > now)
+                .map(|&(_, seq, _)| seq);
             match (first_new.get(&key), in_window) {
                 (Some(&n), _) => plan.push(Err(n)),
                 (None, Some(seq)) => plan.push(Ok(seq)),
@@ -296,17 +324,10 @@ impl Model {
                     for sink in sinks {
                         self.pending.insert((sink.to_string(), seq), 0);
                     }
-                    self.idem.insert(format!("k{k}"), (now, seq));
-                    // Past the cap the oldest row goes, by (time, key) as the table orders it.
-                    while self.idem.len() as u64 > lim.cap {
-                        let oldest = self
-                            .idem
-                            .iter()
-                            .min_by(|a, b| (a.1 .0, a.0).cmp(&(b.1 .0, b.0)))
-                            .map(|(k, _)| k.clone())
-                            .expect("over the cap");
-                        self.idem.remove(&oldest);
-                    }
+                    let (row, keys) = self.idem_buf.get_or_insert((seq, Vec::new()));
+                    keys.push(format!("k{k}"));
+                    let row = *row;
+                    self.idem.insert(format!("k{k}"), (now, seq, row));
                 }
             }
         }
@@ -366,7 +387,13 @@ impl Model {
     fn maintain(&mut self, now: u64) {
         let lim = self.lim();
         let cutoff = now.saturating_sub(lim.window);
-        self.idem.retain(|_, (ts, _)| *ts >= cutoff);
+        let newest = self.idem_rows.back().map(|r| r.0);
+        while let Some(&(id, at, _)) = self.idem_rows.front() {
+            if !(at < cutoff || (self.idem_entries > lim.cap && Some(id) != newest)) {
+                break;
+            }
+            self.forget_oldest_row();
+        }
         let age_cutoff = now.saturating_sub(lim.max_age);
         let old: Vec<u64> = self
             .refs
@@ -476,6 +503,7 @@ proptest! {
                     }
                     let is_durable = steps.iter().any(|st| matches!(st, MOp::Append(_) | MOp::AppendTo(..) | MOp::Maintain | MOp::Requeue(_)));
                     let (s2, results) = s.apply(ops, now).unwrap();
+                    m.commit(now);
                     prop_assert_eq!(results.len(), wants.len());
                     for (w, r) in wants.iter().zip(&results) {
                         check(w, r)?;
@@ -491,6 +519,7 @@ proptest! {
                         continue;
                     };
                     let (s2, mut r) = s.apply(vec![o], now).unwrap();
+                    m.commit(now);
                     check(&w, &r.pop().unwrap())?;
                     if matches!(single, MOp::Append(_) | MOp::AppendTo(..) | MOp::Maintain | MOp::Requeue(_)) {
                         durable = m.clone();

@@ -164,23 +164,23 @@ fn idempotency_key_forgotten_after_window() {
     assert_eq!(s.stats().idempotency_keys, 1);
 }
 
+/// The cap is kept at a commit's granularity (format 6: a commit's keys share one row,
+/// `store/idem_rows.rs`): past it the oldest commits' keys go, never the newest commit's.
 #[test]
-fn idempotency_keys_beyond_the_count_limit_are_forgotten_oldest_first() {
+fn idempotency_keys_beyond_the_count_limit_are_forgotten_oldest_commit_first() {
     let dir = tempfile::tempdir().unwrap();
     let mut l = limits();
     l.idempotency_max_keys = 2;
-    let s = open(dir.path(), l);
-    let (s, _) = one(
-        s,
-        Op::Append(vec![rec("a", 1), rec("b", 2), rec("c", 3)]),
-        3,
-    );
+    let mut s = open(dir.path(), l.clone());
+    for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
+        s = one(s, Op::Append(vec![rec(k, i as u64 + 1)]), i as u64 + 1).0;
+    }
     assert_eq!(
         s.stats().idempotency_keys,
         2,
-        "the cap holds as keys are added"
+        "the cap holds as commits add keys"
     );
-    let (_, r) = one(s, Op::Append(vec![rec("a", 4), rec("c", 4)]), 4);
+    let (s, r) = one(s, Op::Append(vec![rec("a", 4), rec("c", 4)]), 4);
     let OpResult::Appended(Ok(v)) = r else {
         panic!()
     };
@@ -192,6 +192,33 @@ fn idempotency_keys_beyond_the_count_limit_are_forgotten_oldest_first() {
         matches!(v[1], AppendOutcome::Duplicate { .. }),
         "c is still remembered"
     );
+    // One commit of more keys than the cap keeps them all; everything older goes.
+    let (s, _) = one(
+        s,
+        Op::Append(vec![rec("d", 5), rec("e", 5), rec("f", 5)]),
+        5,
+    );
+    assert_eq!(s.stats().idempotency_keys, 3);
+    let (s, r) = one(s, Op::Append(vec![rec("d", 6), rec("c", 6)]), 6);
+    let OpResult::Appended(Ok(v)) = r else {
+        panic!()
+    };
+    assert!(matches!(v[0], AppendOutcome::Duplicate { .. }), "{v:?}");
+    assert!(matches!(v[1], AppendOutcome::Stored { .. }), "{v:?}");
+    assert_eq!(
+        s.stats().idempotency_keys,
+        1,
+        "d, e and f went: c's commit is newer"
+    );
+    // Reopened: the index is rebuilt from the rows alone.
+    drop(s);
+    let s = open(dir.path(), l);
+    let (_, r) = one(s, Op::Append(vec![rec("c", 7), rec("e", 7)]), 7);
+    let OpResult::Appended(Ok(v)) = r else {
+        panic!()
+    };
+    assert!(matches!(v[0], AppendOutcome::Duplicate { .. }), "{v:?}");
+    assert!(matches!(v[1], AppendOutcome::Stored { .. }), "{v:?}");
 }
 
 #[test]

@@ -122,3 +122,47 @@ fn a_wal_from_a_newer_release_is_refused_with_both_versions_named() {
         "refusing wrote nothing"
     );
 }
+
+/// Format 5 kept a row per idempotency key; format 6 packs a commit's keys into one row
+/// (`store/idem_rows.rs`). The conversion is part of the opening transaction: when it does
+/// not commit the file is format 5, whole, and the next open converts it — every key kept.
+#[test]
+fn idempotency_rows_of_format_5_are_packed_by_a_migration_a_crash_cannot_tear() {
+    const V5: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/wal-v5.redb");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.redb");
+    std::fs::copy(V5, &path).unwrap();
+    assert_eq!(saved_version(&path), Some(5));
+    let tables = |path: &std::path::Path| -> Vec<String> {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        txn.list_tables()
+            .unwrap()
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect()
+    };
+    assert!(tables(&path).contains(&"idem_v2".to_string()));
+
+    let (backend, fail_sync, _) = faulty(&path);
+    fail_sync.store(true, Ordering::SeqCst);
+    assert!(WalStore::open_with_backend(backend, &path, sinks(), limits()).is_err());
+    assert_eq!(saved_version(&path), Some(5), "still format 5");
+    assert!(tables(&path).contains(&"idem_v2".to_string()), "whole");
+
+    let store = WalStore::open(&path, sinks(), limits()).unwrap();
+    assert_eq!(store.stats().idempotency_keys, 40, "one key per reading");
+    let keys = store.dump().unwrap().idem;
+    assert_eq!(keys.len(), 40);
+    for i in 1..=40u64 {
+        let key = match i % 2 {
+            0 => format!("sensor-0/key/fixture-{i}"),
+            _ => format!("sensor-1/seq/{i}"),
+        };
+        assert!(keys.contains(&key), "{key} kept: {keys:?}");
+    }
+    drop(store);
+    assert_eq!(saved_version(&path), Some(FORMAT_VERSION));
+    let after = tables(&path);
+    assert!(!after.contains(&"idem_v2".to_string()), "{after:?}");
+    assert!(WalStore::verify(&path).unwrap().ok());
+}

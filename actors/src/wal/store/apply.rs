@@ -72,6 +72,7 @@ impl WalStore {
                     self.unleased
                         .materialize(&mut tx, &sink, meta.next_seq, true)?;
                 }
+                self.save_idem(&mut tx, &mut meta, now_ms)?;
                 self.unleased.save(&mut tx.unleased)?;
                 self.devices.save(&mut tx.device_usage)?;
             }
@@ -312,7 +313,7 @@ pub(super) struct Tx<'t> {
     pub(super) times: redb::Table<'t, u64, u64>,
     pub(super) pending: redb::Table<'t, (&'static str, u64), u32>,
     pub(super) dead: redb::Table<'t, (&'static str, u64), &'static [u8]>,
-    pub(super) idem: redb::Table<'t, (u64, &'static str), (u64, &'static str, u64)>,
+    pub(super) idem: redb::Table<'t, u64, (u64, &'static [u8])>,
     pub(super) rejected: redb::Table<'t, u64, &'static [u8]>,
     pub(super) device_usage: redb::Table<'t, &'static str, (u64, u64)>,
     pub(super) acks: redb::Table<'t, (u64, &'static str), &'static [u8]>,
@@ -326,7 +327,7 @@ impl<'t> Tx<'t> {
             times: txn.open_table(TIMES)?,
             pending: txn.open_table(PENDING)?,
             dead: txn.open_table(DEAD)?,
-            idem: txn.open_table(IDEM)?,
+            idem: txn.open_table(IDEM_V3)?,
             rejected: txn.open_table(REJECTED)?,
             device_usage: txn.open_table(DEVICE_USAGE)?,
             acks: txn.open_table(history::runs::ACKS)?,

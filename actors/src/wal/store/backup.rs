@@ -55,7 +55,14 @@ fn rows(src: &ReadTransaction) -> Result<u64, WalError> {
         + src.open_table(DEAD)?.len()?
         + src.open_table(META)?.len()?
         + src.open_table(REJECTED)?.len()?
-        + src.open_table(IDEM)?.len()?
+        + match src.open_table(IDEM_V3) {
+            Ok(t) => t.len()?,
+            Err(_) => 0,
+        }
+        + match src.open_table(idem::IDEM_V2) {
+            Ok(t) => t.len()?,
+            Err(_) => 0,
+        }
         + src.open_table(DEVICE_USAGE)?.len()?
         + history::runs::table(src)?.map_or(Ok(0), |t| t.len())?
         + match src.open_table(history::runs::HISTORY_V4) {
@@ -115,7 +122,13 @@ pub(super) fn write(
     copy(src, &txn, DEAD, &mut c)?;
     copy(src, &txn, META, &mut c)?;
     copy(src, &txn, REJECTED, &mut c)?;
-    copy(src, &txn, IDEM, &mut c)?;
+    // Idempotency rows: a row per commit, or per key in a file of format 5 or earlier.
+    if has("idem_v3")? {
+        copy(src, &txn, IDEM_V3, &mut c)?;
+    }
+    if has(idem::IDEM_V2_NAME)? {
+        copy(src, &txn, idem::IDEM_V2, &mut c)?;
+    }
     copy(src, &txn, DEVICE_USAGE, &mut c)?;
     if history::runs::table(src)?.is_some() {
         copy(src, &txn, history::runs::ACKS, &mut c)?;

@@ -68,28 +68,17 @@ impl WalStore {
         now: u64,
     ) -> Result<MaintainReport, WalError> {
         let mut report = MaintainReport::default();
-        // Idempotency keys that left the window (the count cap is kept by `append`; `excess`
-        // only covers a cap lowered in the config since the last run).
+        // Idempotency rows that left the window, and the oldest past the cap (kept at each
+        // commit by `save_idem`; here it only covers a cap lowered in the config since). The
+        // newest row stays for the cap, as there.
         let cutoff = now.saturating_sub(self.limits.idempotency_window_ms);
-        let excess = meta
-            .idem_keys
-            .saturating_sub(self.limits.idempotency_max_keys) as usize;
-        let old: Vec<(u64, String)> = tx
-            .idem
-            .iter()?
-            .enumerate()
-            .take_while(|(i, r)| *i < excess || r.as_ref().is_ok_and(|(k, _)| k.value().0 < cutoff))
-            .map(|(_, r)| r)
-            .take(SWEEP_LIMIT)
-            .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
-            .collect::<Result<_, _>>()?;
-        report.more |= old.len() >= SWEEP_LIMIT;
-        for (ts, key) in old {
-            tx.idem.remove((ts, key.as_str()))?;
-            self.idem.remove_if(&key, ts);
-            meta.idem_keys = meta.idem_keys.saturating_sub(1);
-            report.idempotency_purged += 1;
-        }
+        let cap = self.limits.idempotency_max_keys;
+        let newest = tx.idem.last()?.map(|(k, _)| k.value());
+        let (purged, more) = self.forget_rows(tx, meta, SWEEP_LIMIT, |m, at, id| {
+            at < cutoff || (m.idem_keys > cap && Some(id) != newest)
+        })?;
+        report.idempotency_purged += purged;
+        report.more |= more;
         // Settled records kept past their time, or crowding what ingest needs.
         self.expire_history(tx, meta, now, &mut report)?;
         // Undelivered records past max age: Dead with reason `expired`, per sink still pending.

@@ -33,7 +33,7 @@
 //! that counter (new, or from an older release, whose rows hold wall times) starts it at the
 //! wall clock, so its old rows compare as before.
 
-use super::idem::{self, IDEM};
+use super::idem;
 use super::key_index::KeyIndex;
 use super::quota::{self, DeviceQuota, Devices, QuotaLimits, Usage, DEVICE_USAGE};
 use super::record::{
@@ -52,7 +52,9 @@ mod backup;
 mod compact;
 mod deliver;
 mod history;
+mod idem_rows;
 pub use history::{HistoryRow, SinkAck};
+use idem_rows::{IdemBuf, IDEM_V3};
 mod apply;
 mod dlq;
 mod lookup;
@@ -104,11 +106,14 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 ///   `pending` rows stay as they are).
 /// - 4: no `refs` row per record: append times per commit (`times`), a record's life from the
 ///   sinks holding it. Earlier files migrate their `refs` times into `times` and drop it.
+/// - 5: kept acks as runs (`acks`, `history/runs.rs`).
+/// - 6: idempotency keys packed one row per commit (`idem_v3`, `idem_rows.rs`). Earlier files
+///   convert their `idem_v2` rows (grouped by time) and drop it.
 ///
 /// Opening migrates an older file in the same write transaction that stamps the new version
-/// (redb commits it whole or not at all, so a crash during the migration leaves format 1, and
+/// (redb commits it whole or not at all, so a crash during the migration leaves the older format whole, and
 /// the next open migrates again). A newer version is refused ([`WalError::NewerFormat`]).
-pub const FORMAT_VERSION: u64 = 5;
+pub const FORMAT_VERSION: u64 = 6;
 
 /// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long
 /// (a sweep shares its commit with appends). When a sweep hits the limit it reports `more`
@@ -155,10 +160,12 @@ pub struct WalStore {
     /// over the cap can wait for the deliveries while the sum stays at or below this mark
     /// (`MaintainReport::history_more`). In memory; 0 after an open (nothing deferred).
     stored_mark: u64,
-    /// idempotency key -> the time of its row in `IDEM` (`key_index.rs`). Rebuilt on open. A
-    /// wrong hint can only make a duplicate look new (stored twice: allowed), never the
-    /// reverse, because a hit is confirmed against the row's key.
+    /// idempotency key -> the id of its row in `idem_v3` (`key_index.rs`, `idem_rows.rs`).
+    /// Rebuilt on open. A wrong hint can only make a duplicate look new (stored twice:
+    /// allowed), never the reverse, because a hit is confirmed against the row's key.
     idem: KeyIndex,
+    /// The keys the commit in progress remembered, written as one row before it commits.
+    idem_buf: IdemBuf,
     /// What each device holds (see `quota.rs`); saved in the same commit as the rows.
     devices: Devices,
     /// Free bytes of the WAL's filesystem, asked once per commit that appends.
@@ -284,12 +291,4 @@ fn stats_from(
             .collect(),
         orphaned: Vec::new(),
     }
-}
-
-/// What an idempotency row holds, and when (WAL time) it was written.
-struct IdemRow<'a> {
-    at: u64,
-    seq: u64,
-    correlation_id: &'a str,
-    fp: u64,
 }

@@ -3,24 +3,6 @@
 
 use super::*;
 
-/// Drops the idempotency table of earlier versions (see `idem.rs`); `Some(keys)` if there
-/// was one.
-fn drop_v1_idempotency_table(
-    txn: &WriteTransaction,
-    meta: &mut Meta,
-) -> Result<Option<u64>, WalError> {
-    let Some(old) = txn
-        .list_tables()?
-        .find(|t| redb::TableHandle::name(t) == idem::IDEM_V1_NAME)
-    else {
-        return Ok(None);
-    };
-    txn.delete_table(old)?;
-    let dropped = meta.idem_keys;
-    meta.idem_keys = txn.open_table(IDEM)?.len()?;
-    Ok(Some(dropped))
-}
-
 pub(super) fn open_error(path: &Path, source: redb::DatabaseError) -> WalError {
     match source {
         redb::DatabaseError::DatabaseAlreadyOpen => WalError::AlreadyOpen,
@@ -80,7 +62,7 @@ impl WalStore {
         txn.open_table(PENDING)?;
         txn.open_table(DEAD)?;
         txn.open_table(REJECTED)?;
-        txn.open_table(IDEM)?;
+        txn.open_table(IDEM_V3)?;
         txn.open_table(DEVICE_USAGE)?;
         txn.open_table(UNLEASED)?;
         txn.open_table(history::runs::ACKS)?;
@@ -101,7 +83,8 @@ impl WalStore {
             _ => None,
         };
         meta.format_version = FORMAT_VERSION;
-        let dropped = drop_v1_idempotency_table(&txn, &mut meta)?;
+        // Format 5 and earlier: a row per idempotency key becomes a row per commit.
+        let dropped = idem_rows::migrate(&txn, &mut meta)?;
         // Format 3 and earlier: append times per record (`refs`) become rows per commit.
         times::migrate_refs(&txn)?;
         // Format 4 and earlier: lifecycle rows per record become runs of acks.
@@ -128,20 +111,11 @@ impl WalStore {
             unleased.reconcile(&mut tx, &sinks, meta.next_seq)?;
             unleased.save(&mut tx.unleased)?;
         }
-        let idem = {
-            let table = txn.open_table(IDEM)?;
-            let base = match table.first()? {
-                Some((k, _)) => k.value().0,
-                None => meta.clock_ms,
-            };
-            let mut idem = KeyIndex::new(base, limits.idempotency_max_keys);
-            for row in table.iter()? {
-                let (k, _) = row?;
-                let (ts, key) = k.value();
-                idem.insert(key, ts);
-            }
-            idem
-        };
+        let idem = idem_rows::load_index(
+            &txn.open_table(IDEM_V3)?,
+            meta.next_seq,
+            limits.idempotency_max_keys,
+        )?;
         txn.commit()?;
         if let Some(from) = migrated_from {
             tracing::warn!(
@@ -175,6 +149,7 @@ impl WalStore {
             live_from: HashMap::new(),
             expiry_cursor: 0,
             idem,
+            idem_buf: IdemBuf::default(),
             devices,
             free_space: free_space_of(path.parent().unwrap_or(Path::new(".")).to_path_buf()),
             file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),

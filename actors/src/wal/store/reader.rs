@@ -66,9 +66,11 @@ impl WalStore {
                 d.records.insert(seq);
             }
         }
-        for row in txn.open_table(IDEM)?.iter()? {
-            d.idem.insert(row?.0.value().1.to_string());
-        }
+        d.idem = match txn.open_table(IDEM_V3) {
+            Ok(t) => idem_rows::keys(&t)?,
+            Err(redb::TableError::TableDoesNotExist(_)) => Default::default(),
+            Err(e) => return Err(e.into()),
+        };
         Ok(d)
     }
 

@@ -11,6 +11,8 @@
 //! - every seq below `next_seq` in an unleased range names a stored record, and no `pending`
 //!   row names a seq its sink's ranges still hold;
 //! - append times (`times.rs`) rise with seq and cover the first stored record;
+//! - idempotency rows (`idem_rows.rs`) rise in id and time, their entries parse whole, and
+//!   each row's id is its first entry's seq;
 //! - the counters in `meta` equal the rows they count (records, live bytes, per-sink pending
 //!   and dead, kept history records and bytes).
 //!
@@ -24,7 +26,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
     /// `pages`, `format`, `record`, `orphan_row`, `dead_entry`, `history`, `unleased`, `times`,
-    /// `counter`.
+    /// `idempotency`, `counter`.
     pub kind: &'static str,
     pub detail: String,
 }
@@ -48,7 +50,7 @@ impl VerifyReport {
         self.problems.is_empty() && self.problems_not_listed == 0
     }
 
-    fn problem(&mut self, kind: &'static str, detail: String) {
+    pub(super) fn problem(&mut self, kind: &'static str, detail: String) {
         if self.problems.iter().filter(|p| p.kind == kind).count() >= 1_000 {
             self.problems_not_listed += 1;
         } else {
@@ -231,6 +233,7 @@ impl WalStore {
                 );
             }
         }
+        idem_rows::verify(&txn.open_table(IDEM_V3)?, &meta, &mut report)?;
         if (meta.history_records, meta.history_bytes) != (report.history_records, history_bytes) {
             report.problem(
                 "counter",

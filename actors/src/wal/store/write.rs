@@ -1,4 +1,5 @@
-//! Appends: classification against the idempotency window, quotas, the rows written.
+//! Appends: classification against the idempotency window, quotas, the rows written (the
+//! idempotency rows: `idem_rows.rs`).
 
 use super::*;
 
@@ -155,13 +156,7 @@ impl WalStore {
                     }
                     self.note_appended(tx, seq, now)?;
                     let key = arrived.as_deref().unwrap_or(&r.idempotency_key);
-                    let row = IdemRow {
-                        at: now,
-                        seq,
-                        correlation_id: &r.correlation_id,
-                        fp,
-                    };
-                    self.remember_key(tx, meta, key, row)?;
+                    self.remember_key(key, seq, &r.correlation_id, fp);
                     meta.records += 1;
                     meta.live_bytes += bytes.len() as u64;
                     self.devices.add(&r.device_id, bytes.len() as u64);
@@ -197,71 +192,6 @@ impl WalStore {
                 file_bytes: self.file_bytes,
                 max_file_bytes: self.limits.max_file_bytes,
             });
-        }
-        Ok(())
-    }
-
-    /// The row of `key` if it is still within the idempotency window.
-    pub(super) fn window_row(
-        &self,
-        tx: &Tx<'_>,
-        key: &str,
-        now: u64,
-    ) -> Result<Option<idem::Seen>, WalError> {
-        let Some(ts) = self.idem.get(key) else {
-            return Ok(None);
-        };
-        if ts.saturating_add(self.limits.idempotency_window_ms) <= now {
-            return Ok(None);
-        }
-        Ok(tx.idem.get((ts, key))?.map(|v| {
-            let (seq, corr, fingerprint) = v.value();
-            idem::Seen {
-                seq,
-                correlation_id: corr.to_string(),
-                fingerprint,
-            }
-        }))
-    }
-
-    /// `key` now names `row`'s reading: its row (and index entry) replace any older one, and
-    /// past the cap the oldest key is forgotten.
-    pub(super) fn remember_key(
-        &mut self,
-        tx: &mut Tx<'_>,
-        meta: &mut Meta,
-        key: &str,
-        row: IdemRow<'_>,
-    ) -> Result<(), WalError> {
-        let IdemRow {
-            at: now,
-            seq,
-            correlation_id,
-            fp,
-        } = row;
-        if let Some(old_ts) = self.idem.insert(key, now) {
-            // An expired or conflicting key being reused (or a hash collision): drop its
-            // old row.
-            if tx.idem.remove((old_ts, key))?.is_some() {
-                meta.idem_keys = meta.idem_keys.saturating_sub(1);
-            }
-        }
-        if tx
-            .idem
-            .insert((now, key), (seq, correlation_id, fp))?
-            .is_none()
-        {
-            meta.idem_keys += 1;
-        }
-        // Past the cap, forget the oldest key now: one delete at the front of the table per
-        // insert, instead of a purge backlog competing with delivery.
-        while meta.idem_keys > self.limits.idempotency_max_keys {
-            let Some((k, _)) = tx.idem.pop_first()? else {
-                break;
-            };
-            let (ts, old_key) = k.value();
-            self.idem.remove_if(old_key, ts);
-            meta.idem_keys -= 1;
         }
         Ok(())
     }
