@@ -174,10 +174,20 @@ impl Devices {
     }
 
     pub fn add(&mut self, device: &str, bytes: u64) {
-        let u = self.usage.entry(device.to_string()).or_default();
+        // Per record on the commit path: a device's name is copied once, not per reading.
+        let u = match self.usage.get_mut(device) {
+            Some(u) => u,
+            None => self.usage.entry(device.to_string()).or_default(),
+        };
         u.records += 1;
         u.bytes += bytes;
-        self.dirty.insert(device.to_string());
+        self.mark(device);
+    }
+
+    fn mark(&mut self, device: &str) {
+        if !self.dirty.contains(device) {
+            self.dirty.insert(device.to_string());
+        }
     }
 
     pub fn remove(&mut self, device: &str, bytes: u64) {
@@ -187,7 +197,7 @@ impl Devices {
             if u.records == 0 {
                 self.usage.remove(device);
             }
-            self.dirty.insert(device.to_string());
+            self.mark(device);
         }
     }
 

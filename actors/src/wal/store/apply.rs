@@ -76,7 +76,7 @@ impl WalStore {
                 self.unleased.save(&mut tx.unleased)?;
                 self.devices.save(&mut tx.device_usage)?;
             }
-            meta.save(&txn)?;
+            meta.save_since(Some(&self.meta), &txn)?;
             txn.commit()?;
             self.meta = meta;
             Ok(())

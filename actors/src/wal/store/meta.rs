@@ -65,27 +65,60 @@ impl Meta {
     }
 
     pub(super) fn save(&self, txn: &WriteTransaction) -> Result<(), WalError> {
+        self.save_since(None, txn)
+    }
+
+    /// Writes the counters that differ from `before` (what the file holds: the last commit's
+    /// counters), or all of them. A commit pays for the rows it changed, not for every
+    /// counter.
+    pub(super) fn save_since(
+        &self,
+        before: Option<&Meta>,
+        txn: &WriteTransaction,
+    ) -> Result<(), WalError> {
         let mut t = txn.open_table(META)?;
-        t.insert("format_version", self.format_version)?;
-        t.insert("next_seq", self.next_seq)?;
-        t.insert("live_bytes", self.live_bytes)?;
-        t.insert("records", self.records)?;
-        t.insert("idem_keys", self.idem_keys)?;
-        t.insert("rejected_next", self.rejected_next)?;
-        t.insert("rejected", self.rejected)?;
-        t.insert("device_usage_v1", self.device_usage_v1)?;
-        t.insert("clock_ms", self.clock_ms)?;
-        t.insert("history_records", self.history_records)?;
-        t.insert("history_bytes", self.history_bytes)?;
-        for (sink, (p, d, a)) in &self.sinks {
-            t.insert(format!("pending/{sink}").as_str(), *p)?;
-            t.insert(format!("dead/{sink}").as_str(), *d)?;
-            t.insert(format!("acked/{sink}").as_str(), *a)?;
+        let b = before.map(Meta::scalars);
+        for (i, (k, v)) in self.scalars().into_iter().enumerate() {
+            if b.as_ref().is_none_or(|b| b[i].1 != v) {
+                t.insert(k, v)?;
+            }
+        }
+        for (sink, &(p, d, a)) in &self.sinks {
+            let old = before.and_then(|b| b.sinks.get(sink));
+            for (kind, v, was) in [
+                ("pending", p, old.map(|o| o.0)),
+                ("dead", d, old.map(|o| o.1)),
+                ("acked", a, old.map(|o| o.2)),
+            ] {
+                if was != Some(v) {
+                    t.insert(format!("{kind}/{sink}").as_str(), v)?;
+                }
+            }
         }
         Ok(())
     }
 
+    fn scalars(&self) -> [(&'static str, u64); 11] {
+        [
+            ("format_version", self.format_version),
+            ("next_seq", self.next_seq),
+            ("live_bytes", self.live_bytes),
+            ("records", self.records),
+            ("idem_keys", self.idem_keys),
+            ("rejected_next", self.rejected_next),
+            ("rejected", self.rejected),
+            ("device_usage_v1", self.device_usage_v1),
+            ("clock_ms", self.clock_ms),
+            ("history_records", self.history_records),
+            ("history_bytes", self.history_bytes),
+        ]
+    }
+
     pub(super) fn sink(&mut self, sink: &str) -> &mut (u64, u64, u64) {
-        self.sinks.entry(sink.to_string()).or_default()
+        // Per record on the commit path: no copy of the name for a sink already counted.
+        if !self.sinks.contains_key(sink) {
+            self.sinks.insert(sink.to_string(), Default::default());
+        }
+        self.sinks.get_mut(sink).expect("inserted above")
     }
 }
