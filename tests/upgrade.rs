@@ -49,31 +49,27 @@ async fn a_wal_with_a_row_per_idempotency_key_is_migrated_and_keeps_its_keys() {
     // The keys came over (format 6 packs them one row per commit): a device retrying a
     // reading the old release acknowledged is answered as a duplicate, not stored again. The
     // body is the fixture's (`make-wal-fixture.sh`), byte for byte the same content.
-    let c = client();
-    let url = gw.url("/ingest/sensor-0");
-    let body = serde_json::json!({"seq": 2, "ts": "2026-11-20T10:00:00Z", "temp": 22});
-    let retry = c
-        .post(&url)
-        .bearer_auth(&gw.token)
-        .header("Idempotency-Key", "fixture-2")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(retry.status().is_success(), "{}", retry.status());
-    let answer: serde_json::Value = retry.json().await.unwrap();
+    let send = |temp: u64| {
+        let c = client();
+        let (url, token) = (gw.url("/ingest/sensor-0"), gw.token.clone());
+        async move {
+            let body = serde_json::json!({"seq": 2, "ts": "2026-11-20T10:00:00Z", "temp": temp});
+            let r = c
+                .post(url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", "fixture-2")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let answer = send(22).await;
     assert_eq!(answer["duplicate"], true, "{answer}");
     // Other content under the same key is a conflict, stored (never dropped).
-    let other = serde_json::json!({"seq": 2, "ts": "2026-11-20T10:00:00Z", "temp": 99});
-    let r = c
-        .post(&url)
-        .bearer_auth(&gw.token)
-        .header("Idempotency-Key", "fixture-2")
-        .json(&other)
-        .send()
-        .await
-        .unwrap();
-    let answer: serde_json::Value = r.json().await.unwrap();
+    let answer = send(99).await;
     assert_eq!(answer["key_conflict"], true, "{answer}");
     gw.terminate();
 }

@@ -202,8 +202,9 @@ pub struct WalConfig {
     pub max_age_secs: u64,
     /// How long an idempotency key is remembered.
     pub idempotency_window_secs: u64,
-    /// Most idempotency keys remembered; past it the oldest are forgotten first. Bounds the
-    /// WAL file under sustained load (each key costs ~150 bytes on disk).
+    /// Most idempotency keys remembered; past it the oldest commits' keys are forgotten first
+    /// (never the newest commit's). Bounds the WAL file under sustained load (each key costs
+    /// its length plus ~60 bytes on disk, in one row per commit).
     pub idempotency_max_keys: u64,
     /// How long dead-lettered records (and rejected MQTT messages) are kept for inspection.
     pub dead_retention_secs: u64,
