@@ -148,7 +148,8 @@ impl WalStore {
     }
 
     /// Writes this commit's row, if it remembered any key, then keeps the cap: the oldest
-    /// rows go while the entries are over it (never the newest row).
+    /// rows go while the entries are over it (never the newest row; about `SWEEP_LIMIT`
+    /// entries at most).
     pub(super) fn save_idem(
         &mut self,
         tx: &mut Tx<'_>,
@@ -161,8 +162,10 @@ impl WalStore {
         };
         tx.idem.insert(id, (now, buf.bytes.as_slice()))?;
         meta.idem_keys += buf.count;
+        // At most a sweep's worth per commit (a cap lowered in the config could otherwise
+        // make one commit delete every row); maintenance forgets the rest.
         let cap = self.limits.idempotency_max_keys;
-        self.forget_rows(tx, meta, usize::MAX, |m, _, row| {
+        self.forget_rows(tx, meta, SWEEP_LIMIT, |m, _, row| {
             m.idem_keys > cap && row != id
         })?;
         Ok(())
@@ -390,5 +393,46 @@ mod tests {
         let seen = find(&row, "k").unwrap();
         assert_eq!((seen.seq, seen.fingerprint), (2, 20));
         assert!(find(&row, "other").is_none());
+    }
+
+    /// A damaged row (cut inside an entry) opens: its whole entries are kept, the rest
+    /// forgotten (a retry of them is stored again, never refused), and `wal verify` names it.
+    #[test]
+    fn a_damaged_row_opens_keeps_its_whole_entries_and_verify_names_it() {
+        use crate::wal::tests::{limits, rec};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.redb");
+        let store = WalStore::open(&path, vec!["s".into()], limits()).unwrap();
+        let ops = vec![Op::Append(vec![rec("a", 1), rec("b", 1)])];
+        let (store, _) = store.apply(ops, 1).unwrap();
+        drop(store);
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(IDEM_V3).unwrap();
+                let (id, at, mut bytes) = {
+                    let (k, v) = t.first().unwrap().unwrap();
+                    (k.value(), v.value().0, v.value().1.to_vec())
+                };
+                bytes.truncate(bytes.len() - 2);
+                t.insert(id, (at, bytes.as_slice())).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let report = WalStore::verify(&path).unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.kind == "idempotency"),
+            "{:?}",
+            report.problems
+        );
+        let store = WalStore::open(&path, vec!["s".into()], limits()).unwrap();
+        let ops = vec![Op::Append(vec![rec("a", 2), rec("b", 2)])];
+        let (_, r) = store.apply(ops, 2).unwrap();
+        let OpResult::Appended(Ok(v)) = &r[0] else {
+            panic!("{r:?}")
+        };
+        assert!(matches!(v[0], AppendOutcome::Duplicate { .. }), "{v:?}");
+        assert!(matches!(v[1], AppendOutcome::Stored { .. }), "{v:?}");
     }
 }
