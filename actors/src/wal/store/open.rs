@@ -84,7 +84,7 @@ impl WalStore {
         };
         meta.format_version = FORMAT_VERSION;
         // Format 5 and earlier: a row per idempotency key becomes a row per commit.
-        let dropped = idem_rows::migrate(&txn, &mut meta)?;
+        let dropped = idem_rows::migrate(&txn, &meta)?;
         // Format 3 and earlier: append times per record (`refs`) become rows per commit.
         times::migrate_refs(&txn)?;
         // Format 4 and earlier: lifecycle rows per record become runs of acks.
@@ -103,6 +103,13 @@ impl WalStore {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_millis() as u64);
         }
+        // The index, read from the rows; their entries recounted as it goes.
+        let (idem, entries) = idem_rows::load_index(
+            &txn.open_table(IDEM_V3)?,
+            meta.next_seq,
+            limits.idempotency_max_keys,
+        )?;
+        meta.idem_keys = entries;
         meta.save(&txn)?;
         // Each configured sink has its open range; a sink that left gets its rows.
         let mut unleased = Unleased::load(&txn.open_table(UNLEASED)?)?;
@@ -111,11 +118,6 @@ impl WalStore {
             unleased.reconcile(&mut tx, &sinks, meta.next_seq)?;
             unleased.save(&mut tx.unleased)?;
         }
-        let idem = idem_rows::load_index(
-            &txn.open_table(IDEM_V3)?,
-            meta.next_seq,
-            limits.idempotency_max_keys,
-        )?;
         txn.commit()?;
         if let Some(from) = migrated_from {
             tracing::warn!(

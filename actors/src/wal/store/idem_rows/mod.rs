@@ -13,7 +13,7 @@
 //!   oldest and the first to leave.
 //! - A key's newest entry is the one that counts. A key stored again (a key conflict, or a
 //!   key reused after its window) leaves its older entry where it is until that row goes;
-//!   the index names the newer row, and a lookup in a row reads its entries from the last.
+//!   the index names the newer row, and a lookup takes the row's last entry of the key.
 //!   `meta.idem_keys` counts entries, superseded ones too.
 //! - Rows leave from the front: past the window (maintenance), or past
 //!   `idempotency_max_keys` entries, at a commit's granularity — the oldest rows go, never the
@@ -22,82 +22,19 @@
 //!   against the row, which holds the key. Rebuilt at open by reading the rows in order.
 //! - A commit's entries are gathered in the store ([`IdemBuf`]) and written as one row just
 //!   before it commits; a group that fails drops the store, buffer and all.
+//!
+//! Layout: this file the store's side (gathering, lookups, forgetting rows, the index, `wal
+//! verify`'s checks); `entry.rs` the packed entry; `migrate.rs` the conversion of format 5.
 
 use super::*;
 
+mod entry;
+mod migrate;
+use entry::{entries, find, pack, Entry};
+pub(super) use migrate::migrate;
+
 /// Row id (the seq of its first entry) -> (WAL time of its commit, packed entries).
 pub(super) const IDEM_V3: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("idem_v3");
-
-/// One remembered key, as packed in a row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Entry<'a> {
-    pub(super) key: &'a str,
-    pub(super) seq: u64,
-    pub(super) fp: u64,
-    pub(super) correlation_id: &'a str,
-}
-
-/// Appends one entry: `len(key) u32, key, seq u64, fingerprint u64, len(corr) u32, corr`,
-/// little-endian.
-fn pack(buf: &mut Vec<u8>, e: &Entry<'_>) {
-    buf.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
-    buf.extend_from_slice(e.key.as_bytes());
-    buf.extend_from_slice(&e.seq.to_le_bytes());
-    buf.extend_from_slice(&e.fp.to_le_bytes());
-    buf.extend_from_slice(&(e.correlation_id.len() as u32).to_le_bytes());
-    buf.extend_from_slice(e.correlation_id.as_bytes());
-}
-
-/// A row's entries in the order they were remembered. A damaged row ends at its first
-/// malformed entry: the keys after it are forgotten (a retry of them is stored again —
-/// a duplicate, never a loss).
-pub(super) fn entries(mut b: &[u8]) -> impl Iterator<Item = Entry<'_>> {
-    std::iter::from_fn(move || {
-        let (e, rest) = parse(b)?;
-        b = rest;
-        Some(e)
-    })
-}
-
-fn parse(b: &[u8]) -> Option<(Entry<'_>, &[u8])> {
-    fn u32_at(b: &[u8]) -> Option<(usize, &[u8])> {
-        let (n, rest) = b.split_first_chunk::<4>()?;
-        Some((u32::from_le_bytes(*n) as usize, rest))
-    }
-    fn u64_at(b: &[u8]) -> Option<(u64, &[u8])> {
-        let (n, rest) = b.split_first_chunk::<8>()?;
-        Some((u64::from_le_bytes(*n), rest))
-    }
-    fn str_at(b: &[u8], len: usize) -> Option<(&str, &[u8])> {
-        let (s, rest) = b.split_at_checked(len)?;
-        Some((std::str::from_utf8(s).ok()?, rest))
-    }
-    let (len, b) = u32_at(b)?;
-    let (key, b) = str_at(b, len)?;
-    let (seq, b) = u64_at(b)?;
-    let (fp, b) = u64_at(b)?;
-    let (len, b) = u32_at(b)?;
-    let (correlation_id, b) = str_at(b, len)?;
-    let e = Entry {
-        key,
-        seq,
-        fp,
-        correlation_id,
-    };
-    Some((e, b))
-}
-
-/// `key`'s newest entry in a row.
-fn find(row: &[u8], key: &str) -> Option<idem::Seen> {
-    entries(row)
-        .filter(|e| e.key == key)
-        .last()
-        .map(|e| idem::Seen {
-            seq: e.seq,
-            correlation_id: e.correlation_id.to_string(),
-            fingerprint: e.fp,
-        })
-}
 
 /// The entries of the commit in progress, written as one row before it commits.
 #[derive(Debug, Default)]
@@ -206,25 +143,28 @@ impl WalStore {
     }
 }
 
-/// The index of the rows, read in order (newer entries replace older ones).
+/// The index of the rows, read in order (newer entries replace older ones), and the number of
+/// entries they hold.
 pub(super) fn load_index(
     table: &impl ReadableTable<u64, (u64, &'static [u8])>,
     next_seq: u64,
     cap: u64,
-) -> Result<KeyIndex, WalError> {
+) -> Result<(KeyIndex, u64), WalError> {
     let base = match table.first()? {
         Some((k, _)) => k.value(),
         None => next_seq,
     };
     let mut index = KeyIndex::new(base, cap);
+    let mut entries_held = 0u64;
     for row in table.iter()? {
         let (k, v) = row?;
         let id = k.value();
         for e in entries(v.value().1) {
             index.insert(e.key, id);
+            entries_held += 1;
         }
     }
-    Ok(index)
+    Ok((index, entries_held))
 }
 
 /// Every key the rows hold (readers and tests).
@@ -237,73 +177,6 @@ pub(super) fn keys(
         keys.extend(entries(v.value().1).map(|e| e.key.to_string()));
     }
     Ok(keys)
-}
-
-/// Format 5 and earlier: a row per key in `idem_v2` becomes a row per WAL time in `idem_v3`
-/// (the keys one commit stored share its time), and `idem_v2` goes. Format 1's `idem_by_ts`
-/// is dropped (its keys were not scoped to the device; see `idem.rs`): `Some(keys)` dropped.
-/// Recounts `meta.idem_keys`. In the opening transaction: a crash leaves the old format whole.
-pub(super) fn migrate(txn: &WriteTransaction, meta: &mut Meta) -> Result<Option<u64>, WalError> {
-    let find = |name: &str| -> Result<Option<redb::UntypedTableHandle>, WalError> {
-        Ok(txn
-            .list_tables()?
-            .find(|t| redb::TableHandle::name(t) == name))
-    };
-    let dropped = match find(idem::IDEM_V1_NAME)? {
-        Some(old) => {
-            txn.delete_table(old)?;
-            Some(meta.idem_keys)
-        }
-        None => None,
-    };
-    let mut to = txn.open_table(IDEM_V3)?;
-    if let Some(old) = find(idem::IDEM_V2_NAME)? {
-        let from = txn.open_table(idem::IDEM_V2)?;
-        // One row per run of equal times, its entries in seq order (its id the first).
-        type Run = (u64, Vec<(u64, String, String, u64)>); // time, (seq, key, corr, fp)
-        let flush = |run: &mut Option<Run>,
-                     to: &mut redb::Table<'_, u64, (u64, &'static [u8])>|
-         -> Result<(), WalError> {
-            let Some((at, mut es)) = run.take() else {
-                return Ok(());
-            };
-            es.sort_unstable_by_key(|e| e.0);
-            let mut bytes = Vec::new();
-            for (seq, key, correlation_id, fp) in &es {
-                let e = Entry {
-                    key,
-                    seq: *seq,
-                    fp: *fp,
-                    correlation_id,
-                };
-                pack(&mut bytes, &e);
-            }
-            if let Some(&(id, ..)) = es.first() {
-                to.insert(id, (at, bytes.as_slice()))?;
-            }
-            Ok(())
-        };
-        let mut run: Option<Run> = None;
-        for row in from.iter()? {
-            let (k, v) = row?;
-            let (at, key) = k.value();
-            let (seq, corr, fp) = v.value();
-            if run.as_ref().is_some_and(|(t, _)| *t != at) {
-                flush(&mut run, &mut to)?;
-            }
-            let (_, es) = run.get_or_insert_with(|| (at, Vec::new()));
-            es.push((seq, key.to_string(), corr.to_string(), fp));
-        }
-        flush(&mut run, &mut to)?;
-        drop(from);
-        txn.delete_table(old)?;
-    }
-    let mut n = 0u64;
-    for row in to.iter()? {
-        n += entries(row?.1.value().1).count() as u64;
-    }
-    meta.idem_keys = n;
-    Ok(dropped)
 }
 
 /// `wal verify`'s checks of the rows (see the invariants above), and `meta.idem_keys`.
@@ -353,47 +226,6 @@ pub(super) fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn entries_round_trip_and_a_damaged_row_ends_early() {
-        let a = Entry {
-            key: "d/seq/1",
-            seq: 7,
-            fp: 0xabcd,
-            correlation_id: "c-7",
-        };
-        let b = Entry {
-            key: "d/key/ü",
-            seq: 9,
-            fp: 1,
-            correlation_id: "",
-        };
-        let mut row = Vec::new();
-        pack(&mut row, &a);
-        pack(&mut row, &b);
-        assert_eq!(entries(&row).collect::<Vec<_>>(), vec![a.clone(), b]);
-        // Cut inside the second entry: the first survives.
-        row.truncate(row.len() - 3);
-        assert_eq!(entries(&row).collect::<Vec<_>>(), vec![a]);
-        assert_eq!(entries(&[1, 0]).count(), 0);
-    }
-
-    #[test]
-    fn the_newest_entry_of_a_key_counts() {
-        let mut row = Vec::new();
-        for (seq, fp) in [(1, 10), (2, 20)] {
-            let e = Entry {
-                key: "k",
-                seq,
-                fp,
-                correlation_id: "c",
-            };
-            pack(&mut row, &e);
-        }
-        let seen = find(&row, "k").unwrap();
-        assert_eq!((seen.seq, seen.fingerprint), (2, 20));
-        assert!(find(&row, "other").is_none());
-    }
 
     /// A damaged row (cut inside an entry) opens: its whole entries are kept, the rest
     /// forgotten (a retry of them is stored again, never refused), and `wal verify` names it.
