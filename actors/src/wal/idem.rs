@@ -13,7 +13,7 @@
 //!   with its fingerprint ([`conflict_key`]) so downstream de-duplication keeps it too, and
 //!   the key's row then names the newer reading (a retry of it is a duplicate).
 //!
-//! On-disk: `idem_v3` (format 6, `store/idem_rows.rs`) holds a commit's keys in one row; it
+//! On-disk: `idem_v3` (format 6, `store/idem_rows/`) holds a commit's keys in one row; it
 //! replaced `idem_v2` (a row per key, converted on open), which replaced `idem_by_ts` (which
 //! held unscoped keys and no fingerprint). Opening a format-1 file drops `idem_by_ts` (see
 //! docs/decisions.md): a retry, after the upgrade, of a reading accepted before it is stored
@@ -24,7 +24,7 @@ use redb::TableDefinition;
 use sha2::{Digest, Sha256};
 
 /// Format 2 to 5: (receive_ts_ms, key) -> (seq, correlation_id, content fingerprint), a row
-/// per key. Format 6 packs a commit's keys into one row (`store/idem_rows.rs`); opening an
+/// per key. Format 6 packs a commit's keys into one row (`store/idem_rows/`); opening an
 /// older file converts these rows and drops the table.
 pub const IDEM_V2: TableDefinition<(u64, &str), (u64, &str, u64)> =
     TableDefinition::new(IDEM_V2_NAME);

@@ -1,5 +1,5 @@
 //! The in-memory index of idempotency keys: key -> the id of its row in `idem_v3` (the seq of
-//! the row's first entry; `store/idem_rows.rs`).
+//! the row's first entry; `store/idem_rows/`).
 //!
 //! A commit's keys share one row, keyed by its id, so inserts are sequential and keys leave
 //! from the front; a lookup by key needs this index to find the row. It holds up to

@@ -392,7 +392,7 @@ pub struct WalStats {
     pub live_bytes: u64,
     pub file_bytes: u64,
     pub sinks: Vec<SinkStats>,
-    /// Idempotency entries held (`store/idem_rows.rs`): a key stored again counts again until
+    /// Idempotency entries held (`store/idem_rows/`): a key stored again counts again until
     /// its older entry's row goes.
     pub idempotency_keys: u64,
     /// Refused messages kept for inspection.

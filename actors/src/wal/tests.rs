@@ -165,7 +165,7 @@ fn idempotency_key_forgotten_after_window() {
 }
 
 /// The cap is kept at a commit's granularity (format 6: a commit's keys share one row,
-/// `store/idem_rows.rs`): past it the oldest commits' keys go, never the newest commit's.
+/// `store/idem_rows/`): past it the oldest commits' keys go, never the newest commit's.
 #[test]
 fn idempotency_keys_beyond_the_count_limit_are_forgotten_oldest_commit_first() {
     let dir = tempfile::tempdir().unwrap();

@@ -124,7 +124,7 @@ fn a_wal_from_a_newer_release_is_refused_with_both_versions_named() {
 }
 
 /// Format 5 kept a row per idempotency key; format 6 packs a commit's keys into one row
-/// (`store/idem_rows.rs`). The conversion is part of the opening transaction: when it does
+/// (`store/idem_rows/`). The conversion is part of the opening transaction: when it does
 /// not commit the file is format 5, whole, and the next open converts it — every key kept.
 #[test]
 fn idempotency_rows_of_format_5_are_packed_by_a_migration_a_crash_cannot_tear() {

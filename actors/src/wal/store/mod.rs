@@ -107,7 +107,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// - 4: no `refs` row per record: append times per commit (`times`), a record's life from the
 ///   sinks holding it. Earlier files migrate their `refs` times into `times` and drop it.
 /// - 5: kept acks as runs (`acks`, `history/runs.rs`).
-/// - 6: idempotency keys packed one row per commit (`idem_v3`, `idem_rows.rs`). Earlier files
+/// - 6: idempotency keys packed one row per commit (`idem_v3`, `idem_rows/`). Earlier files
 ///   convert their `idem_v2` rows (grouped by time) and drop it.
 ///
 /// Opening migrates an older file in the same write transaction that stamps the new version
@@ -160,7 +160,7 @@ pub struct WalStore {
     /// over the cap can wait for the deliveries while the sum stays at or below this mark
     /// (`MaintainReport::history_more`). In memory; 0 after an open (nothing deferred).
     stored_mark: u64,
-    /// idempotency key -> the id of its row in `idem_v3` (`key_index.rs`, `idem_rows.rs`).
+    /// idempotency key -> the id of its row in `idem_v3` (`key_index.rs`, `idem_rows/`).
     /// Rebuilt on open. A wrong hint can only make a duplicate look new (stored twice:
     /// allowed), never the reverse, because a hit is confirmed against the row's key.
     idem: KeyIndex,

@@ -11,7 +11,7 @@
 //! - every seq below `next_seq` in an unleased range names a stored record, and no `pending`
 //!   row names a seq its sink's ranges still hold;
 //! - append times (`times.rs`) rise with seq and cover the first stored record;
-//! - idempotency rows (`idem_rows.rs`) rise in id and time, their entries parse whole, and
+//! - idempotency rows (`idem_rows/`) rise in id and time, their entries parse whole, and
 //!   each row's id is its first entry's seq;
 //! - the counters in `meta` equal the rows they count (records, live bytes, per-sink pending
 //!   and dead, kept history records and bytes).

@@ -1,5 +1,5 @@
 //! Appends: classification against the idempotency window, quotas, the rows written (the
-//! idempotency rows: `idem_rows.rs`).
+//! idempotency rows: `idem_rows/`).
 
 use super::*;
 
