@@ -8,6 +8,8 @@
 //! - `wal-v2.redb`: the release before the unleased ranges (commit 17ae16d, WAL format 2);
 //! - `wal-v5.redb`: the release before idempotency rows per commit (commit 16740b0, WAL
 //!   format 5: a row per key in `idem_v2`).
+//! - `wal-v6.redb`: the release before the tighter idempotency entries (commit e60a78d, WAL
+//!   format 6: rows per commit in `idem_v3`).
 
 mod common;
 
@@ -41,12 +43,21 @@ async fn a_wal_of_the_previous_release_is_migrated_and_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wal_with_a_row_per_idempotency_key_is_migrated_and_keeps_its_keys() {
-    let gw = migrates_and_delivers("wal-v5.redb", |i| match i % 2 {
+    keeps_its_keys("wal-v5.redb").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_with_loosely_packed_idempotency_rows_is_migrated_and_keeps_its_keys() {
+    keeps_its_keys("wal-v6.redb").await;
+}
+
+async fn keeps_its_keys(fixture: &str) {
+    let gw = migrates_and_delivers(fixture, |i| match i % 2 {
         0 => format!("sensor-0/key/fixture-{i}"),
         _ => format!("sensor-1/seq/{i}"),
     })
     .await;
-    // The keys came over (format 6 packs them one row per commit): a device retrying a
+    // The keys came over (packed one row per commit, format 7's way): a device retrying a
     // reading the old release acknowledged is answered as a duplicate, not stored again. The
     // body is the fixture's (`make-wal-fixture.sh`), byte for byte the same content.
     let send = |temp: u64| {
@@ -68,6 +79,17 @@ async fn a_wal_with_a_row_per_idempotency_key_is_migrated_and_keeps_its_keys() {
     };
     let answer = send(22).await;
     assert_eq!(answer["duplicate"], true, "{answer}");
+    // With the correlation id that reading was acknowledged with (a UUID, packed as 16 bytes
+    // since format 7): read back from its dead letter, which holds the reading as stored.
+    let dead = gw.admin_get("/admin/dead-letters/audit?limit=100").await;
+    let original = dead["dead_letters"]
+        .as_array()
+        .expect("dead letters")
+        .iter()
+        .find(|d| d["record"]["idempotency_key"] == "sensor-0/key/fixture-2")
+        .map(|d| d["record"]["correlation_id"].clone())
+        .expect("the reading's dead letter");
+    assert_eq!(answer["correlation_id"], original, "{answer}");
     // Other content under the same key is a conflict, stored (never dropped).
     let answer = send(99).await;
     assert_eq!(answer["key_conflict"], true, "{answer}");

@@ -13,8 +13,9 @@
 //!   with its fingerprint ([`conflict_key`]) so downstream de-duplication keeps it too, and
 //!   the key's row then names the newer reading (a retry of it is a duplicate).
 //!
-//! On-disk: `idem_v3` (format 6, `store/idem_rows/`) holds a commit's keys in one row; it
-//! replaced `idem_v2` (a row per key, converted on open), which replaced `idem_by_ts` (which
+//! On-disk: `idem_v4` (format 7, `store/idem_rows/`) holds a commit's keys in one row; it
+//! replaced `idem_v3` (the same rows, packed looser: converted on open) and `idem_v2` (a row
+//! per key, converted on open), which replaced `idem_by_ts` (which
 //! held unscoped keys and no fingerprint). Opening a format-1 file drops `idem_by_ts` (see
 //! docs/decisions.md): a retry, after the upgrade, of a reading accepted before it is stored
 //! again — a duplicate, which at-least-once allows, never a loss.

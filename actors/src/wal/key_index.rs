@@ -1,4 +1,4 @@
-//! The in-memory index of idempotency keys: key -> the id of its row in `idem_v3` (the seq of
+//! The in-memory index of idempotency keys: key -> the id of its row in `idem_v4` (the seq of
 //! the row's first entry; `store/idem_rows/`).
 //!
 //! A commit's keys share one row, keyed by its id, so inserts are sequential and keys leave

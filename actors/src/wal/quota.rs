@@ -174,13 +174,19 @@ impl Devices {
     }
 
     pub fn add(&mut self, device: &str, bytes: u64) {
-        // Per record on the commit path: a device's name is copied once, not per reading.
+        self.add_usage(device, Usage { records: 1, bytes });
+    }
+
+    /// A batch's readings of one device at once (the commit path adds per device, not per
+    /// reading).
+    pub fn add_usage(&mut self, device: &str, add: Usage) {
+        // A device's name is copied once, not per batch.
         let u = match self.usage.get_mut(device) {
             Some(u) => u,
             None => self.usage.entry(device.to_string()).or_default(),
         };
-        u.records += 1;
-        u.bytes += bytes;
+        u.records += add.records;
+        u.bytes += add.bytes;
         self.mark(device);
     }
 

@@ -128,11 +128,21 @@ fn a_wal_from_a_newer_release_is_refused_with_both_versions_named() {
 /// not commit the file is format 5, whole, and the next open converts it — every key kept.
 #[test]
 fn idempotency_rows_of_format_5_are_packed_by_a_migration_a_crash_cannot_tear() {
-    const V5: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/wal-v5.redb");
+    idempotency_rows_migrate("wal-v5.redb", 5, "idem_v2");
+}
+
+/// Format 6's rows (`idem_v3`) are packed again, tighter (`idem_v4`), in the same way.
+#[test]
+fn idempotency_rows_of_format_6_are_packed_again_by_a_migration_a_crash_cannot_tear() {
+    idempotency_rows_migrate("wal-v6.redb", 6, "idem_v3");
+}
+
+fn idempotency_rows_migrate(fixture: &str, format: u64, old: &str) {
+    let fixture = format!("{}/../tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wal.redb");
-    std::fs::copy(V5, &path).unwrap();
-    assert_eq!(saved_version(&path), Some(5));
+    std::fs::copy(fixture, &path).unwrap();
+    assert_eq!(saved_version(&path), Some(format));
     let tables = |path: &std::path::Path| -> Vec<String> {
         let db = Database::open(path).unwrap();
         let txn = db.begin_read().unwrap();
@@ -141,13 +151,13 @@ fn idempotency_rows_of_format_5_are_packed_by_a_migration_a_crash_cannot_tear() 
             .map(|t| redb::TableHandle::name(&t).to_string())
             .collect()
     };
-    assert!(tables(&path).contains(&"idem_v2".to_string()));
+    assert!(tables(&path).contains(&old.to_string()));
 
     let (backend, fail_sync, _) = faulty(&path);
     fail_sync.store(true, Ordering::SeqCst);
     assert!(WalStore::open_with_backend(backend, &path, sinks(), limits()).is_err());
-    assert_eq!(saved_version(&path), Some(5), "still format 5");
-    assert!(tables(&path).contains(&"idem_v2".to_string()), "whole");
+    assert_eq!(saved_version(&path), Some(format), "still the old format");
+    assert!(tables(&path).contains(&old.to_string()), "whole");
 
     let store = WalStore::open(&path, sinks(), limits()).unwrap();
     assert_eq!(store.stats().idempotency_keys, 40, "one key per reading");
@@ -163,6 +173,7 @@ fn idempotency_rows_of_format_5_are_packed_by_a_migration_a_crash_cannot_tear() 
     drop(store);
     assert_eq!(saved_version(&path), Some(FORMAT_VERSION));
     let after = tables(&path);
-    assert!(!after.contains(&"idem_v2".to_string()), "{after:?}");
+    assert!(!after.contains(&old.to_string()), "{after:?}");
+    assert!(after.contains(&"idem_v4".to_string()), "{after:?}");
     assert!(WalStore::verify(&path).unwrap().ok());
 }

@@ -327,7 +327,7 @@ impl<'t> Tx<'t> {
             times: txn.open_table(TIMES)?,
             pending: txn.open_table(PENDING)?,
             dead: txn.open_table(DEAD)?,
-            idem: txn.open_table(IDEM_V3)?,
+            idem: txn.open_table(IDEM)?,
             rejected: txn.open_table(REJECTED)?,
             device_usage: txn.open_table(DEVICE_USAGE)?,
             acks: txn.open_table(history::runs::ACKS)?,

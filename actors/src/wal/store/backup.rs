@@ -55,6 +55,10 @@ fn rows(src: &ReadTransaction) -> Result<u64, WalError> {
         + src.open_table(DEAD)?.len()?
         + src.open_table(META)?.len()?
         + src.open_table(REJECTED)?.len()?
+        + match src.open_table(IDEM) {
+            Ok(t) => t.len()?,
+            Err(_) => 0,
+        }
         + match src.open_table(IDEM_V3) {
             Ok(t) => t.len()?,
             Err(_) => 0,
@@ -122,7 +126,11 @@ pub(super) fn write(
     copy(src, &txn, DEAD, &mut c)?;
     copy(src, &txn, META, &mut c)?;
     copy(src, &txn, REJECTED, &mut c)?;
-    // Idempotency rows: a row per commit, or per key in a file of format 5 or earlier.
+    // Idempotency rows: a row per commit (packed as format 7 or 6), or per key in a file of
+    // format 5 or earlier.
+    if has("idem_v4")? {
+        copy(src, &txn, IDEM, &mut c)?;
+    }
     if has("idem_v3")? {
         copy(src, &txn, IDEM_V3, &mut c)?;
     }

@@ -54,7 +54,7 @@ mod deliver;
 mod history;
 mod idem_rows;
 pub use history::{HistoryRow, SinkAck};
-use idem_rows::{IdemBuf, IDEM_V3};
+use idem_rows::{IdemBuf, IDEM, IDEM_V3};
 mod apply;
 mod dlq;
 mod lookup;
@@ -109,11 +109,13 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// - 5: kept acks as runs (`acks`, `history/runs.rs`).
 /// - 6: idempotency keys packed one row per commit (`idem_v3`, `idem_rows/`). Earlier files
 ///   convert their `idem_v2` rows (grouped by time) and drop it.
+/// - 7: the rows' entries packed tighter (`idem_v4`, `idem_rows/entry.rs`: varint lengths, seq
+///   from the row's id, a UUID correlation id as 16 bytes). Format 6's rows are packed again.
 ///
 /// Opening migrates an older file in the same write transaction that stamps the new version
 /// (redb commits it whole or not at all, so a crash during the migration leaves the older format whole, and
 /// the next open migrates again). A newer version is refused ([`WalError::NewerFormat`]).
-pub const FORMAT_VERSION: u64 = 6;
+pub const FORMAT_VERSION: u64 = 7;
 
 /// Most rows one maintenance sweep touches per kind, so a sweep never stalls appends for long
 /// (a sweep shares its commit with appends). When a sweep hits the limit it reports `more`
@@ -160,7 +162,7 @@ pub struct WalStore {
     /// over the cap can wait for the deliveries while the sum stays at or below this mark
     /// (`MaintainReport::history_more`). In memory; 0 after an open (nothing deferred).
     stored_mark: u64,
-    /// idempotency key -> the id of its row in `idem_v3` (`key_index.rs`, `idem_rows/`).
+    /// idempotency key -> the id of its row in `idem_v4` (`key_index.rs`, `idem_rows/`).
     /// Rebuilt on open. A wrong hint can only make a duplicate look new (stored twice:
     /// allowed), never the reverse, because a hit is confirmed against the row's key.
     idem: KeyIndex,

@@ -62,7 +62,7 @@ impl WalStore {
         txn.open_table(PENDING)?;
         txn.open_table(DEAD)?;
         txn.open_table(REJECTED)?;
-        txn.open_table(IDEM_V3)?;
+        txn.open_table(IDEM)?;
         txn.open_table(DEVICE_USAGE)?;
         txn.open_table(UNLEASED)?;
         txn.open_table(history::runs::ACKS)?;
@@ -83,7 +83,8 @@ impl WalStore {
             _ => None,
         };
         meta.format_version = FORMAT_VERSION;
-        // Format 5 and earlier: a row per idempotency key becomes a row per commit.
+        // Format 6 and earlier: idempotency rows per key (5 and earlier) become rows per
+        // commit; format 6's rows are packed again.
         let dropped = idem_rows::migrate(&txn, &meta)?;
         // Format 3 and earlier: append times per record (`refs`) become rows per commit.
         times::migrate_refs(&txn)?;
@@ -105,7 +106,7 @@ impl WalStore {
         }
         // The index, read from the rows; their entries recounted as it goes.
         let (idem, entries) = idem_rows::load_index(
-            &txn.open_table(IDEM_V3)?,
+            &txn.open_table(IDEM)?,
             meta.next_seq,
             limits.idempotency_max_keys,
         )?;

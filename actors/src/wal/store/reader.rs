@@ -66,7 +66,7 @@ impl WalStore {
                 d.records.insert(seq);
             }
         }
-        d.idem = match txn.open_table(IDEM_V3) {
+        d.idem = match txn.open_table(IDEM) {
             Ok(t) => idem_rows::keys(&t)?,
             Err(redb::TableError::TableDoesNotExist(_)) => Default::default(),
             Err(e) => return Err(e.into()),

@@ -233,7 +233,7 @@ impl WalStore {
                 );
             }
         }
-        idem_rows::verify(&txn.open_table(IDEM_V3)?, &meta, &mut report)?;
+        idem_rows::verify(&txn.open_table(IDEM)?, &meta, &mut report)?;
         if (meta.history_records, meta.history_bytes) != (report.history_records, history_bytes) {
             report.problem(
                 "counter",

@@ -100,14 +100,22 @@ impl WalStore {
             bytes: meta.live_bytes,
         };
         let quota = self.limits.quota();
-        for (device, add) in adding {
-            if let Err(e) = quota::check(&quota, device, self.devices.get(device), add, total) {
+        for (device, add) in &adding {
+            if let Err(e) = quota::check(&quota, device, self.devices.get(device), *add, total) {
                 return Ok(Err(e.into()));
             }
         }
-        // Pass 2: write.
+        // Accepted: each device's share counted once per batch (before pass 2, where a
+        // reading no sink wants is released again).
+        for (device, add) in adding {
+            self.devices.add_usage(device, add);
+        }
+        // Readings queued for every sink, counted per sink once after the loop.
+        let mut for_every = 0u64;
+        // Pass 2: write. The records are taken apart as they go (their correlation ids move
+        // into the answers).
         let mut out: Vec<AppendOutcome> = Vec::with_capacity(records.len());
-        for (r, plan) in records.iter().zip(plans) {
+        for (r, plan) in records.iter_mut().zip(plans) {
             let outcome = match plan {
                 Plan::Dup(seq, correlation_id) => AppendOutcome::Duplicate {
                     seq,
@@ -141,37 +149,43 @@ impl WalStore {
                     // Queued for every sink (the common case): it waits in each sink's open
                     // unleased range, no row. Queued for some: cut out of the ranges, rows.
                     let every = !known || self.sinks.iter().all(|s| r.route.has(s));
-                    let mut routed = 0u32;
-                    for sink in &self.sinks {
-                        if !known || r.route.has(sink) {
-                            if !every {
+                    let routed = if every {
+                        for_every += 1;
+                        self.sinks.len()
+                    } else {
+                        let mut routed = 0;
+                        for sink in &self.sinks {
+                            if r.route.has(sink) {
                                 tx.pending.insert((sink.as_str(), seq), 0u32)?;
+                                meta.sink(sink).0 += 1;
+                                routed += 1;
                             }
-                            meta.sink(sink).0 += 1;
-                            routed += 1;
                         }
-                    }
-                    if !every {
                         self.unleased.remove_all(seq, seq + 1);
-                    }
+                        routed
+                    };
                     self.note_appended(tx, seq, now)?;
                     let key = arrived.as_deref().unwrap_or(&r.idempotency_key);
                     self.remember_key(key, seq, &r.correlation_id, fp);
                     meta.records += 1;
                     meta.live_bytes += bytes.len() as u64;
-                    self.devices.add(&r.device_id, bytes.len() as u64);
                     if routed == 0 {
                         // Nothing will ever need it; keep the idempotency key only.
                         self.release(tx, meta, seq, None)?;
                     }
                     AppendOutcome::Stored {
                         seq,
-                        correlation_id: r.correlation_id.clone(),
+                        correlation_id: std::mem::take(&mut r.correlation_id),
                         key_conflict: arrived.is_some(),
                     }
                 }
             };
             out.push(outcome);
+        }
+        if for_every > 0 {
+            for sink in &self.sinks {
+                meta.sink(sink).0 += for_every;
+            }
         }
         Ok(Ok(out))
     }

@@ -1,8 +1,11 @@
-//! Format 5 and earlier to format 6: the idempotency rows per key become rows per commit.
+//! Format 6 and earlier to format 7: the idempotency rows per key (format 5 and earlier)
+//! become rows per commit, and format 6's rows (`idem_v3`) are packed again (`idem_v4`).
 
 use super::*;
 
-/// Format 5 and earlier: a row per key in `idem_v2` becomes a row per WAL time in `idem_v3`
+/// Format 6: each `idem_v3` row is packed again into `idem_v4` (same id, time and entries),
+/// and `idem_v3` goes.
+/// Format 5 and earlier: a row per key in `idem_v2` becomes a row per WAL time in `idem_v4`
 /// (the keys one commit stored share its time), and `idem_v2` goes. Format 1's `idem_by_ts`
 /// is dropped (its keys were not scoped to the device; see `idem.rs`): `Some(keys)` dropped.
 /// `meta.idem_keys` is recounted by [`load_index`]. In the opening transaction: a crash leaves
@@ -24,7 +27,7 @@ pub(in crate::wal::store) fn migrate(
         None => None,
     };
     if let Some(old) = find(idem::IDEM_V2_NAME)? {
-        let mut to = txn.open_table(IDEM_V3)?;
+        let mut to = txn.open_table(IDEM)?;
         let from = txn.open_table(idem::IDEM_V2)?;
         // One row per run of equal times, its entries in seq order (its id the first).
         type Run = (u64, Vec<(u64, String, String, u64)>); // time, (seq, key, corr, fp)
@@ -36,16 +39,17 @@ pub(in crate::wal::store) fn migrate(
             };
             es.sort_unstable_by_key(|e| e.0);
             let mut bytes = Vec::new();
+            let id = es.first().map_or(0, |e| e.0);
             for (seq, key, correlation_id, fp) in &es {
                 let e = Entry {
                     key,
                     seq: *seq,
                     fp: *fp,
-                    correlation_id,
+                    correlation_id: Corr::of(correlation_id),
                 };
-                pack(&mut bytes, &e);
+                pack(&mut bytes, id, &e);
             }
-            if let Some(&(id, ..)) = es.first() {
+            if !es.is_empty() {
                 to.insert(id, (at, bytes.as_slice()))?;
             }
             Ok(())
@@ -62,6 +66,29 @@ pub(in crate::wal::store) fn migrate(
             es.push((seq, key.to_string(), corr.to_string(), fp));
         }
         flush(&mut run, &mut to)?;
+        drop(from);
+        txn.delete_table(old)?;
+    }
+    if let Some(old) = find("idem_v3")? {
+        let mut to = txn.open_table(IDEM)?;
+        let from = txn.open_table(IDEM_V3)?;
+        let mut bytes = Vec::new();
+        for row in from.iter()? {
+            let (k, v) = row?;
+            let (id, (at, old_bytes)) = (k.value(), v.value());
+            bytes.clear();
+            // A damaged row keeps its whole entries, as reading it would.
+            for (key, seq, fp, correlation_id) in entry::legacy::entries(old_bytes) {
+                let e = Entry {
+                    key,
+                    seq,
+                    fp,
+                    correlation_id: Corr::of(correlation_id),
+                };
+                pack(&mut bytes, id, &e);
+            }
+            to.insert(id, (at, bytes.as_slice()))?;
+        }
         drop(from);
         txn.delete_table(old)?;
     }

@@ -1,4 +1,5 @@
-//! The idempotency rows (format 6): one row per commit that stores readings, holding every key
+//! The idempotency rows (format 6; format 7 packs the entries tighter, `entry.rs`): one row
+//! per commit that stores readings, holding every key
 //! that commit remembered — `id -> (WAL time, packed entries)`, where a row's id is the seq of
 //! its first entry.
 //!
@@ -30,10 +31,13 @@ use super::*;
 
 mod entry;
 mod migrate;
-use entry::{entries, find, pack, Entry};
+use entry::{entries, find, pack, Corr, Entry};
 pub(super) use migrate::migrate;
 
 /// Row id (the seq of its first entry) -> (WAL time of its commit, packed entries).
+pub(super) const IDEM: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("idem_v4");
+
+/// Format 6's rows: the same, with entries packed as `entry::legacy` reads them.
 pub(super) const IDEM_V3: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("idem_v3");
 
 /// The entries of the commit in progress, written as one row before it commits.
@@ -58,7 +62,7 @@ impl WalStore {
         };
         if self.idem_buf.id == Some(id) {
             // Remembered by this commit: within any window.
-            return Ok(find(&self.idem_buf.bytes, key));
+            return Ok(find(id, &self.idem_buf.bytes, key));
         }
         let Some(row) = tx.idem.get(id)? else {
             return Ok(None);
@@ -67,7 +71,7 @@ impl WalStore {
         if at.saturating_add(self.limits.idempotency_window_ms) <= now {
             return Ok(None);
         }
-        Ok(find(bytes, key))
+        Ok(find(id, bytes, key))
     }
 
     /// `key` now names the reading `seq`: an entry in this commit's row.
@@ -77,9 +81,9 @@ impl WalStore {
             key,
             seq,
             fp,
-            correlation_id,
+            correlation_id: Corr::of(correlation_id),
         };
-        pack(&mut self.idem_buf.bytes, &e);
+        pack(&mut self.idem_buf.bytes, id, &e);
         self.idem_buf.count += 1;
         self.idem.insert(key, id);
     }
@@ -133,7 +137,7 @@ impl WalStore {
                 return Ok((forgotten, false));
             };
             let mut n = 0u64;
-            for e in entries(row.value().1) {
+            for e in entries(id, row.value().1) {
                 self.idem.remove_if(e.key, id);
                 n += 1;
             }
@@ -159,7 +163,7 @@ pub(super) fn load_index(
     for row in table.iter()? {
         let (k, v) = row?;
         let id = k.value();
-        for e in entries(v.value().1) {
+        for e in entries(id, v.value().1) {
             index.insert(e.key, id);
             entries_held += 1;
         }
@@ -173,8 +177,8 @@ pub(super) fn keys(
 ) -> Result<std::collections::BTreeSet<String>, WalError> {
     let mut keys = std::collections::BTreeSet::new();
     for row in table.iter()? {
-        let (_, v) = row?;
-        keys.extend(entries(v.value().1).map(|e| e.key.to_string()));
+        let (k, v) = row?;
+        keys.extend(entries(k.value(), v.value().1).map(|e| e.key.to_string()));
     }
     Ok(keys)
 }
@@ -194,13 +198,13 @@ pub(super) fn verify(
             report.problem("idempotency", format!("row {id}'s time goes back"));
         }
         last = Some((id, at));
-        let (mut count, mut len, mut first) = (0u64, 0usize, None);
-        for e in entries(bytes) {
+        let (mut count, mut first) = (0u64, None);
+        let mut es = entries(id, bytes);
+        for e in es.by_ref() {
             first.get_or_insert(e.seq);
             count += 1;
-            len += 24 + e.key.len() + e.correlation_id.len();
         }
-        if len != bytes.len() {
+        if !es.rest().is_empty() {
             report.problem(
                 "idempotency",
                 format!("row {id} is damaged after its {count} entries"),
@@ -242,7 +246,7 @@ mod tests {
             let db = Database::open(&path).unwrap();
             let txn = db.begin_write().unwrap();
             {
-                let mut t = txn.open_table(IDEM_V3).unwrap();
+                let mut t = txn.open_table(IDEM).unwrap();
                 let (id, at, mut bytes) = {
                     let (k, v) = t.first().unwrap().unwrap();
                     (k.value(), v.value().0, v.value().1.to_vec())
