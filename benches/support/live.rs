@@ -119,7 +119,7 @@ pub async fn latency() {
 
     up.store(false, Ordering::Relaxed);
     let started = Instant::now();
-    ingest_batches(&gw, n, 8, 10).await;
+    ingest_batches(&gw, n, 0, 8, 10).await;
     let ingest_s = started.elapsed().as_secs_f64();
     up.store(true, Ordering::Relaxed);
     // The backlog starts at the sink's next retry.

@@ -283,7 +283,7 @@ pub async fn upstream_drain() {
         "[http]\nmax_batch = 1000\n[delivery]\nbatch_size = {batch}\nbackoff_initial_ms = 100\nbackoff_max_ms = 200\n[[sinks]]\nname = \"up\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic_prefix = \"site\"\nmax_in_flight = {inflight}\n",
         up.port
     ));
-    ingest_batches(&gw, n, 4, 3).await;
+    ingest_batches(&gw, n, 0, 4, 3).await;
     up.start().expect("mosquitto");
     let start = Instant::now();
     let sub = ack_only_subscriber(up.port, "site/#", "bench-upstream-sub", false, n).await;

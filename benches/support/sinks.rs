@@ -41,7 +41,7 @@ pub async fn drain() {
         broker.brokers()
     ));
     let c = reqwest::Client::new();
-    ingest_batches(&gw, n, 8, 1).await;
+    ingest_batches(&gw, n, 0, 8, 1).await;
     up.store(true, Ordering::Relaxed);
     store.run().unwrap();
     broker.run(&["bench"]).unwrap();
