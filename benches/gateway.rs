@@ -160,7 +160,12 @@ fn wal_vs_redb() {
     println!("\n## WAL append vs bare redb (Immediate durability, same disk; median of {rounds} alternating rounds)");
     println!("| records/commit | bare redb rec/s | WalStore rec/s | ratio | ratio per round |");
     println!("|---|---|---|---|---|");
-    for &per_commit in &[1usize, 10, 100, 1000] {
+    // `BENCH_WAL_SIZES`: records per commit, comma-separated (a profile of one size).
+    let sizes: Vec<usize> = std::env::var("BENCH_WAL_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 10, 100, 1000]);
+    for per_commit in sizes {
         let total = (per_commit * 300).clamp(2_000, 100_000) as u64;
         let (mut bare, mut wal, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
