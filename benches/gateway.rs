@@ -2,12 +2,17 @@
 //! `cargo bench --bench gateway` (release build of the gateway binary and of this harness).
 //!
 //! Sections (each can be picked with an argument: `cargo bench --bench gateway -- wal`):
-//! - `wal`:   WalStore append throughput vs a bare redb batched-insert loop on the same disk.
+//! - `wal`:   WalStore append throughput vs a bare redb batched-insert loop on the same disk,
+//!   medians of alternating rounds (`BENCH_WAL_ROUNDS`, 5; `BENCH_WAL_SIZES`: records per
+//!   commit, e.g. `1000`, default `1,10,100,1000`).
 //! - `http`:  durable HTTP ingest through the real binary: records/s and ack latency at
 //!   several concurrency levels, single-record and batched requests; p99 at a fixed 1k/s.
 //! - `drain`: a backlog of N records (default 1,000,000; `BENCH_BACKLOG`) drained to a local
 //!   HTTP sink; RSS before, with the backlog, and after (`BENCH_DRAIN_WAL`: extra `[wal]`
 //!   lines, e.g. `history_secs = 0`; `BENCH_HOLD_SECS`: hold the backlog that long first, 6 s).
+//!   Before the backlog, the gateway runs in service (`BENCH_WARM` readings, 250,000 by
+//!   default, taken and delivered; 0 skips it): the idle size the file after the drain is
+//!   compared with.
 //! - `sinks`: a backlog (`BENCH_BACKLOG`) drained by one gateway to a local HTTP sink, an
 //!   S3-compatible store (`s3s-fs`) and a Kafka broker (tansu), side by side.
 //! - `idle`:  RSS of an idle gateway.
