@@ -110,9 +110,14 @@ impl Slots {
         }
     }
 
-    /// Keeps the entries for which `f` returns a new offset, dropping the others.
+    /// Keeps the entries for which `f` returns a new offset, dropping the others; the table
+    /// keeps its size.
     pub(super) fn retain_map(&mut self, mut f: impl FnMut(u32) -> Option<u32>) {
-        let old = std::mem::replace(self, Slots::with_room_for(self.len));
+        let empty = Slots {
+            slots: vec![0; self.slots.len()],
+            len: 0,
+        };
+        let old = std::mem::replace(self, empty);
         for s in old.slots.into_iter().filter(|&s| s != 0) {
             if let Some(offset) = f(s as u32) {
                 self.insert((s >> 32) as u32, offset);
